@@ -1,0 +1,481 @@
+//! From manifest bytes to an admitted Pod: parsing, strict validation and
+//! static-pod defaulting.
+//!
+//! Strictness follows `kubectl --validate=strict`: unknown fields and wrong
+//! types are errors that name the field path. Fields Kubernetes defines but
+//! unitlet cannot honour yet are errors too, because silently ignoring a
+//! probe or a volume is worse than refusing the pod.
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Linux refuses a single argv or environment string longer than this (MAX_ARG_STRLEN).
+pub const MAX_ARG_STRLEN: usize = 128 * 1024;
+/// Budget for argv plus environment of one process; Linux allows a quarter of the stack limit (2 MiB by default).
+pub const MAX_ARG_TOTAL: usize = 1536 * 1024;
+/// Largest manifest file accepted.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The image name that means "run a binary from the host".
+pub const HOST_IMAGE: &str = "host";
+
+/// A manifest that cannot be admitted, with enough context for the user to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// `namespace/name` when known.
+    pub pod: Option<String>,
+    /// Container name when the problem is inside one container.
+    pub container: Option<String>,
+    /// JSON path of the offending field (empty for whole-document problems).
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = &self.pod {
+            write!(f, "pod {p}: ")?;
+        }
+        if let Some(c) = &self.container {
+            write!(f, "container {c:?}: ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "field {}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
+    ManifestError { pod: None, container: None, field: field.into(), message: message.into() }
+}
+
+/// A pod ready to be run: validated, defaulted, with its UID assigned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticPod {
+    /// The defaulted pod (namespace, uid and static-pod annotations set).
+    pub pod: Pod,
+    /// `metadata.uid`, derived from node, path and content.
+    pub uid: String,
+}
+
+impl StaticPod {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        pod_key(&self.pod)
+    }
+}
+
+/// `namespace/name` of a pod.
+pub fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or(""))
+}
+
+/// Parses one manifest file's bytes. `source` is the file path (part of the
+/// UID, as for kubelet static pods); `is_json` selects the JSON decoder.
+pub fn parse_manifest(bytes: &[u8], source: &str, node_name: &str, is_json: bool) -> Result<StaticPod, ManifestError> {
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(err("", format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}", bytes.len())));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| err("", format!("manifest is not UTF-8: {e}")))?;
+    let value: Value = if is_json {
+        serde_json::from_str(text).map_err(|e| err("", format!("invalid JSON: {e}")))?
+    } else {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| err("", format!("invalid YAML: {e}")))?;
+        let mut docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+        match docs.len() {
+            0 => return Err(err("", "manifest is empty; it must hold exactly one Pod")),
+            1 => docs.remove(0),
+            n => return Err(err("", format!("manifest holds {n} documents; put exactly one Pod in each file"))),
+        }
+    };
+    let canonical = serde_json::to_vec(&value).expect("a JSON value serializes");
+    let mut pod = decode_pod(value)?;
+    let namespace = pod.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let key = format!("{namespace}/{name}");
+    validate(&pod).map_err(|mut e| {
+        e.pod.get_or_insert(key.clone());
+        e
+    })?;
+    // The UID follows the kubelet's static-pod rule (node, source, content),
+    // hashed over the normalized document so whitespace edits are no change.
+    let mut h = Sha256::new();
+    h.update(b"host:");
+    h.update(node_name.as_bytes());
+    h.update(b"\0file:");
+    h.update(source.as_bytes());
+    h.update(b"\0");
+    h.update(&canonical);
+    let d = h.finalize();
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let uid = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+    pod.metadata.uid = Some(uid.clone());
+    let ann = pod.metadata.annotations.get_or_insert_with(Default::default);
+    ann.insert("kubernetes.io/config.source".into(), "file".into());
+    ann.insert("kubernetes.io/config.hash".into(), uid.clone());
+    let spec = pod.spec.as_mut().expect("validated");
+    spec.node_name = Some(node_name.to_string());
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    pod.status = None;
+    Ok(StaticPod { pod, uid })
+}
+
+/// Decodes a JSON value into a Pod, reporting wrong types and unknown fields by path.
+fn decode_pod(value: Value) -> Result<Pod, ManifestError> {
+    match value.get("apiVersion").and_then(Value::as_str) {
+        Some("v1") => {}
+        Some(other) => return Err(err("apiVersion", format!("{other:?} is not supported; use apiVersion: v1"))),
+        None => return Err(err("apiVersion", "missing; use apiVersion: v1")),
+    }
+    match value.get("kind").and_then(Value::as_str) {
+        Some("Pod") => {}
+        Some(other) => return Err(err("kind", format!("{other:?} is not supported; each manifest holds one kind: Pod"))),
+        None => return Err(err("kind", "missing; use kind: Pod")),
+    }
+    let pod: Pod = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        err(if path == "." { String::new() } else { path }, e.into_inner().to_string())
+    })?;
+    let back = serde_json::to_value(&pod).expect("a Pod serializes");
+    if let Some(path) = first_unknown(&value, &back, String::new()) {
+        return Err(err(path, "unknown field; check its spelling and indentation against the Pod v1 API"));
+    }
+    Ok(pod)
+}
+
+/// The first path present in `input` but dropped by the typed round trip.
+fn first_unknown(input: &Value, typed: &Value, path: String) -> Option<String> {
+    match (input, typed) {
+        (Value::Object(i), Value::Object(t)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match t.get(k) {
+                    None if !v.is_null() => return Some(p),
+                    None => {}
+                    Some(tv) => {
+                        if let Some(found) = first_unknown(v, tv, p) {
+                            return Some(found);
+                        }
+                    }
+                }
+            }
+            None
+        }
+        (Value::Array(i), Value::Array(t)) => i.iter().zip(t).enumerate().find_map(|(n, (a, b))| first_unknown(a, b, format!("{path}[{n}]"))),
+        _ => None,
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// systemd 252 only accepts environment names that are shell identifiers.
+fn is_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn check_string(field: &str, s: &str) -> Result<(), ManifestError> {
+    if s.contains('\0') {
+        return Err(err(field, "contains a NUL byte, which no process argument or environment value can hold; remove it"));
+    }
+    Ok(())
+}
+
+/// Field paths supported by `valueFrom.fieldRef`.
+pub fn field_ref_supported(path: &str) -> bool {
+    matches!(
+        path,
+        "metadata.name" | "metadata.namespace" | "metadata.uid" | "spec.nodeName" | "spec.serviceAccountName" | "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs"
+    ) || ((path.starts_with("metadata.labels['") || path.starts_with("metadata.annotations['")) && path.ends_with("']"))
+}
+
+fn unsupported(field: String, what: &str) -> ManifestError {
+    err(field, format!("{what} is not supported by unitlet yet; remove it from the manifest"))
+}
+
+fn validate(pod: &Pod) -> Result<(), ManifestError> {
+    let meta = &pod.metadata;
+    let name = meta.name.as_deref().unwrap_or("");
+    if name.is_empty() {
+        return Err(err("metadata.name", "required: static pods need a name (generateName is not supported)"));
+    }
+    if !is_dns_subdomain(name) {
+        return Err(err("metadata.name", format!("{name:?} is not a valid name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")));
+    }
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    if !is_dns_label(ns) {
+        return Err(err("metadata.namespace", format!("{ns:?} is not a valid namespace: use at most 63 lowercase letters, digits and '-'")));
+    }
+    for (field, map) in [("metadata.labels", &meta.labels), ("metadata.annotations", &meta.annotations)] {
+        for (k, v) in map.iter().flatten() {
+            check_string(&format!("{field}[{k:?}]"), v)?;
+            if k.is_empty() || k.len() > 316 {
+                return Err(err(format!("{field}[{k:?}]"), "invalid key"));
+            }
+        }
+    }
+    let Some(spec) = &pod.spec else {
+        return Err(err("spec", "required"));
+    };
+    if spec.containers.is_empty() {
+        return Err(err("spec.containers", "a pod needs at least one container"));
+    }
+    if let Some(p) = spec.restart_policy.as_deref() {
+        if !matches!(p, "Always" | "OnFailure" | "Never") {
+            return Err(err("spec.restartPolicy", format!("{p:?} is not one of Always, OnFailure, Never")));
+        }
+    }
+    if let Some(g) = spec.termination_grace_period_seconds {
+        if g < 0 {
+            return Err(err("spec.terminationGracePeriodSeconds", "must be zero or more"));
+        }
+    }
+    if spec.host_network == Some(false) {
+        return Err(err("spec.hostNetwork", "unitlet runs every pod in the host network; remove hostNetwork: false"));
+    }
+    for (field, present) in [
+        ("spec.volumes", spec.volumes.as_ref().is_some_and(|v| !v.is_empty())),
+        ("spec.ephemeralContainers", spec.ephemeral_containers.as_ref().is_some_and(|v| !v.is_empty())),
+        ("spec.hostAliases", spec.host_aliases.as_ref().is_some_and(|v| !v.is_empty())),
+        ("spec.shareProcessNamespace", spec.share_process_namespace == Some(true)),
+        ("spec.activeDeadlineSeconds", spec.active_deadline_seconds.is_some()),
+    ] {
+        if present {
+            return Err(unsupported(field.into(), field.rsplit('.').next().unwrap_or(field)));
+        }
+    }
+    if let Some(sc) = &spec.security_context {
+        let extra = sc.run_as_non_root.is_some() || sc.fs_group.is_some() || sc.supplemental_groups.is_some() || sc.sysctls.is_some() || sc.seccomp_profile.is_some() || sc.se_linux_options.is_some() || sc.app_armor_profile.is_some();
+        if extra {
+            return Err(unsupported("spec.securityContext".into(), "a securityContext field other than runAsUser/runAsGroup"));
+        }
+        check_ids("spec.securityContext", sc.run_as_user, sc.run_as_group)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let inits = spec.init_containers.iter().flatten().map(|c| ("spec.initContainers", c));
+    let apps = spec.containers.iter().map(|c| ("spec.containers", c));
+    let mut counters = std::collections::HashMap::new();
+    for (list, c) in inits.chain(apps) {
+        let idx = counters.entry(list).or_insert(0usize);
+        let base = format!("{list}[{idx}]");
+        *idx += 1;
+        validate_container(&base, c, list == "spec.initContainers").map_err(|mut e| {
+            if !c.name.is_empty() {
+                e.container.get_or_insert(c.name.clone());
+            }
+            e
+        })?;
+        if !seen.insert(c.name.as_str()) {
+            return Err(err(format!("{base}.name"), format!("duplicate container name {:?}: names must be unique across containers and initContainers", c.name)));
+        }
+    }
+    Ok(())
+}
+
+fn check_ids(field: &str, user: Option<i64>, group: Option<i64>) -> Result<(), ManifestError> {
+    for (f, v) in [("runAsUser", user), ("runAsGroup", group)] {
+        if let Some(v) = v {
+            if !(0..=i64::from(u32::MAX - 1)).contains(&v) {
+                return Err(err(format!("{field}.{f}"), format!("{v} is not a valid id (0 to 4294967294)")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), ManifestError> {
+    if !is_dns_label(&c.name) {
+        return Err(err(format!("{base}.name"), format!("{:?} is not a valid container name: use at most 63 lowercase letters, digits and '-'", c.name)));
+    }
+    let image = c.image.as_deref().unwrap_or("");
+    if image.trim().is_empty() {
+        return Err(err(format!("{base}.image"), "required; use image: host to run a binary from this machine"));
+    }
+    let mut total = 0usize;
+    for (list, items) in [("command", &c.command), ("args", &c.args)] {
+        for (i, a) in items.iter().flatten().enumerate() {
+            let f = format!("{base}.{list}[{i}]");
+            check_string(&f, a)?;
+            if a.len() + 1 > MAX_ARG_STRLEN {
+                return Err(err(f, format!("is {} bytes; Linux refuses a single argument over {MAX_ARG_STRLEN} bytes", a.len())));
+            }
+            total += a.len() + 1;
+        }
+    }
+    if image == HOST_IMAGE && c.command.as_ref().is_none_or(|v| v.is_empty()) {
+        return Err(err(format!("{base}.command"), "required with image: host, which has no entrypoint; give the program to run, e.g. command: [\"/usr/bin/sleep\", \"infinity\"]"));
+    }
+    if let Some(first) = c.command.as_ref().and_then(|v| v.first()) {
+        if first.is_empty() {
+            return Err(err(format!("{base}.command[0]"), "the program to run must not be empty"));
+        }
+    }
+    if let Some(wd) = &c.working_dir {
+        check_string(&format!("{base}.workingDir"), wd)?;
+        if !wd.starts_with('/') {
+            return Err(err(format!("{base}.workingDir"), format!("{wd:?} must be an absolute path")));
+        }
+    }
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        total += validate_env(&format!("{base}.env[{i}]"), e)?;
+    }
+    if total > MAX_ARG_TOTAL {
+        return Err(err(base.to_string(), format!("command, args and env add up to {total} bytes; keep them under {MAX_ARG_TOTAL} bytes so the process can start")));
+    }
+    if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(err(format!("{base}.envFrom"), "envFrom needs ConfigMaps or Secrets, which standalone mode does not have yet; use env with value"));
+    }
+    if let Some(r) = &c.resources {
+        for (kind, map) in [("limits", &r.limits), ("requests", &r.requests)] {
+            for (res, q) in map.iter().flatten() {
+                let f = format!("{base}.resources.{kind}.{res}");
+                match res.as_str() {
+                    "cpu" => {
+                        super::quantity::cpu_millis(&q.0).map_err(|e| err(f, e.to_string()))?;
+                    }
+                    "memory" | "ephemeral-storage" => {
+                        super::quantity::bytes(&q.0).map_err(|e| err(f, e.to_string()))?;
+                    }
+                    other => return Err(err(f, format!("resource {other:?} is not supported; use cpu and memory"))),
+                }
+            }
+        }
+    }
+    for (field, present) in [
+        ("livenessProbe", c.liveness_probe.is_some()),
+        ("readinessProbe", c.readiness_probe.is_some()),
+        ("startupProbe", c.startup_probe.is_some()),
+        ("lifecycle", c.lifecycle.is_some()),
+        ("volumeMounts", c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty())),
+        ("volumeDevices", c.volume_devices.as_ref().is_some_and(|v| !v.is_empty())),
+        ("tty", c.tty == Some(true)),
+        ("stdin", c.stdin == Some(true)),
+        ("restartPolicy", init && c.restart_policy.is_some()),
+    ] {
+        if present {
+            return Err(unsupported(format!("{base}.{field}"), field));
+        }
+    }
+    if !init && c.restart_policy.is_some() {
+        return Err(err(format!("{base}.restartPolicy"), "only init containers may set restartPolicy"));
+    }
+    if let Some(sc) = &c.security_context {
+        let extra = sc.run_as_non_root.is_some() || sc.privileged.is_some() || sc.capabilities.is_some() || sc.read_only_root_filesystem.is_some() || sc.allow_privilege_escalation.is_some() || sc.seccomp_profile.is_some() || sc.proc_mount.is_some() || sc.se_linux_options.is_some() || sc.app_armor_profile.is_some();
+        if extra {
+            return Err(unsupported(format!("{base}.securityContext"), "a securityContext field other than runAsUser/runAsGroup"));
+        }
+        check_ids(&format!("{base}.securityContext"), sc.run_as_user, sc.run_as_group)?;
+    }
+    Ok(())
+}
+
+fn validate_env(field: &str, e: &EnvVar) -> Result<usize, ManifestError> {
+    if !is_env_name(&e.name) {
+        return Err(err(format!("{field}.name"), format!("{:?} is not usable: systemd accepts environment names made of letters, digits and '_' that do not start with a digit", e.name)));
+    }
+    let value = e.value.as_deref().unwrap_or("");
+    check_string(&format!("{field}.value"), value)?;
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+        return Err(err(format!("{field}.value"), "contains a control character other than tab, CR or newline, which systemd refuses in the environment"));
+    }
+    let size = e.name.len() + 1 + value.len() + 1;
+    if size > MAX_ARG_STRLEN {
+        return Err(err(format!("{field}.value"), format!("is {} bytes; Linux refuses a single environment entry over {MAX_ARG_STRLEN} bytes, so no process could start with it", value.len())));
+    }
+    if let Some(from) = &e.value_from {
+        if e.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            return Err(err(format!("{field}.valueFrom"), "may not be set together with value"));
+        }
+        if let Some(f) = &from.field_ref {
+            if f.api_version.as_deref().is_some_and(|v| v != "v1") {
+                return Err(err(format!("{field}.valueFrom.fieldRef.apiVersion"), "must be v1"));
+            }
+            if !field_ref_supported(&f.field_path) {
+                return Err(err(format!("{field}.valueFrom.fieldRef.fieldPath"), format!("{:?} is not supported; use metadata.name, metadata.namespace, metadata.uid, metadata.labels['k'], metadata.annotations['k'], spec.nodeName, spec.serviceAccountName, status.hostIP or status.podIP", f.field_path)));
+            }
+        } else if from.config_map_key_ref.is_some() || from.secret_key_ref.is_some() {
+            return Err(err(format!("{field}.valueFrom"), "ConfigMap and Secret references need cluster mode; standalone pods can use value or fieldRef"));
+        } else {
+            return Err(unsupported(format!("{field}.valueFrom"), "this valueFrom source"));
+        }
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<StaticPod, ManifestError> {
+        parse_manifest(yaml.as_bytes(), "/m/p.yaml", "node1", false)
+    }
+
+    const OK: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web.v1\nspec:\n  containers:\n  - name: c\n    image: host\n    command: [/bin/sleep, '100']\n";
+
+    #[test]
+    fn defaults() {
+        let p = parse(OK).unwrap();
+        assert_eq!(p.key(), "default/web.v1");
+        assert_eq!(p.pod.spec.as_ref().unwrap().restart_policy.as_deref(), Some("Always"));
+        assert_eq!(p.pod.metadata.uid.as_deref(), Some(p.uid.as_str()));
+        assert_eq!(p.uid.len(), 36);
+    }
+
+    #[test]
+    fn uid_follows_content_not_formatting() {
+        let a = parse(OK).unwrap().uid;
+        let b = parse(&OK.replace("image: host", "image:    host")).unwrap().uid;
+        let c = parse(&OK.replace("'100'", "'101'")).unwrap().uid;
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        let cases = [
+            (OK.replace("name: web.v1", "name: Web"), "metadata.name"),
+            (OK.replace("    image: host\n", "    image: host\n    imagePolicy: x\n"), "spec.containers[0].imagePolicy"),
+            (OK.replace("command: [/bin/sleep, '100']", "command: 5"), "spec.containers.[0].command"),
+            (OK.replace("- name: c", "- name: c_d"), "spec.containers[0].name"),
+            (OK.replace("kind: Pod", "kind: Deployment"), "kind"),
+            (OK.replace("  containers:\n  - name: c\n    image: host\n    command: [/bin/sleep, '100']\n", "  containers: []\n"), "spec.containers"),
+            (format!("{OK}  - name: c\n    image: host\n    command: [/bin/true]\n"), "spec.containers[1].name"),
+            (format!("{OK}    env:\n    - name: A-B\n      value: x\n"), "spec.containers[0].env[0].name"),
+            (format!("{OK}    env:\n    - name: A\n      value: \"a\\0b\"\n"), "spec.containers[0].env[0].value"),
+            (format!("{OK}    livenessProbe:\n      exec:\n        command: [x]\n"), "spec.containers[0].livenessProbe"),
+            (format!("{OK}    resources:\n      limits:\n        cpu: lots\n"), "spec.containers[0].resources.limits.cpu"),
+        ];
+        for (yaml, field) in cases {
+            let e = parse(&yaml).expect_err(&yaml);
+            assert!(e.field.replace(".[", "[") == field.replace(".[", "["), "want {field}, got {e}");
+        }
+    }
+
+    #[test]
+    fn huge_env_value_is_refused_with_reason() {
+        let yaml = format!("{OK}    env:\n    - name: BIG\n      value: \"{}\"\n", "x".repeat(1 << 20));
+        let e = parse(&yaml).unwrap_err();
+        assert!(e.to_string().contains("MAX_ARG_STRLEN") || e.to_string().contains("131072"), "{e}");
+    }
+
+    #[test]
+    fn several_documents_are_refused() {
+        let e = parse(&format!("{OK}---\n{OK}")).unwrap_err();
+        assert!(e.message.contains("2 documents"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Unit naming.
+//!
+//! A container becomes `unitlet_<namespace>_<pod>_<container>_<tag>.service`
+//! and a pod becomes the slice `unitlet-pod<tag>.slice`, where `<tag>` is a
+//! short hash of the pod UID. `_` cannot occur in Kubernetes names, so the
+//! readable parts never run into each other, and the tag keeps two pods with
+//! the same name (an old and a recreated one) apart. Names are never parsed
+//! back: identity comes from the state directory. When the readable name
+//! would pass systemd's 255-byte limit, the pod name is shortened; the tag
+//! and the container name keep it unique.
+//!
+//! The slice name carries only the tag because a `-` in a slice name means
+//! nesting to systemd, and pod names are full of dashes.
+
+use sha2::{Digest, Sha256};
+
+/// systemd's limit on unit names, in bytes.
+pub const MAX_UNIT_NAME: usize = 255;
+/// Prefix shared by every container unit; also the pattern used to list them.
+pub const SERVICE_PREFIX: &str = "unitlet_";
+/// Prefix shared by every pod slice.
+pub const SLICE_PREFIX: &str = "unitlet-pod";
+/// Glob patterns that match every unit unitlet creates.
+pub const UNIT_PATTERNS: [&str; 2] = ["unitlet_*.service", "unitlet-pod*.slice"];
+
+/// 12 hex digits of SHA-256 of the pod UID: 48 bits, unique enough for one node.
+pub fn uid_tag(uid: &str) -> String {
+    let digest = Sha256::digest(uid.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The per-pod slice.
+pub fn pod_slice(uid: &str) -> String {
+    format!("{SLICE_PREFIX}{}.slice", uid_tag(uid))
+}
+
+/// The unit of one container (init or app) of a pod.
+pub fn container_unit(namespace: &str, pod: &str, container: &str, uid: &str) -> String {
+    let tag = uid_tag(uid);
+    let fixed = SERVICE_PREFIX.len() + namespace.len() + container.len() + tag.len() + 3 + ".service".len();
+    let room = MAX_UNIT_NAME.saturating_sub(fixed);
+    // Kubernetes names are ASCII, so byte truncation is character truncation.
+    let pod = &pod[..pod.len().min(room)];
+    format!("{SERVICE_PREFIX}{namespace}_{pod}_{container}_{tag}.service")
+}
+
+/// The D-Bus object path systemd uses for a unit (its `bus_label_escape`).
+pub fn unit_object_path(unit: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() && !(i == 0 && b.is_ascii_digit()) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("_{b:02x}"));
+        }
+    }
+    path
+}
+
+/// Object-path prefix shared by all container units (for filtering signals).
+pub fn service_path_prefix() -> String {
+    unit_object_path(SERVICE_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_for_common_case() {
+        let u = container_unit("default", "web.v1", "nginx", "1234");
+        assert!(u.starts_with("unitlet_default_web.v1_nginx_"), "{u}");
+        assert!(u.ends_with(".service"));
+    }
+
+    #[test]
+    fn longest_legal_names_fit() {
+        let pod = "a".repeat(253);
+        let ns = "n".repeat(63);
+        let c = "c".repeat(63);
+        let u = container_unit(&ns, &pod, &c, "uid-1");
+        assert_eq!(u.len(), MAX_UNIT_NAME);
+        let v = container_unit(&ns, &pod, &c, "uid-2");
+        assert_ne!(u, v);
+    }
+
+    #[test]
+    fn object_path_escapes_like_systemd() {
+        assert_eq!(
+            unit_object_path("unitlet_a-b.service"),
+            "/org/freedesktop/systemd1/unit/unitlet_5fa_2db_2eservice"
+        );
+        assert!(unit_object_path("unitlet_x.service").starts_with(&service_path_prefix()));
+    }
+}

@@ -1,0 +1,432 @@
+//! `observe(...) -> PodStatus`: the kubelet's status rules over systemd's unit
+//! state, as a pure function of its inputs (including the clock).
+
+use super::backoff::BackoffState;
+use super::translate::{PodPlan, Waiting};
+use super::NodeFacts;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// What systemd says about one unit (one GetAll, or a ListUnits row).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitSnapshot {
+    /// `LoadState`.
+    pub load_state: String,
+    /// `ActiveState`.
+    pub active_state: String,
+    /// `SubState`.
+    pub sub_state: String,
+    /// `Result` (service).
+    pub result: String,
+    /// `InvocationID` as 32 hex digits; empty before the first start.
+    pub invocation_id: String,
+    /// `MainPID`.
+    pub main_pid: u32,
+    /// `ExecMainCode`: 1 exited, 2 killed, 3 dumped.
+    pub exec_main_code: i32,
+    /// `ExecMainStatus`: exit status or signal number.
+    pub exec_main_status: i32,
+    /// `ExecMainStartTimestamp`, µs since the epoch.
+    pub exec_main_start_us: u64,
+    /// `ExecMainExitTimestamp`, µs since the epoch.
+    pub exec_main_exit_us: u64,
+}
+
+/// How one container instance ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Termination {
+    /// Exit code; 128+N for signal N.
+    pub exit_code: i32,
+    /// Signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// `Completed`, `Error`, `OOMKilled` or `StartError`.
+    pub reason: String,
+    /// Extra detail.
+    pub message: Option<String>,
+    /// µs since the epoch.
+    pub started_us: u64,
+    /// µs since the epoch.
+    pub finished_us: u64,
+    /// `systemd://<invocation id>`.
+    pub container_id: String,
+}
+
+/// What the agent remembers about a container beyond systemd's own state.
+/// Persisted in the state directory so a restarted agent (and the CLI) see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Completed restarts.
+    pub restart_count: u32,
+    /// Invocation of the instance before the current one (for `--previous`).
+    pub previous_invocation: Option<String>,
+    /// How the previous instance ended (`lastState`).
+    pub last_termination: Option<Termination>,
+    /// A restart decided for this invocation (the unit's current, terminated one).
+    pub restart_of: Option<String>,
+    /// When that restart may happen, µs since the epoch.
+    pub restart_at_us: u64,
+    /// The termination being restarted, moved to `last_termination` once the restart happens.
+    pub restarting: Option<Termination>,
+    /// Back-off entry.
+    pub backoff: BackoffState,
+}
+
+/// A container instance as systemd shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Instance {
+    /// No unit, or never started.
+    Absent,
+    /// Being started.
+    Creating,
+    /// Main process running.
+    Running {
+        /// µs since the epoch.
+        started_us: u64,
+        /// Invocation id.
+        invocation: String,
+    },
+    /// Main process gone.
+    Terminated(Termination, String),
+}
+
+/// systemd exit statuses that mean the process never ran (step failures).
+fn start_error_step(status: i32) -> Option<&'static str> {
+    Some(match status {
+        200 => "CHDIR",
+        203 => "EXEC",
+        216 => "GROUP",
+        217 => "USER",
+        _ => return None,
+    })
+}
+
+/// Reads one container instance out of a unit snapshot.
+pub fn instance(unit: Option<&UnitSnapshot>) -> Instance {
+    let Some(u) = unit else { return Instance::Absent };
+    if u.load_state != "loaded" || u.invocation_id.is_empty() {
+        return Instance::Absent;
+    }
+    let terminated = match (u.active_state.as_str(), u.sub_state.as_str()) {
+        ("activating", _) => return Instance::Creating,
+        ("active", "exited") | ("failed", _) => true,
+        ("active" | "reloading" | "deactivating", _) => false,
+        ("inactive", _) => u.exec_main_exit_us > 0,
+        _ => return Instance::Absent,
+    };
+    if !terminated {
+        if u.exec_main_start_us == 0 {
+            return Instance::Creating;
+        }
+        return Instance::Running { started_us: u.exec_main_start_us, invocation: u.invocation_id.clone() };
+    }
+    let killed = matches!(u.exec_main_code, 2 | 3);
+    let (mut exit_code, signal) = if killed { (128 + u.exec_main_status, Some(u.exec_main_status)) } else { (u.exec_main_status, None) };
+    let mut message = None;
+    let reason = if u.result == "oom-kill" {
+        "OOMKilled"
+    } else if let Some(step) = (!killed).then(|| start_error_step(u.exec_main_status)).flatten() {
+        exit_code = 128;
+        message = Some(format!("systemd could not start the process: step {step} failed (status {})", u.exec_main_status));
+        "StartError"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    let finished = if u.exec_main_exit_us > 0 { u.exec_main_exit_us } else { u.exec_main_start_us };
+    let started = if u.exec_main_start_us > 0 { u.exec_main_start_us } else { finished };
+    Instance::Terminated(
+        Termination {
+            exit_code,
+            signal,
+            reason: reason.into(),
+            message,
+            started_us: started,
+            finished_us: finished,
+            container_id: format!("systemd://{}", u.invocation_id),
+        },
+        u.invocation_id.clone(),
+    )
+}
+
+/// Whether a container that ended this way is restarted under `policy`.
+pub fn should_restart(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+/// Whether an init container that ended this way is retried.
+pub fn should_restart_init(policy: &str, exit_code: i32) -> bool {
+    exit_code != 0 && policy != "Never"
+}
+
+/// RFC 3339 time from µs since the epoch.
+pub fn time_us(us: u64) -> Time {
+    Time(Timestamp::from_microsecond(us as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn terminated_state(t: &Termination) -> ContainerState {
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: t.exit_code,
+            signal: t.signal,
+            reason: Some(t.reason.clone()),
+            message: t.message.clone(),
+            started_at: Some(time_us(t.started_us)),
+            finished_at: Some(time_us(t.finished_us)),
+            container_id: Some(t.container_id.clone()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn waiting_state(reason: &str, message: Option<String>) -> ContainerState {
+    ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message }), ..Default::default() }
+}
+
+/// Inputs about one container for [`observe`].
+#[derive(Debug, Clone, Default)]
+pub struct ContainerInputs<'a> {
+    /// Its unit, if systemd has it loaded.
+    pub unit: Option<&'a UnitSnapshot>,
+    /// The agent's record.
+    pub record: Option<&'a ContainerRecord>,
+}
+
+/// Formats a pod as the kubelet does in messages: `name_namespace(uid)`.
+pub fn pod_desc(pod: &Pod) -> String {
+    format!(
+        "{}_{}({})",
+        pod.metadata.name.as_deref().unwrap_or(""),
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.uid.as_deref().unwrap_or("")
+    )
+}
+
+fn duration_text(us: u64) -> String {
+    let s = us / 1_000_000;
+    if s >= 60 && s % 60 == 0 {
+        format!("{}m0s", s / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else if us % 1_000_000 == 0 {
+        format!("{s}s")
+    } else {
+        format!("{}ms", us / 1000)
+    }
+}
+
+struct Built {
+    status: ContainerStatus,
+    /// Terminated for good (not restarting) and the exit code.
+    done: Option<i32>,
+    running: bool,
+    waiting: bool,
+    /// Has ever started (running now or finished at least once).
+    ever_started: bool,
+    last_time_us: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(pod: &Pod, name: &str, image: &str, plan_wait: Option<&Waiting>, inputs: &ContainerInputs, default_wait: &str, now_us: u64) -> Built {
+    let record = inputs.record.cloned().unwrap_or_default();
+    let inst = instance(inputs.unit);
+    let mut last = record.last_termination.clone();
+    let mut done = None;
+    let mut running = false;
+    let mut ever_started = record.restart_count > 0 || last.is_some();
+    let mut last_time_us = 0;
+    let (state, container_id, started) = match (&inst, plan_wait) {
+        (_, Some(w)) => (waiting_state(&w.reason, Some(w.message.clone())), None, false),
+        (Instance::Absent, _) => (waiting_state(default_wait, None), None, false),
+        (Instance::Creating, _) => (waiting_state("ContainerCreating", None), None, false),
+        (Instance::Running { started_us, invocation }, _) => {
+            running = true;
+            ever_started = true;
+            last_time_us = *started_us;
+            (
+                ContainerState { running: Some(ContainerStateRunning { started_at: Some(time_us(*started_us)) }), ..Default::default() },
+                Some(format!("systemd://{invocation}")),
+                true,
+            )
+        }
+        (Instance::Terminated(t, inv), _) => {
+            ever_started = true;
+            last_time_us = t.finished_us;
+            if record.restart_of.as_deref() == Some(inv.as_str()) {
+                // A restart is scheduled: the kubelet shows the back-off, with
+                // the instance that just ended as lastState.
+                last = Some(t.clone());
+                if now_us < record.restart_at_us {
+                    let msg = format!("back-off {} restarting failed container={name} pod={}", duration_text(record.backoff.delay_us), pod_desc(pod));
+                    (waiting_state("CrashLoopBackOff", Some(msg)), Some(t.container_id.clone()), false)
+                } else {
+                    (waiting_state("ContainerCreating", None), Some(t.container_id.clone()), false)
+                }
+            } else {
+                done = Some(t.exit_code);
+                (terminated_state(t), Some(t.container_id.clone()), false)
+            }
+        }
+    };
+    let waiting = state.waiting.is_some();
+    let status = ContainerStatus {
+        name: name.to_string(),
+        image: image.to_string(),
+        image_id: if image == super::manifest::HOST_IMAGE { "host".into() } else { String::new() },
+        container_id,
+        ready: running,
+        started: Some(started),
+        restart_count: record.restart_count as i32,
+        state: Some(state),
+        last_state: Some(last.as_ref().map(terminated_state).unwrap_or_default()),
+        ..Default::default()
+    };
+    Built { status, done, running, waiting, ever_started, last_time_us }
+}
+
+fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>, at_us: u64) -> PodCondition {
+    PodCondition {
+        type_: kind.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.map(Into::into),
+        message,
+        last_transition_time: Some(time_us(at_us)),
+        ..Default::default()
+    }
+}
+
+/// Computes the pod status the kubelet would report.
+///
+/// `admitted_us` is when unitlet admitted the pod (`startTime`);
+/// `units`/`records` are keyed by unit name and container name.
+pub fn observe(
+    pod: &Pod,
+    plan: &PodPlan,
+    node: &NodeFacts,
+    units: &HashMap<String, UnitSnapshot>,
+    records: &HashMap<String, ContainerRecord>,
+    admitted_us: u64,
+    now_us: u64,
+) -> PodStatus {
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let inputs = |c: &super::translate::ContainerPlan| ContainerInputs { unit: units.get(&c.unit), record: records.get(&c.name) };
+    let wait = |c: &super::translate::ContainerPlan| c.spec.as_ref().err().cloned();
+
+    let inits: Vec<Built> = plan.init.iter().map(|c| build(pod, &c.name, &c.image, wait(c).as_ref(), &inputs(c), "PodInitializing", now_us)).collect();
+    let default_wait = if plan.init.is_empty() { "ContainerCreating" } else { "PodInitializing" };
+    let apps: Vec<Built> = plan.containers.iter().map(|c| build(pod, &c.name, &c.image, wait(c).as_ref(), &inputs(c), default_wait, now_us)).collect();
+
+    // getPhase, init part.
+    let init_failed = inits.iter().any(|b| b.done.is_some_and(|c| c != 0) || (b.waiting && b.status.last_state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code != 0)));
+    let init_done = inits.iter().all(|b| b.done == Some(0));
+    let any_app_started = apps.iter().any(|b| b.ever_started);
+    let init_pending = !init_done && !(init_failed && policy == "Never");
+
+    let running = apps.iter().filter(|b| b.running).count();
+    let waiting = apps.iter().filter(|b| b.waiting).count();
+    let stopped: Vec<i32> = apps.iter().filter_map(|b| b.done).collect();
+    let phase = if init_failed && policy == "Never" {
+        "Failed"
+    } else if (init_pending && !any_app_started) || waiting > 0 {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if !stopped.is_empty() && stopped.len() == apps.len() {
+        if policy == "Always" {
+            "Running"
+        } else if stopped.iter().all(|&c| c == 0) {
+            "Succeeded"
+        } else if policy == "Never" {
+            "Failed"
+        } else {
+            "Running"
+        }
+    } else {
+        "Pending"
+    };
+
+    // Conditions with transition times derived from container times.
+    let latest = |bs: &[Built]| bs.iter().map(|b| b.last_time_us).max().unwrap_or(0).max(admitted_us);
+    let initialized = init_done || any_app_started;
+    let incomplete: Vec<&str> = plan.init.iter().zip(&inits).filter(|(_, b)| b.done != Some(0)).map(|(c, _)| c.name.as_str()).collect();
+    let init_cond = if phase == "Succeeded" && initialized {
+        condition("Initialized", true, Some("PodCompleted"), None, latest(&inits))
+    } else if initialized {
+        condition("Initialized", true, None, None, latest(&inits))
+    } else {
+        condition("Initialized", false, Some("ContainersNotInitialized"), Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))), latest(&inits))
+    };
+    let unready: Vec<&str> = plan.containers.iter().zip(&apps).filter(|(_, b)| !b.status.ready).map(|(c, _)| c.name.as_str()).collect();
+    let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_ref()).is_some_and(|g| !g.is_empty());
+    let ready_at = latest(&apps);
+    let (cr, ready) = match phase {
+        "Succeeded" => (condition("ContainersReady", false, Some("PodCompleted"), None, ready_at), condition("Ready", false, Some("PodCompleted"), None, ready_at)),
+        "Failed" => (condition("ContainersReady", false, Some("PodFailed"), None, ready_at), condition("Ready", false, Some("PodFailed"), None, ready_at)),
+        _ if unready.is_empty() => {
+            let r = if gates {
+                condition("Ready", false, Some("ReadinessGatesNotReady"), Some("unitlet sets no readiness gates".into()), ready_at)
+            } else {
+                condition("Ready", true, None, None, ready_at)
+            };
+            (condition("ContainersReady", true, None, None, ready_at), r)
+        }
+        _ => {
+            let msg = format!("containers with unready status: [{}]", unready.join(" "));
+            (condition("ContainersReady", false, Some("ContainersNotReady"), Some(msg.clone()), ready_at), condition("Ready", false, Some("ContainersNotReady"), Some(msg), ready_at))
+        }
+    };
+    let conditions = vec![
+        condition("PodReadyToStartContainers", true, None, None, admitted_us),
+        init_cond,
+        ready,
+        cr,
+        condition("PodScheduled", true, None, None, admitted_us),
+    ];
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        host_ip: Some(node.host_ip.clone()),
+        host_ips: Some(vec![HostIP { ip: node.host_ip.clone() }]),
+        pod_ip: Some(node.host_ip.clone()),
+        pod_ips: Some(vec![PodIP { ip: node.host_ip.clone() }]),
+        start_time: Some(time_us(admitted_us)),
+        qos_class: Some(qos_class(pod).into()),
+        init_container_statuses: (!inits.is_empty()).then(|| inits.into_iter().map(|b| b.status).collect()),
+        container_statuses: Some(apps.into_iter().map(|b| b.status).collect()),
+        ..Default::default()
+    }
+}
+
+/// Kubernetes QoS class from requests and limits.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = &pod.spec else { return "BestEffort" };
+    let all: Vec<_> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
+    let get = |c: &&k8s_openapi::api::core::v1::Container, kind: &str, r: &str| {
+        c.resources.as_ref().and_then(|x| if kind == "limits" { x.limits.as_ref() } else { x.requests.as_ref() }).and_then(|m| m.get(r)).map(|q| q.0.clone())
+    };
+    let any = all.iter().any(|c| ["cpu", "memory"].iter().any(|r| get(c, "limits", r).is_some() || get(c, "requests", r).is_some()));
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = all.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| match (get(c, "limits", r), get(c, "requests", r)) {
+            (Some(l), Some(q)) => l == q,
+            (Some(_), None) => true,
+            _ => false,
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}

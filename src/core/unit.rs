@@ -1,0 +1,147 @@
+//! Units as typed data: what unitlet asks systemd for, property by property.
+//!
+//! The same list is sent over D-Bus (see `systemd::props`) and printed by
+//! `unitlet render`, so what a reviewer reads is what systemd gets. No value
+//! is ever pasted into unit-file text that systemd parses.
+
+/// One transient-unit property with its D-Bus type fixed by the variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Property {
+    /// `Description` (s).
+    Description(String),
+    /// `Slice` (s).
+    Slice(String),
+    /// `Type` (s).
+    Type(String),
+    /// `RemainAfterExit` (b): keeps exit status readable after a clean exit.
+    RemainAfterExit(bool),
+    /// `ExecStartEx` (a(sasas)) with the `no-env-expand` flag: argv is passed verbatim.
+    ExecStart {
+        /// Program to execute (absolute, or resolved by systemd's search path).
+        path: String,
+        /// Full argv including argv\[0\].
+        argv: Vec<String>,
+    },
+    /// `Environment` (as), `NAME=value` entries.
+    Environment(Vec<(String, String)>),
+    /// `WorkingDirectory` (s).
+    WorkingDirectory(String),
+    /// `SyslogIdentifier` (s): the tag journal lines carry.
+    SyslogIdentifier(String),
+    /// `KillSignal` (i).
+    KillSignal(i32),
+    /// `TimeoutStopUSec` (t): grace before SIGKILL.
+    TimeoutStopUSec(u64),
+    /// `StartLimitIntervalUSec` (t): 0 disables systemd's start rate limit; unitlet backs off itself.
+    StartLimitIntervalUSec(u64),
+    /// `MemoryMax` (t).
+    MemoryMax(u64),
+    /// `CPUQuotaPerSecUSec` (t).
+    CpuQuotaPerSecUSec(u64),
+    /// `CPUWeight` (t).
+    CpuWeight(u64),
+    /// `CPUAccounting`, `MemoryAccounting`, `TasksAccounting`, `IOAccounting` (b).
+    Accounting(bool),
+}
+
+impl Property {
+    /// `(key, unit-file value)` pairs, for rendering.
+    pub fn render(&self) -> Vec<(&'static str, String)> {
+        use Property::*;
+        match self {
+            Description(s) => vec![("Description", escape_value(s))],
+            Slice(s) => vec![("Slice", s.clone())],
+            Type(s) => vec![("Type", s.clone())],
+            RemainAfterExit(b) => vec![("RemainAfterExit", yes_no(*b))],
+            ExecStart { path, argv } => {
+                // ":" is the unit-file spelling of the no-env-expand flag.
+                let mut line = String::from(":");
+                line.push_str(&quote_word(path));
+                for a in argv.iter().skip(1) {
+                    line.push(' ');
+                    line.push_str(&quote_word(a));
+                }
+                if argv.first().is_some_and(|a0| a0 != path) {
+                    line = format!("{line}  # argv[0]={}", quote_word(&argv[0]));
+                }
+                vec![("ExecStart", line)]
+            }
+            Environment(pairs) => pairs.iter().map(|(k, v)| ("Environment", quote_word(&format!("{k}={v}")))).collect(),
+            WorkingDirectory(s) => vec![("WorkingDirectory", quote_word(s))],
+            SyslogIdentifier(s) => vec![("SyslogIdentifier", s.clone())],
+            KillSignal(n) => vec![("KillSignal", n.to_string())],
+            TimeoutStopUSec(u) => vec![("TimeoutStopSec", format!("{}us", u))],
+            StartLimitIntervalUSec(u) => vec![("StartLimitIntervalSec", format!("{u}us"))],
+            MemoryMax(b) => vec![("MemoryMax", b.to_string())],
+            CpuQuotaPerSecUSec(u) => vec![("CPUQuota", format!("{}%", u / 10_000))],
+            CpuWeight(w) => vec![("CPUWeight", w.to_string())],
+            Accounting(b) => ["CPUAccounting", "MemoryAccounting", "TasksAccounting", "IOAccounting"].iter().map(|k| (*k, yes_no(*b))).collect(),
+        }
+    }
+
+    fn section(&self) -> &'static str {
+        match self {
+            Property::Description(_) | Property::StartLimitIntervalUSec(_) => "Unit",
+            _ => "Service",
+        }
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+/// Quotes a word the way systemd's unit-file parser reads it back: double
+/// quotes, C escapes, and doubled `%` so no specifier is expanded.
+pub fn quote_word(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '%' => out.push_str("%%"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn escape_value(s: &str) -> String {
+    s.replace('%', "%%").replace('\n', " ")
+}
+
+/// A unit to create: its name and typed properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSpec {
+    /// Full unit name including the `.service`/`.slice` suffix.
+    pub name: String,
+    /// Properties in the order they are sent.
+    pub properties: Vec<Property>,
+}
+
+impl UnitSpec {
+    /// Unit-file view of the properties (for `unitlet render`); never fed to systemd.
+    pub fn render(&self) -> String {
+        let mut out = format!("# {}\n", self.name);
+        for section in ["Unit", "Service", "Slice"] {
+            let props: Vec<_> = self.properties.iter().filter(|p| p.section() == section || (section == "Slice" && self.name.ends_with(".slice") && p.section() == "Service")).collect();
+            let props: Vec<_> = if self.name.ends_with(".slice") && section == "Service" { vec![] } else { props };
+            if props.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("[{section}]\n"));
+            for p in props {
+                for (k, v) in p.render() {
+                    out.push_str(&format!("{k}={v}\n"));
+                }
+            }
+        }
+        out
+    }
+}

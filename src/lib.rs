@@ -1,0 +1,12 @@
+//! unitlet: run Kubernetes pods as systemd units.
+//!
+//! Data flows one way: a pod source (`source`) produces desired pods; the
+//! reconciler (`runtime`) translates them (`core::translate`) and drives
+//! systemd (`systemd`) towards them, recording what systemd cannot remember
+//! (`state`); status is computed from systemd's own unit state
+//! (`core::observe`); logs come from the journal (`journal`). The CLI
+//! (`cli`) wires these together. `sandbox` boots a throwaway systemd node
+//! for tests, benchmarks and trying unitlet on hosts without systemd.
+#![warn(missing_docs)]
+
+pub mod core;
