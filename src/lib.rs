@@ -9,4 +9,11 @@
 //! for tests, benchmarks and trying unitlet on hosts without systemd.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod core;
+pub mod journal;
+pub mod runtime;
+pub mod sandbox;
+pub mod source;
+pub mod state;
+pub mod systemd;

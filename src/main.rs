@@ -1,1 +1,20 @@
-fn main() {}
+use clap::Parser;
+use unitlet::cli::{Cli, LogFormat};
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNITLET_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    if let Err(e) = unitlet::cli::main(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -16,7 +16,10 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        BackoffConfig { base_us: 10_000_000, max_us: 300_000_000 }
+        BackoffConfig {
+            base_us: 10_000_000,
+            max_us: 300_000_000,
+        }
     }
 }
 
@@ -45,7 +48,11 @@ impl BackoffState {
 
     /// Records a restart done at `now_us` for a container that finished at `finished_us`.
     pub fn record_restart(&mut self, cfg: &BackoffConfig, finished_us: u64, now_us: u64) {
-        self.delay_us = if self.expired(cfg, finished_us) { cfg.base_us } else { (self.delay_us * 2).min(cfg.max_us) };
+        self.delay_us = if self.expired(cfg, finished_us) {
+            cfg.base_us
+        } else {
+            (self.delay_us * 2).min(cfg.max_us)
+        };
         self.last_update_us = now_us;
     }
 }

@@ -50,7 +50,12 @@ impl fmt::Display for ManifestError {
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
-    ManifestError { pod: None, container: None, field: field.into(), message: message.into() }
+    ManifestError {
+        pod: None,
+        container: None,
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// A pod ready to be run: validated, defaulted, with its UID assigned.
@@ -71,30 +76,56 @@ impl StaticPod {
 
 /// `namespace/name` of a pod.
 pub fn pod_key(pod: &Pod) -> String {
-    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
 }
 
 /// Parses one manifest file's bytes. `source` is the file path (part of the
 /// UID, as for kubelet static pods); `is_json` selects the JSON decoder.
-pub fn parse_manifest(bytes: &[u8], source: &str, node_name: &str, is_json: bool) -> Result<StaticPod, ManifestError> {
+pub fn parse_manifest(
+    bytes: &[u8],
+    source: &str,
+    node_name: &str,
+    is_json: bool,
+) -> Result<StaticPod, ManifestError> {
     if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(err("", format!("manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}", bytes.len())));
+        return Err(err(
+            "",
+            format!(
+                "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                bytes.len()
+            ),
+        ));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| err("", format!("manifest is not UTF-8: {e}")))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| err("", format!("manifest is not UTF-8: {e}")))?;
     let value: Value = if is_json {
         serde_json::from_str(text).map_err(|e| err("", format!("invalid JSON: {e}")))?
     } else {
-        let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| err("", format!("invalid YAML: {e}")))?;
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(text).map_err(|e| err("", format!("invalid YAML: {e}")))?;
         let mut docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
         match docs.len() {
             0 => return Err(err("", "manifest is empty; it must hold exactly one Pod")),
             1 => docs.remove(0),
-            n => return Err(err("", format!("manifest holds {n} documents; put exactly one Pod in each file"))),
+            n => {
+                return Err(err(
+                    "",
+                    format!("manifest holds {n} documents; put exactly one Pod in each file"),
+                ))
+            }
         }
     };
     let canonical = serde_json::to_vec(&value).expect("a JSON value serializes");
     let mut pod = decode_pod(value)?;
-    let namespace = pod.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
+    let namespace = pod
+        .metadata
+        .namespace
+        .get_or_insert_with(|| "default".into())
+        .clone();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let key = format!("{namespace}/{name}");
     validate(&pod).map_err(|mut e| {
@@ -112,9 +143,19 @@ pub fn parse_manifest(bytes: &[u8], source: &str, node_name: &str, is_json: bool
     h.update(&canonical);
     let d = h.finalize();
     let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let uid = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
     pod.metadata.uid = Some(uid.clone());
-    let ann = pod.metadata.annotations.get_or_insert_with(Default::default);
+    let ann = pod
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
     ann.insert("kubernetes.io/config.source".into(), "file".into());
     ann.insert("kubernetes.io/config.hash".into(), uid.clone());
     let spec = pod.spec.as_mut().expect("validated");
@@ -129,21 +170,37 @@ pub fn parse_manifest(bytes: &[u8], source: &str, node_name: &str, is_json: bool
 fn decode_pod(value: Value) -> Result<Pod, ManifestError> {
     match value.get("apiVersion").and_then(Value::as_str) {
         Some("v1") => {}
-        Some(other) => return Err(err("apiVersion", format!("{other:?} is not supported; use apiVersion: v1"))),
+        Some(other) => {
+            return Err(err(
+                "apiVersion",
+                format!("{other:?} is not supported; use apiVersion: v1"),
+            ))
+        }
         None => return Err(err("apiVersion", "missing; use apiVersion: v1")),
     }
     match value.get("kind").and_then(Value::as_str) {
         Some("Pod") => {}
-        Some(other) => return Err(err("kind", format!("{other:?} is not supported; each manifest holds one kind: Pod"))),
+        Some(other) => {
+            return Err(err(
+                "kind",
+                format!("{other:?} is not supported; each manifest holds one kind: Pod"),
+            ))
+        }
         None => return Err(err("kind", "missing; use kind: Pod")),
     }
     let pod: Pod = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
-        err(if path == "." { String::new() } else { path }, e.into_inner().to_string())
+        err(
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )
     })?;
     let back = serde_json::to_value(&pod).expect("a Pod serializes");
     if let Some(path) = first_unknown(&value, &back, String::new()) {
-        return Err(err(path, "unknown field; check its spelling and indentation against the Pod v1 API"));
+        return Err(err(
+            path,
+            "unknown field; check its spelling and indentation against the Pod v1 API",
+        ));
     }
     Ok(pod)
 }
@@ -153,7 +210,11 @@ fn first_unknown(input: &Value, typed: &Value, path: String) -> Option<String> {
     match (input, typed) {
         (Value::Object(i), Value::Object(t)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match t.get(k) {
                     None if !v.is_null() => return Some(p),
                     None => {}
@@ -166,7 +227,11 @@ fn first_unknown(input: &Value, typed: &Value, path: String) -> Option<String> {
             }
             None
         }
-        (Value::Array(i), Value::Array(t)) => i.iter().zip(t).enumerate().find_map(|(n, (a, b))| first_unknown(a, b, format!("{path}[{n}]"))),
+        (Value::Array(i), Value::Array(t)) => i
+            .iter()
+            .zip(t)
+            .enumerate()
+            .find_map(|(n, (a, b))| first_unknown(a, b, format!("{path}[{n}]"))),
         _ => None,
     }
 }
@@ -174,7 +239,8 @@ fn first_unknown(input: &Value, typed: &Value, path: String) -> Option<String> {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -186,7 +252,8 @@ fn is_dns_subdomain(s: &str) -> bool {
 /// systemd 252 only accepts environment names that are shell identifiers.
 fn is_env_name(s: &str) -> bool {
     let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 fn check_string(field: &str, s: &str) -> Result<(), ManifestError> {
@@ -200,28 +267,51 @@ fn check_string(field: &str, s: &str) -> Result<(), ManifestError> {
 pub fn field_ref_supported(path: &str) -> bool {
     matches!(
         path,
-        "metadata.name" | "metadata.namespace" | "metadata.uid" | "spec.nodeName" | "spec.serviceAccountName" | "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs"
-    ) || ((path.starts_with("metadata.labels['") || path.starts_with("metadata.annotations['")) && path.ends_with("']"))
+        "metadata.name"
+            | "metadata.namespace"
+            | "metadata.uid"
+            | "spec.nodeName"
+            | "spec.serviceAccountName"
+            | "status.hostIP"
+            | "status.hostIPs"
+            | "status.podIP"
+            | "status.podIPs"
+    ) || ((path.starts_with("metadata.labels['") || path.starts_with("metadata.annotations['"))
+        && path.ends_with("']"))
 }
 
 fn unsupported(field: String, what: &str) -> ManifestError {
-    err(field, format!("{what} is not supported by unitlet yet; remove it from the manifest"))
+    err(
+        field,
+        format!("{what} is not supported by unitlet yet; remove it from the manifest"),
+    )
 }
 
 fn validate(pod: &Pod) -> Result<(), ManifestError> {
     let meta = &pod.metadata;
     let name = meta.name.as_deref().unwrap_or("");
     if name.is_empty() {
-        return Err(err("metadata.name", "required: static pods need a name (generateName is not supported)"));
+        return Err(err(
+            "metadata.name",
+            "required: static pods need a name (generateName is not supported)",
+        ));
     }
     if !is_dns_subdomain(name) {
         return Err(err("metadata.name", format!("{name:?} is not a valid name: use at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")));
     }
     let ns = meta.namespace.as_deref().unwrap_or("default");
     if !is_dns_label(ns) {
-        return Err(err("metadata.namespace", format!("{ns:?} is not a valid namespace: use at most 63 lowercase letters, digits and '-'")));
+        return Err(err(
+            "metadata.namespace",
+            format!(
+                "{ns:?} is not a valid namespace: use at most 63 lowercase letters, digits and '-'"
+            ),
+        ));
     }
-    for (field, map) in [("metadata.labels", &meta.labels), ("metadata.annotations", &meta.annotations)] {
+    for (field, map) in [
+        ("metadata.labels", &meta.labels),
+        ("metadata.annotations", &meta.annotations),
+    ] {
         for (k, v) in map.iter().flatten() {
             check_string(&format!("{field}[{k:?}]"), v)?;
             if k.is_empty() || k.len() > 316 {
@@ -237,37 +327,79 @@ fn validate(pod: &Pod) -> Result<(), ManifestError> {
     }
     if let Some(p) = spec.restart_policy.as_deref() {
         if !matches!(p, "Always" | "OnFailure" | "Never") {
-            return Err(err("spec.restartPolicy", format!("{p:?} is not one of Always, OnFailure, Never")));
+            return Err(err(
+                "spec.restartPolicy",
+                format!("{p:?} is not one of Always, OnFailure, Never"),
+            ));
         }
     }
     if let Some(g) = spec.termination_grace_period_seconds {
         if g < 0 {
-            return Err(err("spec.terminationGracePeriodSeconds", "must be zero or more"));
+            return Err(err(
+                "spec.terminationGracePeriodSeconds",
+                "must be zero or more",
+            ));
         }
     }
     if spec.host_network == Some(false) {
-        return Err(err("spec.hostNetwork", "unitlet runs every pod in the host network; remove hostNetwork: false"));
+        return Err(err(
+            "spec.hostNetwork",
+            "unitlet runs every pod in the host network; remove hostNetwork: false",
+        ));
     }
     for (field, present) in [
-        ("spec.volumes", spec.volumes.as_ref().is_some_and(|v| !v.is_empty())),
-        ("spec.ephemeralContainers", spec.ephemeral_containers.as_ref().is_some_and(|v| !v.is_empty())),
-        ("spec.hostAliases", spec.host_aliases.as_ref().is_some_and(|v| !v.is_empty())),
-        ("spec.shareProcessNamespace", spec.share_process_namespace == Some(true)),
-        ("spec.activeDeadlineSeconds", spec.active_deadline_seconds.is_some()),
+        (
+            "spec.volumes",
+            spec.volumes.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "spec.ephemeralContainers",
+            spec.ephemeral_containers
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "spec.hostAliases",
+            spec.host_aliases.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "spec.shareProcessNamespace",
+            spec.share_process_namespace == Some(true),
+        ),
+        (
+            "spec.activeDeadlineSeconds",
+            spec.active_deadline_seconds.is_some(),
+        ),
     ] {
         if present {
-            return Err(unsupported(field.into(), field.rsplit('.').next().unwrap_or(field)));
+            return Err(unsupported(
+                field.into(),
+                field.rsplit('.').next().unwrap_or(field),
+            ));
         }
     }
     if let Some(sc) = &spec.security_context {
-        let extra = sc.run_as_non_root.is_some() || sc.fs_group.is_some() || sc.supplemental_groups.is_some() || sc.sysctls.is_some() || sc.seccomp_profile.is_some() || sc.se_linux_options.is_some() || sc.app_armor_profile.is_some();
+        let extra = sc.run_as_non_root.is_some()
+            || sc.fs_group.is_some()
+            || sc.supplemental_groups.is_some()
+            || sc.sysctls.is_some()
+            || sc.seccomp_profile.is_some()
+            || sc.se_linux_options.is_some()
+            || sc.app_armor_profile.is_some();
         if extra {
-            return Err(unsupported("spec.securityContext".into(), "a securityContext field other than runAsUser/runAsGroup"));
+            return Err(unsupported(
+                "spec.securityContext".into(),
+                "a securityContext field other than runAsUser/runAsGroup",
+            ));
         }
         check_ids("spec.securityContext", sc.run_as_user, sc.run_as_group)?;
     }
     let mut seen = std::collections::HashSet::new();
-    let inits = spec.init_containers.iter().flatten().map(|c| ("spec.initContainers", c));
+    let inits = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| ("spec.initContainers", c));
     let apps = spec.containers.iter().map(|c| ("spec.containers", c));
     let mut counters = std::collections::HashMap::new();
     for (list, c) in inits.chain(apps) {
@@ -291,7 +423,10 @@ fn check_ids(field: &str, user: Option<i64>, group: Option<i64>) -> Result<(), M
     for (f, v) in [("runAsUser", user), ("runAsGroup", group)] {
         if let Some(v) = v {
             if !(0..=i64::from(u32::MAX - 1)).contains(&v) {
-                return Err(err(format!("{field}.{f}"), format!("{v} is not a valid id (0 to 4294967294)")));
+                return Err(err(
+                    format!("{field}.{f}"),
+                    format!("{v} is not a valid id (0 to 4294967294)"),
+                ));
             }
         }
     }
@@ -304,7 +439,10 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
     }
     let image = c.image.as_deref().unwrap_or("");
     if image.trim().is_empty() {
-        return Err(err(format!("{base}.image"), "required; use image: host to run a binary from this machine"));
+        return Err(err(
+            format!("{base}.image"),
+            "required; use image: host to run a binary from this machine",
+        ));
     }
     let mut total = 0usize;
     for (list, items) in [("command", &c.command), ("args", &c.args)] {
@@ -312,7 +450,13 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
             let f = format!("{base}.{list}[{i}]");
             check_string(&f, a)?;
             if a.len() + 1 > MAX_ARG_STRLEN {
-                return Err(err(f, format!("is {} bytes; Linux refuses a single argument over {MAX_ARG_STRLEN} bytes", a.len())));
+                return Err(err(
+                    f,
+                    format!(
+                        "is {} bytes; Linux refuses a single argument over {MAX_ARG_STRLEN} bytes",
+                        a.len()
+                    ),
+                ));
             }
             total += a.len() + 1;
         }
@@ -322,13 +466,19 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
     }
     if let Some(first) = c.command.as_ref().and_then(|v| v.first()) {
         if first.is_empty() {
-            return Err(err(format!("{base}.command[0]"), "the program to run must not be empty"));
+            return Err(err(
+                format!("{base}.command[0]"),
+                "the program to run must not be empty",
+            ));
         }
     }
     if let Some(wd) = &c.working_dir {
         check_string(&format!("{base}.workingDir"), wd)?;
         if !wd.starts_with('/') {
-            return Err(err(format!("{base}.workingDir"), format!("{wd:?} must be an absolute path")));
+            return Err(err(
+                format!("{base}.workingDir"),
+                format!("{wd:?} must be an absolute path"),
+            ));
         }
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
@@ -351,7 +501,12 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
                     "memory" | "ephemeral-storage" => {
                         super::quantity::bytes(&q.0).map_err(|e| err(f, e.to_string()))?;
                     }
-                    other => return Err(err(f, format!("resource {other:?} is not supported; use cpu and memory"))),
+                    other => {
+                        return Err(err(
+                            f,
+                            format!("resource {other:?} is not supported; use cpu and memory"),
+                        ))
+                    }
                 }
             }
         }
@@ -361,8 +516,14 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
         ("readinessProbe", c.readiness_probe.is_some()),
         ("startupProbe", c.startup_probe.is_some()),
         ("lifecycle", c.lifecycle.is_some()),
-        ("volumeMounts", c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty())),
-        ("volumeDevices", c.volume_devices.as_ref().is_some_and(|v| !v.is_empty())),
+        (
+            "volumeMounts",
+            c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "volumeDevices",
+            c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
         ("tty", c.tty == Some(true)),
         ("stdin", c.stdin == Some(true)),
         ("restartPolicy", init && c.restart_policy.is_some()),
@@ -372,14 +533,32 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
         }
     }
     if !init && c.restart_policy.is_some() {
-        return Err(err(format!("{base}.restartPolicy"), "only init containers may set restartPolicy"));
+        return Err(err(
+            format!("{base}.restartPolicy"),
+            "only init containers may set restartPolicy",
+        ));
     }
     if let Some(sc) = &c.security_context {
-        let extra = sc.run_as_non_root.is_some() || sc.privileged.is_some() || sc.capabilities.is_some() || sc.read_only_root_filesystem.is_some() || sc.allow_privilege_escalation.is_some() || sc.seccomp_profile.is_some() || sc.proc_mount.is_some() || sc.se_linux_options.is_some() || sc.app_armor_profile.is_some();
+        let extra = sc.run_as_non_root.is_some()
+            || sc.privileged.is_some()
+            || sc.capabilities.is_some()
+            || sc.read_only_root_filesystem.is_some()
+            || sc.allow_privilege_escalation.is_some()
+            || sc.seccomp_profile.is_some()
+            || sc.proc_mount.is_some()
+            || sc.se_linux_options.is_some()
+            || sc.app_armor_profile.is_some();
         if extra {
-            return Err(unsupported(format!("{base}.securityContext"), "a securityContext field other than runAsUser/runAsGroup"));
+            return Err(unsupported(
+                format!("{base}.securityContext"),
+                "a securityContext field other than runAsUser/runAsGroup",
+            ));
         }
-        check_ids(&format!("{base}.securityContext"), sc.run_as_user, sc.run_as_group)?;
+        check_ids(
+            &format!("{base}.securityContext"),
+            sc.run_as_user,
+            sc.run_as_group,
+        )?;
     }
     Ok(())
 }
@@ -390,7 +569,10 @@ fn validate_env(field: &str, e: &EnvVar) -> Result<usize, ManifestError> {
     }
     let value = e.value.as_deref().unwrap_or("");
     check_string(&format!("{field}.value"), value)?;
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
         return Err(err(format!("{field}.value"), "contains a control character other than tab, CR or newline, which systemd refuses in the environment"));
     }
     let size = e.name.len() + 1 + value.len() + 1;
@@ -399,11 +581,17 @@ fn validate_env(field: &str, e: &EnvVar) -> Result<usize, ManifestError> {
     }
     if let Some(from) = &e.value_from {
         if e.value.as_deref().is_some_and(|v| !v.is_empty()) {
-            return Err(err(format!("{field}.valueFrom"), "may not be set together with value"));
+            return Err(err(
+                format!("{field}.valueFrom"),
+                "may not be set together with value",
+            ));
         }
         if let Some(f) = &from.field_ref {
             if f.api_version.as_deref().is_some_and(|v| v != "v1") {
-                return Err(err(format!("{field}.valueFrom.fieldRef.apiVersion"), "must be v1"));
+                return Err(err(
+                    format!("{field}.valueFrom.fieldRef.apiVersion"),
+                    "must be v1",
+                ));
             }
             if !field_ref_supported(&f.field_path) {
                 return Err(err(format!("{field}.valueFrom.fieldRef.fieldPath"), format!("{:?} is not supported; use metadata.name, metadata.namespace, metadata.uid, metadata.labels['k'], metadata.annotations['k'], spec.nodeName, spec.serviceAccountName, status.hostIP or status.podIP", f.field_path)));
@@ -411,7 +599,10 @@ fn validate_env(field: &str, e: &EnvVar) -> Result<usize, ManifestError> {
         } else if from.config_map_key_ref.is_some() || from.secret_key_ref.is_some() {
             return Err(err(format!("{field}.valueFrom"), "ConfigMap and Secret references need cluster mode; standalone pods can use value or fieldRef"));
         } else {
-            return Err(unsupported(format!("{field}.valueFrom"), "this valueFrom source"));
+            return Err(unsupported(
+                format!("{field}.valueFrom"),
+                "this valueFrom source",
+            ));
         }
     }
     Ok(size)
@@ -431,7 +622,10 @@ mod tests {
     fn defaults() {
         let p = parse(OK).unwrap();
         assert_eq!(p.key(), "default/web.v1");
-        assert_eq!(p.pod.spec.as_ref().unwrap().restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            p.pod.spec.as_ref().unwrap().restart_policy.as_deref(),
+            Some("Always")
+        );
         assert_eq!(p.pod.metadata.uid.as_deref(), Some(p.uid.as_str()));
         assert_eq!(p.uid.len(), 36);
     }
@@ -439,7 +633,9 @@ mod tests {
     #[test]
     fn uid_follows_content_not_formatting() {
         let a = parse(OK).unwrap().uid;
-        let b = parse(&OK.replace("image: host", "image:    host")).unwrap().uid;
+        let b = parse(&OK.replace("image: host", "image:    host"))
+            .unwrap()
+            .uid;
         let c = parse(&OK.replace("'100'", "'101'")).unwrap().uid;
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -462,15 +658,24 @@ mod tests {
         ];
         for (yaml, field) in cases {
             let e = parse(&yaml).expect_err(&yaml);
-            assert!(e.field.replace(".[", "[") == field.replace(".[", "["), "want {field}, got {e}");
+            assert!(
+                e.field.replace(".[", "[") == field.replace(".[", "["),
+                "want {field}, got {e}"
+            );
         }
     }
 
     #[test]
     fn huge_env_value_is_refused_with_reason() {
-        let yaml = format!("{OK}    env:\n    - name: BIG\n      value: \"{}\"\n", "x".repeat(1 << 20));
+        let yaml = format!(
+            "{OK}    env:\n    - name: BIG\n      value: \"{}\"\n",
+            "x".repeat(1 << 20)
+        );
         let e = parse(&yaml).unwrap_err();
-        assert!(e.to_string().contains("MAX_ARG_STRLEN") || e.to_string().contains("131072"), "{e}");
+        assert!(
+            e.to_string().contains("MAX_ARG_STRLEN") || e.to_string().contains("131072"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub fn pod_slice(uid: &str) -> String {
 /// The unit of one container (init or app) of a pod.
 pub fn container_unit(namespace: &str, pod: &str, container: &str, uid: &str) -> String {
     let tag = uid_tag(uid);
-    let fixed = SERVICE_PREFIX.len() + namespace.len() + container.len() + tag.len() + 3 + ".service".len();
+    let fixed =
+        SERVICE_PREFIX.len() + namespace.len() + container.len() + tag.len() + 3 + ".service".len();
     let room = MAX_UNIT_NAME.saturating_sub(fixed);
     // Kubernetes names are ASCII, so byte truncation is character truncation.
     let pod = &pod[..pod.len().min(room)];

@@ -5,7 +5,8 @@ use super::backoff::BackoffState;
 use super::translate::{PodPlan, Waiting};
 use super::NodeFacts;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -74,6 +75,8 @@ pub struct ContainerRecord {
     pub restarting: Option<Termination>,
     /// Back-off entry.
     pub backoff: BackoffState,
+    /// Why systemd refused to create the unit, if it did (`CreateContainerError`).
+    pub create_error: Option<String>,
 }
 
 /// A container instance as systemd shows it.
@@ -107,7 +110,9 @@ fn start_error_step(status: i32) -> Option<&'static str> {
 
 /// Reads one container instance out of a unit snapshot.
 pub fn instance(unit: Option<&UnitSnapshot>) -> Instance {
-    let Some(u) = unit else { return Instance::Absent };
+    let Some(u) = unit else {
+        return Instance::Absent;
+    };
     if u.load_state != "loaded" || u.invocation_id.is_empty() {
         return Instance::Absent;
     }
@@ -122,24 +127,45 @@ pub fn instance(unit: Option<&UnitSnapshot>) -> Instance {
         if u.exec_main_start_us == 0 {
             return Instance::Creating;
         }
-        return Instance::Running { started_us: u.exec_main_start_us, invocation: u.invocation_id.clone() };
+        return Instance::Running {
+            started_us: u.exec_main_start_us,
+            invocation: u.invocation_id.clone(),
+        };
     }
     let killed = matches!(u.exec_main_code, 2 | 3);
-    let (mut exit_code, signal) = if killed { (128 + u.exec_main_status, Some(u.exec_main_status)) } else { (u.exec_main_status, None) };
+    let (mut exit_code, signal) = if killed {
+        (128 + u.exec_main_status, Some(u.exec_main_status))
+    } else {
+        (u.exec_main_status, None)
+    };
     let mut message = None;
     let reason = if u.result == "oom-kill" {
         "OOMKilled"
-    } else if let Some(step) = (!killed).then(|| start_error_step(u.exec_main_status)).flatten() {
+    } else if let Some(step) = (!killed)
+        .then(|| start_error_step(u.exec_main_status))
+        .flatten()
+    {
         exit_code = 128;
-        message = Some(format!("systemd could not start the process: step {step} failed (status {})", u.exec_main_status));
+        message = Some(format!(
+            "systemd could not start the process: step {step} failed (status {})",
+            u.exec_main_status
+        ));
         "StartError"
     } else if exit_code == 0 {
         "Completed"
     } else {
         "Error"
     };
-    let finished = if u.exec_main_exit_us > 0 { u.exec_main_exit_us } else { u.exec_main_start_us };
-    let started = if u.exec_main_start_us > 0 { u.exec_main_start_us } else { finished };
+    let finished = if u.exec_main_exit_us > 0 {
+        u.exec_main_exit_us
+    } else {
+        u.exec_main_start_us
+    };
+    let started = if u.exec_main_start_us > 0 {
+        u.exec_main_start_us
+    } else {
+        finished
+    };
     Instance::Terminated(
         Termination {
             exit_code,
@@ -189,7 +215,13 @@ fn terminated_state(t: &Termination) -> ContainerState {
 }
 
 fn waiting_state(reason: &str, message: Option<String>) -> ContainerState {
-    ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message }), ..Default::default() }
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
 }
 
 /// Inputs about one container for [`observe`].
@@ -236,7 +268,15 @@ struct Built {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build(pod: &Pod, name: &str, image: &str, plan_wait: Option<&Waiting>, inputs: &ContainerInputs, default_wait: &str, now_us: u64) -> Built {
+fn build(
+    pod: &Pod,
+    name: &str,
+    image: &str,
+    plan_wait: Option<&Waiting>,
+    inputs: &ContainerInputs,
+    default_wait: &str,
+    now_us: u64,
+) -> Built {
     let record = inputs.record.cloned().unwrap_or_default();
     let inst = instance(inputs.unit);
     let mut last = record.last_termination.clone();
@@ -245,15 +285,35 @@ fn build(pod: &Pod, name: &str, image: &str, plan_wait: Option<&Waiting>, inputs
     let mut ever_started = record.restart_count > 0 || last.is_some();
     let mut last_time_us = 0;
     let (state, container_id, started) = match (&inst, plan_wait) {
-        (_, Some(w)) => (waiting_state(&w.reason, Some(w.message.clone())), None, false),
+        (_, Some(w)) => (
+            waiting_state(&w.reason, Some(w.message.clone())),
+            None,
+            false,
+        ),
+        (Instance::Absent, _) if record.create_error.is_some() => (
+            waiting_state("CreateContainerError", record.create_error.clone()),
+            None,
+            false,
+        ),
         (Instance::Absent, _) => (waiting_state(default_wait, None), None, false),
         (Instance::Creating, _) => (waiting_state("ContainerCreating", None), None, false),
-        (Instance::Running { started_us, invocation }, _) => {
+        (
+            Instance::Running {
+                started_us,
+                invocation,
+            },
+            _,
+        ) => {
             running = true;
             ever_started = true;
             last_time_us = *started_us;
             (
-                ContainerState { running: Some(ContainerStateRunning { started_at: Some(time_us(*started_us)) }), ..Default::default() },
+                ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(time_us(*started_us)),
+                    }),
+                    ..Default::default()
+                },
                 Some(format!("systemd://{invocation}")),
                 true,
             )
@@ -266,10 +326,22 @@ fn build(pod: &Pod, name: &str, image: &str, plan_wait: Option<&Waiting>, inputs
                 // the instance that just ended as lastState.
                 last = Some(t.clone());
                 if now_us < record.restart_at_us {
-                    let msg = format!("back-off {} restarting failed container={name} pod={}", duration_text(record.backoff.delay_us), pod_desc(pod));
-                    (waiting_state("CrashLoopBackOff", Some(msg)), Some(t.container_id.clone()), false)
+                    let msg = format!(
+                        "back-off {} restarting failed container={name} pod={}",
+                        duration_text(record.backoff.delay_us),
+                        pod_desc(pod)
+                    );
+                    (
+                        waiting_state("CrashLoopBackOff", Some(msg)),
+                        Some(t.container_id.clone()),
+                        false,
+                    )
                 } else {
-                    (waiting_state("ContainerCreating", None), Some(t.container_id.clone()), false)
+                    (
+                        waiting_state("ContainerCreating", None),
+                        Some(t.container_id.clone()),
+                        false,
+                    )
                 }
             } else {
                 done = Some(t.exit_code);
@@ -281,7 +353,11 @@ fn build(pod: &Pod, name: &str, image: &str, plan_wait: Option<&Waiting>, inputs
     let status = ContainerStatus {
         name: name.to_string(),
         image: image.to_string(),
-        image_id: if image == super::manifest::HOST_IMAGE { "host".into() } else { String::new() },
+        image_id: if image == super::manifest::HOST_IMAGE {
+            "host".into()
+        } else {
+            String::new()
+        },
         container_id,
         ready: running,
         started: Some(started),
@@ -290,10 +366,23 @@ fn build(pod: &Pod, name: &str, image: &str, plan_wait: Option<&Waiting>, inputs
         last_state: Some(last.as_ref().map(terminated_state).unwrap_or_default()),
         ..Default::default()
     };
-    Built { status, done, running, waiting, ever_started, last_time_us }
+    Built {
+        status,
+        done,
+        running,
+        waiting,
+        ever_started,
+        last_time_us,
+    }
 }
 
-fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>, at_us: u64) -> PodCondition {
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: Option<&str>,
+    message: Option<String>,
+    at_us: u64,
+) -> PodCondition {
     PodCondition {
         type_: kind.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -317,16 +406,63 @@ pub fn observe(
     admitted_us: u64,
     now_us: u64,
 ) -> PodStatus {
-    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
-    let inputs = |c: &super::translate::ContainerPlan| ContainerInputs { unit: units.get(&c.unit), record: records.get(&c.name) };
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always");
+    let inputs = |c: &super::translate::ContainerPlan| ContainerInputs {
+        unit: units.get(&c.unit),
+        record: records.get(&c.name),
+    };
     let wait = |c: &super::translate::ContainerPlan| c.spec.as_ref().err().cloned();
 
-    let inits: Vec<Built> = plan.init.iter().map(|c| build(pod, &c.name, &c.image, wait(c).as_ref(), &inputs(c), "PodInitializing", now_us)).collect();
-    let default_wait = if plan.init.is_empty() { "ContainerCreating" } else { "PodInitializing" };
-    let apps: Vec<Built> = plan.containers.iter().map(|c| build(pod, &c.name, &c.image, wait(c).as_ref(), &inputs(c), default_wait, now_us)).collect();
+    let inits: Vec<Built> = plan
+        .init
+        .iter()
+        .map(|c| {
+            build(
+                pod,
+                &c.name,
+                &c.image,
+                wait(c).as_ref(),
+                &inputs(c),
+                "PodInitializing",
+                now_us,
+            )
+        })
+        .collect();
+    let default_wait = if plan.init.is_empty() {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let apps: Vec<Built> = plan
+        .containers
+        .iter()
+        .map(|c| {
+            build(
+                pod,
+                &c.name,
+                &c.image,
+                wait(c).as_ref(),
+                &inputs(c),
+                default_wait,
+                now_us,
+            )
+        })
+        .collect();
 
     // getPhase, init part.
-    let init_failed = inits.iter().any(|b| b.done.is_some_and(|c| c != 0) || (b.waiting && b.status.last_state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code != 0)));
+    let init_failed = inits.iter().any(|b| {
+        b.done.is_some_and(|c| c != 0)
+            || (b.waiting
+                && b.status
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code != 0))
+    });
     let init_done = inits.iter().all(|b| b.done == Some(0));
     let any_app_started = apps.iter().any(|b| b.ever_started);
     let init_pending = !init_done && !(init_failed && policy == "Never");
@@ -355,25 +491,80 @@ pub fn observe(
     };
 
     // Conditions with transition times derived from container times.
-    let latest = |bs: &[Built]| bs.iter().map(|b| b.last_time_us).max().unwrap_or(0).max(admitted_us);
+    let latest = |bs: &[Built]| {
+        bs.iter()
+            .map(|b| b.last_time_us)
+            .max()
+            .unwrap_or(0)
+            .max(admitted_us)
+    };
     let initialized = init_done || any_app_started;
-    let incomplete: Vec<&str> = plan.init.iter().zip(&inits).filter(|(_, b)| b.done != Some(0)).map(|(c, _)| c.name.as_str()).collect();
+    let incomplete: Vec<&str> = plan
+        .init
+        .iter()
+        .zip(&inits)
+        .filter(|(_, b)| b.done != Some(0))
+        .map(|(c, _)| c.name.as_str())
+        .collect();
     let init_cond = if phase == "Succeeded" && initialized {
-        condition("Initialized", true, Some("PodCompleted"), None, latest(&inits))
+        condition(
+            "Initialized",
+            true,
+            Some("PodCompleted"),
+            None,
+            latest(&inits),
+        )
     } else if initialized {
         condition("Initialized", true, None, None, latest(&inits))
     } else {
-        condition("Initialized", false, Some("ContainersNotInitialized"), Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))), latest(&inits))
+        condition(
+            "Initialized",
+            false,
+            Some("ContainersNotInitialized"),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
+            latest(&inits),
+        )
     };
-    let unready: Vec<&str> = plan.containers.iter().zip(&apps).filter(|(_, b)| !b.status.ready).map(|(c, _)| c.name.as_str()).collect();
-    let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_ref()).is_some_and(|g| !g.is_empty());
+    let unready: Vec<&str> = plan
+        .containers
+        .iter()
+        .zip(&apps)
+        .filter(|(_, b)| !b.status.ready)
+        .map(|(c, _)| c.name.as_str())
+        .collect();
+    let gates = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| !g.is_empty());
     let ready_at = latest(&apps);
     let (cr, ready) = match phase {
-        "Succeeded" => (condition("ContainersReady", false, Some("PodCompleted"), None, ready_at), condition("Ready", false, Some("PodCompleted"), None, ready_at)),
-        "Failed" => (condition("ContainersReady", false, Some("PodFailed"), None, ready_at), condition("Ready", false, Some("PodFailed"), None, ready_at)),
+        "Succeeded" => (
+            condition(
+                "ContainersReady",
+                false,
+                Some("PodCompleted"),
+                None,
+                ready_at,
+            ),
+            condition("Ready", false, Some("PodCompleted"), None, ready_at),
+        ),
+        "Failed" => (
+            condition("ContainersReady", false, Some("PodFailed"), None, ready_at),
+            condition("Ready", false, Some("PodFailed"), None, ready_at),
+        ),
         _ if unready.is_empty() => {
             let r = if gates {
-                condition("Ready", false, Some("ReadinessGatesNotReady"), Some("unitlet sets no readiness gates".into()), ready_at)
+                condition(
+                    "Ready",
+                    false,
+                    Some("ReadinessGatesNotReady"),
+                    Some("unitlet sets no readiness gates".into()),
+                    ready_at,
+                )
             } else {
                 condition("Ready", true, None, None, ready_at)
             };
@@ -381,7 +572,22 @@ pub fn observe(
         }
         _ => {
             let msg = format!("containers with unready status: [{}]", unready.join(" "));
-            (condition("ContainersReady", false, Some("ContainersNotReady"), Some(msg.clone()), ready_at), condition("Ready", false, Some("ContainersNotReady"), Some(msg), ready_at))
+            (
+                condition(
+                    "ContainersReady",
+                    false,
+                    Some("ContainersNotReady"),
+                    Some(msg.clone()),
+                    ready_at,
+                ),
+                condition(
+                    "Ready",
+                    false,
+                    Some("ContainersNotReady"),
+                    Some(msg),
+                    ready_at,
+                ),
+            )
         }
     };
     let conditions = vec![
@@ -395,12 +601,17 @@ pub fn observe(
         phase: Some(phase.into()),
         conditions: Some(conditions),
         host_ip: Some(node.host_ip.clone()),
-        host_ips: Some(vec![HostIP { ip: node.host_ip.clone() }]),
+        host_ips: Some(vec![HostIP {
+            ip: node.host_ip.clone(),
+        }]),
         pod_ip: Some(node.host_ip.clone()),
-        pod_ips: Some(vec![PodIP { ip: node.host_ip.clone() }]),
+        pod_ips: Some(vec![PodIP {
+            ip: node.host_ip.clone(),
+        }]),
         start_time: Some(time_us(admitted_us)),
         qos_class: Some(qos_class(pod).into()),
-        init_container_statuses: (!inits.is_empty()).then(|| inits.into_iter().map(|b| b.status).collect()),
+        init_container_statuses: (!inits.is_empty())
+            .then(|| inits.into_iter().map(|b| b.status).collect()),
         container_statuses: Some(apps.into_iter().map(|b| b.status).collect()),
         ..Default::default()
     }
@@ -408,21 +619,44 @@ pub fn observe(
 
 /// Kubernetes QoS class from requests and limits.
 pub fn qos_class(pod: &Pod) -> &'static str {
-    let Some(spec) = &pod.spec else { return "BestEffort" };
-    let all: Vec<_> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
-    let get = |c: &&k8s_openapi::api::core::v1::Container, kind: &str, r: &str| {
-        c.resources.as_ref().and_then(|x| if kind == "limits" { x.limits.as_ref() } else { x.requests.as_ref() }).and_then(|m| m.get(r)).map(|q| q.0.clone())
+    let Some(spec) = &pod.spec else {
+        return "BestEffort";
     };
-    let any = all.iter().any(|c| ["cpu", "memory"].iter().any(|r| get(c, "limits", r).is_some() || get(c, "requests", r).is_some()));
+    let all: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .collect();
+    let get = |c: &&k8s_openapi::api::core::v1::Container, kind: &str, r: &str| {
+        c.resources
+            .as_ref()
+            .and_then(|x| {
+                if kind == "limits" {
+                    x.limits.as_ref()
+                } else {
+                    x.requests.as_ref()
+                }
+            })
+            .and_then(|m| m.get(r))
+            .map(|q| q.0.clone())
+    };
+    let any = all.iter().any(|c| {
+        ["cpu", "memory"]
+            .iter()
+            .any(|r| get(c, "limits", r).is_some() || get(c, "requests", r).is_some())
+    });
     if !any {
         return "BestEffort";
     }
     let guaranteed = all.iter().all(|c| {
-        ["cpu", "memory"].iter().all(|r| match (get(c, "limits", r), get(c, "requests", r)) {
-            (Some(l), Some(q)) => l == q,
-            (Some(_), None) => true,
-            _ => false,
-        })
+        ["cpu", "memory"]
+            .iter()
+            .all(|r| match (get(c, "limits", r), get(c, "requests", r)) {
+                (Some(l), Some(q)) => l == q,
+                (Some(_), None) => true,
+                _ => false,
+            })
     });
     if guaranteed {
         "Guaranteed"

@@ -46,12 +46,19 @@ pub fn parse_scaled(q: &str, scale: u128) -> Result<u128, QuantityError> {
         Some((i, f)) => (i, f),
         None => (num, ""),
     };
-    if (int.is_empty() && frac.is_empty()) || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 18 {
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 18
+    {
         return Err(err());
     }
     let frac_den = 10u128.pow(frac.len() as u32);
     let digits: u128 = format!("{int}{frac}").parse().map_err(|_| err())?;
-    let numer = digits.checked_mul(mul_num).and_then(|v| v.checked_mul(scale)).ok_or_else(err)?;
+    let numer = digits
+        .checked_mul(mul_num)
+        .and_then(|v| v.checked_mul(scale))
+        .ok_or_else(err)?;
     let denom = frac_den * mul_den;
     Ok(numer.div_ceil(denom))
 }

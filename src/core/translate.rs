@@ -62,7 +62,11 @@ pub struct PodPlan {
 impl PodPlan {
     /// Every unit name of the plan (slice last).
     pub fn unit_names(&self) -> impl Iterator<Item = &str> {
-        self.init.iter().chain(&self.containers).map(|c| c.unit.as_str()).chain(std::iter::once(self.slice.name.as_str()))
+        self.init
+            .iter()
+            .chain(&self.containers)
+            .map(|c| c.unit.as_str())
+            .chain(std::iter::once(self.slice.name.as_str()))
     }
 
     /// Unit-file view of the whole plan.
@@ -72,7 +76,10 @@ impl PodPlan {
             out.push('\n');
             match &c.spec {
                 Ok(spec) => out.push_str(&spec.render()),
-                Err(w) => out.push_str(&format!("# {}\n# not created: {}: {}\n", c.unit, w.reason, w.message)),
+                Err(w) => out.push_str(&format!(
+                    "# {}\n# not created: {}: {}\n",
+                    c.unit, w.reason, w.message
+                )),
             }
         }
         out
@@ -87,7 +94,9 @@ fn image_is_valid(image: &str) -> bool {
         None => (image, None),
     };
     if let Some(d) = digest {
-        let Some((alg, hex)) = d.split_once(':') else { return false };
+        let Some((alg, hex)) = d.split_once(':') else {
+            return false;
+        };
         if alg.is_empty() || hex.len() < 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return false;
         }
@@ -97,14 +106,24 @@ fn image_is_valid(image: &str) -> bool {
         _ => (rest, None),
     };
     if let Some(t) = tag {
-        if t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        if t.is_empty()
+            || t.len() > 128
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
             return false;
         }
     }
     !path.is_empty()
         && path.split('/').enumerate().all(|(i, comp)| {
             !comp.is_empty()
-                && comp.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b) || (i == 0 && (b.is_ascii_uppercase() || b == b':')))
+                && comp.bytes().all(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || b"._-".contains(&b)
+                        || (i == 0 && (b.is_ascii_uppercase() || b == b':'))
+                })
         })
 }
 
@@ -124,16 +143,31 @@ fn image_waiting(image: &str) -> Option<Waiting> {
 /// Resolves a `fieldRef` path against the pod and node.
 fn field_ref(pod: &Pod, node: &NodeFacts, path: &str) -> String {
     let meta = &pod.metadata;
-    let lookup = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default();
+    let lookup = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| {
+        map.as_ref()
+            .and_then(|m| m.get(key))
+            .cloned()
+            .unwrap_or_default()
+    };
     match path {
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => node.node_name.clone(),
-        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
-        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => node.host_ip.clone(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => {
+            node.host_ip.clone()
+        }
         p => {
-            let key = |prefix: &str| p.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")).map(str::to_string);
+            let key = |prefix: &str| {
+                p.strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix("']"))
+                    .map(str::to_string)
+            };
             if let Some(k) = key("metadata.labels['") {
                 lookup(&meta.labels, &k)
             } else if let Some(k) = key("metadata.annotations['") {
@@ -173,7 +207,12 @@ pub fn cpu_weight(millis: u64) -> u64 {
     1 + ((shares - 2) * 9999) / 262_142
 }
 
-fn container_plan(pod: &Pod, node: &NodeFacts, c: &Container, lookup_user: &dyn Fn(u32) -> Option<HostUser>) -> ContainerPlan {
+fn container_plan(
+    pod: &Pod,
+    node: &NodeFacts,
+    c: &Container,
+    lookup_user: &dyn Fn(u32) -> Option<HostUser>,
+) -> ContainerPlan {
     let meta = &pod.metadata;
     let ns = meta.namespace.as_deref().unwrap_or("default");
     let name = meta.name.as_deref().unwrap_or("");
@@ -182,16 +221,33 @@ fn container_plan(pod: &Pod, node: &NodeFacts, c: &Container, lookup_user: &dyn 
     let unit = names::container_unit(ns, name, &c.name, uid);
     let image = c.image.clone().unwrap_or_default();
     if let Some(w) = image_waiting(&image) {
-        return ContainerPlan { name: c.name.clone(), image, unit, spec: Err(w) };
+        return ContainerPlan {
+            name: c.name.clone(),
+            image,
+            unit,
+            spec: Err(w),
+        };
     }
 
     let sc = c.security_context.as_ref();
     let psc = spec.security_context.as_ref();
-    let run_as_user = sc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user)).map(|v| v as u32);
-    let run_as_group = sc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group)).map(|v| v as u32);
+    let run_as_user = sc
+        .and_then(|s| s.run_as_user)
+        .or(psc.and_then(|s| s.run_as_user))
+        .map(|v| v as u32);
+    let run_as_group = sc
+        .and_then(|s| s.run_as_group)
+        .or(psc.and_then(|s| s.run_as_group))
+        .map(|v| v as u32);
     let host_user = lookup_user(run_as_user.unwrap_or(0));
 
-    let mut env = vec![("HOME".to_string(), host_user.as_ref().map(|u| u.home.clone()).unwrap_or_else(|| "/".into()))];
+    let mut env = vec![(
+        "HOME".to_string(),
+        host_user
+            .as_ref()
+            .map(|u| u.home.clone())
+            .unwrap_or_else(|| "/".into()),
+    )];
     for (k, v) in container_env(pod, node, c.env.as_deref().unwrap_or(&[])) {
         match env.iter_mut().find(|(ek, _)| *ek == k) {
             Some(slot) => slot.1 = v,
@@ -199,20 +255,37 @@ fn container_plan(pod: &Pod, node: &NodeFacts, c: &Container, lookup_user: &dyn 
         }
     }
     let defined = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let mut argv: Vec<String> = c.command.iter().flatten().chain(c.args.iter().flatten()).map(|a| expand(a, defined)).collect();
+    let mut argv: Vec<String> = c
+        .command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .map(|a| expand(a, defined))
+        .collect();
 
     // Dropping privileges with setpriv (from the argv, not a shell) works for
     // any numeric id, as in Kubernetes; systemd's User= needs a passwd entry.
     if run_as_user.is_some() || run_as_group.is_some() {
         let uid_n = run_as_user.unwrap_or(0);
-        let gid_n = run_as_group.or(host_user.as_ref().map(|u| u.gid)).unwrap_or(0);
-        let mut wrapped = vec!["/usr/bin/setpriv".to_string(), format!("--reuid={uid_n}"), format!("--regid={gid_n}"), "--clear-groups".into(), "--".into()];
+        let gid_n = run_as_group
+            .or(host_user.as_ref().map(|u| u.gid))
+            .unwrap_or(0);
+        let mut wrapped = vec![
+            "/usr/bin/setpriv".to_string(),
+            format!("--reuid={uid_n}"),
+            format!("--regid={gid_n}"),
+            "--clear-groups".into(),
+            "--".into(),
+        ];
         wrapped.append(&mut argv);
         argv = wrapped;
     }
     let path = argv[0].clone();
 
-    let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(MIN_GRACE_SECONDS) as u64;
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(30)
+        .max(MIN_GRACE_SECONDS) as u64;
     let mut props = vec![
         Property::Description(format!("unitlet pod {ns}/{name} container {}", c.name)),
         Property::Slice(names::pod_slice(uid)),
@@ -231,7 +304,15 @@ fn container_plan(pod: &Pod, node: &NodeFacts, c: &Container, lookup_user: &dyn 
     }
     let res = c.resources.as_ref();
     let get = |kind: &str, r: &str| {
-        res.and_then(|x| if kind == "limits" { x.limits.as_ref() } else { x.requests.as_ref() }).and_then(|m| m.get(r)).map(|q| q.0.clone())
+        res.and_then(|x| {
+            if kind == "limits" {
+                x.limits.as_ref()
+            } else {
+                x.requests.as_ref()
+            }
+        })
+        .and_then(|m| m.get(r))
+        .map(|q| q.0.clone())
     };
     if let Some(q) = get("limits", "memory") {
         props.push(Property::MemoryMax(quantity::bytes(&q).unwrap_or(u64::MAX)));
@@ -242,13 +323,27 @@ fn container_plan(pod: &Pod, node: &NodeFacts, c: &Container, lookup_user: &dyn 
     }
     // A request defaults to the limit, as the API server's defaulting does.
     if let Some(q) = get("requests", "cpu").or_else(|| get("limits", "cpu")) {
-        props.push(Property::CpuWeight(cpu_weight(quantity::cpu_millis(&q).unwrap_or(0))));
+        props.push(Property::CpuWeight(cpu_weight(
+            quantity::cpu_millis(&q).unwrap_or(0),
+        )));
     }
-    ContainerPlan { name: c.name.clone(), image, unit: unit.clone(), spec: Ok(UnitSpec { name: unit, properties: props }) }
+    ContainerPlan {
+        name: c.name.clone(),
+        image,
+        unit: unit.clone(),
+        spec: Ok(UnitSpec {
+            name: unit,
+            properties: props,
+        }),
+    }
 }
 
 /// Translates a validated, admitted pod into the units that run it.
-pub fn translate(pod: &Pod, node: &NodeFacts, lookup_user: &dyn Fn(u32) -> Option<HostUser>) -> PodPlan {
+pub fn translate(
+    pod: &Pod,
+    node: &NodeFacts,
+    lookup_user: &dyn Fn(u32) -> Option<HostUser>,
+) -> PodPlan {
     let meta = &pod.metadata;
     let uid = meta.uid.as_deref().unwrap_or("");
     let spec = pod.spec.as_ref().expect("validated pod has a spec");
@@ -261,7 +356,11 @@ pub fn translate(pod: &Pod, node: &NodeFacts, lookup_user: &dyn Fn(u32) -> Optio
         ))],
     };
     let plan = |c: &Container| container_plan(pod, node, c, lookup_user);
-    PodPlan { slice, init: spec.init_containers.iter().flatten().map(plan).collect(), containers: spec.containers.iter().map(plan).collect() }
+    PodPlan {
+        slice,
+        init: spec.init_containers.iter().flatten().map(plan).collect(),
+        containers: spec.containers.iter().map(plan).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -270,11 +369,17 @@ mod tests {
     use crate::core::manifest::parse_manifest;
 
     fn node() -> NodeFacts {
-        NodeFacts { node_name: "node1".into(), host_ip: "10.1.2.3".into() }
+        NodeFacts {
+            node_name: "node1".into(),
+            host_ip: "10.1.2.3".into(),
+        }
     }
 
     fn no_users(uid: u32) -> Option<HostUser> {
-        (uid == 0).then(|| HostUser { gid: 0, home: "/root".into() })
+        (uid == 0).then(|| HostUser {
+            gid: 0,
+            home: "/root".into(),
+        })
     }
 
     fn plan(yaml: &str) -> PodPlan {
@@ -283,16 +388,29 @@ mod tests {
     }
 
     fn exec_start(spec: &UnitSpec) -> (String, Vec<String>) {
-        spec.properties.iter().find_map(|p| match p { Property::ExecStart { path, argv } => Some((path.clone(), argv.clone())), _ => None }).unwrap()
+        spec.properties
+            .iter()
+            .find_map(|p| match p {
+                Property::ExecStart { path, argv } => Some((path.clone(), argv.clone())),
+                _ => None,
+            })
+            .unwrap()
     }
 
     fn env_of(spec: &UnitSpec) -> Vec<(String, String)> {
-        spec.properties.iter().find_map(|p| match p { Property::Environment(e) => Some(e.clone()), _ => None }).unwrap()
+        spec.properties
+            .iter()
+            .find_map(|p| match p {
+                Property::Environment(e) => Some(e.clone()),
+                _ => None,
+            })
+            .unwrap()
     }
 
     #[test]
     fn expansion_and_field_refs() {
-        let p = plan(r#"
+        let p = plan(
+            r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: web, labels: {app: shop}}
@@ -307,11 +425,21 @@ spec:
     - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
     - {name: APP, valueFrom: {fieldRef: {fieldPath: "metadata.labels['app']"}}}
     - {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-"#);
+"#,
+        );
         let spec = p.containers[0].spec.as_ref().unwrap();
         let (path, argv) = exec_start(spec);
         assert_eq!(path, "/bin/echo");
-        assert_eq!(argv, ["/bin/echo", "hello world world", "$(GREETING)", "$(MISSING)", "100% $HOME"]);
+        assert_eq!(
+            argv,
+            [
+                "/bin/echo",
+                "hello world world",
+                "$(GREETING)",
+                "$(MISSING)",
+                "100% $HOME"
+            ]
+        );
         let env = env_of(spec);
         assert!(env.contains(&("POD".into(), "web".into())));
         assert!(env.contains(&("APP".into(), "shop".into())));
@@ -322,13 +450,20 @@ spec:
     #[test]
     fn images_other_than_host_wait_with_a_reason() {
         let p = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - {name: xa, image: 'nginx:1.25'}\n  - {name: yb, image: 'Bad Image'}\n");
-        assert_eq!(p.containers[0].spec.as_ref().unwrap_err().reason, "ErrImagePull");
-        assert_eq!(p.containers[1].spec.as_ref().unwrap_err().reason, "InvalidImageName");
+        assert_eq!(
+            p.containers[0].spec.as_ref().unwrap_err().reason,
+            "ErrImagePull"
+        );
+        assert_eq!(
+            p.containers[1].spec.as_ref().unwrap_err().reason,
+            "InvalidImageName"
+        );
     }
 
     #[test]
     fn resources_and_users() {
-        let p = plan(r#"
+        let p = plan(
+            r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: r}
@@ -340,15 +475,31 @@ spec:
     image: host
     command: [sleep, "1"]
     resources: {limits: {cpu: 500m, memory: 64Mi}}
-"#);
+"#,
+        );
         let spec = p.containers[0].spec.as_ref().unwrap();
         assert!(spec.properties.contains(&Property::MemoryMax(64 << 20)));
-        assert!(spec.properties.contains(&Property::CpuQuotaPerSecUSec(500_000)));
-        assert!(spec.properties.contains(&Property::CpuWeight(cpu_weight(500))));
-        assert!(spec.properties.contains(&Property::TimeoutStopUSec(2_000_000)));
+        assert!(spec
+            .properties
+            .contains(&Property::CpuQuotaPerSecUSec(500_000)));
+        assert!(spec
+            .properties
+            .contains(&Property::CpuWeight(cpu_weight(500))));
+        assert!(spec
+            .properties
+            .contains(&Property::TimeoutStopUSec(2_000_000)));
         let (path, argv) = exec_start(spec);
         assert_eq!(path, "/usr/bin/setpriv");
-        assert_eq!(argv[..5], ["/usr/bin/setpriv", "--reuid=4242", "--regid=0", "--clear-groups", "--"]);
+        assert_eq!(
+            argv[..5],
+            [
+                "/usr/bin/setpriv",
+                "--reuid=4242",
+                "--regid=0",
+                "--clear-groups",
+                "--"
+            ]
+        );
         assert_eq!(argv[5..], ["sleep", "1"]);
         assert!(env_of(spec).contains(&("HOME".into(), "/".into())));
     }

@@ -66,7 +66,10 @@ impl Property {
                 }
                 vec![("ExecStart", line)]
             }
-            Environment(pairs) => pairs.iter().map(|(k, v)| ("Environment", quote_word(&format!("{k}={v}")))).collect(),
+            Environment(pairs) => pairs
+                .iter()
+                .map(|(k, v)| ("Environment", quote_word(&format!("{k}={v}"))))
+                .collect(),
             WorkingDirectory(s) => vec![("WorkingDirectory", quote_word(s))],
             SyslogIdentifier(s) => vec![("SyslogIdentifier", s.clone())],
             KillSignal(n) => vec![("KillSignal", n.to_string())],
@@ -75,7 +78,15 @@ impl Property {
             MemoryMax(b) => vec![("MemoryMax", b.to_string())],
             CpuQuotaPerSecUSec(u) => vec![("CPUQuota", format!("{}%", u / 10_000))],
             CpuWeight(w) => vec![("CPUWeight", w.to_string())],
-            Accounting(b) => ["CPUAccounting", "MemoryAccounting", "TasksAccounting", "IOAccounting"].iter().map(|k| (*k, yes_no(*b))).collect(),
+            Accounting(b) => [
+                "CPUAccounting",
+                "MemoryAccounting",
+                "TasksAccounting",
+                "IOAccounting",
+            ]
+            .iter()
+            .map(|k| (*k, yes_no(*b)))
+            .collect(),
         }
     }
 
@@ -130,8 +141,21 @@ impl UnitSpec {
     pub fn render(&self) -> String {
         let mut out = format!("# {}\n", self.name);
         for section in ["Unit", "Service", "Slice"] {
-            let props: Vec<_> = self.properties.iter().filter(|p| p.section() == section || (section == "Slice" && self.name.ends_with(".slice") && p.section() == "Service")).collect();
-            let props: Vec<_> = if self.name.ends_with(".slice") && section == "Service" { vec![] } else { props };
+            let props: Vec<_> = self
+                .properties
+                .iter()
+                .filter(|p| {
+                    p.section() == section
+                        || (section == "Slice"
+                            && self.name.ends_with(".slice")
+                            && p.section() == "Service")
+                })
+                .collect();
+            let props: Vec<_> = if self.name.ends_with(".slice") && section == "Service" {
+                vec![]
+            } else {
+                props
+            };
             if props.is_empty() {
                 continue;
             }

@@ -1,0 +1,429 @@
+//! The command line: argument parsing and wiring of the modules.
+
+pub mod logs;
+pub mod pods;
+
+use crate::core::backoff::BackoffConfig;
+use crate::core::manifest::parse_manifest;
+use crate::core::translate::translate;
+use crate::core::NodeFacts;
+use crate::runtime::{lookup_user, Config, Runtime};
+use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::state::StateDir;
+use crate::systemd::Systemd;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Run Kubernetes pods as systemd units.
+#[derive(Debug, Parser)]
+#[command(name = "unitlet", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "UNITLET_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Where unitlet keeps admitted pods and restart bookkeeping.
+    #[arg(long, global = true, default_value = crate::state::DEFAULT_STATE_DIR, env = "UNITLET_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Output format of `pods`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Table with IP and node.
+    Wide,
+    /// v1 PodList as JSON.
+    Json,
+    /// v1 PodList as YAML.
+    Yaml,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pods of a manifest directory (standalone mode; a daemon).
+    Run(RunArgs),
+    /// List pods with their status, like `kubectl get pods`.
+    Pods {
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Output format.
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Print a container's logs from the journal.
+    Logs {
+        /// Pod name.
+        pod: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Container (default: the first one).
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Keep streaming until the container stops.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Only lines newer than this (e.g. 10s, 5m, 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Prefix each line with its RFC 3339 timestamp.
+        #[arg(long)]
+        timestamps: bool,
+        /// Logs of the previous instance of a restarted container.
+        #[arg(short, long)]
+        previous: bool,
+    },
+    /// Print the units a pod manifest becomes (nothing is started).
+    Render {
+        /// Manifest file.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Node name to render for (default: this host's name).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Node IP to render for.
+        #[arg(long)]
+        node_ip: Option<String>,
+    },
+    /// Boot a throwaway systemd node (systemd-nspawn on /, volatile) and run a command in it.
+    Sandbox {
+        /// Node name; `unitlet sandbox --attach NAME` enters it from elsewhere.
+        #[arg(long, default_value = "unitlet-sandbox")]
+        name: String,
+        /// Host directories to bind at the same path (the current directory is always bound).
+        #[arg(long)]
+        bind: Vec<PathBuf>,
+        /// Enter an already running node instead of booting one.
+        #[arg(long)]
+        attach: bool,
+        /// Command to run inside (default: a shell).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Options of `unitlet run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory of pod manifests.
+    #[arg(long, env = "UNITLET_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// Node name (default: this host's name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// IP to report as host and pod IP (default: the address of the default route).
+    #[arg(long)]
+    pub node_ip: Option<String>,
+    /// First restart back-off delay.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub backoff_base: Duration,
+    /// Longest restart back-off delay.
+    #[arg(long, default_value = "300s", value_parser = parse_secs)]
+    pub backoff_max: Duration,
+    /// Safety-net relist interval.
+    #[arg(long, default_value = "20s", value_parser = parse_secs)]
+    pub relist: Duration,
+    /// Pods reconciled concurrently.
+    #[arg(long, default_value_t = 32)]
+    pub workers: usize,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|e| e.to_string());
+    }
+    logs::parse_duration(s).map(Duration::from_micros)
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+        .to_lowercase()
+}
+
+/// The IPv4 address of the default route's interface (127.0.0.1 if none).
+pub fn detect_host_ip() -> String {
+    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let iface = route
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[1] == "00000000")
+        .map(|f| f[0].to_string());
+    let addrs: Vec<(String, std::net::Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip())))
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs
+        .iter()
+        .find(|(n, _)| Some(n) == iface.as_ref())
+        .or_else(|| addrs.iter().find(|(_, ip)| !ip.is_loopback()))
+        .map(|(_, ip)| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+fn node_facts(state: &StateDir, root: &std::path::Path) -> NodeFacts {
+    // The daemon records the facts it runs with; the CLI reuses them.
+    let saved = std::fs::read(root.join("node.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<(String, String)>(&b).ok());
+    let _ = state;
+    match saved {
+        Some((node_name, host_ip)) => NodeFacts { node_name, host_ip },
+        None => NodeFacts {
+            node_name: hostname(),
+            host_ip: detect_host_ip(),
+        },
+    }
+}
+
+/// Runs the CLI.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Version => {
+            println!("unitlet {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Render {
+            file,
+            node_name,
+            node_ip,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let node = NodeFacts {
+                node_name: node_name.unwrap_or_else(hostname),
+                host_ip: node_ip.unwrap_or_else(detect_host_ip),
+            };
+            let name = file.to_string_lossy();
+            let pod = parse_manifest(&bytes, &name, &node.node_name, name.ends_with(".json"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            print!("{}", translate(&pod.pod, &node, &lookup_user).render());
+            Ok(())
+        }
+        Command::Run(args) => run(args, cli.state_dir).await,
+        Command::Pods {
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let sd = Systemd::connect().await?;
+            let state = StateDir::at(&cli.state_dir);
+            let node = node_facts(&state, &cli.state_dir);
+            let mut views = pods::collect(&sd, &state, &node).await?;
+            views.retain(|v| {
+                all_namespaces
+                    || v.rec.pod.metadata.namespace.as_deref() == Some(namespace.as_str())
+            });
+            views.sort_by(|a, b| {
+                (&a.rec.pod.metadata.namespace, &a.rec.pod.metadata.name)
+                    .cmp(&(&b.rec.pod.metadata.namespace, &b.rec.pod.metadata.name))
+            });
+            match output {
+                Some(Output::Json) | Some(Output::Yaml) => {
+                    let list = k8s_openapi::List {
+                        items: views.iter().map(pods::with_status).collect(),
+                        metadata: Default::default(),
+                    };
+                    if output == Some(Output::Json) {
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else {
+                        print!(
+                            "{}",
+                            serde_saphyr::to_string(&serde_json::to_value(&list)?)?
+                        );
+                    }
+                }
+                _ => print!(
+                    "{}",
+                    pods::table(&views, output == Some(Output::Wide), all_namespaces)
+                ),
+            }
+            Ok(())
+        }
+        Command::Logs {
+            pod,
+            namespace,
+            container,
+            follow,
+            tail,
+            since,
+            timestamps,
+            previous,
+        } => {
+            let sd = Systemd::connect().await?;
+            let state = StateDir::at(&cli.state_dir);
+            let node = node_facts(&state, &cli.state_dir);
+            let views = pods::collect(&sd, &state, &node).await?;
+            let Some(view) = views
+                .into_iter()
+                .filter(|v| {
+                    v.rec.pod.metadata.name.as_deref() == Some(pod.as_str())
+                        && v.rec.pod.metadata.namespace.as_deref() == Some(namespace.as_str())
+                })
+                .max_by_key(|v| v.rec.admitted_us)
+            else {
+                bail!("pods {pod:?} not found in namespace {namespace:?}");
+            };
+            let since_us = since
+                .as_deref()
+                .map(logs::parse_duration)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            logs::run(
+                &sd,
+                &view,
+                &logs::LogOptions {
+                    container,
+                    follow,
+                    tail,
+                    since_us,
+                    timestamps,
+                    previous,
+                },
+            )
+            .await
+        }
+        Command::Sandbox {
+            name,
+            bind,
+            attach,
+            command,
+        } => sandbox(name, bind, attach, command),
+    }
+}
+
+async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    let manifests = std::fs::canonicalize(&args.manifests)
+        .with_context(|| format!("manifest directory {}", args.manifests.display()))?;
+    if !manifests.is_dir() {
+        bail!("--manifests {}: not a directory", manifests.display());
+    }
+    let node = NodeFacts {
+        node_name: args.node_name.unwrap_or_else(hostname),
+        host_ip: args.node_ip.unwrap_or_else(detect_host_ip),
+    };
+    let state = StateDir::open(&state_dir)?;
+    std::fs::write(
+        state_dir.join("node.json"),
+        serde_json::to_vec(&(&node.node_name, &node.host_ip))?,
+    )?;
+    let sd = Systemd::connect().await?;
+    tracing::info!(node = node.node_name, ip = node.host_ip, manifests = %manifests.display(), state = %state_dir.display(), "unitlet starting");
+    let cfg = Config {
+        node: node.clone(),
+        backoff: BackoffConfig {
+            base_us: args.backoff_base.as_micros() as u64,
+            max_us: args.backoff_max.as_micros() as u64,
+        },
+        relist: args.relist,
+        workers: args.workers,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let source = tokio::spawn(crate::source::watch(
+        manifests,
+        node.node_name.clone(),
+        args.relist,
+        tx,
+    ));
+    let runtime = tokio::spawn(Runtime::new(sd, state, cfg).run(rx));
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = source => r?.context("watching the manifest directory")?,
+        r = runtime => r??,
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    // Pods keep running: stopping the agent never stops what it manages.
+    tracing::info!("unitlet stopping; pods keep running");
+    Ok(())
+}
+
+fn sandbox(
+    name: String,
+    mut bind: Vec<PathBuf>,
+    attach: bool,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    let command = if command.is_empty() {
+        vec!["/bin/bash".to_string()]
+    } else {
+        command
+    };
+    let cwd = std::env::current_dir()?;
+    let node = if attach {
+        Sandbox::attach(&name)?
+    } else {
+        bind.push(cwd.clone());
+        if let Ok(exe) = std::env::current_exe() {
+            if let Some(dir) = exe.parent() {
+                if !bind.iter().any(|b| dir.starts_with(b)) {
+                    bind.push(dir.to_path_buf());
+                }
+            }
+        }
+        bind.sort();
+        bind.dedup();
+        eprintln!("booting sandbox node {name:?} (systemd-nspawn, volatile root)…");
+        Sandbox::boot(&SandboxOptions {
+            name: name.clone(),
+            binds: bind,
+            ..Default::default()
+        })?
+    };
+    let status = node
+        .command(&command[0])
+        .args(&command[1..])
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                std::env::current_exe()?
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+        )
+        .current_dir(&cwd)
+        .status()?;
+    drop(node);
+    std::process::exit(status.code().unwrap_or(1));
+}

@@ -1,0 +1,283 @@
+//! `unitlet pods`: status straight from systemd and the state directory, so
+//! it answers the same whether or not the daemon is running.
+
+use crate::core::names;
+use crate::core::observe::{self, UnitSnapshot};
+use crate::core::translate::{translate, PodPlan};
+use crate::core::NodeFacts;
+use crate::runtime::{lookup_user, now_us};
+use crate::state::{PodRecord, StateDir};
+use crate::systemd::{Systemd, SystemdError};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use std::collections::HashMap;
+
+/// One admitted pod with its plan and live status.
+pub struct PodView {
+    /// What was admitted.
+    pub rec: PodRecord,
+    /// Its units.
+    pub plan: PodPlan,
+    /// Live unit state, by unit name.
+    pub units: HashMap<String, UnitSnapshot>,
+    /// The agent's container records.
+    pub records: HashMap<String, observe::ContainerRecord>,
+    /// Computed status.
+    pub status: PodStatus,
+}
+
+/// Reads every admitted pod and computes its status (one listing, then one GetAll per loaded unit, in parallel).
+pub async fn collect(
+    sd: &Systemd,
+    state: &StateDir,
+    node: &NodeFacts,
+) -> Result<Vec<PodView>, SystemdError> {
+    let (recs, _) = state.load_pods();
+    let listing = sd.list(&names::UNIT_PATTERNS).await?;
+    let loaded: std::collections::HashSet<String> = listing.into_iter().map(|r| r.name).collect();
+    let plans: Vec<(PodRecord, PodPlan)> = recs
+        .into_iter()
+        .map(|r| {
+            let p = translate(&r.pod, node, &lookup_user);
+            (r, p)
+        })
+        .collect();
+    let wanted: Vec<String> = plans
+        .iter()
+        .flat_map(|(_, p)| p.unit_names().map(str::to_string).collect::<Vec<_>>())
+        .filter(|u| loaded.contains(u))
+        .collect();
+    let snaps: Vec<(String, Option<UnitSnapshot>)> = futures_util::stream::iter(wanted)
+        .map(|u| async move {
+            let s = sd.snapshot(&u).await.ok().flatten();
+            (u, s)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let all: HashMap<String, UnitSnapshot> = snaps
+        .into_iter()
+        .filter_map(|(u, s)| s.map(|s| (u, s)))
+        .collect();
+    let now = now_us();
+    Ok(plans
+        .into_iter()
+        .map(|(rec, plan)| {
+            let units: HashMap<String, UnitSnapshot> = plan
+                .unit_names()
+                .filter_map(|u| all.get(u).map(|s| (u.to_string(), s.clone())))
+                .collect();
+            let records = state.load_containers(rec.uid());
+            let status = observe::observe(
+                &rec.pod,
+                &plan,
+                node,
+                &units,
+                &records,
+                rec.admitted_us,
+                now,
+            );
+            PodView {
+                rec,
+                plan,
+                units,
+                records,
+                status,
+            }
+        })
+        .collect())
+}
+
+/// A one-line summary used for change logging: `Running 2/2 restarts=0 (c1 running, c2 running)`.
+pub fn summary(status: &PodStatus) -> String {
+    let cs = status.container_statuses.as_deref().unwrap_or(&[]);
+    let ready = cs.iter().filter(|c| c.ready).count();
+    let restarts: i32 = cs.iter().map(|c| c.restart_count).sum();
+    format!(
+        "{} {}/{} restarts={restarts} {}",
+        status.phase.as_deref().unwrap_or(""),
+        ready,
+        cs.len(),
+        kubectl_status(status, false)
+    )
+}
+
+/// The STATUS column, with kubectl's rules.
+pub fn kubectl_status(status: &PodStatus, deleting: bool) -> String {
+    let mut reason = status
+        .reason
+        .clone()
+        .or_else(|| status.phase.clone())
+        .unwrap_or_default();
+    let inits = status.init_container_statuses.as_deref().unwrap_or(&[]);
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let st = c.state.clone().unwrap_or_default();
+        if let Some(t) = &st.terminated {
+            if t.exit_code == 0 {
+                continue;
+            }
+            initializing = true;
+            reason = match (&t.reason, t.signal) {
+                (Some(r), _) if !r.is_empty() => format!("Init:{r}"),
+                (_, Some(s)) if s != 0 => format!("Init:Signal:{s}"),
+                _ => format!("Init:ExitCode:{}", t.exit_code),
+            };
+        } else if let Some(w) = st
+            .waiting
+            .as_ref()
+            .and_then(|w| w.reason.clone())
+            .filter(|r| !r.is_empty() && r != "PodInitializing")
+        {
+            initializing = true;
+            reason = format!("Init:{w}");
+        } else {
+            initializing = true;
+            reason = format!("Init:{}/{}", i, inits.len());
+        }
+        break;
+    }
+    if !initializing {
+        let mut has_running = false;
+        for c in status
+            .container_statuses
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .rev()
+        {
+            let st = c.state.clone().unwrap_or_default();
+            if let Some(w) = st
+                .waiting
+                .as_ref()
+                .and_then(|w| w.reason.clone())
+                .filter(|r| !r.is_empty())
+            {
+                reason = w;
+            } else if let Some(t) = &st.terminated {
+                reason = match (&t.reason, t.signal) {
+                    (Some(r), _) if !r.is_empty() => r.clone(),
+                    (_, Some(s)) if s != 0 => format!("Signal:{s}"),
+                    _ => format!("ExitCode:{}", t.exit_code),
+                };
+            } else if st.running.is_some() && c.ready {
+                has_running = true;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = "Running".into();
+        }
+    }
+    if deleting {
+        reason = "Terminating".into();
+    }
+    reason
+}
+
+/// kubectl's human durations (`5s`, `3m20s`, `12m`, `5h`, `3d`).
+pub fn human_duration(us: u64) -> String {
+    let s = us / 1_000_000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=599 => format!("{}m{}s", s / 60, s % 60),
+        600..=10799 => format!("{}m", s / 60),
+        10800..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// The pod as `kubectl get -o json` prints it.
+pub fn with_status(v: &PodView) -> Pod {
+    let mut pod = v.rec.pod.clone();
+    pod.status = Some(v.status.clone());
+    pod
+}
+
+/// Renders the table.
+pub fn table(views: &[PodView], wide: bool, all_namespaces: bool) -> String {
+    let now = now_us();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header = vec![];
+    if all_namespaces {
+        header.push("NAMESPACE");
+    }
+    header.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    if wide {
+        header.extend(["IP", "NODE"]);
+    }
+    rows.push(header.into_iter().map(String::from).collect());
+    for v in views {
+        let st = &v.status;
+        let cs = st.container_statuses.as_deref().unwrap_or(&[]);
+        let ready = cs.iter().filter(|c| c.ready).count();
+        let restarts: i32 = cs.iter().map(|c| c.restart_count).sum();
+        let last_restart = cs
+            .iter()
+            .filter_map(|c| {
+                c.last_state
+                    .as_ref()?
+                    .terminated
+                    .as_ref()?
+                    .finished_at
+                    .as_ref()
+            })
+            .map(|t| t.0.as_microsecond() as u64)
+            .max();
+        let restarts = match last_restart {
+            Some(t) if restarts > 0 => {
+                format!("{restarts} ({} ago)", human_duration(now.saturating_sub(t)))
+            }
+            _ => restarts.to_string(),
+        };
+        let mut row = vec![];
+        if all_namespaces {
+            row.push(v.rec.pod.metadata.namespace.clone().unwrap_or_default());
+        }
+        row.extend([
+            v.rec.pod.metadata.name.clone().unwrap_or_default(),
+            format!("{ready}/{}", cs.len()),
+            kubectl_status(st, false),
+            restarts,
+            human_duration(now.saturating_sub(v.rec.admitted_us)),
+        ]);
+        if wide {
+            row.push(st.pod_ip.clone().unwrap_or_default());
+            row.push(
+                v.rec
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:w$}", c, w = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5_000_000), "5s");
+        assert_eq!(human_duration(200_000_000), "3m20s");
+        assert_eq!(human_duration(3_600_000_000), "60m");
+        assert_eq!(human_duration(4 * 3_600_000_000), "4h");
+    }
+}

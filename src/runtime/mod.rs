@@ -1,0 +1,676 @@
+//! The reconciler: drives systemd towards the desired pods.
+//!
+//! Level-triggered. Any event about a pod (manifest change, unit signal,
+//! timer, relist) just queues the pod's UID; a worker then looks at the
+//! whole picture (desired pod, admitted record, unit snapshots) and takes the
+//! next step. Because every step is decided from current state, the agent can
+//! be killed at any point and a new one finishes the work: units are adopted
+//! as they are (same MainPID), nothing is restarted that is running.
+
+pub mod queue;
+
+use crate::core::backoff::BackoffConfig;
+use crate::core::manifest::{pod_key, StaticPod};
+use crate::core::names;
+use crate::core::observe::{self, instance, ContainerRecord, Instance, UnitSnapshot};
+use crate::core::translate::{translate, ContainerPlan, HostUser, PodPlan};
+use crate::core::NodeFacts;
+use crate::state::{PodRecord, StateDir};
+use crate::systemd::Systemd;
+use futures_util::StreamExt;
+use queue::WorkQueue;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Reconciler settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node facts for translation and status.
+    pub node: NodeFacts,
+    /// Restart back-off.
+    pub backoff: BackoffConfig,
+    /// Safety-net relist of systemd's units.
+    pub relist: Duration,
+    /// Pods synced concurrently.
+    pub workers: usize,
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Looks a uid up in the host's user database (for HOME and the primary group).
+pub fn lookup_user(uid: u32) -> Option<HostUser> {
+    let u = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
+    Some(HostUser {
+        gid: u.gid.as_raw(),
+        home: u.dir.to_string_lossy().into_owned(),
+    })
+}
+
+struct PodEntry {
+    rec: PodRecord,
+    plan: PodPlan,
+    containers: HashMap<String, ContainerRecord>,
+    terminating: bool,
+    slice_created: bool,
+    memo: Memo,
+    last_summary: String,
+}
+
+/// What this agent process did to an invocation, so a repeated pass does not
+/// do it twice. Deliberately not persisted: after a crash, doing it once more
+/// is safe (a second restart request for the same ended instance is merged
+/// into the pending job by systemd).
+#[derive(Debug, Clone, Default)]
+struct Memo {
+    leftovers_killed: HashSet<String>,
+    restart_issued: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Desired pods by UID; `None` until the source has been read once.
+    desired: Option<HashMap<String, StaticPod>>,
+    pods: HashMap<String, PodEntry>,
+    units: HashMap<String, UnitSnapshot>,
+    owner: HashMap<String, String>,
+    by_path: HashMap<String, String>,
+}
+
+struct Shared {
+    sd: Systemd,
+    state: StateDir,
+    cfg: Config,
+    inner: Mutex<Inner>,
+    pods_q: WorkQueue,
+    units_q: WorkQueue,
+}
+
+/// Handle on a running reconciler.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl Runtime {
+    /// Creates the reconciler; call [`Runtime::run`] to start it.
+    pub fn new(sd: Systemd, state: StateDir, cfg: Config) -> Self {
+        Runtime {
+            shared: Arc::new(Shared {
+                sd,
+                state,
+                cfg,
+                inner: Mutex::default(),
+                pods_q: WorkQueue::default(),
+                units_q: WorkQueue::default(),
+            }),
+        }
+    }
+
+    /// Adopts existing state, then reconciles forever, taking desired pod sets from `desired`.
+    pub async fn run(
+        self,
+        mut desired: mpsc::Receiver<Vec<StaticPod>>,
+    ) -> Result<(), crate::systemd::SystemdError> {
+        let started = Instant::now();
+        let s = &self.shared;
+        // Signals first, so no change between the listing and the watch is lost.
+        let mut signals = Box::pin(
+            s.sd.watch(vec![
+                names::service_path_prefix(),
+                names::unit_object_path(names::SLICE_PREFIX),
+            ])
+            .await?,
+        );
+        let adopted = self.adopt().await?;
+        for _ in 0..s.cfg.workers.max(1) {
+            let me = self.clone();
+            tokio::spawn(async move { me.pod_worker().await });
+        }
+        for _ in 0..32 {
+            let me = self.clone();
+            tokio::spawn(async move { me.unit_worker().await });
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(path) = signals.next().await {
+                let unit = me.shared.inner.lock().unwrap().by_path.get(&path).cloned();
+                if let Some(unit) = unit {
+                    me.shared.units_q.add(&unit);
+                }
+            }
+            warn!("systemd signal stream ended; relying on relist");
+        });
+        // The first desired set decides what survives; wait for it before syncing.
+        if let Some(first) = desired.recv().await {
+            self.set_desired(first);
+        }
+        s.units_q.wait_idle().await;
+        s.pods_q.wait_idle().await;
+        info!(
+            pods = adopted,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "initial sync complete"
+        );
+        let mut relist = tokio::time::interval(s.cfg.relist);
+        relist.tick().await;
+        loop {
+            tokio::select! {
+                set = desired.recv() => match set {
+                    Some(set) => self.set_desired(set),
+                    None => return Ok(()),
+                },
+                _ = relist.tick() => self.relist().await,
+            }
+        }
+    }
+
+    /// Loads admitted pods, reads their units, and stops units that belong to no pod.
+    async fn adopt(&self) -> Result<usize, crate::systemd::SystemdError> {
+        let s = &self.shared;
+        let (records, errors) = s.state.load_pods();
+        for e in errors {
+            warn!(error = %e, "skipping unreadable pod state");
+        }
+        let count = records.len();
+        for rec in records {
+            let containers = s.state.load_containers(rec.uid());
+            self.register(rec, containers, true);
+        }
+        let listing = s.sd.list(&names::UNIT_PATTERNS).await?;
+        let mut orphans = Vec::new();
+        {
+            let inner = s.inner.lock().unwrap();
+            for row in &listing {
+                if inner.owner.contains_key(&row.name) {
+                    s.units_q.add(&row.name);
+                } else {
+                    orphans.push(row.name.clone());
+                }
+            }
+        }
+        for unit in orphans {
+            info!(unit, "stopping orphaned unit: no admitted pod owns it");
+            let sd = s.sd.clone();
+            tokio::spawn(async move {
+                let _ = sd.stop(&unit).await;
+                let _ = sd.reset_failed(&unit).await;
+            });
+        }
+        Ok(count)
+    }
+
+    fn register(
+        &self,
+        rec: PodRecord,
+        containers: HashMap<String, ContainerRecord>,
+        existing: bool,
+    ) {
+        let plan = translate(&rec.pod, &self.shared.cfg.node, &lookup_user);
+        let uid = rec.uid().to_string();
+        let mut inner = self.shared.inner.lock().unwrap();
+        for unit in plan.unit_names() {
+            inner.owner.insert(unit.to_string(), uid.clone());
+            inner
+                .by_path
+                .insert(names::unit_object_path(unit), unit.to_string());
+        }
+        inner.pods.insert(
+            uid,
+            PodEntry {
+                rec,
+                plan,
+                containers,
+                terminating: false,
+                slice_created: existing,
+                memo: Memo::default(),
+                last_summary: String::new(),
+            },
+        );
+    }
+
+    fn set_desired(&self, set: Vec<StaticPod>) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        let new: HashMap<String, StaticPod> = set.into_iter().map(|p| (p.uid.clone(), p)).collect();
+        let mut touched: HashSet<String> = new.keys().cloned().collect();
+        touched.extend(inner.pods.keys().cloned());
+        inner.desired = Some(new);
+        drop(inner);
+        for uid in touched {
+            self.shared.pods_q.add(&uid);
+        }
+    }
+
+    async fn unit_worker(&self) {
+        let s = &self.shared;
+        loop {
+            let unit = s.units_q.next().await;
+            match s.sd.snapshot(&unit).await {
+                Ok(snap) => {
+                    let mut inner = s.inner.lock().unwrap();
+                    match snap {
+                        Some(snap) => inner.units.insert(unit.clone(), snap),
+                        None => inner.units.remove(&unit),
+                    };
+                    if let Some(uid) = inner.owner.get(&unit).cloned() {
+                        s.pods_q.add(&uid);
+                    }
+                }
+                Err(e) => warn!(error = %e, "reading unit state failed"),
+            }
+            s.units_q.done(&unit);
+        }
+    }
+
+    async fn pod_worker(&self) {
+        loop {
+            let uid = self.shared.pods_q.next().await;
+            self.sync(&uid).await;
+            self.shared.pods_q.done(&uid);
+        }
+    }
+
+    /// Safety net: compares systemd's listing with the cache and re-reads what differs.
+    async fn relist(&self) {
+        let s = &self.shared;
+        let listing = match s.sd.list(&names::UNIT_PATTERNS).await {
+            Ok(l) => l,
+            Err(e) => return warn!(error = %e, "relist failed"),
+        };
+        let inner = s.inner.lock().unwrap();
+        let mut seen = HashSet::new();
+        for row in &listing {
+            seen.insert(row.name.as_str());
+            let cached = inner.units.get(&row.name);
+            if inner.owner.contains_key(&row.name)
+                && cached.is_none_or(|c| {
+                    c.active_state != row.active_state || c.sub_state != row.sub_state
+                })
+            {
+                debug!(unit = row.name, "relist found a change the signals missed");
+                s.units_q.add(&row.name);
+            }
+        }
+        for unit in inner.units.keys() {
+            if !seen.contains(unit.as_str()) {
+                s.units_q.add(unit);
+            }
+        }
+        for uid in inner.pods.keys() {
+            s.pods_q.add(uid);
+        }
+    }
+
+    fn schedule(&self, uid: &str, at_us: u64) {
+        let me = self.clone();
+        let uid = uid.to_string();
+        let wait = Duration::from_micros(at_us.saturating_sub(now_us()));
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            me.shared.pods_q.add(&uid);
+        });
+    }
+
+    /// One reconcile pass for one pod.
+    async fn sync(&self, uid: &str) {
+        let s = &self.shared;
+        let (desired, admitted, conflict) = {
+            let inner = s.inner.lock().unwrap();
+            let Some(desired) = inner.desired.as_ref() else {
+                return;
+            };
+            let d = desired.get(uid).cloned();
+            let conflict = d.as_ref().is_some_and(|d| {
+                let key = d.key();
+                inner
+                    .pods
+                    .iter()
+                    .any(|(u, e)| u != uid && pod_key(&e.rec.pod) == key)
+            });
+            (d, inner.pods.contains_key(uid), conflict)
+        };
+        match (desired, admitted) {
+            (None, false) => {}
+            (None, true) => self.terminate(uid).await,
+            (Some(_), false) if conflict => {
+                debug!(uid, "waiting for the previous pod of the same name to stop")
+            }
+            (Some(pod), false) => {
+                let mut p = pod.pod.clone();
+                let now = now_us();
+                p.metadata.creation_timestamp = Some(observe::time_us(now));
+                let rec = PodRecord {
+                    pod: p,
+                    source: String::new(),
+                    admitted_us: now,
+                };
+                if let Err(e) = s.state.save_pod(&rec) {
+                    return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
+                }
+                info!(pod = pod.key(), uid, "admitted pod");
+                self.register(rec, HashMap::new(), false);
+                self.drive(uid).await;
+            }
+            (Some(_), true) => self.drive(uid).await,
+        }
+    }
+
+    /// Stops every unit of a pod (SIGTERM, SIGKILL after the grace period), then forgets it.
+    async fn terminate(&self, uid: &str) {
+        let s = &self.shared;
+        let (slice, units, key, first) = {
+            let mut inner = s.inner.lock().unwrap();
+            let Some(e) = inner.pods.get_mut(uid) else {
+                return;
+            };
+            let first = !e.terminating;
+            e.terminating = true;
+            let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
+            (e.plan.slice.name.clone(), units, pod_key(&e.rec.pod), first)
+        };
+        if first {
+            info!(pod = key, uid, "stopping pod");
+            if let Err(e) = s.sd.stop(&slice).await {
+                debug!(error = %e, "stopping slice");
+            }
+        }
+        let mut busy = false;
+        let mut loaded = Vec::new();
+        for unit in &units {
+            match s.sd.snapshot(unit).await {
+                Ok(Some(snap)) => {
+                    if matches!(
+                        snap.active_state.as_str(),
+                        "active" | "activating" | "deactivating" | "reloading"
+                    ) {
+                        busy = true;
+                    }
+                    loaded.push(unit.clone());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "reading unit during stop");
+                    busy = true;
+                }
+            }
+        }
+        if busy {
+            return; // signals bring us back when the units stop
+        }
+        for unit in loaded {
+            let _ = s.sd.reset_failed(&unit).await;
+        }
+        if let Err(e) = s.state.remove_pod(uid) {
+            return warn!(error = %e, "cannot forget stopped pod; will retry");
+        }
+        let waiting: Vec<String> = {
+            let mut inner = s.inner.lock().unwrap();
+            inner.pods.remove(uid);
+            for unit in &units {
+                inner.owner.remove(unit);
+                inner.by_path.remove(&names::unit_object_path(unit));
+                inner.units.remove(unit);
+            }
+            inner
+                .desired
+                .iter()
+                .flat_map(|d| d.values())
+                .filter(|p| p.key() == key)
+                .map(|p| p.uid.clone())
+                .collect()
+        };
+        info!(pod = key, uid, "pod stopped");
+        for w in waiting {
+            s.pods_q.add(&w);
+        }
+    }
+
+    /// Starts what should run, restarts what may restart, and reports status.
+    async fn drive(&self, uid: &str) {
+        let s = &self.shared;
+        let (plan, policy, mut records, units, slice_created, mut memo) = {
+            let inner = s.inner.lock().unwrap();
+            let Some(e) = inner.pods.get(uid) else { return };
+            if e.terminating {
+                return;
+            }
+            let units: HashMap<String, UnitSnapshot> = e
+                .plan
+                .unit_names()
+                .filter_map(|u| inner.units.get(u).map(|s| (u.to_string(), s.clone())))
+                .collect();
+            let policy = e
+                .rec
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.restart_policy.clone())
+                .unwrap_or_else(|| "Always".into());
+            (
+                e.plan.clone(),
+                policy,
+                e.containers.clone(),
+                units,
+                e.slice_created,
+                e.memo.clone(),
+            )
+        };
+        if !slice_created {
+            match s.sd.start_transient(&plan.slice).await {
+                Err(e) if !e.is_exists() => {
+                    return warn!(error = %e, "cannot create pod slice; will retry")
+                }
+                _ => {}
+            }
+            if let Some(e) = s.inner.lock().unwrap().pods.get_mut(uid) {
+                e.slice_created = true;
+            }
+        }
+        let now = now_us();
+        let mut changed: HashSet<String> = HashSet::new();
+        // Init containers, one at a time, each to success.
+        let mut inits_done = true;
+        for c in &plan.init {
+            let rec = records.entry(c.name.clone()).or_default();
+            let step = self
+                .step(
+                    uid,
+                    c,
+                    rec,
+                    units.get(&c.unit),
+                    &mut memo,
+                    now,
+                    true,
+                    &policy,
+                    &mut changed,
+                )
+                .await;
+            if step != Step::Succeeded {
+                inits_done = false;
+                break;
+            }
+        }
+        if inits_done {
+            for c in &plan.containers {
+                let rec = records.entry(c.name.clone()).or_default();
+                self.step(
+                    uid,
+                    c,
+                    rec,
+                    units.get(&c.unit),
+                    &mut memo,
+                    now,
+                    false,
+                    &policy,
+                    &mut changed,
+                )
+                .await;
+            }
+        }
+        for name in &changed {
+            if let Err(e) = s.state.save_container(uid, name, &records[name]) {
+                warn!(error = %e, "cannot save container record");
+            }
+        }
+        let mut inner = s.inner.lock().unwrap();
+        let Some(e) = inner.pods.get_mut(uid) else {
+            return;
+        };
+        e.containers = records;
+        e.memo = memo;
+        let status = observe::observe(
+            &e.rec.pod,
+            &e.plan,
+            &s.cfg.node,
+            &units,
+            &e.containers,
+            e.rec.admitted_us,
+            now_us(),
+        );
+        let summary = crate::cli::pods::summary(&status);
+        if summary != e.last_summary {
+            info!(
+                pod = pod_key(&e.rec.pod),
+                phase = status.phase.as_deref().unwrap_or(""),
+                status = summary,
+                "pod status"
+            );
+            e.last_summary = summary;
+        }
+    }
+
+    /// Advances one container; returns where it stands.
+    #[allow(clippy::too_many_arguments)]
+    async fn step(
+        &self,
+        uid: &str,
+        c: &ContainerPlan,
+        rec: &mut ContainerRecord,
+        unit: Option<&UnitSnapshot>,
+        memo: &mut Memo,
+        now: u64,
+        init: bool,
+        policy: &str,
+        changed: &mut HashSet<String>,
+    ) -> Step {
+        let s = &self.shared;
+        let Ok(spec) = &c.spec else {
+            return Step::Waiting;
+        };
+        let inst = instance(unit);
+        // A restart we asked for has happened once the unit shows another invocation.
+        let current_inv = match &inst {
+            Instance::Running { invocation, .. } => Some(invocation.clone()),
+            Instance::Terminated(_, inv) => Some(inv.clone()),
+            _ => None,
+        };
+        if let (Some(old), Some(cur)) = (rec.restart_of.clone(), current_inv.as_ref()) {
+            if &old != cur {
+                rec.restart_count += 1;
+                rec.previous_invocation = Some(old);
+                rec.last_termination = rec.restarting.take();
+                rec.restart_of = None;
+                changed.insert(c.name.clone());
+            }
+        }
+        match inst {
+            Instance::Absent => {
+                if rec.restart_of.is_some() {
+                    // Restart requested but the unit vanished (e.g. reset by an admin): create it again.
+                    rec.restart_of = None;
+                    rec.restarting = None;
+                    changed.insert(c.name.clone());
+                }
+                match s.sd.start_transient(spec).await {
+                    Ok(()) => {
+                        if rec.create_error.take().is_some() {
+                            changed.insert(c.name.clone());
+                        }
+                    }
+                    Err(e) if e.is_exists() => {}
+                    Err(e) => {
+                        warn!(uid, container = c.name, error = %e, "systemd refused the unit");
+                        rec.create_error = Some(e.to_string());
+                        changed.insert(c.name.clone());
+                    }
+                }
+                Step::Waiting
+            }
+            Instance::Creating | Instance::Running { .. } => Step::Waiting,
+            Instance::Terminated(t, inv) => {
+                if unit.is_some_and(|u| u.active_state == "active")
+                    && memo.leftovers_killed.insert(inv.clone())
+                {
+                    // The main process is gone: end whatever it left behind, as a
+                    // container runtime does when a container's PID 1 exits.
+                    let _ = s.sd.kill_all(&c.unit, 9).await;
+                }
+                if init && t.exit_code == 0 && rec.restart_of.is_none() {
+                    return Step::Succeeded;
+                }
+                let wants = if init {
+                    observe::should_restart_init(policy, t.exit_code)
+                } else {
+                    observe::should_restart(policy, t.exit_code)
+                };
+                if rec.restart_of.as_deref() != Some(inv.as_str()) {
+                    if !wants {
+                        return Step::Finished;
+                    }
+                    let delay = rec.backoff.delay_after(&s.cfg.backoff, t.finished_us);
+                    rec.restart_of = Some(inv.clone());
+                    rec.restart_at_us = t.finished_us + delay;
+                    rec.restarting = Some(t.clone());
+                    changed.insert(c.name.clone());
+                    if delay > 0 {
+                        info!(
+                            uid,
+                            container = c.name,
+                            delay_ms = delay / 1000,
+                            exit_code = t.exit_code,
+                            "back-off restarting failed container"
+                        );
+                    }
+                }
+                if now < rec.restart_at_us {
+                    self.schedule(uid, rec.restart_at_us);
+                    return Step::Waiting;
+                }
+                if !memo.restart_issued.insert(inv.clone()) {
+                    return Step::Waiting; // asked already; the new invocation's signal brings us back
+                }
+                rec.backoff
+                    .record_restart(&s.cfg.backoff, t.finished_us, now);
+                changed.insert(c.name.clone());
+                // Persist before acting, so a crash here never double-counts.
+                if let Err(e) = s.state.save_container(uid, &c.name, rec) {
+                    warn!(error = %e, "cannot save container record");
+                }
+                let result = if unit.is_some_and(|u| u.active_state == "active") {
+                    s.sd.restart(&c.unit).await
+                } else {
+                    s.sd.start(&c.unit).await
+                };
+                if let Err(e) = result {
+                    warn!(uid, container = c.name, error = %e, "restart failed; will retry");
+                }
+                Step::Waiting
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Waiting,
+    Succeeded,
+    Finished,
+}

@@ -1,0 +1,189 @@
+//! The standalone pod source: a directory of manifests, with kubelet
+//! static-pod semantics. One Pod per `.yaml`/`.yml`/`.json` file; dot-files
+//! and subdirectories are ignored; a file that does not parse is reported
+//! once and skipped. inotify drives it; a periodic relist is the safety net.
+//! An edit changes the pod's UID, so the pod is recreated (kubelet rule).
+
+use crate::core::manifest::{parse_manifest, StaticPod};
+use futures_util::StreamExt;
+use inotify::{Inotify, WatchMask};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+enum Parsed {
+    Pod(Box<StaticPod>),
+    Invalid,
+}
+
+struct FileState {
+    digest: [u8; 32],
+    parsed: Parsed,
+}
+
+/// The manifest directory and what was last read from it.
+pub struct ManifestDir {
+    dir: PathBuf,
+    node: String,
+    files: BTreeMap<PathBuf, FileState>,
+    reported_conflicts: HashMap<PathBuf, String>,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.')
+        && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
+}
+
+impl ManifestDir {
+    /// A source for `dir` on node `node`.
+    pub fn new(dir: impl Into<PathBuf>, node: &str) -> Self {
+        ManifestDir {
+            dir: dir.into(),
+            node: node.to_string(),
+            files: BTreeMap::new(),
+            reported_conflicts: HashMap::new(),
+        }
+    }
+
+    /// Re-reads one file (or notes that it is gone).
+    pub fn update(&mut self, path: &Path) {
+        if !is_manifest(path) || path.parent() != Some(self.dir.as_path()) {
+            return;
+        }
+        let bytes = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => std::fs::read(path),
+            Ok(_) => {
+                self.files.remove(path);
+                return;
+            }
+            Err(e) => Err(e),
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(_) => {
+                if self.files.remove(path).is_some() {
+                    info!(file = %path.display(), "manifest removed");
+                }
+                return;
+            }
+        };
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if self.files.get(path).is_some_and(|f| f.digest == digest) {
+            return;
+        }
+        let source = path.to_string_lossy();
+        let is_json = source.ends_with(".json");
+        let parsed = match parse_manifest(&bytes, &source, &self.node, is_json) {
+            Ok(p) => Parsed::Pod(Box::new(p)),
+            Err(e) => {
+                error!(file = %path.display(), field = e.field, error = %e, "skipping invalid manifest");
+                Parsed::Invalid
+            }
+        };
+        self.files
+            .insert(path.to_path_buf(), FileState { digest, parsed });
+    }
+
+    /// Re-reads the whole directory. Fails only if the directory cannot be listed.
+    pub fn scan(&mut self) -> std::io::Result<()> {
+        let mut present = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if is_manifest(&path) {
+                present.push(path);
+            }
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.update(&p);
+        }
+        for p in present {
+            self.update(&p);
+        }
+        Ok(())
+    }
+
+    /// The valid pods; when two files name the same pod, the first file (by name) wins.
+    pub fn pods(&mut self) -> Vec<StaticPod> {
+        let mut by_key: BTreeMap<String, (&PathBuf, &StaticPod)> = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for (path, f) in &self.files {
+            if let Parsed::Pod(p) = &f.parsed {
+                match by_key.get(&p.key()) {
+                    Some((first, _)) => conflicts.push((path.clone(), p.key(), (*first).clone())),
+                    None => {
+                        by_key.insert(p.key(), (path, p));
+                    }
+                }
+            }
+        }
+        let pods = by_key.into_values().map(|(_, p)| p.clone()).collect();
+        for (path, key, first) in conflicts {
+            if self.reported_conflicts.get(&path) != Some(&key) {
+                error!(file = %path.display(), pod = key, other = %first.display(), "skipping manifest: another file already defines this pod");
+                self.reported_conflicts.insert(path, key);
+            }
+        }
+        pods
+    }
+}
+
+/// Watches `dir` and sends the full set of valid pods after every change.
+pub async fn watch(
+    dir: PathBuf,
+    node: String,
+    relist: Duration,
+    tx: mpsc::Sender<Vec<StaticPod>>,
+) -> std::io::Result<()> {
+    let mut src = ManifestDir::new(dir.clone(), &node);
+    let inotify = Inotify::init()?;
+    inotify.watches().add(
+        &dir,
+        WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF,
+    )?;
+    let mut events = inotify.into_event_stream(vec![0u8; 64 * 1024])?;
+    src.scan()?;
+    if tx.send(src.pods()).await.is_err() {
+        return Ok(());
+    }
+    let mut tick = tokio::time::interval(relist);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            ev = events.next() => {
+                let Some(ev) = ev else { return Ok(()) };
+                let mut names = vec![ev?.name.map(|n| dir.join(n))];
+                // Coalesce a burst of events into one update.
+                while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await {
+                    names.push(more?.name.map(|n| dir.join(n)));
+                }
+                if names.iter().any(Option::is_none) {
+                    warn!(dir = %dir.display(), "manifest directory itself changed; rescanning");
+                    if let Err(e) = src.scan() { warn!(error = %e, "cannot read manifest directory; keeping the current pods"); continue; }
+                } else {
+                    for n in names.into_iter().flatten() { src.update(&n); }
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = src.scan() { warn!(error = %e, "cannot read manifest directory; keeping the current pods"); continue; }
+            }
+        }
+        if tx.send(src.pods()).await.is_err() {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The systemd client: transient units, unit state and signals over D-Bus.
+//!
+//! Every call carries typed values (ExecStart is an argv array); unit-file
+//! text is never produced for systemd. One connection is shared and calls
+//! are pipelined, so N units cost N round trips in flight, not N in a row.
+
+mod props;
+
+use crate::core::observe::UnitSnapshot;
+use crate::core::unit::UnitSpec;
+use futures_util::{Stream, StreamExt};
+use std::collections::HashMap;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+/// A failed systemd operation, naming the unit and what was attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// Could not reach systemd at all.
+    #[error("cannot connect to systemd over D-Bus ({0}); is systemd PID 1 here? On a host without it, try `unitlet sandbox`")]
+    Connect(#[source] zbus::Error),
+    /// A call about one unit failed.
+    #[error("systemd {op} {unit}: {source}")]
+    Unit {
+        /// What was attempted.
+        op: &'static str,
+        /// The unit.
+        unit: String,
+        /// D-Bus error.
+        #[source]
+        source: zbus::Error,
+    },
+    /// A manager-wide call failed.
+    #[error("systemd {op}: {source}")]
+    Manager {
+        /// What was attempted.
+        op: &'static str,
+        /// D-Bus error.
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+impl SystemdError {
+    /// Whether the error says the unit already exists (harmless when re-creating).
+    pub fn is_exists(&self) -> bool {
+        matches!(self, SystemdError::Unit { source: zbus::Error::MethodError(name, _, _), .. } if name.as_str() == "org.freedesktop.systemd1.UnitExists")
+    }
+}
+
+type UnitRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, &[(&str, Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<Vec<UnitRow>>;
+}
+
+/// One row of `ListUnitsByPatterns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitListing {
+    /// Unit name.
+    pub name: String,
+    /// `LoadState`.
+    pub load_state: String,
+    /// `ActiveState`.
+    pub active_state: String,
+    /// `SubState`.
+    pub sub_state: String,
+}
+
+/// A connection to the system manager.
+#[derive(Clone)]
+pub struct Systemd {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    /// Connects to systemd on the system bus.
+    pub async fn connect() -> Result<Self, SystemdError> {
+        let conn = zbus::Connection::system()
+            .await
+            .map_err(SystemdError::Connect)?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .map_err(SystemdError::Connect)?;
+        Ok(Systemd { conn, manager })
+    }
+
+    /// Creates and starts a transient unit.
+    pub async fn start_transient(&self, spec: &UnitSpec) -> Result<(), SystemdError> {
+        let values = props::to_dbus(&spec.properties);
+        let borrowed: Vec<(&str, Value<'_>)> =
+            values.iter().map(|(k, v)| (*k, v.clone())).collect();
+        self.manager
+            .start_transient_unit(&spec.name, "fail", &borrowed, &[])
+            .await
+            .map(drop)
+            .map_err(|source| SystemdError::Unit {
+                op: "create",
+                unit: spec.name.clone(),
+                source,
+            })
+    }
+
+    /// Starts a loaded unit again (a new invocation).
+    pub async fn start(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .start_unit(unit, "replace")
+            .await
+            .map(drop)
+            .map_err(|source| SystemdError::Unit {
+                op: "start",
+                unit: unit.into(),
+                source,
+            })
+    }
+
+    /// Restarts a unit (stop, then start: a new invocation).
+    pub async fn restart(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .restart_unit(unit, "replace")
+            .await
+            .map(drop)
+            .map_err(|source| SystemdError::Unit {
+                op: "restart",
+                unit: unit.into(),
+                source,
+            })
+    }
+
+    /// Stops a unit (for a slice: everything in it), honouring its stop timeout.
+    pub async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .stop_unit(unit, "replace")
+            .await
+            .map(drop)
+            .map_err(|source| SystemdError::Unit {
+                op: "stop",
+                unit: unit.into(),
+                source,
+            })
+    }
+
+    /// Clears a failed state so systemd can unload the unit.
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .reset_failed_unit(unit)
+            .await
+            .map_err(|source| SystemdError::Unit {
+                op: "reset-failed",
+                unit: unit.into(),
+                source,
+            })
+    }
+
+    /// Sends a signal to every process of a unit.
+    pub async fn kill_all(&self, unit: &str, signal: i32) -> Result<(), SystemdError> {
+        self.manager
+            .kill_unit(unit, "all", signal)
+            .await
+            .map_err(|source| SystemdError::Unit {
+                op: "kill",
+                unit: unit.into(),
+                source,
+            })
+    }
+
+    /// Lists loaded units matching glob patterns, in one call.
+    pub async fn list(&self, patterns: &[&str]) -> Result<Vec<UnitListing>, SystemdError> {
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], patterns)
+            .await
+            .map_err(|source| SystemdError::Manager {
+                op: "list units",
+                source,
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|r| UnitListing {
+                name: r.0,
+                load_state: r.2,
+                active_state: r.3,
+                sub_state: r.4,
+            })
+            .collect())
+    }
+
+    /// Reads a unit's state in one `GetAll`; `None` when systemd has no such unit loaded.
+    pub async fn snapshot(&self, unit: &str) -> Result<Option<UnitSnapshot>, SystemdError> {
+        let path = crate::core::names::unit_object_path(unit);
+        let map_err = |source| SystemdError::Unit {
+            op: "read",
+            unit: unit.into(),
+            source,
+        };
+        let reply = self
+            .conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &("",),
+            )
+            .await
+            .map_err(map_err)?;
+        let all: HashMap<String, OwnedValue> =
+            reply.body().deserialize().map_err(|e| map_err(e.into()))?;
+        let snap = props::snapshot_from(&all);
+        Ok((snap.load_state == "loaded").then_some(snap))
+    }
+
+    /// Subscribes to unit change signals and yields the object path of each
+    /// unit whose properties changed, for paths under `prefixes`.
+    pub async fn watch(
+        &self,
+        prefixes: Vec<String>,
+    ) -> Result<impl Stream<Item = String> + use<>, SystemdError> {
+        let map_err = |source| SystemdError::Manager {
+            op: "subscribe",
+            source,
+        };
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.systemd1")
+            .and_then(|b| b.interface("org.freedesktop.DBus.Properties"))
+            .and_then(|b| b.member("PropertiesChanged"))
+            .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
+            .map_err(map_err)?
+            .build();
+        let stream = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(65536))
+            .await
+            .map_err(map_err)?;
+        self.manager.subscribe().await.map_err(map_err)?;
+        Ok(stream.filter_map(move |msg| {
+            let path = msg
+                .ok()
+                .and_then(|m| m.header().path().map(|p| p.to_string()));
+            let keep = path.filter(|p| prefixes.iter().any(|pre| p.starts_with(pre.as_str())));
+            std::future::ready(keep)
+        }))
+    }
+}

@@ -1,0 +1,105 @@
+//! Conversion between typed properties and D-Bus values.
+
+use crate::core::observe::UnitSnapshot;
+use crate::core::unit::Property;
+use std::collections::HashMap;
+use zbus::zvariant::{OwnedValue, Value};
+
+/// The D-Bus name and value of each property.
+pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
+    let mut out: Vec<(&'static str, Value<'static>)> = Vec::new();
+    for p in props {
+        match p {
+            Property::Description(s) => out.push(("Description", Value::from(s.clone()))),
+            Property::Slice(s) => out.push(("Slice", Value::from(s.clone()))),
+            Property::Type(s) => out.push(("Type", Value::from(s.clone()))),
+            Property::RemainAfterExit(b) => out.push(("RemainAfterExit", Value::from(*b))),
+            Property::ExecStart { path, argv } => {
+                let cmd = vec![(
+                    path.clone(),
+                    argv.clone(),
+                    vec!["no-env-expand".to_string()],
+                )];
+                out.push(("ExecStartEx", Value::from(cmd)));
+            }
+            Property::Environment(pairs) => out.push((
+                "Environment",
+                Value::from(
+                    pairs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>(),
+                ),
+            )),
+            Property::WorkingDirectory(s) => out.push(("WorkingDirectory", Value::from(s.clone()))),
+            Property::SyslogIdentifier(s) => out.push(("SyslogIdentifier", Value::from(s.clone()))),
+            Property::KillSignal(n) => out.push(("KillSignal", Value::from(*n))),
+            Property::TimeoutStopUSec(u) => out.push(("TimeoutStopUSec", Value::from(*u))),
+            Property::StartLimitIntervalUSec(u) => {
+                out.push(("StartLimitIntervalUSec", Value::from(*u)))
+            }
+            Property::MemoryMax(b) => out.push(("MemoryMax", Value::from(*b))),
+            Property::CpuQuotaPerSecUSec(u) => out.push(("CPUQuotaPerSecUSec", Value::from(*u))),
+            Property::CpuWeight(w) => out.push(("CPUWeight", Value::from(*w))),
+            Property::Accounting(b) => {
+                for k in [
+                    "CPUAccounting",
+                    "MemoryAccounting",
+                    "TasksAccounting",
+                    "IOAccounting",
+                ] {
+                    out.push((k, Value::from(*b)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn string(all: &HashMap<String, OwnedValue>, key: &str) -> String {
+    all.get(key)
+        .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
+        .unwrap_or_default()
+}
+
+fn u64_of(all: &HashMap<String, OwnedValue>, key: &str) -> u64 {
+    all.get(key)
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+fn u32_of(all: &HashMap<String, OwnedValue>, key: &str) -> u32 {
+    all.get(key)
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+fn i32_of(all: &HashMap<String, OwnedValue>, key: &str) -> i32 {
+    all.get(key)
+        .and_then(|v| i32::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+fn hex_bytes(all: &HashMap<String, OwnedValue>, key: &str) -> String {
+    let bytes: Vec<u8> = all
+        .get(key)
+        .and_then(|v| Vec::<u8>::try_from(v.try_clone().ok()?).ok())
+        .unwrap_or_default();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds a snapshot from a `GetAll("")` reply.
+pub fn snapshot_from(all: &HashMap<String, OwnedValue>) -> UnitSnapshot {
+    UnitSnapshot {
+        load_state: string(all, "LoadState"),
+        active_state: string(all, "ActiveState"),
+        sub_state: string(all, "SubState"),
+        result: string(all, "Result"),
+        invocation_id: hex_bytes(all, "InvocationID"),
+        main_pid: u32_of(all, "MainPID"),
+        exec_main_code: i32_of(all, "ExecMainCode"),
+        exec_main_status: i32_of(all, "ExecMainStatus"),
+        exec_main_start_us: u64_of(all, "ExecMainStartTimestamp"),
+        exec_main_exit_us: u64_of(all, "ExecMainExitTimestamp"),
+    }
+}
