@@ -245,11 +245,11 @@ pub fn pod_desc(pod: &Pod) -> String {
 
 fn duration_text(us: u64) -> String {
     let s = us / 1_000_000;
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.is_multiple_of(60) {
         format!("{}m0s", s / 60)
     } else if s >= 60 {
         format!("{}m{}s", s / 60, s % 60)
-    } else if us % 1_000_000 == 0 {
+    } else if us.is_multiple_of(1_000_000) {
         format!("{s}s")
     } else {
         format!("{}ms", us / 1000)
@@ -465,7 +465,7 @@ pub fn observe(
     });
     let init_done = inits.iter().all(|b| b.done == Some(0));
     let any_app_started = apps.iter().any(|b| b.ever_started);
-    let init_pending = !init_done && !(init_failed && policy == "Never");
+    let init_pending = !(init_done || (init_failed && policy == "Never"));
 
     let running = apps.iter().filter(|b| b.running).count();
     let waiting = apps.iter().filter(|b| b.waiting).count();

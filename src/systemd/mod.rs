@@ -237,8 +237,7 @@ impl Systemd {
             )
             .await
             .map_err(map_err)?;
-        let all: HashMap<String, OwnedValue> =
-            reply.body().deserialize().map_err(|e| map_err(e.into()))?;
+        let all: HashMap<String, OwnedValue> = reply.body().deserialize().map_err(map_err)?;
         let snap = props::snapshot_from(&all);
         Ok((snap.load_state == "loaded").then_some(snap))
     }
