@@ -120,7 +120,8 @@ pub fn parse_manifest(
         }
     };
     let canonical = serde_json::to_vec(&value).expect("a JSON value serializes");
-    let mut pod = decode_pod(value)?;
+    let context = error_context(&value);
+    let mut pod = decode_pod(value).map_err(context)?;
     let namespace = pod
         .metadata
         .namespace
@@ -164,6 +165,39 @@ pub fn parse_manifest(
     spec.termination_grace_period_seconds.get_or_insert(30);
     pod.status = None;
     Ok(StaticPod { pod, uid })
+}
+
+/// Names the pod and container of a decoding error from the raw document,
+/// since the typed pod does not exist yet.
+fn error_context(value: &Value) -> impl FnOnce(ManifestError) -> ManifestError {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let ns = value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let value = value.clone();
+    move |mut e| {
+        e.pod = name.map(|n| format!("{ns}/{n}"));
+        for list in ["containers", "initContainers"] {
+            let prefix = format!("spec.{list}[");
+            let rest = e.field.replace(&format!("spec.{list}.["), &prefix);
+            if let Some(idx) = rest
+                .strip_prefix(&prefix)
+                .and_then(|r| r.split(']').next())
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                e.container = value
+                    .pointer(&format!("/spec/{list}/{idx}/name"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            }
+        }
+        e
+    }
 }
 
 /// Decodes a JSON value into a Pod, reporting wrong types and unknown fields by path.
