@@ -240,8 +240,12 @@ impl Runtime {
     fn set_desired(&self, set: Vec<StaticPod>) {
         let mut inner = self.shared.inner.lock().unwrap();
         let new: HashMap<String, StaticPod> = set.into_iter().map(|p| (p.uid.clone(), p)).collect();
-        let mut touched: HashSet<String> = new.keys().cloned().collect();
-        touched.extend(inner.pods.keys().cloned());
+        // Only pods that appeared or disappeared need a pass (content is part
+        // of the UID, so an edit is both). The first set touches everything.
+        let touched: HashSet<String> = match &inner.desired {
+            None => new.keys().chain(inner.pods.keys()).cloned().collect(),
+            Some(old) => new.keys().filter(|u| !old.contains_key(*u)).chain(old.keys().filter(|u| !new.contains_key(*u))).cloned().collect(),
+        };
         inner.desired = Some(new);
         drop(inner);
         for uid in touched {
