@@ -167,8 +167,10 @@ pub async fn watch(
             ev = events.next() => {
                 let Some(ev) = ev else { return Ok(()) };
                 let mut names = vec![ev?.name.map(|n| dir.join(n))];
-                // Coalesce a burst of events into one update.
-                while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await {
+                // Coalesce a burst of events into one update, but never hold
+                // the first one back for more than 100 ms.
+                let until = tokio::time::Instant::now() + Duration::from_millis(100);
+                while let Ok(Ok(Some(more))) = tokio::time::timeout_at(until, tokio::time::timeout(Duration::from_millis(20), events.next())).await {
                     names.push(more?.name.map(|n| dir.join(n)));
                 }
                 if names.iter().any(Option::is_none) {
