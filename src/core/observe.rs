@@ -664,3 +664,324 @@ pub fn qos_class(pod: &Pod) -> &'static str {
         "Burstable"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::manifest::parse_manifest;
+    use crate::core::translate::translate;
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    fn node() -> NodeFacts {
+        NodeFacts {
+            node_name: "n".into(),
+            host_ip: "10.0.0.1".into(),
+        }
+    }
+
+    fn pod(policy: &str, inits: &[&str], apps: &[&str]) -> (Pod, PodPlan) {
+        let c =
+            |n: &&str| serde_json::json!({"name": n, "image": "host", "command": ["/bin/true"]});
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"restartPolicy": policy, "initContainers": inits.iter().map(c).collect::<Vec<_>>(), "containers": apps.iter().map(c).collect::<Vec<_>>()}
+        });
+        let p = parse_manifest(doc.to_string().as_bytes(), "/m", "n", true).unwrap();
+        let plan = translate(&p.pod, &node(), &|_| None);
+        (p.pod, plan)
+    }
+
+    fn running(inv: &str) -> UnitSnapshot {
+        UnitSnapshot {
+            load_state: "loaded".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            result: "success".into(),
+            invocation_id: inv.into(),
+            main_pid: 42,
+            exec_main_start_us: T0 + 1_000_000,
+            ..Default::default()
+        }
+    }
+
+    fn ended(inv: &str, code: i32, status: i32, result: &str) -> UnitSnapshot {
+        let failed = result != "success";
+        UnitSnapshot {
+            load_state: "loaded".into(),
+            active_state: if failed { "failed" } else { "active" }.into(),
+            sub_state: if failed { "failed" } else { "exited" }.into(),
+            result: result.into(),
+            invocation_id: inv.into(),
+            exec_main_code: code,
+            exec_main_status: status,
+            exec_main_start_us: T0 + 1_000_000,
+            exec_main_exit_us: T0 + 3_000_000,
+            ..Default::default()
+        }
+    }
+
+    fn status(
+        pod: &Pod,
+        plan: &PodPlan,
+        units: &[(&str, UnitSnapshot)],
+        records: &[(&str, ContainerRecord)],
+        now: u64,
+    ) -> PodStatus {
+        let unit_of = |c: &str| {
+            plan.init
+                .iter()
+                .chain(&plan.containers)
+                .find(|p| p.name == c)
+                .unwrap()
+                .unit
+                .clone()
+        };
+        let units = units.iter().map(|(c, s)| (unit_of(c), s.clone())).collect();
+        let records = records
+            .iter()
+            .map(|(c, r)| (c.to_string(), r.clone()))
+            .collect();
+        observe(pod, plan, &node(), &units, &records, T0, now)
+    }
+
+    fn cond(s: &PodStatus, kind: &str) -> (String, Option<String>) {
+        let c = s
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == kind)
+            .unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn state(s: &PodStatus, i: usize) -> ContainerState {
+        s.container_statuses.as_ref().unwrap()[i]
+            .state
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn running_pod_is_ready() {
+        let (p, plan) = pod("Always", &[], &["a", "b"]);
+        let s = status(
+            &p,
+            &plan,
+            &[("a", running("i1")), ("b", running("i2"))],
+            &[],
+            T0 + 5_000_000,
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&s, "Ready").0, "True");
+        assert_eq!(cond(&s, "ContainersReady").0, "True");
+        assert_eq!(s.pod_ip.as_deref(), Some("10.0.0.1"));
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert!(cs.ready && cs.started == Some(true));
+        assert_eq!(cs.container_id.as_deref(), Some("systemd://i1"));
+    }
+
+    #[test]
+    fn one_container_still_creating_keeps_pod_pending_and_unready() {
+        let (p, plan) = pod("Always", &[], &["a", "b"]);
+        let s = status(&p, &plan, &[("a", running("i1"))], &[], T0);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert_eq!(
+            cond(&s, "Ready"),
+            ("False".into(), Some("ContainersNotReady".into()))
+        );
+        assert_eq!(
+            state(&s, 1).waiting.unwrap().reason.as_deref(),
+            Some("ContainerCreating")
+        );
+    }
+
+    #[test]
+    fn exit_codes_signals_and_reasons() {
+        let (p, plan) = pod("Never", &[], &["a"]);
+        let cases = [
+            (ended("i", 1, 3, "exit-code"), 3, None, "Error", "Failed"),
+            (ended("i", 2, 9, "signal"), 137, Some(9), "Error", "Failed"),
+            (
+                ended("i", 2, 15, "signal"),
+                143,
+                Some(15),
+                "Error",
+                "Failed",
+            ),
+            (
+                ended("i", 1, 137, "oom-kill"),
+                137,
+                None,
+                "OOMKilled",
+                "Failed",
+            ),
+            (
+                ended("i", 1, 203, "exit-code"),
+                128,
+                None,
+                "StartError",
+                "Failed",
+            ),
+            (
+                ended("i", 1, 0, "success"),
+                0,
+                None,
+                "Completed",
+                "Succeeded",
+            ),
+        ];
+        for (unit, code, signal, reason, phase) in cases {
+            let s = status(&p, &plan, &[("a", unit)], &[], T0 + 9_000_000);
+            let t = state(&s, 0).terminated.unwrap();
+            assert_eq!(
+                (t.exit_code, t.signal, t.reason.as_deref()),
+                (code, signal, Some(reason))
+            );
+            assert_eq!(s.phase.as_deref(), Some(phase));
+            assert_eq!(t.finished_at, Some(time_us(T0 + 3_000_000)));
+        }
+    }
+
+    #[test]
+    fn completed_pod_conditions() {
+        let (p, plan) = pod("OnFailure", &[], &["a"]);
+        let s = status(
+            &p,
+            &plan,
+            &[("a", ended("i", 1, 0, "success"))],
+            &[],
+            T0 + 9_000_000,
+        );
+        assert_eq!(s.phase.as_deref(), Some("Succeeded"));
+        assert_eq!(
+            cond(&s, "Ready"),
+            ("False".into(), Some("PodCompleted".into()))
+        );
+        assert_eq!(
+            cond(&s, "Initialized"),
+            ("True".into(), Some("PodCompleted".into()))
+        );
+    }
+
+    #[test]
+    fn crash_loop_back_off_shows_waiting_with_last_state() {
+        let (p, plan) = pod("Always", &[], &["a"]);
+        let rec = ContainerRecord {
+            restart_count: 2,
+            restart_of: Some("i3".into()),
+            restart_at_us: T0 + 23_000_000,
+            backoff: BackoffState {
+                delay_us: 20_000_000,
+                last_update_us: T0,
+            },
+            ..Default::default()
+        };
+        let s = status(
+            &p,
+            &plan,
+            &[("a", ended("i3", 1, 1, "exit-code"))],
+            &[("a", rec)],
+            T0 + 10_000_000,
+        );
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        let w = cs.state.clone().unwrap().waiting.unwrap();
+        assert_eq!(w.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert!(w
+            .message
+            .unwrap()
+            .starts_with("back-off 20s restarting failed container=a pod=p_default("));
+        assert_eq!(
+            cs.last_state.clone().unwrap().terminated.unwrap().exit_code,
+            1
+        );
+        assert_eq!(cs.restart_count, 2);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+    }
+
+    #[test]
+    fn running_after_restart_keeps_last_state() {
+        let (p, plan) = pod("Always", &[], &["a"]);
+        let prev = Termination {
+            exit_code: 2,
+            signal: None,
+            reason: "Error".into(),
+            message: None,
+            started_us: T0,
+            finished_us: T0 + 1,
+            container_id: "systemd://old".into(),
+        };
+        let rec = ContainerRecord {
+            restart_count: 1,
+            previous_invocation: Some("old".into()),
+            last_termination: Some(prev),
+            ..Default::default()
+        };
+        let s = status(
+            &p,
+            &plan,
+            &[("a", running("new"))],
+            &[("a", rec)],
+            T0 + 10_000_000,
+        );
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert!(cs.state.clone().unwrap().running.is_some());
+        assert_eq!(
+            cs.last_state
+                .clone()
+                .unwrap()
+                .terminated
+                .unwrap()
+                .container_id
+                .as_deref(),
+            Some("systemd://old")
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+    }
+
+    #[test]
+    fn init_containers_gate_the_pod() {
+        let (p, plan) = pod("Always", &["i1", "i2"], &["a"]);
+        let s = status(&p, &plan, &[("i1", running("x"))], &[], T0);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert_eq!(
+            cond(&s, "Initialized"),
+            ("False".into(), Some("ContainersNotInitialized".into()))
+        );
+        assert_eq!(
+            state(&s, 0).waiting.unwrap().reason.as_deref(),
+            Some("PodInitializing")
+        );
+        let s = status(
+            &p,
+            &plan,
+            &[
+                ("i1", ended("x", 1, 0, "success")),
+                ("i2", ended("y", 1, 0, "success")),
+                ("a", running("z")),
+            ],
+            &[],
+            T0,
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&s, "Initialized").0, "True");
+    }
+
+    #[test]
+    fn failed_init_container_under_never_fails_the_pod() {
+        let (p, plan) = pod("Never", &["i1"], &["a"]);
+        let s = status(&p, &plan, &[("i1", ended("x", 1, 1, "exit-code"))], &[], T0);
+        assert_eq!(s.phase.as_deref(), Some("Failed"));
+        assert_eq!(
+            state(&s, 0).waiting.unwrap().reason.as_deref(),
+            Some("PodInitializing")
+        );
+    }
+
+    #[test]
+    fn qos() {
+        let (p, _) = pod("Always", &[], &["a"]);
+        assert_eq!(qos_class(&p), "BestEffort");
+    }
+}
