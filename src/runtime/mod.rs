@@ -244,7 +244,12 @@ impl Runtime {
         // of the UID, so an edit is both). The first set touches everything.
         let touched: HashSet<String> = match &inner.desired {
             None => new.keys().chain(inner.pods.keys()).cloned().collect(),
-            Some(old) => new.keys().filter(|u| !old.contains_key(*u)).chain(old.keys().filter(|u| !new.contains_key(*u))).cloned().collect(),
+            Some(old) => new
+                .keys()
+                .filter(|u| !old.contains_key(*u))
+                .chain(old.keys().filter(|u| !new.contains_key(*u)))
+                .cloned()
+                .collect(),
         };
         inner.desired = Some(new);
         drop(inner);
