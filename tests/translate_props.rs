@@ -69,7 +69,6 @@ fn lookup(name: &str, value: &str) -> Option<String> {
     match name {
         "A" => Some("alpha".into()),
         "V" => Some(expand(value, |n| (n == "A").then(|| "alpha".to_string()))),
-        "HOME" => Some("/root".into()),
         _ => None,
     }
 }

@@ -104,10 +104,37 @@ pub async fn run(sd: &Systemd, view: &PodView, opts: &LogOptions) -> anyhow::Res
             ),
         }
     };
+    // Main PIDs of the current and the previous instance, where known (see
+    // `LogQuery::main_pids`).
+    let mut main_pids = Vec::new();
+    if let Some(u) = unit.filter(|u| !u.invocation_id.is_empty()) {
+        main_pids.push((u.invocation_id.clone(), u.exec_main_pid));
+    }
+    if let (Some(prev), Some(t)) = (&record.previous_invocation, &record.last_termination) {
+        if t.container_id == format!("systemd://{prev}") {
+            main_pids.push((prev.clone(), t.pid));
+        }
+    }
+    // Read from a little before the instance started, so that systemd's
+    // message about starting it is read too.
+    let started_us = if opts.previous {
+        record
+            .last_termination
+            .as_ref()
+            .filter(|t| t.container_id == format!("systemd://{invocation}"))
+            .map(|t| t.started_us)
+    } else {
+        unit.map(|u| u.exec_main_start_us)
+    };
+    let read_from_us = started_us
+        .filter(|&s| s > 0)
+        .map(|s| s.saturating_sub(10_000_000));
     let running = matches!(instance(unit), Instance::Running { invocation: ref inv, .. } if *inv == invocation);
     let q = LogQuery {
         unit: c.unit.clone(),
         invocation: invocation.clone(),
+        main_pids,
+        read_from_us,
         tail: opts.tail,
         since_us: opts
             .since_us

@@ -6,16 +6,18 @@
 //! readable parts never run into each other, and the tag keeps two pods with
 //! the same name (an old and a recreated one) apart. Names are never parsed
 //! back: identity comes from the state directory. When the readable name
-//! would pass systemd's 255-byte limit, the pod name is shortened; the tag
-//! and the container name keep it unique.
+//! would pass [`MAX_UNIT_NAME`], the pod name is shortened; the tag and the
+//! container name keep it unique.
 //!
 //! The slice name carries only the tag because a `-` in a slice name means
 //! nesting to systemd, and pod names are full of dashes.
 
 use sha2::{Digest, Sha256};
 
-/// systemd's limit on unit names, in bytes.
-pub const MAX_UNIT_NAME: usize = 255;
+/// Longest unit name unitlet creates, in bytes: one under systemd's own
+/// limit (255), because journald (systemd 252) silently drops the
+/// stdout/stderr of a service whose name is exactly 255 bytes long.
+pub const MAX_UNIT_NAME: usize = 254;
 /// Prefix shared by every container unit; also the pattern used to list them.
 pub const SERVICE_PREFIX: &str = "unitlet_";
 /// Prefix shared by every pod slice.

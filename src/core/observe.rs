@@ -36,6 +36,9 @@ pub struct UnitSnapshot {
     pub exec_main_start_us: u64,
     /// `ExecMainExitTimestamp`, µs since the epoch.
     pub exec_main_exit_us: u64,
+    /// `ExecMainPID`: main process of the current (or last) invocation.
+    #[serde(default)]
+    pub exec_main_pid: u32,
 }
 
 /// How one container instance ended.
@@ -55,6 +58,10 @@ pub struct Termination {
     pub finished_us: u64,
     /// `systemd://<invocation id>`.
     pub container_id: String,
+    /// PID of its main process (0 if unknown): what selects its stdout and
+    /// stderr in the journal for `logs --previous` (see `crate::journal`).
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// What the agent remembers about a container beyond systemd's own state.
@@ -175,6 +182,7 @@ pub fn instance(unit: Option<&UnitSnapshot>) -> Instance {
             started_us: started,
             finished_us: finished,
             container_id: format!("systemd://{}", u.invocation_id),
+            pid: u.exec_main_pid,
         },
         u.invocation_id.clone(),
     )
@@ -262,6 +270,9 @@ struct Built {
     done: Option<i32>,
     running: bool,
     waiting: bool,
+    /// Waiting with a previous termination (restarting, e.g. CrashLoopBackOff):
+    /// the kubelet counts it as stopped, not waiting, for the pod phase.
+    restarting: bool,
     /// Has ever started (running now or finished at least once).
     ever_started: bool,
     last_time_us: u64,
@@ -350,6 +361,7 @@ fn build(
         }
     };
     let waiting = state.waiting.is_some();
+    let restarting = waiting && last.is_some();
     let status = ContainerStatus {
         name: name.to_string(),
         image: image.to_string(),
@@ -371,6 +383,7 @@ fn build(
         done,
         running,
         waiting,
+        restarting,
         ever_started,
         last_time_us,
     }
@@ -421,7 +434,7 @@ pub fn observe(
         .init
         .iter()
         .map(|c| {
-            build(
+            let mut b = build(
                 pod,
                 &c.name,
                 &c.image,
@@ -429,7 +442,11 @@ pub fn observe(
                 &inputs(c),
                 "PodInitializing",
                 now_us,
-            )
+            );
+            // The kubelet reports an init container ready once it has
+            // completed successfully (and not while it runs).
+            b.status.ready = b.done == Some(0);
+            b
         })
         .collect();
     let default_wait = if plan.init.is_empty() {
@@ -468,7 +485,8 @@ pub fn observe(
     let init_pending = !(init_done || (init_failed && policy == "Never"));
 
     let running = apps.iter().filter(|b| b.running).count();
-    let waiting = apps.iter().filter(|b| b.waiting).count();
+    let waiting = apps.iter().filter(|b| b.waiting && !b.restarting).count();
+    let restarting = apps.iter().filter(|b| b.restarting).count();
     let stopped: Vec<i32> = apps.iter().filter_map(|b| b.done).collect();
     let phase = if init_failed && policy == "Never" {
         "Failed"
@@ -476,10 +494,10 @@ pub fn observe(
         "Pending"
     } else if running > 0 {
         "Running"
-    } else if !stopped.is_empty() && stopped.len() == apps.len() {
+    } else if !apps.is_empty() && stopped.len() + restarting == apps.len() {
         if policy == "Always" {
             "Running"
-        } else if stopped.iter().all(|&c| c == 0) {
+        } else if restarting == 0 && stopped.iter().all(|&c| c == 0) {
             "Succeeded"
         } else if policy == "Never" {
             "Failed"
@@ -897,7 +915,9 @@ mod tests {
             1
         );
         assert_eq!(cs.restart_count, 2);
-        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        // kubelet getPhase: waiting with a last termination counts as stopped,
+        // and under Always a pod whose containers are all stopped is Running.
+        assert_eq!(s.phase.as_deref(), Some("Running"));
     }
 
     #[test]
@@ -911,6 +931,7 @@ mod tests {
             started_us: T0,
             finished_us: T0 + 1,
             container_id: "systemd://old".into(),
+            pid: 0,
         };
         let rec = ContainerRecord {
             restart_count: 1,

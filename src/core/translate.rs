@@ -248,13 +248,21 @@ fn container_plan(
             .map(|u| u.home.clone())
             .unwrap_or_else(|| "/".into()),
     )];
-    for (k, v) in container_env(pod, node, c.env.as_deref().unwrap_or(&[])) {
-        match env.iter_mut().find(|(ek, _)| *ek == k) {
-            Some(slot) => slot.1 = v,
-            None => env.push((k, v)),
+    let declared = container_env(pod, node, c.env.as_deref().unwrap_or(&[]));
+    for (k, v) in &declared {
+        match env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => env.push((k.clone(), v.clone())),
         }
     }
-    let defined = |n: &str| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    // As in the kubelet, command and args expand only the container's own
+    // env list: HOME is the runtime's, so `$(HOME)` stays literal unless declared.
+    let defined = |n: &str| {
+        declared
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
     let mut argv: Vec<String> = c
         .command
         .iter()
@@ -418,7 +426,7 @@ spec:
   containers:
   - name: c
     image: host
-    command: ["/bin/echo", "$(GREETING) $(WHO)", "$$(GREETING)", "$(MISSING)", "100% $HOME"]
+    command: ["/bin/echo", "$(GREETING) $(WHO)", "$$(GREETING)", "$(MISSING)", "100% $HOME", "$(HOME)"]
     env:
     - {name: WHO, value: world}
     - {name: GREETING, value: "hello $(WHO)"}
@@ -437,7 +445,8 @@ spec:
                 "hello world world",
                 "$(GREETING)",
                 "$(MISSING)",
-                "100% $HOME"
+                "100% $HOME",
+                "$(HOME)"
             ]
         );
         let env = env_of(spec);

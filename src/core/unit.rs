@@ -15,7 +15,9 @@ pub enum Property {
     Type(String),
     /// `RemainAfterExit` (b): keeps exit status readable after a clean exit.
     RemainAfterExit(bool),
-    /// `ExecStartEx` (a(sasas)) with the `no-env-expand` flag: argv is passed verbatim.
+    /// `ExecStart` (a(sasb)) with every `$` doubled, so systemd's environment
+    /// expansion gives argv back verbatim: what the unit-file view spells as
+    /// the `:` (no-env-expand) prefix.
     ExecStart {
         /// Program to execute (absolute, or resolved by systemd's search path).
         path: String,

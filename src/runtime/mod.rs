@@ -592,11 +592,19 @@ impl Runtime {
         }
         match inst {
             Instance::Absent => {
-                if rec.restart_of.is_some() {
-                    // Restart requested but the unit vanished (e.g. reset by an admin): create it again.
-                    rec.restart_of = None;
-                    rec.restarting = None;
-                    changed.insert(c.name.clone());
+                if let Some(old) = &rec.restart_of {
+                    // The ended instance is gone: either our own re-creation
+                    // is under way (its signals bring us back), or the unit
+                    // vanished; then creating it, once the back-off is over,
+                    // is the restart, counted when the new invocation shows.
+                    if memo.restart_issued.contains(old) {
+                        return Step::Waiting;
+                    }
+                    if now < rec.restart_at_us {
+                        self.schedule(uid, rec.restart_at_us);
+                        return Step::Waiting;
+                    }
+                    memo.restart_issued.insert(old.clone());
                 }
                 match s.sd.start_transient(spec).await {
                     Ok(()) => {
@@ -663,17 +671,49 @@ impl Runtime {
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {
                     warn!(error = %e, "cannot save container record");
                 }
-                let result = if unit.is_some_and(|u| u.active_state == "active") {
-                    s.sd.restart(&c.unit).await
-                } else {
-                    s.sd.start(&c.unit).await
-                };
-                if let Err(e) = result {
+                if let Err(e) = self
+                    .recreate(spec, unit.is_some_and(|u| u.active_state == "active"))
+                    .await
+                {
                     warn!(uid, container = c.name, error = %e, "restart failed; will retry");
+                    memo.restart_issued.remove(&inv);
+                    self.schedule(uid, now_us() + 1_000_000);
                 }
                 Step::Waiting
             }
         }
+    }
+}
+
+impl Runtime {
+    /// Restarts a container by creating its transient unit anew from the
+    /// plan, never by starting the loaded unit again. systemd before 254
+    /// re-reads transient units after any daemon-reload from a file in which
+    /// `$` and `;` of ExecStart arguments come back altered, so a unit
+    /// restarted in place could run a different command than the manifest's.
+    async fn recreate(
+        &self,
+        spec: &crate::core::unit::UnitSpec,
+        active: bool,
+    ) -> Result<(), crate::systemd::SystemdError> {
+        let sd = &self.shared.sd;
+        if active {
+            sd.stop(&spec.name).await?;
+        }
+        // The old unit is unloaded by systemd's garbage collection right
+        // after it is stopped and its failure cleared; until then the name
+        // is taken, so retry briefly.
+        let mut last = None;
+        for attempt in 0..200u64 {
+            let _ = sd.reset_failed(&spec.name).await;
+            match sd.start_transient(spec).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_exists() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(5 + attempt.min(20))).await;
+        }
+        Err(last.expect("at least one attempt"))
     }
 }
 

@@ -15,12 +15,14 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
             Property::Type(s) => out.push(("Type", Value::from(s.clone()))),
             Property::RemainAfterExit(b) => out.push(("RemainAfterExit", Value::from(*b))),
             Property::ExecStart { path, argv } => {
-                let cmd = vec![(
-                    path.clone(),
-                    argv.clone(),
-                    vec!["no-env-expand".to_string()],
-                )];
-                out.push(("ExecStartEx", Value::from(cmd)));
+                // Not ExecStartEx with its no-env-expand flag: systemd 252
+                // saves that in the transient unit file under a key its own
+                // parser does not know, so after a daemon-reload the unit
+                // has no command. Doubling `$` gives the same verbatim argv
+                // through systemd's exec-time expansion (`$$` becomes `$`).
+                let argv: Vec<String> = argv.iter().map(|a| a.replace('$', "$$")).collect();
+                let cmd = vec![(path.clone(), argv, false)];
+                out.push(("ExecStart", Value::from(cmd)));
             }
             Property::Environment(pairs) => out.push((
                 "Environment",
@@ -101,5 +103,6 @@ pub fn snapshot_from(all: &HashMap<String, OwnedValue>) -> UnitSnapshot {
         exec_main_status: i32_of(all, "ExecMainStatus"),
         exec_main_start_us: u64_of(all, "ExecMainStartTimestamp"),
         exec_main_exit_us: u64_of(all, "ExecMainExitTimestamp"),
+        exec_main_pid: u32_of(all, "ExecMainPID"),
     }
 }

@@ -1,0 +1,483 @@
+//! What goes into the manifest directory: edits, invalid files, ignored
+//! files, duplicate pods, the longest legal names, and strings that must
+//! reach the process byte for byte (never interpreted by systemd).
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+
+/// A pod `name` with one container `c` that prints `V` and keeps running.
+fn printer(name: &str, value: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", "echo \"V=$V\"; exec sleep infinity"]
+    env: [{{name: V, value: "{value}"}}]
+"#
+    )
+}
+
+/// An edit recreates the pod (new UID, new unit); a formatting-only edit
+/// changes nothing.
+#[test]
+fn editing_a_manifest_recreates_the_pod() {
+    let mut node = Node::boot("edit_manifest");
+    node.write_manifest("p.yaml", &printer("p", "first"));
+    node.start_agent(&[]);
+    let pod = node.wait_pod("p", "running", |p| running(p, "c"));
+    node.wait_logs(&["p"], "V=first\n");
+    let old_uid = uid(&pod);
+    let old_unit = node.unit_of("default", "p", "c");
+    let old_inv = node.show(&old_unit, &["InvocationID"])["InvocationID"].clone();
+
+    // Same document, other formatting: same UID, nothing restarted.
+    node.write_manifest(
+        "p.yaml",
+        &printer("p", "first").replace(
+            "terminationGracePeriodSeconds: 2",
+            "terminationGracePeriodSeconds:    2   # same",
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let pod = node.pod("default", "p").unwrap();
+    assert_eq!(uid(&pod), old_uid, "a formatting change recreated the pod");
+    assert_eq!(
+        node.show(&old_unit, &["InvocationID"])["InvocationID"],
+        old_inv
+    );
+
+    node.write_manifest("p.yaml", &printer("p", "second"));
+    let pod = node.wait_pod("p", "recreated", |p| uid(p) != old_uid && running(p, "c"));
+    assert_eq!(restarts(&pod, "c"), 0, "a new pod starts from zero");
+    node.wait_logs(&["p"], "V=second\n");
+    let new_unit = node.unit_of("default", "p", "c");
+    assert_ne!(new_unit, old_unit, "the new pod has its own unit");
+    assert!(node.units(&old_unit).is_empty(), "old unit still loaded");
+    assert_eq!(node.pods().len(), 1);
+    assert!(!node
+        .sh_output(&format!("test -e /var/lib/unitlet/pods/{old_uid}"))
+        .status
+        .success());
+    node.stop_agent();
+}
+
+/// Invalid manifests are reported (file and field, as JSON log lines) and
+/// skipped; valid pods keep running; fixing a file starts its pod.
+#[test]
+fn invalid_manifests_are_skipped_and_named() {
+    let mut node = Node::boot("invalid_manifests");
+    node.write_manifest("good.yaml", &printer("good", "ok"));
+    node.start_agent(&[]);
+    node.wait_pod("good", "running", |p| running(p, "c"));
+    let good_unit = node.unit_of("default", "good", "c");
+    let good_pid = node.show(&good_unit, &["MainPID"])["MainPID"].clone();
+
+    let base = printer("bad", "x");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown-field.yaml",
+            base.replace(
+                "    image: host\n",
+                "    image: host\n    imagePolicy: Always\n",
+            ),
+            "spec.containers[0].imagePolicy",
+        ),
+        (
+            "bad-name.yaml",
+            base.replace("name: bad}", "name: Bad_Name}"),
+            "metadata.name",
+        ),
+        (
+            "duplicate-container.yaml",
+            format!("{base}  - {{name: c, image: host, command: [/bin/true]}}\n"),
+            "spec.containers[1].name",
+        ),
+        (
+            "huge-env.yaml",
+            base.replace(
+                "value: \"x\"",
+                &format!("value: \"{}\"", "x".repeat(1 << 20)),
+            ),
+            "spec.containers[0].env[0].value",
+        ),
+        (
+            "dash-env.yaml",
+            base.replace("name: V,", "name: MY-VAR,"),
+            "spec.containers[0].env[0].name",
+        ),
+    ];
+    for (file, text, _) in &cases {
+        node.write_manifest(file, text);
+    }
+    for (file, _, field) in &cases {
+        let path = node.manifests.join(file).to_string_lossy().into_owned();
+        let line = node.wait_log(&format!("an error naming {file}"), |l| {
+            l["message"] == "skipping invalid manifest" && l["file"] == path.as_str()
+        });
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert_eq!(line["field"], *field, "{file}: {line}");
+        assert!(
+            line["error"].as_str().is_some_and(|e| e.contains(field)),
+            "the message names the field: {line}"
+        );
+    }
+    // Give a wrong implementation time to act on them.
+    std::thread::sleep(Duration::from_secs(3));
+    let pods = node.pods();
+    assert_eq!(pods.len(), 1, "only the valid pod is admitted: {pods:?}");
+    assert_eq!(
+        node.show(&good_unit, &["MainPID"])["MainPID"],
+        good_pid,
+        "the valid pod was disturbed"
+    );
+    assert_eq!(node.units("unitlet_*"), [good_unit.as_str()]);
+
+    // Fixing a file starts its pod.
+    node.write_manifest("dash-env.yaml", &printer("bad", "fixed"));
+    node.wait_pod("bad", "running once fixed", |p| running(p, "c"));
+    node.wait_logs(&["bad"], "V=fixed\n");
+    node.stop_agent();
+}
+
+/// Dot-files, subdirectories and other extensions are ignored; when two
+/// files define the same pod, the first by file name wins.
+#[test]
+fn ignored_files_and_duplicate_pods() {
+    let mut node = Node::boot("ignored_files");
+    node.write_manifest(".hidden.yaml", &printer("hidden", "x"));
+    node.write_manifest("notes.txt", &printer("txt", "x"));
+    std::fs::create_dir(node.manifests.join("sub")).unwrap();
+    std::fs::write(node.manifests.join("sub/pod.yaml"), printer("sub", "x")).unwrap();
+    node.write_manifest("01-dup.yaml", &printer("dup", "first"));
+    node.write_manifest("02-dup.yml", &printer("dup", "second"));
+    node.write_manifest("json.json", &serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fromjson"},
+        "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "c", "image": "host", "command": ["/bin/sleep", "infinity"]}]}
+    })).unwrap());
+    node.start_agent_synced(&[]);
+    node.wait_pod("dup", "running", |p| running(p, "c"));
+    node.wait_pod("fromjson", "running", |p| running(p, "c"));
+    node.wait_logs(&["dup"], "V=first\n");
+    let second = node
+        .manifests
+        .join("02-dup.yml")
+        .to_string_lossy()
+        .into_owned();
+    let first = node
+        .manifests
+        .join("01-dup.yaml")
+        .to_string_lossy()
+        .into_owned();
+    let line = node.wait_log("the duplicate reported", |l| {
+        l["message"] == "skipping manifest: another file already defines this pod"
+    });
+    assert_eq!(line["file"], second.as_str(), "{line}");
+    assert_eq!(line["other"], first.as_str(), "{line}");
+    assert_eq!(line["pod"], "default/dup", "{line}");
+    std::thread::sleep(Duration::from_secs(3)); // a relist later, still ignored
+    let mut names: Vec<String> = node
+        .pods()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dup", "fromjson"]);
+    assert_eq!(
+        node.agent_lines()
+            .iter()
+            .filter(|l| l["message"] == "skipping manifest: another file already defines this pod")
+            .count(),
+        1,
+        "the conflict is reported once, not at every relist"
+    );
+
+    // With the first file gone, the second one's pod takes over.
+    node.remove_manifest("01-dup.yaml");
+    node.wait_logs(&["dup"], "V=second\n");
+    node.stop_agent();
+}
+
+/// A dotted pod name, and the longest legal names (253-character pod in a
+/// 63-character namespace with a 63-character container) run and log.
+#[test]
+fn dotted_and_longest_names_run() {
+    let mut node = Node::boot("long_names");
+    let pod = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    assert_eq!(pod.len(), 253);
+    let ns = format!("ns-{}", "n".repeat(60));
+    let container = format!("c-{}", "x".repeat(61));
+    assert_eq!((ns.len(), container.len()), (63, 63));
+    node.write_manifest("dotted.yaml", &printer("web.v1.example", "dots"));
+    node.write_manifest(
+        "long.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: {container}
+    image: host
+    command: ["/bin/sh", "-c", "echo long names work; exec sleep infinity"]
+"#
+        ),
+    );
+    node.start_agent(&[]);
+    let p = node.wait_pod("web.v1.example", "running", |p| running(p, "c"));
+    assert_eq!(phase(&p), "Running");
+    node.wait_logs(&["web.v1.example"], "V=dots\n");
+    let unit = node.unit_of("default", "web.v1.example", "c");
+    assert!(
+        unit.starts_with("unitlet_default_web.v1.example_c_"),
+        "{unit}"
+    );
+
+    let p = node.wait_pod_in(&ns, &pod, "running", default_wait(), |p| {
+        running(p, &container)
+    });
+    assert_eq!(phase(&p), "Running");
+    assert_eq!(p["metadata"]["name"], pod.as_str());
+    let units = node.units(&format!("unitlet_{ns}_*"));
+    assert_eq!(units.len(), 1, "{units:?}");
+    assert!(
+        units[0].len() <= 255,
+        "unit name is {} bytes",
+        units[0].len()
+    );
+    assert!(units[0].ends_with(".service"));
+    assert_eq!(
+        node.show(&units[0], &["ActiveState"])["ActiveState"],
+        "active"
+    );
+    node.wait_logs(&["-n", &ns, &pod, "-c", &container], "long names work\n");
+    // Namespace filtering sees it only in its namespace.
+    let out = node.unitlet(&["pods", "-n", &ns, "-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    node.stop_agent();
+}
+
+/// Strings that mean something to unit files, specifiers, shells or
+/// Kubernetes reach the process exactly as Kubernetes defines them: only
+/// `$(VAR)` of declared variables and `$$` are expanded. Nothing is injected
+/// into the unit, and the transient unit file systemd writes reads back to
+/// the same command after `daemon-reload`.
+#[test]
+fn arguments_and_environment_reach_the_process_verbatim() {
+    let mut node = Node::boot("injection");
+    let inject = "line1\nExecStartPre=/bin/touch /pwned";
+    let args = [
+        inject,
+        "\nExecStartPre=/bin/touch /pwned\n",
+        "[Service]\nExecStartPost=/bin/touch /pwned",
+        "%n",
+        "%%",
+        "%",
+        "100%",
+        "$HOME",
+        "${HOME}",
+        "$(HOME)",
+        "$(DEFINED)",
+        "$$(DEFINED)",
+        "$$(X)",
+        "$(X)",
+        "$",
+        "$$",
+        "it's",
+        "\"double\"",
+        "back\\slash",
+        "\\",
+        "\\n",
+        "trailing\\",
+        ";",
+        "",
+        "  spaced  ",
+        "\ttab",
+        "cr\rhere",
+        "unicode ü € 😀",
+    ];
+    // What Kubernetes makes of them: $(DEFINED) is declared, HOME and X are not.
+    let want_args: Vec<String> = args
+        .iter()
+        .map(|a| match *a {
+            "$(DEFINED)" => "yes".to_string(),
+            "$$(DEFINED)" => "$(DEFINED)".to_string(),
+            "$$(X)" => "$(X)".to_string(),
+            "$$" => "$".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    let v = "v1\nExecStartPre=/bin/touch /pwned %n %% $HOME ${HOME} $(HOME) $(DEFINED) $$(DEFINED) 'q' \"dq\" back\\slash ; \\; ü😀";
+    let want_v = v
+        .replace("$$(DEFINED)", "\u{0}")
+        .replace("$(DEFINED)", "yes")
+        .replace('\u{0}', "$(DEFINED)");
+    let w = "$(V)|$(DEFINED)|$(UNDEFINED)|$$(DEFINED)";
+    let want_w = format!("{want_v}|yes|$(UNDEFINED)|$(DEFINED)");
+    // A script file keeps the command line itself plain.
+    let script = node.path("print.py");
+    std::fs::write(
+        &script,
+        "import sys, os, json\nprint(json.dumps({'argv': sys.argv[1:], 'V': os.environ.get('V'), 'W': os.environ.get('W'), 'HOME': os.environ.get('HOME')}))\n",
+    )
+    .unwrap();
+    node.write_json_manifest(
+        "inj.json",
+        &json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "inj"},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 2,
+                "containers": [{
+                    "name": "c",
+                    "image": "host",
+                    "command": ["/usr/bin/python3", script],
+                    "args": args,
+                    "env": [
+                        {"name": "DEFINED", "value": "yes"},
+                        {"name": "V", "value": v},
+                        {"name": "W", "value": w},
+                    ],
+                }],
+            },
+        }),
+    );
+    let want = json!({"argv": want_args, "V": want_v, "W": want_w, "HOME": "/root"});
+    node.start_agent(&[]);
+    let pod = node.wait_pod("inj", "Succeeded", |p| phase(p) == "Succeeded");
+    assert_eq!(terminated(&pod, "c")["exitCode"], 0, "{pod}");
+    let printed = json_output(&node);
+    assert!(printed == want, "{}", json_diff(&printed, &want));
+    let unit = node.unit_of("default", "inj", "c");
+    assert_no_injection(&node, &unit);
+
+    // systemd keeps transient units in a file it wrote itself and re-reads
+    // it on daemon-reload (systemd < 254 alters `$` and `;` there). A
+    // container that unitlet restarts after a reload must see the same.
+    let again = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "inj2"},
+        "spec": {"restartPolicy": "Always", "terminationGracePeriodSeconds": 2, "containers": [{
+            "name": "c",
+            "image": "host",
+            "command": ["/bin/sh", "-c", "/usr/bin/python3 \"$0\" \"$@\"; exit 1", script],
+            "args": args,
+            "env": [
+                {"name": "DEFINED", "value": "yes"},
+                {"name": "V", "value": v},
+                {"name": "W", "value": w},
+            ],
+        }]},
+    });
+    node.write_json_manifest("inj2.json", &again);
+    node.wait_pod("inj2", "a first restart", |p| restarts(p, "c") >= 1);
+    node.sh("systemctl daemon-reload");
+    let before = restarts(&node.pod("default", "inj2").unwrap(), "c");
+    node.wait_pod("inj2", "a restart after the reload", |p| {
+        restarts(p, "c") > before
+    });
+    let unit2 = node.unit_of("default", "inj2", "c");
+    let printed = json_output_of(&node, "inj2");
+    if printed != want {
+        let file = node.sh(&format!("cat '/run/systemd/transient/{unit2}'"));
+        panic!(
+            "after daemon-reload the restarted container saw another command:\n{}\n{file}",
+            json_diff(&printed, &want)
+        );
+    }
+    assert_no_injection(&node, &unit2);
+    assert_no_injection(&node, &unit);
+    node.stop_agent();
+}
+
+/// Polls `unitlet logs inj` (the unit's current invocation) until it has
+/// printed its JSON line, and returns it.
+fn json_output(node: &Node) -> Value {
+    json_output_of(node, "inj")
+}
+
+/// Like [`json_output`] for another pod.
+fn json_output_of(node: &Node, pod: &str) -> Value {
+    let mut seen = String::new();
+    let what = "the container's JSON line";
+    let found = node.try_wait_for(default_wait(), || {
+        let (out, err, _) = node.logs(&[pod]);
+        seen = format!("stdout:\n{out}\nstderr:\n{err}");
+        out.lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+    });
+    found.unwrap_or_else(|| {
+        let unit = node.unit_of("default", pod, "c");
+        let journal = node.sh(&format!(
+            "journalctl -o verbose --no-pager -u '{unit}' | grep -E '^  *(MESSAGE|_PID|_SYSTEMD_INVOCATION_ID|INVOCATION_ID|_COMM)=|^[A-Z][a-z][a-z] ' | tail -80"
+        ));
+        panic!(
+            "timed out waiting for {what}\nlast `unitlet logs {pod}`:\n{seen}\njournal:\n{journal}\n{}",
+            node.diagnostics()
+        )
+    })
+}
+
+/// The argv entries and env values that differ, one per line.
+fn json_diff(got: &Value, want: &Value) -> String {
+    let mut out = vec![];
+    let (g, w) = (got["argv"].as_array(), want["argv"].as_array());
+    if let (Some(g), Some(w)) = (g, w) {
+        if g.len() != w.len() {
+            out.push(format!("argv has {} entries, want {}", g.len(), w.len()));
+        }
+        for (g, w) in g.iter().zip(w) {
+            if g != w {
+                out.push(format!("argument {w} arrived as {g}"));
+            }
+        }
+    }
+    for k in ["V", "W", "HOME"] {
+        if got[k] != want[k] {
+            out.push(format!("env {k}: {} arrived as {}", want[k], got[k]));
+        }
+    }
+    if out.is_empty() && got != want {
+        out.push(format!("got {got}, want {want}"));
+    }
+    out.join("\n")
+}
+
+/// No injected directive ran or reached the unit.
+fn assert_no_injection(node: &Node, unit: &str) {
+    assert!(
+        !node.sh_output("test -e /pwned").status.success(),
+        "/pwned exists: a directive was injected"
+    );
+    let file = node.sh(&format!("cat '/run/systemd/transient/{unit}'"));
+    for line in file.lines() {
+        assert!(
+            !line.starts_with("ExecStartPre") && !line.starts_with("ExecStartPost"),
+            "injected line in the transient unit file:\n{file}"
+        );
+    }
+    // systemctl show leaves out empty command lists.
+    let p = node.show(unit, &["ExecStartPre", "ExecStartPost"]);
+    assert!(p.values().all(|v| v.is_empty()), "{p:?}");
+}
