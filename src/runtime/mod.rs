@@ -16,7 +16,7 @@ use crate::core::observe::{self, instance, ContainerRecord, Instance, UnitSnapsh
 use crate::core::translate::{translate, ContainerPlan, HostUser, PodPlan};
 use crate::core::NodeFacts;
 use crate::state::{PodRecord, StateDir};
-use crate::systemd::Systemd;
+use crate::systemd::{apply_changes, serial_after, Systemd, UnitEvent};
 use futures_util::StreamExt;
 use queue::WorkQueue;
 use std::collections::{HashMap, HashSet};
@@ -81,6 +81,10 @@ struct Inner {
     desired: Option<HashMap<String, StaticPod>>,
     pods: HashMap<String, PodEntry>,
     units: HashMap<String, UnitSnapshot>,
+    /// Serial of the latest systemd message (signal or reply) applied to
+    /// each unit's cache entry, so an older `GetAll` reply that is processed
+    /// after a newer signal does not undo it.
+    serials: HashMap<String, u32>,
     owner: HashMap<String, String>,
     by_path: HashMap<String, String>,
 }
@@ -124,10 +128,13 @@ impl Runtime {
         let s = &self.shared;
         // Signals first, so no change between the listing and the watch is lost.
         let mut signals = Box::pin(
-            s.sd.watch(vec![
-                names::service_path_prefix(),
-                names::unit_object_path(names::SLICE_PREFIX),
-            ])
+            s.sd.unit_events(
+                vec![
+                    names::service_path_prefix(),
+                    names::unit_object_path(names::SLICE_PREFIX),
+                ],
+                vec![names::SERVICE_PREFIX.into(), names::SLICE_PREFIX.into()],
+            )
             .await?,
         );
         let adopted = self.adopt().await?;
@@ -141,11 +148,8 @@ impl Runtime {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            while let Some(path) = signals.next().await {
-                let unit = me.shared.inner.lock().unwrap().by_path.get(&path).cloned();
-                if let Some(unit) = unit {
-                    me.shared.units_q.add(&unit);
-                }
+            while let Some(ev) = signals.next().await {
+                me.apply_event(ev);
             }
             warn!("systemd signal stream ended; relying on relist");
         });
@@ -258,19 +262,75 @@ impl Runtime {
         }
     }
 
+    /// Applies one systemd signal to the unit cache. The signals carry the
+    /// new values, so the cache follows systemd without reading anything
+    /// back; a unit's pod is synced once its Unit-interface change (which
+    /// systemd sends after the type-specific one) is in.
+    fn apply_event(&self, ev: UnitEvent) {
+        let s = &self.shared;
+        let mut inner = s.inner.lock().unwrap();
+        let inner = &mut *inner;
+        let (path, serial, unit_interface, props) = match ev {
+            UnitEvent::Changed {
+                path,
+                serial,
+                unit_interface,
+                props,
+            } => (path, serial, unit_interface, props),
+            UnitEvent::Reloaded { name } => {
+                if inner.owner.contains_key(&name) {
+                    s.units_q.add(&name);
+                }
+                return;
+            }
+        };
+        let Some(unit) = inner.by_path.get(&path).cloned() else {
+            return;
+        };
+        let Some(uid) = inner.owner.get(&unit).cloned() else {
+            return;
+        };
+        if inner
+            .serials
+            .get(&unit)
+            .is_some_and(|&seen| !serial_after(serial, seen))
+        {
+            return;
+        }
+        inner.serials.insert(unit.clone(), serial);
+        // Only loaded units send signals.
+        let snap = inner.units.entry(unit).or_insert_with(|| UnitSnapshot {
+            load_state: "loaded".into(),
+            ..Default::default()
+        });
+        apply_changes(snap, &props);
+        if unit_interface {
+            s.pods_q.add(&uid);
+        }
+    }
+
+    /// Reads units whose cache entry is missing or in doubt (adoption,
+    /// loading and unloading, the relist safety net) in full.
     async fn unit_worker(&self) {
         let s = &self.shared;
         loop {
             let unit = s.units_q.next().await;
-            match s.sd.snapshot(&unit).await {
-                Ok(snap) => {
+            match s.sd.snapshot_serial(&unit).await {
+                Ok((serial, snap)) => {
                     let mut inner = s.inner.lock().unwrap();
-                    match snap {
-                        Some(snap) => inner.units.insert(unit.clone(), snap),
-                        None => inner.units.remove(&unit),
-                    };
-                    if let Some(uid) = inner.owner.get(&unit).cloned() {
-                        s.pods_q.add(&uid);
+                    let newer = inner
+                        .serials
+                        .get(&unit)
+                        .is_none_or(|&seen| serial_after(serial, seen));
+                    if newer {
+                        inner.serials.insert(unit.clone(), serial);
+                        match snap {
+                            Some(snap) => inner.units.insert(unit.clone(), snap),
+                            None => inner.units.remove(&unit),
+                        };
+                        if let Some(uid) = inner.owner.get(&unit).cloned() {
+                            s.pods_q.add(&uid);
+                        }
                     }
                 }
                 Err(e) => warn!(error = %e, "reading unit state failed"),
@@ -427,6 +487,7 @@ impl Runtime {
                 inner.owner.remove(unit);
                 inner.by_path.remove(&names::unit_object_path(unit));
                 inner.units.remove(unit);
+                inner.serials.remove(unit);
             }
             inner
                 .desired

@@ -86,6 +86,78 @@ trait Manager {
     ) -> zbus::Result<Vec<UnitRow>>;
 }
 
+/// A change systemd signalled about a unit. `serial` is the signal's
+/// message serial: systemd numbers everything it sends on a connection in
+/// order, so comparing serials orders signals and method replies alike.
+#[derive(Debug, Clone)]
+pub enum UnitEvent {
+    /// `PropertiesChanged`: the changed properties of one interface.
+    Changed {
+        /// The unit's object path.
+        path: String,
+        /// The signal's serial.
+        serial: u32,
+        /// The `org.freedesktop.systemd1.Unit` interface (states, invocation)
+        /// rather than a type-specific one (main process, exit status).
+        /// systemd sends the type-specific change first.
+        unit_interface: bool,
+        /// Property name → new value.
+        props: HashMap<String, OwnedValue>,
+    },
+    /// `UnitNew` or `UnitRemoved`: systemd loaded or unloaded the unit. Both
+    /// happen to every unit on `daemon-reload`, with no property change
+    /// after, and unloading also when a stopped unit is collected, so the
+    /// unit must be read again to know which.
+    Reloaded {
+        /// Unit name.
+        name: String,
+    },
+}
+
+impl UnitEvent {
+    fn decode(m: &zbus::Message, prefixes: &[String], name_prefixes: &[String]) -> Option<Self> {
+        let h = m.header();
+        let serial = m.primary_header().serial_num().get();
+        match h.member()?.as_str() {
+            "PropertiesChanged" => {
+                let path = h.path()?.to_string();
+                if !prefixes.iter().any(|p| path.starts_with(p.as_str())) {
+                    return None;
+                }
+                let (iface, props, _invalidated): (
+                    String,
+                    HashMap<String, OwnedValue>,
+                    Vec<String>,
+                ) = m.body().deserialize().ok()?;
+                Some(UnitEvent::Changed {
+                    path,
+                    serial,
+                    unit_interface: iface == "org.freedesktop.systemd1.Unit",
+                    props,
+                })
+            }
+            "UnitNew" | "UnitRemoved" => {
+                let (name, _path): (String, OwnedObjectPath) = m.body().deserialize().ok()?;
+                name_prefixes
+                    .iter()
+                    .any(|p| name.starts_with(p.as_str()))
+                    .then_some(UnitEvent::Reloaded { name })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether serial `a` was sent after `b` (serials wrap around).
+pub fn serial_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// Applies a `PropertiesChanged` payload to a cached snapshot.
+pub fn apply_changes(snap: &mut UnitSnapshot, props: &HashMap<String, OwnedValue>) {
+    props::apply(snap, props)
+}
+
 /// One row of `ListUnitsByPatterns`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitListing {
@@ -240,6 +312,66 @@ impl Systemd {
         let all: HashMap<String, OwnedValue> = reply.body().deserialize().map_err(map_err)?;
         let snap = props::snapshot_from(&all);
         Ok((snap.load_state == "loaded").then_some(snap))
+    }
+
+    /// Like [`Systemd::snapshot`], with the serial of systemd's reply, which
+    /// orders it among systemd's signals (see [`UnitEvent`]).
+    pub async fn snapshot_serial(
+        &self,
+        unit: &str,
+    ) -> Result<(u32, Option<UnitSnapshot>), SystemdError> {
+        let path = crate::core::names::unit_object_path(unit);
+        let map_err = |source| SystemdError::Unit {
+            op: "read",
+            unit: unit.into(),
+            source,
+        };
+        let reply = self
+            .conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &("",),
+            )
+            .await
+            .map_err(map_err)?;
+        let serial = reply.primary_header().serial_num().get();
+        let all: HashMap<String, OwnedValue> = reply.body().deserialize().map_err(map_err)?;
+        let snap = props::snapshot_from(&all);
+        Ok((serial, (snap.load_state == "loaded").then_some(snap)))
+    }
+
+    /// Subscribes to systemd's unit signals and yields, in the order systemd
+    /// sent them, the property changes of units under `prefixes` (with their
+    /// values, so nothing needs reading back) and the loading and unloading
+    /// of units whose names start with one of `name_prefixes`. One match rule
+    /// feeds one stream, so these come in the order systemd sent them.
+    pub async fn unit_events(
+        &self,
+        prefixes: Vec<String>,
+        name_prefixes: Vec<String>,
+    ) -> Result<impl Stream<Item = UnitEvent> + use<>, SystemdError> {
+        let map_err = |source| SystemdError::Manager {
+            op: "subscribe",
+            source,
+        };
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.systemd1")
+            .map_err(map_err)?
+            .build();
+        let stream = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(65536))
+            .await
+            .map_err(map_err)?;
+        self.manager.subscribe().await.map_err(map_err)?;
+        Ok(stream.filter_map(move |msg| {
+            let ev = msg
+                .ok()
+                .and_then(|m| UnitEvent::decode(&m, &prefixes, &name_prefixes));
+            std::future::ready(ev)
+        }))
     }
 
     /// Subscribes to unit change signals and yields the object path of each

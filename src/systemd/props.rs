@@ -92,17 +92,105 @@ fn hex_bytes(all: &HashMap<String, OwnedValue>, key: &str) -> String {
 
 /// Builds a snapshot from a `GetAll("")` reply.
 pub fn snapshot_from(all: &HashMap<String, OwnedValue>) -> UnitSnapshot {
-    UnitSnapshot {
-        load_state: string(all, "LoadState"),
-        active_state: string(all, "ActiveState"),
-        sub_state: string(all, "SubState"),
-        result: string(all, "Result"),
-        invocation_id: hex_bytes(all, "InvocationID"),
-        main_pid: u32_of(all, "MainPID"),
-        exec_main_code: i32_of(all, "ExecMainCode"),
-        exec_main_status: i32_of(all, "ExecMainStatus"),
-        exec_main_start_us: u64_of(all, "ExecMainStartTimestamp"),
-        exec_main_exit_us: u64_of(all, "ExecMainExitTimestamp"),
-        exec_main_pid: u32_of(all, "ExecMainPID"),
+    let mut snap = UnitSnapshot::default();
+    apply(&mut snap, all);
+    snap
+}
+
+/// Overwrites the fields whose properties `changed` holds: a `GetAll` reply
+/// holds them all, a `PropertiesChanged` signal those of one interface.
+pub fn apply(snap: &mut UnitSnapshot, changed: &HashMap<String, OwnedValue>) {
+    let has = |k: &str| changed.contains_key(k);
+    if has("LoadState") {
+        snap.load_state = string(changed, "LoadState");
+    }
+    if has("ActiveState") {
+        snap.active_state = string(changed, "ActiveState");
+    }
+    if has("SubState") {
+        snap.sub_state = string(changed, "SubState");
+    }
+    if has("Result") {
+        snap.result = string(changed, "Result");
+    }
+    if has("InvocationID") {
+        snap.invocation_id = hex_bytes(changed, "InvocationID");
+    }
+    if has("MainPID") {
+        snap.main_pid = u32_of(changed, "MainPID");
+    }
+    if has("ExecMainCode") {
+        snap.exec_main_code = i32_of(changed, "ExecMainCode");
+    }
+    if has("ExecMainStatus") {
+        snap.exec_main_status = i32_of(changed, "ExecMainStatus");
+    }
+    if has("ExecMainStartTimestamp") {
+        snap.exec_main_start_us = u64_of(changed, "ExecMainStartTimestamp");
+    }
+    if has("ExecMainExitTimestamp") {
+        snap.exec_main_exit_us = u64_of(changed, "ExecMainExitTimestamp");
+    }
+    if has("ExecMainPID") {
+        snap.exec_main_pid = u32_of(changed, "ExecMainPID");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(kv: &[(&str, Value<'static>)]) -> HashMap<String, OwnedValue> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), OwnedValue::try_from(v.clone()).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_signal_overwrites_only_what_it_carries() {
+        let mut snap = snapshot_from(&props(&[
+            ("LoadState", Value::from("loaded")),
+            ("ActiveState", Value::from("active")),
+            ("SubState", Value::from("running")),
+            ("MainPID", Value::from(42u32)),
+            ("ExecMainPID", Value::from(42u32)),
+        ]));
+        // The Service interface's signal on exit.
+        apply(
+            &mut snap,
+            &props(&[
+                ("MainPID", Value::from(0u32)),
+                ("ExecMainCode", Value::from(1i32)),
+                ("ExecMainStatus", Value::from(3i32)),
+                ("Result", Value::from("exit-code")),
+            ]),
+        );
+        assert_eq!(
+            (
+                snap.load_state.as_str(),
+                snap.active_state.as_str(),
+                snap.main_pid,
+                snap.exec_main_pid,
+                snap.exec_main_status,
+                snap.result.as_str()
+            ),
+            ("loaded", "active", 0, 42, 3, "exit-code")
+        );
+        // The Unit interface's, with the invocation as bytes.
+        apply(
+            &mut snap,
+            &props(&[
+                ("ActiveState", Value::from("failed")),
+                ("InvocationID", Value::from(vec![0xabu8, 0x01])),
+            ]),
+        );
+        assert_eq!(
+            (
+                snap.active_state.as_str(),
+                snap.sub_state.as_str(),
+                snap.invocation_id.as_str()
+            ),
+            ("failed", "running", "ab01")
+        );
     }
 }
