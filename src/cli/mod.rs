@@ -155,6 +155,11 @@ pub struct RunArgs {
     /// Pods reconciled concurrently.
     #[arg(long, default_value_t = 32)]
     pub workers: usize,
+    /// Units being started at once (systemd start jobs not yet finished).
+    /// systemd runs jobs only when it has no D-Bus calls to answer, and keeps
+    /// a bus match per queued job, so a burst of pods is fed to it in a window.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_starting: u32,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -355,6 +360,7 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         },
         relist: args.relist,
         workers: args.workers,
+        max_starting: args.max_starting as usize,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let source = tokio::spawn(crate::source::watch(

@@ -16,7 +16,7 @@ use crate::core::observe::{self, instance, ContainerRecord, Instance, UnitSnapsh
 use crate::core::translate::{translate, ContainerPlan, HostUser, PodPlan};
 use crate::core::NodeFacts;
 use crate::state::{PodRecord, StateDir};
-use crate::systemd::{apply_changes, serial_after, Systemd, UnitEvent};
+use crate::systemd::{apply_changes, serial_after, unit_job_done, Systemd, UnitEvent};
 use futures_util::StreamExt;
 use queue::WorkQueue;
 use std::collections::{HashMap, HashSet};
@@ -36,6 +36,8 @@ pub struct Config {
     pub relist: Duration,
     /// Pods synced concurrently.
     pub workers: usize,
+    /// Units whose start job may be unfinished at once (see [`Runtime::create`]).
+    pub max_starting: usize,
 }
 
 /// Microseconds since the epoch, now.
@@ -87,6 +89,29 @@ struct Inner {
     serials: HashMap<String, u32>,
     owner: HashMap<String, String>,
     by_path: HashMap<String, String>,
+    /// A place in the start window per unit whose start job is unfinished.
+    starting: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
+    /// Pods that found the start window full, woken one per freed place.
+    window_waiters: std::collections::VecDeque<String>,
+    waiting_for_window: HashSet<String>,
+}
+
+impl Inner {
+    /// Frees `unit`'s place in the start window, if it holds one, and wakes
+    /// the pod that has waited longest for a place.
+    fn free_place(&mut self, unit: &str, pods_q: &WorkQueue) {
+        if self.starting.remove(unit).is_some() {
+            self.wake_waiter(pods_q);
+        }
+    }
+
+    /// Wakes the pod that has waited longest for a place in the start window.
+    fn wake_waiter(&mut self, pods_q: &WorkQueue) {
+        if let Some(uid) = self.window_waiters.pop_front() {
+            self.waiting_for_window.remove(&uid);
+            pods_q.add(&uid);
+        }
+    }
 }
 
 struct Shared {
@@ -96,6 +121,8 @@ struct Shared {
     inner: Mutex<Inner>,
     pods_q: WorkQueue,
     units_q: WorkQueue,
+    /// The start window (see [`Runtime::create`]).
+    start_window: Arc<tokio::sync::Semaphore>,
 }
 
 /// Handle on a running reconciler.
@@ -107,6 +134,7 @@ pub struct Runtime {
 impl Runtime {
     /// Creates the reconciler; call [`Runtime::run`] to start it.
     pub fn new(sd: Systemd, state: StateDir, cfg: Config) -> Self {
+        let window = cfg.max_starting.max(1);
         Runtime {
             shared: Arc::new(Shared {
                 sd,
@@ -115,6 +143,7 @@ impl Runtime {
                 inner: Mutex::default(),
                 pods_q: WorkQueue::default(),
                 units_q: WorkQueue::default(),
+                start_window: Arc::new(tokio::sync::Semaphore::new(window)),
             }),
         }
     }
@@ -299,11 +328,17 @@ impl Runtime {
         }
         inner.serials.insert(unit.clone(), serial);
         // Only loaded units send signals.
-        let snap = inner.units.entry(unit).or_insert_with(|| UnitSnapshot {
-            load_state: "loaded".into(),
-            ..Default::default()
-        });
+        let snap = inner
+            .units
+            .entry(unit.clone())
+            .or_insert_with(|| UnitSnapshot {
+                load_state: "loaded".into(),
+                ..Default::default()
+            });
         apply_changes(snap, &props);
+        if unit_job_done(&props) {
+            inner.free_place(&unit, &s.pods_q);
+        }
         if unit_interface {
             s.pods_q.add(&uid);
         }
@@ -354,7 +389,16 @@ impl Runtime {
             Ok(l) => l,
             Err(e) => return warn!(error = %e, "relist failed"),
         };
-        let inner = s.inner.lock().unwrap();
+        let mut inner = s.inner.lock().unwrap();
+        let jobless: Vec<String> = inner
+            .starting
+            .keys()
+            .filter(|u| listing.iter().all(|r| &r.name != *u || r.job_id == 0))
+            .cloned()
+            .collect();
+        for u in jobless {
+            inner.free_place(&u, &s.pods_q);
+        }
         let mut seen = HashSet::new();
         for row in &listing {
             seen.insert(row.name.as_str());
@@ -488,6 +532,7 @@ impl Runtime {
                 inner.by_path.remove(&names::unit_object_path(unit));
                 inner.units.remove(unit);
                 inner.serials.remove(unit);
+                inner.free_place(unit, &s.pods_q);
             }
             inner
                 .desired
@@ -534,7 +579,10 @@ impl Runtime {
             )
         };
         if !slice_created {
-            match s.sd.start_transient(&plan.slice).await {
+            let Some(place) = self.take_place(uid) else {
+                return;
+            };
+            match self.create(&plan.slice, place).await {
                 Err(e) if !e.is_exists() => {
                     return warn!(error = %e, "cannot create pod slice; will retry")
                 }
@@ -665,9 +713,14 @@ impl Runtime {
                         self.schedule(uid, rec.restart_at_us);
                         return Step::Waiting;
                     }
+                }
+                let Some(place) = self.take_place(uid) else {
+                    return Step::Waiting;
+                };
+                if let Some(old) = &rec.restart_of {
                     memo.restart_issued.insert(old.clone());
                 }
-                match s.sd.start_transient(spec).await {
+                match self.create(spec, place).await {
                     Ok(()) => {
                         if rec.create_error.take().is_some() {
                             changed.insert(c.name.clone());
@@ -722,9 +775,13 @@ impl Runtime {
                     self.schedule(uid, rec.restart_at_us);
                     return Step::Waiting;
                 }
-                if !memo.restart_issued.insert(inv.clone()) {
+                if memo.restart_issued.contains(&inv) {
                     return Step::Waiting; // asked already; the new invocation's signal brings us back
                 }
+                let Some(place) = self.take_place(uid) else {
+                    return Step::Waiting;
+                };
+                memo.restart_issued.insert(inv.clone());
                 rec.backoff
                     .record_restart(&s.cfg.backoff, t.finished_us, now);
                 changed.insert(c.name.clone());
@@ -733,7 +790,11 @@ impl Runtime {
                     warn!(error = %e, "cannot save container record");
                 }
                 if let Err(e) = self
-                    .recreate(spec, unit.is_some_and(|u| u.active_state == "active"))
+                    .recreate(
+                        spec,
+                        unit.is_some_and(|u| u.active_state == "active"),
+                        place,
+                    )
                     .await
                 {
                     warn!(uid, container = c.name, error = %e, "restart failed; will retry");
@@ -752,11 +813,62 @@ impl Runtime {
     /// re-reads transient units after any daemon-reload from a file in which
     /// `$` and `;` of ExecStart arguments come back altered, so a unit
     /// restarted in place could run a different command than the manifest's.
+    /// A place in the start window for one unit of pod `uid`, or `None`
+    /// when all are taken; the pod is then synced again once one is freed.
+    ///
+    /// At most `max_starting` units may have an unfinished start job.
+    /// systemd answers D-Bus calls before it runs queued jobs, so an
+    /// unbounded burst of creations starts nothing until the burst is over
+    /// (every pod of it turns Running at the end), and it tracks each queued
+    /// job's client with a bus match, of which dbus-daemon allows it a few
+    /// hundred. Waiting is not done in a worker, which would hold back status
+    /// updates of pods that are running already. A place is freed when the
+    /// unit's `Job` property signals no job (or the relist finds none).
+    fn take_place(&self, uid: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock().unwrap();
+        match s.start_window.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                if inner.waiting_for_window.insert(uid.to_string()) {
+                    inner.window_waiters.push_back(uid.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    /// Creates and starts a transient unit in the place `permit` holds.
+    async fn create(
+        &self,
+        spec: &crate::core::unit::UnitSpec,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), crate::systemd::SystemdError> {
+        let s = &self.shared;
+        {
+            let mut inner = s.inner.lock().unwrap();
+            if inner.starting.contains_key(&spec.name) {
+                // Asked already; its signals are on their way.
+                drop(permit);
+                inner.wake_waiter(&s.pods_q);
+                return Ok(());
+            }
+            inner.starting.insert(spec.name.clone(), permit);
+        }
+        let r = s.sd.start_transient(spec).await;
+        if r.is_err() {
+            s.inner.lock().unwrap().free_place(&spec.name, &s.pods_q);
+        }
+        r
+    }
+
     async fn recreate(
         &self,
         spec: &crate::core::unit::UnitSpec,
         active: bool,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), crate::systemd::SystemdError> {
+        let mut permit = Some(permit);
         let sd = &self.shared.sd;
         if active {
             sd.stop(&spec.name).await?;
@@ -767,7 +879,18 @@ impl Runtime {
         let mut last = None;
         for attempt in 0..200u64 {
             let _ = sd.reset_failed(&spec.name).await;
-            match sd.start_transient(spec).await {
+            let place = match permit.take() {
+                Some(p) => p,
+                // A failed attempt freed the place; wait for another.
+                None => self
+                    .shared
+                    .start_window
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the start window is never closed"),
+            };
+            match self.create(spec, place).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_exists() => last = Some(e),
                 Err(e) => return Err(e),

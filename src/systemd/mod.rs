@@ -153,6 +153,15 @@ pub fn serial_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
+/// Whether a `PropertiesChanged` payload says the unit has no job queued
+/// (its `Job` property is `(0, "/")`).
+pub fn unit_job_done(props: &HashMap<String, OwnedValue>) -> bool {
+    props
+        .get("Job")
+        .and_then(|v| <(u32, OwnedObjectPath)>::try_from(v.try_clone().ok()?).ok())
+        .is_some_and(|(id, _)| id == 0)
+}
+
 /// Applies a `PropertiesChanged` payload to a cached snapshot.
 pub fn apply_changes(snap: &mut UnitSnapshot, props: &HashMap<String, OwnedValue>) {
     props::apply(snap, props)
@@ -169,6 +178,8 @@ pub struct UnitListing {
     pub active_state: String,
     /// `SubState`.
     pub sub_state: String,
+    /// ID of the unit's queued job, 0 for none.
+    pub job_id: u32,
 }
 
 /// A connection to the system manager.
@@ -282,6 +293,7 @@ impl Systemd {
         Ok(rows
             .into_iter()
             .map(|r| UnitListing {
+                job_id: r.7,
                 name: r.0,
                 load_state: r.2,
                 active_state: r.3,
