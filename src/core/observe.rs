@@ -39,6 +39,9 @@ pub struct UnitSnapshot {
     /// `ExecMainPID`: main process of the current (or last) invocation.
     #[serde(default)]
     pub exec_main_pid: u32,
+    /// ID of the unit's queued job, 0 for none (`Job`).
+    #[serde(default)]
+    pub job_id: u32,
 }
 
 /// How one container instance ended.

@@ -16,7 +16,7 @@ use crate::core::observe::{self, instance, ContainerRecord, Instance, UnitSnapsh
 use crate::core::translate::{translate, ContainerPlan, HostUser, PodPlan};
 use crate::core::NodeFacts;
 use crate::state::{PodRecord, StateDir};
-use crate::systemd::{apply_changes, serial_after, unit_job_done, Systemd, UnitEvent};
+use crate::systemd::{apply_changes, serial_after, Systemd, UnitEvent};
 use futures_util::StreamExt;
 use queue::WorkQueue;
 use std::collections::{HashMap, HashSet};
@@ -94,6 +94,8 @@ struct Inner {
     /// Pods that found the start window full, woken one per freed place.
     window_waiters: std::collections::VecDeque<String>,
     waiting_for_window: HashSet<String>,
+    /// systemd is in a `daemon-reload`.
+    reloading: bool,
 }
 
 impl Inner {
@@ -306,9 +308,22 @@ impl Runtime {
                 unit_interface,
                 props,
             } => (path, serial, unit_interface, props),
-            UnitEvent::Reloaded { name } => {
-                if inner.owner.contains_key(&name) {
+            UnitEvent::Unloaded { name } => {
+                // Collected (gone for good) or reloading (back at once):
+                // reading it tells which.
+                if !inner.reloading && inner.owner.contains_key(&name) {
                     s.units_q.add(&name);
+                }
+                return;
+            }
+            UnitEvent::Reloading(true) => {
+                inner.reloading = true;
+                return;
+            }
+            UnitEvent::Reloading(false) => {
+                inner.reloading = false;
+                for unit in inner.owner.keys() {
+                    s.units_q.add(unit);
                 }
                 return;
             }
@@ -319,6 +334,14 @@ impl Runtime {
         let Some(uid) = inner.owner.get(&unit).cloned() else {
             return;
         };
+        if unit_interface && props.contains_key("Job") {
+            let mut probe = UnitSnapshot::default();
+            apply_changes(&mut probe, &props);
+            if probe.job_id == 0 {
+                // Whatever the order of reading, the start job is over.
+                inner.free_place(&unit, &s.pods_q);
+            }
+        }
         if inner
             .serials
             .get(&unit)
@@ -336,9 +359,6 @@ impl Runtime {
                 ..Default::default()
             });
         apply_changes(snap, &props);
-        if unit_job_done(&props) {
-            inner.free_place(&unit, &s.pods_q);
-        }
         if unit_interface {
             s.pods_q.add(&uid);
         }
@@ -357,6 +377,9 @@ impl Runtime {
                         .serials
                         .get(&unit)
                         .is_none_or(|&seen| serial_after(serial, seen));
+                    if snap.as_ref().is_none_or(|u| u.job_id == 0) {
+                        inner.free_place(&unit, &s.pods_q);
+                    }
                     if newer {
                         inner.serials.insert(unit.clone(), serial);
                         match snap {

@@ -104,14 +104,16 @@ pub enum UnitEvent {
         /// Property name → new value.
         props: HashMap<String, OwnedValue>,
     },
-    /// `UnitNew` or `UnitRemoved`: systemd loaded or unloaded the unit. Both
-    /// happen to every unit on `daemon-reload`, with no property change
-    /// after, and unloading also when a stopped unit is collected, so the
-    /// unit must be read again to know which.
-    Reloaded {
+    /// `UnitRemoved`: systemd unloaded the unit, because it was collected
+    /// after it stopped or because systemd is reloading.
+    Unloaded {
         /// Unit name.
         name: String,
     },
+    /// `Reloading`: systemd starts (`true`) or finished (`false`) a
+    /// `daemon-reload`, which unloads and loads every unit and sends no
+    /// property change for those whose state it kept.
+    Reloading(bool),
 }
 
 impl UnitEvent {
@@ -136,13 +138,14 @@ impl UnitEvent {
                     props,
                 })
             }
-            "UnitNew" | "UnitRemoved" => {
+            "UnitRemoved" => {
                 let (name, _path): (String, OwnedObjectPath) = m.body().deserialize().ok()?;
                 name_prefixes
                     .iter()
                     .any(|p| name.starts_with(p.as_str()))
-                    .then_some(UnitEvent::Reloaded { name })
+                    .then_some(UnitEvent::Unloaded { name })
             }
+            "Reloading" => m.body().deserialize().ok().map(UnitEvent::Reloading),
             _ => None,
         }
     }
@@ -151,15 +154,6 @@ impl UnitEvent {
 /// Whether serial `a` was sent after `b` (serials wrap around).
 pub fn serial_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
-}
-
-/// Whether a `PropertiesChanged` payload says the unit has no job queued
-/// (its `Job` property is `(0, "/")`).
-pub fn unit_job_done(props: &HashMap<String, OwnedValue>) -> bool {
-    props
-        .get("Job")
-        .and_then(|v| <(u32, OwnedObjectPath)>::try_from(v.try_clone().ok()?).ok())
-        .is_some_and(|(id, _)| id == 0)
 }
 
 /// Applies a `PropertiesChanged` payload to a cached snapshot.

@@ -134,6 +134,13 @@ pub fn apply(snap: &mut UnitSnapshot, changed: &HashMap<String, OwnedValue>) {
     if has("ExecMainPID") {
         snap.exec_main_pid = u32_of(changed, "ExecMainPID");
     }
+    if let Some(v) = changed.get("Job") {
+        snap.job_id = v
+            .try_clone()
+            .ok()
+            .and_then(|v| <(u32, zbus::zvariant::OwnedObjectPath)>::try_from(v).ok())
+            .map_or(0, |(id, _)| id);
+    }
 }
 
 #[cfg(test)]
