@@ -298,26 +298,7 @@ impl Systemd {
 
     /// Reads a unit's state in one `GetAll`; `None` when systemd has no such unit loaded.
     pub async fn snapshot(&self, unit: &str) -> Result<Option<UnitSnapshot>, SystemdError> {
-        let path = crate::core::names::unit_object_path(unit);
-        let map_err = |source| SystemdError::Unit {
-            op: "read",
-            unit: unit.into(),
-            source,
-        };
-        let reply = self
-            .conn
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                path.as_str(),
-                Some("org.freedesktop.DBus.Properties"),
-                "GetAll",
-                &("",),
-            )
-            .await
-            .map_err(map_err)?;
-        let all: HashMap<String, OwnedValue> = reply.body().deserialize().map_err(map_err)?;
-        let snap = props::snapshot_from(&all);
-        Ok((snap.load_state == "loaded").then_some(snap))
+        self.snapshot_serial(unit).await.map(|(_, snap)| snap)
     }
 
     /// Like [`Systemd::snapshot`], with the serial of systemd's reply, which
