@@ -367,28 +367,12 @@ impl Systemd {
         &self,
         prefixes: Vec<String>,
     ) -> Result<impl Stream<Item = String> + use<>, SystemdError> {
-        let map_err = |source| SystemdError::Manager {
-            op: "subscribe",
-            source,
-        };
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender("org.freedesktop.systemd1")
-            .and_then(|b| b.interface("org.freedesktop.DBus.Properties"))
-            .and_then(|b| b.member("PropertiesChanged"))
-            .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
-            .map_err(map_err)?
-            .build();
-        let stream = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(65536))
-            .await
-            .map_err(map_err)?;
-        self.manager.subscribe().await.map_err(map_err)?;
-        Ok(stream.filter_map(move |msg| {
-            let path = msg
-                .ok()
-                .and_then(|m| m.header().path().map(|p| p.to_string()));
-            let keep = path.filter(|p| prefixes.iter().any(|pre| p.starts_with(pre.as_str())));
-            std::future::ready(keep)
+        let events = self.unit_events(prefixes, Vec::new()).await?;
+        Ok(events.filter_map(|ev| {
+            std::future::ready(match ev {
+                UnitEvent::Changed { path, .. } => Some(path),
+                _ => None,
+            })
         }))
     }
 }
