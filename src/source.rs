@@ -5,17 +5,18 @@
 //! An edit changes the pod's UID, so the pod is recreated (kubelet rule).
 
 use crate::core::manifest::{parse_manifest, StaticPod};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use inotify::{Inotify, WatchMask};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 enum Parsed {
-    Pod(Box<StaticPod>),
+    Pod(Arc<StaticPod>),
     Invalid,
 }
 
@@ -78,7 +79,7 @@ impl ManifestDir {
         let source = path.to_string_lossy();
         let is_json = source.ends_with(".json");
         let parsed = match parse_manifest(&bytes, &source, &self.node, is_json) {
-            Ok(p) => Parsed::Pod(Box::new(p)),
+            Ok(p) => Parsed::Pod(Arc::new(p)),
             Err(e) => {
                 error!(file = %path.display(), field = e.field, error = %e, "skipping invalid manifest");
                 Parsed::Invalid
@@ -113,8 +114,8 @@ impl ManifestDir {
     }
 
     /// The valid pods; when two files name the same pod, the first file (by name) wins.
-    pub fn pods(&mut self) -> Vec<StaticPod> {
-        let mut by_key: BTreeMap<String, (&PathBuf, &StaticPod)> = BTreeMap::new();
+    pub fn pods(&mut self) -> Vec<Arc<StaticPod>> {
+        let mut by_key: BTreeMap<String, (&PathBuf, &Arc<StaticPod>)> = BTreeMap::new();
         let mut conflicts = Vec::new();
         for (path, f) in &self.files {
             if let Parsed::Pod(p) = &f.parsed {
@@ -126,7 +127,7 @@ impl ManifestDir {
                 }
             }
         }
-        let pods = by_key.into_values().map(|(_, p)| p.clone()).collect();
+        let pods = by_key.into_values().map(|(_, p)| Arc::clone(p)).collect();
         for (path, key, first) in conflicts {
             if self.reported_conflicts.get(&path) != Some(&key) {
                 error!(file = %path.display(), pod = key, other = %first.display(), "skipping manifest: another file already defines this pod");
@@ -137,12 +138,17 @@ impl ManifestDir {
     }
 }
 
+/// Shortest time between two sends of the pod set. A burst of manifest
+/// writes is passed on as it arrives, not after it ends, but in batches,
+/// because every send carries the whole set.
+const MIN_SEND_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Watches `dir` and sends the full set of valid pods after every change.
 pub async fn watch(
     dir: PathBuf,
     node: String,
     relist: Duration,
-    tx: mpsc::Sender<Vec<StaticPod>>,
+    tx: mpsc::Sender<Vec<Arc<StaticPod>>>,
 ) -> std::io::Result<()> {
     let mut src = ManifestDir::new(dir.clone(), &node);
     let inotify = Inotify::init()?;
@@ -160,6 +166,7 @@ pub async fn watch(
     if tx.send(src.pods()).await.is_err() {
         return Ok(());
     }
+    let mut last_send = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(relist);
     tick.tick().await;
     loop {
@@ -167,10 +174,22 @@ pub async fn watch(
             ev = events.next() => {
                 let Some(ev) = ev else { return Ok(()) };
                 let mut names = vec![ev?.name.map(|n| dir.join(n))];
-                // Coalesce a burst of events into one update, but never hold
-                // the first one back for more than 100 ms.
-                let until = tokio::time::Instant::now() + Duration::from_millis(100);
-                while let Ok(Ok(Some(more))) = tokio::time::timeout_at(until, tokio::time::timeout(Duration::from_millis(20), events.next())).await {
+                // Take what else has arrived; right after a send, also what
+                // arrives until the next send is due.
+                let due = last_send + MIN_SEND_INTERVAL;
+                loop {
+                    let more = if tokio::time::Instant::now() < due {
+                        match tokio::time::timeout_at(due, events.next()).await {
+                            Ok(more) => more,
+                            Err(_) => break,
+                        }
+                    } else {
+                        match events.next().now_or_never() {
+                            Some(more) => more,
+                            None => break,
+                        }
+                    };
+                    let Some(more) = more else { return Ok(()) };
                     names.push(more?.name.map(|n| dir.join(n)));
                 }
                 if names.iter().any(Option::is_none) {
@@ -184,6 +203,7 @@ pub async fn watch(
                 if let Err(e) = src.scan() { warn!(error = %e, "cannot read manifest directory; keeping the current pods"); continue; }
             }
         }
+        last_send = tokio::time::Instant::now();
         if tx.send(src.pods()).await.is_err() {
             return Ok(());
         }

@@ -239,7 +239,7 @@ fn orphaned_units_are_stopped_at_startup() {
     );
     node.sh(
         "systemd-run --quiet --unit unitlet_default_ghost2_c_000000000000.service \
-         --slice unitlet-pod000000000000.slice /bin/sleep 1000",
+         --slice unitlet-0-pod000000000000.slice /bin/sleep 1000",
     );
     // Not unitlet's: must be left alone.
     node.sh("systemd-run --quiet --unit bystander.service /bin/sleep 1000");
@@ -251,15 +251,15 @@ fn orphaned_units_are_stopped_at_startup() {
         ]
     );
     assert_eq!(
-        node.units("unitlet-pod*"),
-        ["unitlet-pod000000000000.slice"]
+        node.units("unitlet-?-pod*"),
+        ["unitlet-0-pod000000000000.slice"]
     );
     node.write_manifest("real.yaml", &sleeper("real", "x"));
     node.start_agent_synced(&[]);
     for unit in [
         "unitlet_default_ghost_c_000000000000.service",
         "unitlet_default_ghost2_c_000000000000.service",
-        "unitlet-pod000000000000.slice",
+        "unitlet-0-pod000000000000.slice",
     ] {
         node.wait_log(&format!("the agent stopping {unit}"), |l| {
             l["message"] == "stopping orphaned unit: no admitted pod owns it" && l["unit"] == unit
@@ -280,5 +280,16 @@ fn orphaned_units_are_stopped_at_startup() {
     // The real pod is unaffected, and the orphans never show as pods.
     node.wait_pod("real", "running", |p| running(p, "c"));
     assert_eq!(node.pods().len(), 1);
+    // Bucket slices are shared, never orphans: the orphan's bucket is still
+    // active, as is the real pod's.
+    let real_slice = node.show(&node.unit_of("default", "real", "c"), &["Slice"])["Slice"].clone();
+    let real_bucket = format!("{}.slice", &real_slice[..real_slice.rfind('-').unwrap()]);
+    for bucket in ["unitlet-0.slice", real_bucket.as_str()] {
+        assert_eq!(
+            node.show(bucket, &["ActiveState"])["ActiveState"],
+            "active",
+            "{bucket}"
+        );
+    }
     node.stop_agent();
 }

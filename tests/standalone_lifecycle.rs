@@ -87,7 +87,9 @@ spec:
         ],
     );
     assert!(
-        p["Slice"].starts_with("unitlet-pod") && p["Slice"].ends_with(".slice"),
+        p["Slice"].starts_with("unitlet-")
+            && p["Slice"][9..].starts_with("-pod")
+            && p["Slice"].ends_with(".slice"),
         "{p:?}"
     );
     assert_eq!(p["Type"], "exec");
@@ -321,7 +323,7 @@ spec:
     );
     assert!(node.units("unitlet_*").is_empty(), "units left behind");
     assert!(
-        !node.units("unitlet-pod*").contains(&slice),
+        !node.units("unitlet-?-pod*").contains(&slice),
         "slice {slice} left behind"
     );
     let gone = node.sh_output(&format!("test -e {state_dir}"));

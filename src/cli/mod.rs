@@ -153,12 +153,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "20s", value_parser = parse_secs)]
     pub relist: Duration,
     /// Pods reconciled concurrently.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     pub workers: usize,
     /// Units being started at once (systemd start jobs not yet finished).
     /// systemd runs jobs only when it has no D-Bus calls to answer, and keeps
     /// a bus match per queued job, so a burst of pods is fed to it in a window.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_starting: u32,
 }
 

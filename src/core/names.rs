@@ -1,7 +1,7 @@
 //! Unit naming.
 //!
 //! A container becomes `unitlet_<namespace>_<pod>_<container>_<tag>.service`
-//! and a pod becomes the slice `unitlet-pod<tag>.slice`, where `<tag>` is a
+//! and a pod becomes the slice `unitlet-<d>-pod<tag>.slice`, where `<tag>` is a
 //! short hash of the pod UID. `_` cannot occur in Kubernetes names, so the
 //! readable parts never run into each other, and the tag keeps two pods with
 //! the same name (an old and a recreated one) apart. Names are never parsed
@@ -10,7 +10,14 @@
 //! container name keep it unique.
 //!
 //! The slice name carries only the tag because a `-` in a slice name means
-//! nesting to systemd, and pod names are full of dashes.
+//! nesting to systemd, and pod names are full of dashes. Pod slices are
+//! spread over 16 bucket slices by the tag's first digit
+//! (`unitlet.slice/unitlet-<d>.slice/unitlet-<d>-pod<tag>.slice`): systemd
+//! walks every sibling of a unit's slices when it sets up the unit's cgroups,
+//! so a thousand pod slices side by side cost each pod start (slice and
+//! container) a walk over all of them; measured, that made systemd's work
+//! per pod grow by half between 100 and 1000 pods. Buckets are shared,
+//! created implicitly by systemd, and never stopped by unitlet.
 
 use sha2::{Digest, Sha256};
 
@@ -20,10 +27,11 @@ use sha2::{Digest, Sha256};
 pub const MAX_UNIT_NAME: usize = 254;
 /// Prefix shared by every container unit; also the pattern used to list them.
 pub const SERVICE_PREFIX: &str = "unitlet_";
-/// Prefix shared by every pod slice.
-pub const SLICE_PREFIX: &str = "unitlet-pod";
-/// Glob patterns that match every unit unitlet creates.
-pub const UNIT_PATTERNS: [&str; 2] = ["unitlet_*.service", "unitlet-pod*.slice"];
+/// Prefix shared by every pod slice (and the bucket slices above them).
+pub const SLICE_PREFIX: &str = "unitlet-";
+/// Glob patterns that match every unit unitlet creates per pod (not the
+/// bucket slices, which are shared and never stopped).
+pub const UNIT_PATTERNS: [&str; 2] = ["unitlet_*.service", "unitlet-?-pod*.slice"];
 
 /// 12 hex digits of SHA-256 of the pod UID: 48 bits, unique enough for one node.
 pub fn uid_tag(uid: &str) -> String {
@@ -31,9 +39,10 @@ pub fn uid_tag(uid: &str) -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The per-pod slice.
+/// The per-pod slice, in the bucket named by the tag's first digit.
 pub fn pod_slice(uid: &str) -> String {
-    format!("{SLICE_PREFIX}{}.slice", uid_tag(uid))
+    let tag = uid_tag(uid);
+    format!("unitlet-{}-pod{tag}.slice", &tag[..1])
 }
 
 /// The unit of one container (init or app) of a pod.
@@ -85,6 +94,26 @@ mod tests {
         assert_eq!(u.len(), MAX_UNIT_NAME);
         let v = container_unit(&ns, &pod, &c, "uid-2");
         assert_ne!(u, v);
+    }
+
+    #[test]
+    fn pod_slices_nest_in_sixteen_buckets_outside_the_patterns() {
+        let mut buckets = std::collections::HashSet::new();
+        for i in 0..200 {
+            let slice = pod_slice(&format!("uid-{i}"));
+            let tag = uid_tag(&format!("uid-{i}"));
+            assert_eq!(slice, format!("unitlet-{}-pod{tag}.slice", &tag[..1]));
+            // systemd's parent of `a-b-c.slice` is `a-b.slice`.
+            let parent = format!("{}.slice", &slice[..slice.rfind('-').unwrap()]);
+            assert_eq!(parent, format!("unitlet-{}.slice", &tag[..1]));
+            assert!(slice.starts_with(SLICE_PREFIX));
+            // `unitlet-?-pod*.slice` matches the pod slice, not the bucket.
+            assert_eq!(&slice[9..13], "-pod");
+            assert!(!parent[9..].starts_with("-pod"));
+            buckets.insert(parent);
+        }
+        assert_eq!(buckets.len(), 16);
+        assert!(unit_object_path(&pod_slice("x")).starts_with(&unit_object_path(SLICE_PREFIX)));
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Config {
     pub max_starting: usize,
 }
 
+/// Delay before creating a unit again after systemd refused it.
+const CREATE_RETRY_US: u64 = 10_000_000;
+
 /// Microseconds since the epoch, now.
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -80,7 +83,7 @@ struct Memo {
 #[derive(Default)]
 struct Inner {
     /// Desired pods by UID; `None` until the source has been read once.
-    desired: Option<HashMap<String, StaticPod>>,
+    desired: Option<HashMap<String, Arc<StaticPod>>>,
     pods: HashMap<String, PodEntry>,
     units: HashMap<String, UnitSnapshot>,
     /// Serial of the latest systemd message (signal or reply) applied to
@@ -88,30 +91,46 @@ struct Inner {
     /// after a newer signal does not undo it.
     serials: HashMap<String, u32>,
     owner: HashMap<String, String>,
+    /// Admitted pod UID by `namespace/name`: a pod waits for an admitted
+    /// one of the same name (an edit's old version) to stop first.
+    by_key: HashMap<String, String>,
     by_path: HashMap<String, String>,
     /// A place in the start window per unit whose start job is unfinished.
     starting: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
     /// Pods that found the start window full, woken one per freed place.
     window_waiters: std::collections::VecDeque<String>,
     waiting_for_window: HashSet<String>,
+    /// Waiting pods woken for a free place whose pass has not ended yet.
+    woken: HashSet<String>,
     /// systemd is in a `daemon-reload`.
     reloading: bool,
 }
 
 impl Inner {
     /// Frees `unit`'s place in the start window, if it holds one, and wakes
-    /// the pod that has waited longest for a place.
-    fn free_place(&mut self, unit: &str, pods_q: &WorkQueue) {
+    /// waiting pods for the places now free.
+    fn free_place(&mut self, unit: &str, s: &Shared) {
         if self.starting.remove(unit).is_some() {
-            self.wake_waiter(pods_q);
+            self.wake_waiters(s);
         }
     }
 
-    /// Wakes the pod that has waited longest for a place in the start window.
-    fn wake_waiter(&mut self, pods_q: &WorkQueue) {
-        if let Some(uid) = self.window_waiters.pop_front() {
-            self.waiting_for_window.remove(&uid);
-            pods_q.add(&uid);
+    /// Wakes, longest waiting first, as many waiting pods as there are free
+    /// places not yet promised to a pod woken earlier. A woken pod may not
+    /// take its place (it got one on another pass, or no longer needs one);
+    /// its pass ending calls this again, so a free place is never left
+    /// unused while pods wait.
+    fn wake_waiters(&mut self, s: &Shared) {
+        let free = s.start_window.available_permits();
+        while self.woken.len() < free {
+            let Some(uid) = self.window_waiters.pop_front() else {
+                break;
+            };
+            // Entries of pods that got a place meanwhile are stale.
+            if self.waiting_for_window.remove(&uid) {
+                self.woken.insert(uid.clone());
+                s.pods_q.add(&uid);
+            }
         }
     }
 }
@@ -153,7 +172,7 @@ impl Runtime {
     /// Adopts existing state, then reconciles forever, taking desired pod sets from `desired`.
     pub async fn run(
         self,
-        mut desired: mpsc::Receiver<Vec<StaticPod>>,
+        mut desired: mpsc::Receiver<Vec<Arc<StaticPod>>>,
     ) -> Result<(), crate::systemd::SystemdError> {
         let started = Instant::now();
         let s = &self.shared;
@@ -252,6 +271,7 @@ impl Runtime {
         let plan = translate(&rec.pod, &self.shared.cfg.node, &lookup_user);
         let uid = rec.uid().to_string();
         let mut inner = self.shared.inner.lock().unwrap();
+        inner.by_key.insert(pod_key(&rec.pod), uid.clone());
         for unit in plan.unit_names() {
             inner.owner.insert(unit.to_string(), uid.clone());
             inner
@@ -272,9 +292,10 @@ impl Runtime {
         );
     }
 
-    fn set_desired(&self, set: Vec<StaticPod>) {
+    fn set_desired(&self, set: Vec<Arc<StaticPod>>) {
         let mut inner = self.shared.inner.lock().unwrap();
-        let new: HashMap<String, StaticPod> = set.into_iter().map(|p| (p.uid.clone(), p)).collect();
+        let new: HashMap<String, Arc<StaticPod>> =
+            set.into_iter().map(|p| (p.uid.clone(), p)).collect();
         // Only pods that appeared or disappeared need a pass (content is part
         // of the UID, so an edit is both). The first set touches everything.
         let touched: HashSet<String> = match &inner.desired {
@@ -339,7 +360,7 @@ impl Runtime {
             apply_changes(&mut probe, &props);
             if probe.job_id == 0 {
                 // Whatever the order of reading, the start job is over.
-                inner.free_place(&unit, &s.pods_q);
+                inner.free_place(&unit, s);
             }
         }
         if inner
@@ -378,7 +399,7 @@ impl Runtime {
                         .get(&unit)
                         .is_none_or(|&seen| serial_after(serial, seen));
                     if snap.as_ref().is_none_or(|u| u.job_id == 0) {
-                        inner.free_place(&unit, &s.pods_q);
+                        inner.free_place(&unit, s);
                     }
                     if newer {
                         inner.serials.insert(unit.clone(), serial);
@@ -398,10 +419,17 @@ impl Runtime {
     }
 
     async fn pod_worker(&self) {
+        let s = &self.shared;
         loop {
-            let uid = self.shared.pods_q.next().await;
+            let uid = s.pods_q.next().await;
             self.sync(&uid).await;
-            self.shared.pods_q.done(&uid);
+            {
+                let mut inner = s.inner.lock().unwrap();
+                if inner.woken.remove(&uid) {
+                    inner.wake_waiters(s);
+                }
+            }
+            s.pods_q.done(&uid);
         }
     }
 
@@ -420,7 +448,7 @@ impl Runtime {
             .cloned()
             .collect();
         for u in jobless {
-            inner.free_place(&u, &s.pods_q);
+            inner.free_place(&u, s);
         }
         let mut seen = HashSet::new();
         for row in &listing {
@@ -464,13 +492,9 @@ impl Runtime {
                 return;
             };
             let d = desired.get(uid).cloned();
-            let conflict = d.as_ref().is_some_and(|d| {
-                let key = d.key();
-                inner
-                    .pods
-                    .iter()
-                    .any(|(u, e)| u != uid && pod_key(&e.rec.pod) == key)
-            });
+            let conflict = d
+                .as_ref()
+                .is_some_and(|d| inner.by_key.get(&d.key()).is_some_and(|u| u != uid));
             (d, inner.pods.contains_key(uid), conflict)
         };
         match (desired, admitted) {
@@ -550,12 +574,15 @@ impl Runtime {
         let waiting: Vec<String> = {
             let mut inner = s.inner.lock().unwrap();
             inner.pods.remove(uid);
+            if inner.by_key.get(&key).is_some_and(|u| u == uid) {
+                inner.by_key.remove(&key);
+            }
             for unit in &units {
                 inner.owner.remove(unit);
                 inner.by_path.remove(&names::unit_object_path(unit));
                 inner.units.remove(unit);
                 inner.serials.remove(unit);
-                inner.free_place(unit, &s.pods_q);
+                inner.free_place(unit, s);
             }
             inner
                 .desired
@@ -574,7 +601,7 @@ impl Runtime {
     /// Starts what should run, restarts what may restart, and reports status.
     async fn drive(&self, uid: &str) {
         let s = &self.shared;
-        let (plan, policy, mut records, units, slice_created, mut memo) = {
+        let (plan, policy, mut records, units, mut memo) = {
             let inner = s.inner.lock().unwrap();
             let Some(e) = inner.pods.get(uid) else { return };
             if e.terminating {
@@ -597,24 +624,9 @@ impl Runtime {
                 policy,
                 e.containers.clone(),
                 units,
-                e.slice_created,
                 e.memo.clone(),
             )
         };
-        if !slice_created {
-            let Some(place) = self.take_place(uid) else {
-                return;
-            };
-            match self.create(&plan.slice, place).await {
-                Err(e) if !e.is_exists() => {
-                    return warn!(error = %e, "cannot create pod slice; will retry")
-                }
-                _ => {}
-            }
-            if let Some(e) = s.inner.lock().unwrap().pods.get_mut(uid) {
-                e.slice_created = true;
-            }
-        }
         let now = now_us();
         let mut changed: HashSet<String> = HashSet::new();
         // Init containers, one at a time, each to success.
@@ -743,7 +755,7 @@ impl Runtime {
                 if let Some(old) = &rec.restart_of {
                     memo.restart_issued.insert(old.clone());
                 }
-                match self.create(spec, place).await {
+                match self.create(uid, spec, place).await {
                     Ok(()) => {
                         if rec.create_error.take().is_some() {
                             changed.insert(c.name.clone());
@@ -751,9 +763,14 @@ impl Runtime {
                     }
                     Err(e) if e.is_exists() => {}
                     Err(e) => {
-                        warn!(uid, container = c.name, error = %e, "systemd refused the unit");
-                        rec.create_error = Some(e.to_string());
-                        changed.insert(c.name.clone());
+                        let msg = e.to_string();
+                        if rec.create_error.as_deref() != Some(msg.as_str()) {
+                            warn!(uid, container = c.name, error = %e, "systemd refused the unit; retrying every 10 s");
+                            rec.create_error = Some(msg);
+                            changed.insert(c.name.clone());
+                        }
+                        // As the kubelet retries a CreateContainerError on its next sync.
+                        self.schedule(uid, now_us() + CREATE_RETRY_US);
                     }
                 }
                 Step::Waiting
@@ -814,6 +831,7 @@ impl Runtime {
                 }
                 if let Err(e) = self
                     .recreate(
+                        uid,
                         spec,
                         unit.is_some_and(|u| u.active_state == "active"),
                         place,
@@ -851,7 +869,10 @@ impl Runtime {
         let s = &self.shared;
         let mut inner = s.inner.lock().unwrap();
         match s.start_window.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                inner.waiting_for_window.remove(uid);
+                Some(p)
+            }
             Err(_) => {
                 if inner.waiting_for_window.insert(uid.to_string()) {
                     inner.window_waiters.push_back(uid.to_string());
@@ -861,32 +882,54 @@ impl Runtime {
         }
     }
 
-    /// Creates and starts a transient unit in the place `permit` holds.
+    /// Creates and starts a container's transient unit of pod `uid` in the
+    /// place `permit` holds. The pod's first unit brings the pod slice along
+    /// (see [`Systemd::start_transient`](crate::systemd::Systemd::start_transient)).
     async fn create(
         &self,
+        uid: &str,
         spec: &crate::core::unit::UnitSpec,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), crate::systemd::SystemdError> {
         let s = &self.shared;
-        {
+        let slice = {
             let mut inner = s.inner.lock().unwrap();
             if inner.starting.contains_key(&spec.name) {
                 // Asked already; its signals are on their way.
                 drop(permit);
-                inner.wake_waiter(&s.pods_q);
+                inner.wake_waiters(s);
                 return Ok(());
             }
             inner.starting.insert(spec.name.clone(), permit);
+            inner
+                .pods
+                .get(uid)
+                .filter(|e| !e.slice_created)
+                .map(|e| e.plan.slice.clone())
+        };
+        let mut r = s.sd.start_transient(spec, slice.as_ref()).await;
+        if slice.is_some() {
+            let exists = matches!(&r, Err(e) if e.is_exists());
+            if r.is_ok() || exists {
+                if let Some(e) = s.inner.lock().unwrap().pods.get_mut(uid) {
+                    e.slice_created = true;
+                }
+            }
+            if exists {
+                // The slice (an earlier call's answer was lost) or the unit
+                // exists; without the slice, the call tells which.
+                r = s.sd.start_transient(spec, None).await;
+            }
         }
-        let r = s.sd.start_transient(spec).await;
         if r.is_err() {
-            s.inner.lock().unwrap().free_place(&spec.name, &s.pods_q);
+            s.inner.lock().unwrap().free_place(&spec.name, s);
         }
         r
     }
 
     async fn recreate(
         &self,
+        uid: &str,
         spec: &crate::core::unit::UnitSpec,
         active: bool,
         permit: tokio::sync::OwnedSemaphorePermit,
@@ -913,7 +956,7 @@ impl Runtime {
                     .await
                     .expect("the start window is never closed"),
             };
-            match self.create(spec, place).await {
+            match self.create(uid, spec, place).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_exists() => last = Some(e),
                 Err(e) => return Err(e),

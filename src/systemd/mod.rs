@@ -120,8 +120,9 @@ impl UnitEvent {
     fn decode(m: &zbus::Message, prefixes: &[String], name_prefixes: &[String]) -> Option<Self> {
         let h = m.header();
         let serial = m.primary_header().serial_num().get();
+        let iface = h.interface()?.as_str();
         match h.member()?.as_str() {
-            "PropertiesChanged" => {
+            "PropertiesChanged" if iface == "org.freedesktop.DBus.Properties" => {
                 let path = h.path()?.to_string();
                 if !prefixes.iter().any(|p| path.starts_with(p.as_str())) {
                     return None;
@@ -138,14 +139,16 @@ impl UnitEvent {
                     props,
                 })
             }
-            "UnitRemoved" => {
+            "UnitRemoved" if iface == MANAGER_INTERFACE => {
                 let (name, _path): (String, OwnedObjectPath) = m.body().deserialize().ok()?;
                 name_prefixes
                     .iter()
                     .any(|p| name.starts_with(p.as_str()))
                     .then_some(UnitEvent::Unloaded { name })
             }
-            "Reloading" => m.body().deserialize().ok().map(UnitEvent::Reloading),
+            "Reloading" if iface == MANAGER_INTERFACE => {
+                m.body().deserialize().ok().map(UnitEvent::Reloading)
+            }
             _ => None,
         }
     }
@@ -176,6 +179,17 @@ pub struct UnitListing {
     pub job_id: u32,
 }
 
+/// How long a call may wait for systemd's answer. zbus waits forever by
+/// default, and a reconcile step stuck in a call would hold its pod (and a
+/// worker) until the agent restarts. systemd answers even a busy burst within
+/// seconds; a call past this is failed and the pod's next pass decides again.
+pub const METHOD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
+
+/// Messages the connection queues for a signal reader that lags behind.
+const SIGNAL_QUEUE: usize = 65536;
+
 /// A connection to the system manager.
 #[derive(Clone)]
 pub struct Systemd {
@@ -186,7 +200,14 @@ pub struct Systemd {
 impl Systemd {
     /// Connects to systemd on the system bus.
     pub async fn connect() -> Result<Self, SystemdError> {
-        let conn = zbus::Connection::system()
+        let conn = zbus::connection::Builder::system()
+            .map_err(SystemdError::Connect)?
+            .method_timeout(METHOD_TIMEOUT)
+            // The queue of the signal stream (see `unit_events`): a burst of
+            // pods brings tens of thousands of signals, and a full queue
+            // stalls the connection, replies included, until it is read.
+            .max_queued(SIGNAL_QUEUE)
+            .build()
             .await
             .map_err(SystemdError::Connect)?;
         let manager = ManagerProxy::new(&conn)
@@ -195,13 +216,30 @@ impl Systemd {
         Ok(Systemd { conn, manager })
     }
 
-    /// Creates and starts a transient unit.
-    pub async fn start_transient(&self, spec: &UnitSpec) -> Result<(), SystemdError> {
+    /// Creates and starts a transient unit. `aux` units (the pod's slice,
+    /// the first time) are created in the same call and pulled into the same
+    /// start transaction by the unit's dependencies: one call and one job
+    /// transaction instead of two. The call fails as a whole, with
+    /// `UnitExists`, if any of them exists already.
+    pub async fn start_transient(
+        &self,
+        spec: &UnitSpec,
+        aux: Option<&UnitSpec>,
+    ) -> Result<(), SystemdError> {
         let values = props::to_dbus(&spec.properties);
         let borrowed: Vec<(&str, Value<'_>)> =
             values.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let aux_values = aux.map(|a| (a.name.as_str(), props::to_dbus(&a.properties)));
+        let aux_borrowed: Vec<(&str, Vec<(&str, Value<'_>)>)> = aux_values
+            .iter()
+            .map(|(n, vs)| (*n, vs.iter().map(|(k, v)| (*k, v.clone())).collect()))
+            .collect();
+        let aux_refs: Vec<(&str, &[(&str, Value<'_>)])> = aux_borrowed
+            .iter()
+            .map(|(n, vs)| (*n, vs.as_slice()))
+            .collect();
         self.manager
-            .start_transient_unit(&spec.name, "fail", &borrowed, &[])
+            .start_transient_unit(&spec.name, "fail", &borrowed, &aux_refs)
             .await
             .map(drop)
             .map_err(|source| SystemdError::Unit {
@@ -333,8 +371,13 @@ impl Systemd {
     /// Subscribes to systemd's unit signals and yields, in the order systemd
     /// sent them, the property changes of units under `prefixes` (with their
     /// values, so nothing needs reading back) and the loading and unloading
-    /// of units whose names start with one of `name_prefixes`. One match rule
-    /// feeds one stream, so these come in the order systemd sent them.
+    /// of units whose names start with one of `name_prefixes`.
+    ///
+    /// The bus is asked for exactly the three signals used, not for all of
+    /// systemd's: every pod start also brings `UnitNew`, `JobNew` and
+    /// `JobRemoved` per unit, which the bus daemon would otherwise route and
+    /// the agent decode for nothing. All three rules feed one connection
+    /// queue, read here as one stream, so their order is systemd's.
     pub async fn unit_events(
         &self,
         prefixes: Vec<String>,
@@ -344,18 +387,27 @@ impl Systemd {
             op: "subscribe",
             source,
         };
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender("org.freedesktop.systemd1")
-            .map_err(map_err)?
-            .build();
-        let stream = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(65536))
+        // Reading starts before the rules are added, so nothing is missed.
+        let stream = zbus::MessageStream::from(&self.conn);
+        let dbus = zbus::fdo::DBusProxy::new(&self.conn)
             .await
             .map_err(map_err)?;
+        for member in ["PropertiesChanged", "UnitRemoved", "Reloading"] {
+            let rule = zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .sender("org.freedesktop.systemd1")
+                .and_then(|b| b.member(member))
+                .map_err(map_err)?
+                .build();
+            dbus.add_match_rule(rule)
+                .await
+                .map_err(|e| map_err(e.into()))?;
+        }
         self.manager.subscribe().await.map_err(map_err)?;
         Ok(stream.filter_map(move |msg| {
             let ev = msg
                 .ok()
+                .filter(|m| m.message_type() == zbus::message::Type::Signal)
                 .and_then(|m| UnitEvent::decode(&m, &prefixes, &name_prefixes));
             std::future::ready(ev)
         }))

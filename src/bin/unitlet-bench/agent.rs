@@ -77,7 +77,7 @@ impl Agent {
         node: &Sandbox,
         exe: &Path,
         manifests: &Path,
-        workers: Option<usize>,
+        extra_args: &[String],
         log: &Path,
     ) -> anyhow::Result<Agent> {
         let mut cmd = node.command(exe);
@@ -85,9 +85,7 @@ impl Agent {
             .arg(manifests)
             // The relist is a safety net; keep it out of the measured window.
             .args(["--relist", "60s"]);
-        if let Some(w) = workers {
-            cmd.arg("--workers").arg(w.to_string());
-        }
+        cmd.args(extra_args);
         // The host environment travels through nsenter; pin what unitlet reads.
         for var in [
             "UNITLET_STATE_DIR",

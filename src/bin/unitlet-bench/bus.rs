@@ -16,7 +16,7 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 /// connection more than 128 pending replies (`max_replies_per_connection`,
 /// answered with `LimitsExceeded`), and systemd handles calls one at a time
 /// anyway, so a deeper pipeline would only queue in the daemon. unitlet
-/// itself has at most 32 pod + 32 unit workers in flight.
+/// itself has at most 64 pod + 32 unit workers in flight.
 pub const IN_FLIGHT: usize = 64;
 
 /// Default for how many start jobs may be queued in systemd at once. systemd tracks the

@@ -41,6 +41,10 @@ struct Args {
     /// Passed to `unitlet run --workers` (default: unitlet's own default).
     #[arg(long)]
     workers: Option<usize>,
+    /// Further `unitlet run` arguments for the agent, one per use (e.g.
+    /// `--agent-arg=--max-starting=128`), to measure its settings.
+    #[arg(long, allow_hyphen_values = true)]
+    agent_arg: Vec<String>,
     /// Raw phase: start jobs allowed to be queued in systemd at once (see
     /// `JOB_WINDOW` in bus.rs for why there must be a bound).
     #[arg(long, default_value_t = bus::JOB_WINDOW)]
@@ -63,6 +67,7 @@ struct Report<'a> {
     raw_calls_in_flight: usize,
     raw_job_window: usize,
     workers: Option<usize>,
+    agent_args: Vec<String>,
     write_rate: Option<f64>,
     results: &'a [SizeResult],
     errors: Vec<SizeError>,
@@ -180,6 +185,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             raw_calls_in_flight: bus::IN_FLIGHT,
             raw_job_window: args.raw_job_window,
             workers: args.workers,
+            agent_args: args.agent_arg.clone(),
             write_rate: args.write_rate,
             results: &results,
             errors: failures
@@ -267,7 +273,7 @@ fn measure(
         node,
         exe,
         manifests,
-        args.workers,
+        &agent_args(args),
         &work.join("agent-1.log"),
     )?;
     eprintln!("[N={n}] agent running as host pid {}", agent.pid());
@@ -324,7 +330,7 @@ fn measure(
         node,
         exe,
         manifests,
-        args.workers,
+        &agent_args(args),
         &work.join("agent-2.log"),
     )?;
     let synced = agent.wait_message("initial sync complete", Instant::now() + timeout)?;
@@ -589,6 +595,16 @@ fn table(results: &[SizeResult]) -> String {
     for r in rows {
         out.push_str(&line(r));
     }
+    out
+}
+
+/// The `unitlet run` arguments the bench settings ask for.
+fn agent_args(args: &Args) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(w) = args.workers {
+        out.push(format!("--workers={w}"));
+    }
+    out.extend(args.agent_arg.iter().cloned());
     out
 }
 
