@@ -66,6 +66,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 }
 
 impl StateDir {
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Opens (and creates) the state directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
         let root = root.into();

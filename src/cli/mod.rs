@@ -20,21 +20,37 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "unitlet", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "UNITLET_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    /// Log line format (default: text, or the node config file's `logFormat`).
+    #[arg(long, global = true, value_enum, env = "UNITLET_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Where unitlet keeps admitted pods and restart bookkeeping.
     #[arg(long, global = true, default_value = crate::state::DEFAULT_STATE_DIR, env = "UNITLET_STATE_DIR")]
     pub state_dir: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log format: the flag, else `logFormat` of `unitlet node
+    /// --config`'s file, else text. A config file that cannot be read is
+    /// reported later, when the node starts.
+    pub fn effective_log_format(&self) -> LogFormat {
+        if let Some(f) = self.log_format {
+            return f;
+        }
+        if let Command::Node(NodeArgs {
+            config: Some(path), ..
+        }) = &self.command
+        {
+            if let Ok(cfg) = crate::cluster::config::NodeConfig::load(path) {
+                if cfg.log_format.as_deref() == Some("json") {
+                    return LogFormat::Json;
+                }
+            }
+        }
+        LogFormat::Text
+    }
 }
 
 /// Log output format.
@@ -127,8 +143,72 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Join a Kubernetes cluster as a node (cluster mode; a daemon).
+    Node(NodeArgs),
     /// Print the version.
     Version,
+}
+
+/// Options of `unitlet node`. Flags override the config file.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// kubeconfig of the node's credentials (default: $KUBECONFIG, in-cluster, ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Node configuration file (YAML; see the README).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Node name (default: config file, else this host's name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// InternalIP to publish, also every pod's IP (default: config file, else the default route's address).
+    #[arg(long)]
+    pub node_ip: Option<String>,
+    /// Kubelet API port to publish (default: config file, else 10250).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Reconciler settings.
+    #[command(flatten)]
+    pub reconciler: ReconcilerArgs,
+}
+
+/// Reconciler settings shared by `run` and `node`.
+#[derive(Debug, clap::Args)]
+pub struct ReconcilerArgs {
+    /// First restart back-off delay.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub backoff_base: Duration,
+    /// Longest restart back-off delay.
+    #[arg(long, default_value = "300s", value_parser = parse_secs)]
+    pub backoff_max: Duration,
+    /// Safety-net relist interval (systemd's units; the manifest directory).
+    #[arg(long, default_value = "20s", value_parser = parse_secs)]
+    pub relist: Duration,
+    /// Pods reconciled concurrently.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    /// Units being started at once (systemd start jobs not yet finished).
+    /// systemd runs jobs only when it has no D-Bus calls to answer, and keeps
+    /// a bus match per queued job, so a burst of pods is fed to it in a window.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_starting: u32,
+}
+
+impl ReconcilerArgs {
+    /// The reconciler's configuration for `node` (no status sink).
+    fn config(&self, node: NodeFacts) -> Config {
+        Config {
+            node,
+            backoff: BackoffConfig {
+                base_us: self.backoff_base.as_micros() as u64,
+                max_us: self.backoff_max.as_micros() as u64,
+            },
+            relist: self.relist,
+            workers: self.workers,
+            max_starting: self.max_starting as usize,
+            reports: None,
+        }
+    }
 }
 
 /// Options of `unitlet run`.
@@ -143,23 +223,9 @@ pub struct RunArgs {
     /// IP to report as host and pod IP (default: the address of the default route).
     #[arg(long)]
     pub node_ip: Option<String>,
-    /// First restart back-off delay.
-    #[arg(long, default_value = "10s", value_parser = parse_secs)]
-    pub backoff_base: Duration,
-    /// Longest restart back-off delay.
-    #[arg(long, default_value = "300s", value_parser = parse_secs)]
-    pub backoff_max: Duration,
-    /// Safety-net relist interval.
-    #[arg(long, default_value = "20s", value_parser = parse_secs)]
-    pub relist: Duration,
-    /// Pods reconciled concurrently.
-    #[arg(long, default_value_t = 64)]
-    pub workers: usize,
-    /// Units being started at once (systemd start jobs not yet finished).
-    /// systemd runs jobs only when it has no D-Bus calls to answer, and keeps
-    /// a bus match per queued job, so a burst of pods is fed to it in a window.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub max_starting: u32,
+    /// Reconciler settings.
+    #[command(flatten)]
+    pub reconciler: ReconcilerArgs,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -244,6 +310,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args, cli.state_dir).await,
+        Command::Node(args) => node(args, cli.state_dir).await,
         Command::Pods {
             namespace,
             all_namespaces,
@@ -335,6 +402,66 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => crate::cluster::config::NodeConfig::load(path)?,
+        None => crate::cluster::config::NodeConfig::default(),
+    };
+    if let Some(p) = args.port {
+        config.port = p;
+    }
+    let node_name = args
+        .node_name
+        .or_else(|| config.node_name.clone())
+        .unwrap_or_else(|| hostname().to_lowercase());
+    let node_ip = args
+        .node_ip
+        .or_else(|| config.node_ip.clone())
+        .unwrap_or_else(detect_host_ip);
+    let state = StateDir::open(&state_dir)?;
+    std::fs::write(
+        state_dir.join("node.json"),
+        serde_json::to_vec(&(&node_name, &node_ip))?,
+    )?;
+    tracing::info!(node = node_name, ip = node_ip, state = %state_dir.display(), "unitlet node starting");
+    let runtime = args.reconciler.config(NodeFacts {
+        node_name: node_name.clone(),
+        host_ip: node_ip.clone(),
+    });
+    let opts = crate::cluster::NodeOptions {
+        kubeconfig: args.kubeconfig,
+        config,
+        node_name,
+        node_ip,
+        runtime,
+    };
+    spawn_watchdog();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = crate::cluster::run(opts, state) => r?,
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("unitlet stopping; pods keep running");
+    Ok(())
+}
+
+/// Pings systemd's watchdog (`WatchdogSec=` of unitlet's own unit) at half
+/// its interval from the async runtime, so a wedged runtime gets the agent
+/// restarted; the pods are unaffected by that.
+fn spawn_watchdog() {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
 async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let manifests = std::fs::canonicalize(&args.manifests)
         .with_context(|| format!("manifest directory {}", args.manifests.display()))?;
@@ -352,25 +479,17 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     )?;
     let sd = Systemd::connect().await?;
     tracing::info!(node = node.node_name, ip = node.host_ip, manifests = %manifests.display(), state = %state_dir.display(), "unitlet starting");
-    let cfg = Config {
-        node: node.clone(),
-        backoff: BackoffConfig {
-            base_us: args.backoff_base.as_micros() as u64,
-            max_us: args.backoff_max.as_micros() as u64,
-        },
-        relist: args.relist,
-        workers: args.workers,
-        max_starting: args.max_starting as usize,
-    };
+    let cfg = args.reconciler.config(node.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let source = tokio::spawn(crate::source::watch(
         manifests,
         node.node_name.clone(),
-        args.relist,
+        args.reconciler.relist,
         tx,
     ));
     let runtime = tokio::spawn(Runtime::new(sd, state, cfg).run(rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = source => r?.context("watching the manifest directory")?,

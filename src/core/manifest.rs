@@ -58,13 +58,19 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
     }
 }
 
-/// A pod ready to be run: validated, defaulted, with its UID assigned.
+/// A pod this node should run (or, once its deletion is asked, stop):
+/// validated, defaulted, with its UID. Static pods come from manifest files;
+/// in cluster mode, pods bound to the node come from the API server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticPod {
     /// The defaulted pod (namespace, uid and static-pod annotations set).
     pub pod: Pod,
-    /// `metadata.uid`, derived from node, path and content.
+    /// `metadata.uid`: derived from node, path and content for a static
+    /// pod, assigned by the API server otherwise.
     pub uid: String,
+    /// The API server asked for the pod's deletion (`deletionTimestamp`):
+    /// stop it within this many seconds instead of running it.
+    pub deletion_grace_s: Option<u64>,
 }
 
 impl StaticPod {
@@ -164,7 +170,11 @@ pub fn parse_manifest(
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
     pod.status = None;
-    Ok(StaticPod { pod, uid })
+    Ok(StaticPod {
+        pod,
+        uid,
+        deletion_grace_s: None,
+    })
 }
 
 /// Names the pod and container of a decoding error from the raw document,
@@ -321,7 +331,9 @@ fn unsupported(field: String, what: &str) -> ManifestError {
     )
 }
 
-fn validate(pod: &Pod) -> Result<(), ManifestError> {
+/// Checks that unitlet can run `pod` as it is: every field it does not
+/// implement yet is refused, naming the field, rather than ignored.
+pub fn validate(pod: &Pod) -> Result<(), ManifestError> {
     let meta = &pod.metadata;
     let name = meta.name.as_deref().unwrap_or("");
     if name.is_empty() {

@@ -38,6 +38,36 @@ pub struct Config {
     pub workers: usize,
     /// Units whose start job may be unfinished at once (see [`Runtime::create`]).
     pub max_starting: usize,
+    /// Where pod status changes and stopped pods are reported (cluster
+    /// mode writes them to the API server); `None` in standalone mode, where
+    /// `unitlet pods` derives status on demand.
+    pub reports: Option<mpsc::UnboundedSender<PodReport>>,
+}
+
+/// What the reconciler tells a status sink about one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodReport {
+    /// The pod's status is now this (sent on every change).
+    Status {
+        /// Pod UID.
+        uid: String,
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// The status, by the kubelet's rules.
+        status: Box<k8s_openapi::api::core::v1::PodStatus>,
+    },
+    /// Every unit of the pod is stopped and the agent no longer runs it:
+    /// a pod whose deletion the API server asked for may now be removed.
+    Stopped {
+        /// Pod UID.
+        uid: String,
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
 }
 
 /// Delay before creating a unit again after systemd refused it.
@@ -68,6 +98,7 @@ struct PodEntry {
     slice_created: bool,
     memo: Memo,
     last_summary: String,
+    last_reported: Option<k8s_openapi::api::core::v1::PodStatus>,
 }
 
 /// What this agent process did to an invocation, so a repeated pass does not
@@ -288,6 +319,7 @@ impl Runtime {
                 slice_created: existing,
                 memo: Memo::default(),
                 last_summary: String::new(),
+                last_reported: None,
             },
         );
     }
@@ -296,13 +328,20 @@ impl Runtime {
         let mut inner = self.shared.inner.lock().unwrap();
         let new: HashMap<String, Arc<StaticPod>> =
             set.into_iter().map(|p| (p.uid.clone(), p)).collect();
-        // Only pods that appeared or disappeared need a pass (content is part
-        // of the UID, so an edit is both). The first set touches everything.
+        // Only pods that appeared, disappeared or are now to be deleted need
+        // a pass (a static pod's content is part of its UID, so an edit is
+        // both; an API pod's spec cannot change but for its deletion). The
+        // first set touches everything.
         let touched: HashSet<String> = match &inner.desired {
             None => new.keys().chain(inner.pods.keys()).cloned().collect(),
             Some(old) => new
-                .keys()
-                .filter(|u| !old.contains_key(*u))
+                .iter()
+                .filter(|(u, p)| {
+                    old.get(*u).is_none_or(|o| {
+                        !Arc::ptr_eq(o, p) && o.deletion_grace_s != p.deletion_grace_s
+                    })
+                })
+                .map(|(u, _)| u)
                 .chain(old.keys().filter(|u| !new.contains_key(*u)))
                 .cloned()
                 .collect(),
@@ -499,14 +538,23 @@ impl Runtime {
         };
         match (desired, admitted) {
             (None, false) => {}
-            (None, true) => self.terminate(uid).await,
+            (Some(d), false) if d.deletion_grace_s.is_some() => {
+                // Stopped already (or never started): the API object may go.
+                self.report_stopped(uid, &d.pod);
+            }
+            (None, true) => self.terminate(uid, None).await,
+            (Some(d), true) if d.deletion_grace_s.is_some() => {
+                self.terminate(uid, d.deletion_grace_s).await
+            }
             (Some(_), false) if conflict => {
                 debug!(uid, "waiting for the previous pod of the same name to stop")
             }
             (Some(pod), false) => {
                 let mut p = pod.pod.clone();
                 let now = now_us();
-                p.metadata.creation_timestamp = Some(observe::time_us(now));
+                p.metadata
+                    .creation_timestamp
+                    .get_or_insert_with(|| observe::time_us(now));
                 let rec = PodRecord {
                     pod: p,
                     source: String::new(),
@@ -523,8 +571,25 @@ impl Runtime {
         }
     }
 
-    /// Stops every unit of a pod (SIGTERM, SIGKILL after the grace period), then forgets it.
-    async fn terminate(&self, uid: &str) {
+    /// Sends `report` to the status sink, if there is one.
+    fn report(&self, report: PodReport) {
+        if let Some(tx) = &self.shared.cfg.reports {
+            let _ = tx.send(report);
+        }
+    }
+
+    fn report_stopped(&self, uid: &str, pod: &k8s_openapi::api::core::v1::Pod) {
+        self.report(PodReport::Stopped {
+            uid: uid.to_string(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+        });
+    }
+
+    /// Stops every unit of a pod (SIGTERM, SIGKILL after the grace period),
+    /// then forgets it. `grace_s`, when the API server's deletion asks for a
+    /// shorter grace than the pod's own, is when SIGKILL comes instead.
+    async fn terminate(&self, uid: &str, grace_s: Option<u64>) {
         let s = &self.shared;
         let (slice, units, key, first) = {
             let mut inner = s.inner.lock().unwrap();
@@ -537,7 +602,19 @@ impl Runtime {
             (e.plan.slice.name.clone(), units, pod_key(&e.rec.pod), first)
         };
         if first {
-            info!(pod = key, uid, "stopping pod");
+            info!(pod = key, uid, grace_s, "stopping pod");
+            if let Some(g) = grace_s {
+                // Units were created with the pod's own grace as their stop
+                // timeout; a shorter one asked at deletion is enforced here.
+                let sd = s.sd.clone();
+                let units = units.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(g)).await;
+                    for unit in &units {
+                        let _ = sd.kill_all(unit, 9).await;
+                    }
+                });
+            }
             if let Err(e) = s.sd.stop(&slice).await {
                 debug!(error = %e, "stopping slice");
             }
@@ -571,9 +648,10 @@ impl Runtime {
         if let Err(e) = s.state.remove_pod(uid) {
             return warn!(error = %e, "cannot forget stopped pod; will retry");
         }
+        let stopped_pod;
         let waiting: Vec<String> = {
             let mut inner = s.inner.lock().unwrap();
-            inner.pods.remove(uid);
+            stopped_pod = inner.pods.remove(uid).map(|e| e.rec.pod);
             if inner.by_key.get(&key).is_some_and(|u| u == uid) {
                 inner.by_key.remove(&key);
             }
@@ -593,6 +671,9 @@ impl Runtime {
                 .collect()
         };
         info!(pod = key, uid, "pod stopped");
+        if let Some(pod) = stopped_pod {
+            self.report_stopped(uid, &pod);
+        }
         for w in waiting {
             s.pods_q.add(&w);
         }
@@ -688,6 +769,18 @@ impl Runtime {
             e.rec.admitted_us,
             now_us(),
         );
+        if s.cfg.reports.is_some() && e.last_reported.as_ref() != Some(&status) {
+            e.last_reported = Some(status.clone());
+            let report = PodReport::Status {
+                uid: uid.to_string(),
+                namespace: e.rec.pod.metadata.namespace.clone().unwrap_or_default(),
+                name: e.rec.pod.metadata.name.clone().unwrap_or_default(),
+                status: Box::new(status.clone()),
+            };
+            if let Some(tx) = &s.cfg.reports {
+                let _ = tx.send(report);
+            }
+        }
         let summary = crate::cli::pods::summary(&status);
         if summary != e.last_summary {
             info!(

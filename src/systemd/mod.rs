@@ -312,6 +312,28 @@ impl Systemd {
             })
     }
 
+    /// systemd's version (`Manager.Version`); also a cheap check that
+    /// systemd answers.
+    pub async fn version(&self) -> Result<String, SystemdError> {
+        let map_err = |source| SystemdError::Manager {
+            op: "read version",
+            source,
+        };
+        let reply = self
+            .conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(MANAGER_INTERFACE, "Version"),
+            )
+            .await
+            .map_err(map_err)?;
+        let v: OwnedValue = reply.body().deserialize().map_err(map_err)?;
+        String::try_from(v).map_err(|e| map_err(e.into()))
+    }
+
     /// Lists loaded units matching glob patterns, in one call.
     pub async fn list(&self, patterns: &[&str]) -> Result<Vec<UnitListing>, SystemdError> {
         let rows = self

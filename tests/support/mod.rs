@@ -17,6 +17,8 @@
 
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub mod apiserver;
+
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -181,6 +183,26 @@ impl Node {
     /// Starts `unitlet run` on the manifest directory with short back-off and
     /// relist periods (so tests see restarts within seconds), plus `extra`.
     pub fn start_agent(&mut self, extra: &[&str]) {
+        let manifests = self.manifests.to_string_lossy().into_owned();
+        let mut args = vec!["run", "--manifests", &manifests];
+        args.extend_from_slice(extra);
+        self.spawn_agent(&args);
+    }
+
+    /// Starts `unitlet node` (cluster mode) with the kubeconfig at
+    /// `kubeconfig` (a path inside the node's work directory), the node's
+    /// machine name as node name, short back-off and relist periods, plus `extra`.
+    pub fn start_node_agent(&mut self, kubeconfig: &Path, extra: &[&str]) {
+        let kc = kubeconfig.to_string_lossy().into_owned();
+        let name = self.name.clone();
+        let mut args = vec!["node", "--kubeconfig", &kc, "--node-name", &name];
+        args.extend_from_slice(extra);
+        self.spawn_agent(&args);
+    }
+
+    /// Spawns the agent: `unitlet --log-format json ARGS… --backoff-base 1s
+    /// --backoff-max 4s --relist 2s`, its output appended to `agent.log`.
+    fn spawn_agent(&mut self, sub: &[&str]) {
         assert!(self.agent.is_none(), "an agent is already running");
         let log_path = self.agent_log_path();
         let log = std::fs::OpenOptions::new()
@@ -189,21 +211,16 @@ impl Node {
             .open(&log_path)
             .expect("opening the agent log");
         self.log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let manifests = self.manifests.to_string_lossy().into_owned();
-        let mut args = vec![
-            "--log-format",
-            "json",
-            "run",
-            "--manifests",
-            &manifests,
+        let mut args = vec!["--log-format", "json"];
+        args.extend_from_slice(sub);
+        args.extend_from_slice(&[
             "--backoff-base",
             "1s",
             "--backoff-max",
             "4s",
             "--relist",
             "2s",
-        ];
-        args.extend_from_slice(extra);
+        ]);
         let mut nsenter = self
             .command(BIN)
             .args(&args)

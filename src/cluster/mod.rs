@@ -1,0 +1,316 @@
+//! Cluster mode: this machine as a Node of a Kubernetes cluster.
+//!
+//! The virtual-kubelet shape: register the Node, keep its Lease and status
+//! fresh, take the pods bound to it (`spec.nodeName`) from a watch, run them
+//! with the same reconciler as standalone mode, and write their status back.
+//! Kubernetes stays the distributed engine; nothing here schedules.
+//!
+//! Data flows one way: API watch → desired pods → reconciler → systemd, and
+//! reconciler reports → status writer → API server. The API server being
+//! unreachable stops only the last step; pods keep running and statuses
+//! converge when it returns.
+
+pub mod config;
+pub mod node;
+pub mod pods;
+
+use crate::core::NodeFacts;
+use crate::runtime::{Config as RuntimeConfig, Runtime};
+use crate::state::StateDir;
+use crate::systemd::Systemd;
+use config::NodeConfig;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The namespace of node heartbeat leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Lease duration the kubelet uses (`nodeLeaseDurationSeconds`).
+pub const LEASE_DURATION_S: i32 = 40;
+
+/// A failure that stops cluster mode, naming what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No usable kubeconfig.
+    #[error("cannot load the kubeconfig ({0}); pass --kubeconfig PATH or set KUBECONFIG")]
+    Kubeconfig(String),
+    /// Registering the Node failed.
+    #[error("cannot register node {node}: {source}; check that the API server is reachable and that the node's credentials may create and patch nodes (see the README's RBAC section)")]
+    Register {
+        /// Node name.
+        node: String,
+        /// API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A configuration problem.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// systemd.
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
+    /// The state directory.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+/// Everything `unitlet node` needs, after flags and config file are merged.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Explicit kubeconfig, else `$KUBECONFIG`, in-cluster, `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The merged configuration.
+    pub config: NodeConfig,
+    /// Node name.
+    pub node_name: String,
+    /// The InternalIP.
+    pub node_ip: String,
+    /// Reconciler settings other than node facts and reports.
+    pub runtime: RuntimeConfig,
+}
+
+async fn client(kubeconfig: &Option<PathBuf>) -> Result<kube::Client, ClusterError> {
+    let err = |e: &dyn std::fmt::Display| ClusterError::Kubeconfig(e.to_string());
+    let cfg = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| err(&e))?
+        }
+        None => kube::Config::infer().await.map_err(|e| err(&e))?,
+    };
+    let mut cfg = cfg;
+    if cfg.cluster_url.scheme_str() == Some("http") && cfg.root_cert.is_none() {
+        // A plain-HTTP server (`kubectl proxy`, a local test server) needs
+        // no roots, and a host without a CA bundle must not fail for it.
+        cfg.root_cert = Some(Vec::new());
+    }
+    kube::Client::try_from(cfg).map_err(|e| err(&e))
+}
+
+/// Runs the node until the process is asked to stop.
+pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError> {
+    let client = client(&opts.kubeconfig).await?;
+    let sd = Systemd::connect().await?;
+    let version = sd.version().await?;
+    let facts = node::read_host_facts(state.root(), version);
+    let name = opts.node_name.clone();
+    let node_uid = loop {
+        match register(&client, &name, &opts, &facts, state.root()).await {
+            Ok(uid) => break uid,
+            // Refused for good (credentials, rights, a bad object): say so.
+            Err(ClusterError::Register { source, .. })
+                if matches!(api_code(&source), Some(400 | 401 | 403 | 422)) =>
+            {
+                return Err(ClusterError::Register { node: name, source })
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot register the node yet; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    info!(node = name, ip = opts.node_ip, "node registered");
+
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (desired_tx, desired_rx) = tokio::sync::mpsc::channel(16);
+    let known = pods::Known::default();
+    let mut rcfg = opts.runtime.clone();
+    rcfg.node = NodeFacts {
+        node_name: name.clone(),
+        host_ip: opts.node_ip.clone(),
+    };
+    rcfg.reports = Some(reports_tx.clone());
+
+    tokio::spawn(lease_loop(
+        client.clone(),
+        name.clone(),
+        node_uid,
+        Duration::from_secs(u64::from(opts.config.lease_renew_seconds)),
+    ));
+    tokio::spawn(status_loop(
+        client.clone(),
+        sd.clone(),
+        state.root().to_path_buf(),
+        name.clone(),
+        opts.config.clone(),
+    ));
+    tokio::spawn(pods::watch(
+        client.clone(),
+        name.clone(),
+        known.clone(),
+        desired_tx,
+        reports_tx,
+    ));
+    tokio::spawn(pods::write_status(client.clone(), known, reports_rx));
+    let runtime = tokio::spawn(Runtime::new(sd, state, rcfg).run(desired_rx));
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    match runtime.await {
+        Ok(r) => r.map_err(ClusterError::from),
+        Err(e) => {
+            warn!(error = %e, "reconciler stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The HTTP status of an API error, if the server answered.
+pub(crate) fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Creates the Node, or adopts the one left by an earlier run (its taints,
+/// possibly changed by admins, are kept; our labels are re-applied), then
+/// writes its status. Returns the Node's UID.
+async fn register(
+    client: &kube::Client,
+    name: &str,
+    opts: &NodeOptions,
+    facts: &node::HostFacts,
+    state_dir: &std::path::Path,
+) -> Result<String, ClusterError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let err = |source| ClusterError::Register {
+        node: name.into(),
+        source,
+    };
+    let mut want = node::node_object(name, &opts.node_ip, &opts.config, facts);
+    let existing = nodes.get_opt(name).await.map_err(err)?;
+    let current = match existing {
+        Some(_) => {
+            info!(node = name, "adopting the existing Node");
+            let patch = serde_json::json!({"metadata": {"labels": want.metadata.labels}});
+            nodes
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(err)?
+        }
+        None => {
+            let status = want.status.take();
+            let mut created = nodes
+                .create(&PostParams::default(), &want)
+                .await
+                .map_err(err)?;
+            created.status = status;
+            created
+        }
+    };
+    let uid = current.metadata.uid.clone().unwrap_or_default();
+    let mut status = node::static_status(name, &opts.node_ip, &opts.config, facts);
+    let health = node::read_host_health(state_dir, Ok(()));
+    status.conditions = Some(node::conditions(
+        &opts.config,
+        &health,
+        &[],
+        jiff::Timestamp::now(),
+    ));
+    let patch = serde_json::json!({ "status": status });
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .map_err(err)?;
+    Ok(uid)
+}
+
+/// Renews the node's Lease every `every` (creating it when missing), with
+/// an owner reference to the Node so it goes with it.
+async fn lease_loop(client: kube::Client, node: String, node_uid: String, every: Duration) {
+    let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = renew_lease(&leases, &node, &node_uid).await {
+            warn!(error = %e, "cannot renew the node lease; retrying");
+        }
+    }
+}
+
+async fn renew_lease(leases: &Api<Lease>, node: &str, node_uid: &str) -> Result<(), kube::Error> {
+    let now = MicroTime(jiff::Timestamp::now());
+    match leases.get_opt(node).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(node.into());
+            spec.lease_duration_seconds = Some(LEASE_DURATION_S);
+            // Carries the read resourceVersion: a concurrent writer makes
+            // this a 409, and the next tick tries again from a fresh read.
+            leases
+                .replace(node, &PostParams::default(), &lease)
+                .await
+                .map(drop)
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.into()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Node".into(),
+                        name: node.into(),
+                        uid: node_uid.into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.into()),
+                    lease_duration_seconds: Some(LEASE_DURATION_S),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(drop)
+        }
+    }
+}
+
+/// Re-reads the host's health every 10 s and patches the node's conditions
+/// when they change, and at least every `statusUpdateSeconds`. Only our
+/// four conditions are in the patch (merged by type), so conditions other
+/// controllers write survive.
+async fn status_loop(
+    client: kube::Client,
+    sd: Systemd,
+    state_dir: PathBuf,
+    node: String,
+    cfg: NodeConfig,
+) {
+    let nodes: Api<Node> = Api::all(client);
+    let period = Duration::from_secs(u64::from(cfg.status_update_seconds));
+    let mut last: Vec<k8s_openapi::api::core::v1::NodeCondition> = Vec::new();
+    let mut last_write = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(10).min(period));
+    loop {
+        tick.tick().await;
+        let systemd = sd.version().await.map(drop).map_err(|e| e.to_string());
+        let health = node::read_host_health(&state_dir, systemd);
+        let conds = node::conditions(&cfg, &health, &last, jiff::Timestamp::now());
+        if !node::conditions_changed(&last, &conds) && last_write.elapsed() < period {
+            continue;
+        }
+        let patch = serde_json::json!({ "status": { "conditions": conds } });
+        match nodes
+            .patch_status(&node, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => {
+                last = conds;
+                last_write = tokio::time::Instant::now();
+            }
+            Err(e) => warn!(error = %e, "cannot write node status; retrying"),
+        }
+    }
+}

@@ -1,0 +1,1200 @@
+//! Tests of the in-process API server fixture itself, through HTTP with the
+//! kube-rs client (the client unitlet uses), so that what the fixture
+//! answers is what kube-rs can read and what a real server would answer.
+
+mod support;
+
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
+    WatchParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::time::Duration;
+use support::apiserver::ApiServer;
+
+/// Runs a test body on a fresh single-threaded runtime.
+fn run<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A kube client configured the way unitlet's would be: from the kubeconfig
+/// the fixture writes.
+async fn client(api: &ApiServer) -> Client {
+    Client::try_from(config(api).await).unwrap()
+}
+
+/// A client without kube's default retries of 429, 503 and 504 (up to 15,
+/// backing off up to minutes), to see those answers themselves.
+async fn client_without_retries(api: &ApiServer) -> Client {
+    let mut config = config(api).await;
+    config.default_retry = false;
+    Client::try_from(config).unwrap()
+}
+
+async fn config(api: &ApiServer) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&path);
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap();
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap()
+}
+
+fn pod(name: &str, labels: Value, node: Option<&str>) -> Pod {
+    let mut p = json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "containers": [{ "name": "main", "image": "busybox:1.36" }] },
+    });
+    if let Some(node) = node {
+        p["spec"]["nodeName"] = json!(node);
+    }
+    serde_json::from_value(p).unwrap()
+}
+
+/// The Status of a failed call.
+fn status_of<T: std::fmt::Debug>(r: kube::Result<T>) -> kube::core::Status {
+    match r {
+        Err(kube::Error::Api(s)) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn names(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect()
+}
+
+/// The next item of a stream, failing the test after `secs` seconds.
+async fn next<S: Stream + Unpin>(stream: &mut S, secs: u64) -> Option<S::Item> {
+    tokio::time::timeout(Duration::from_secs(secs), stream.next())
+        .await
+        .expect("stream went quiet")
+}
+
+/// The next watch event that is not a bookmark, as (type, name, resourceVersion).
+async fn next_change<S>(stream: &mut S) -> (String, String, String)
+where
+    S: Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin,
+{
+    loop {
+        let (kind, pod) = match next(stream, 5).await.expect("watch ended").unwrap() {
+            WatchEvent::Added(p) => ("ADDED", p),
+            WatchEvent::Modified(p) => ("MODIFIED", p),
+            WatchEvent::Deleted(p) => ("DELETED", p),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+        };
+        return (
+            kind.into(),
+            pod.metadata.name.unwrap(),
+            pod.metadata.resource_version.unwrap(),
+        );
+    }
+}
+
+#[test]
+fn create_get_and_list_with_selectors() {
+    let api = ApiServer::start();
+    run(async {
+        let pods: Api<Pod> = Api::namespaced(client(&api).await, "default");
+        let pp = PostParams::default();
+        let a = pods
+            .create(
+                &pp,
+                &pod("a", json!({ "app": "web", "tier": "front" }), Some("n1")),
+            )
+            .await
+            .unwrap();
+        pods.create(&pp, &pod("b", json!({ "app": "web" }), Some("n2")))
+            .await
+            .unwrap();
+        pods.create(&pp, &pod("c", json!({ "app": "db" }), None))
+            .await
+            .unwrap();
+
+        // What the server fills in.
+        let meta = &a.metadata;
+        assert_eq!(meta.namespace.as_deref(), Some("default"));
+        assert_eq!(meta.uid.as_ref().unwrap().len(), 36);
+        assert!(meta.creation_timestamp.is_some());
+        assert_eq!(meta.generation, Some(1));
+        let rv: u64 = meta.resource_version.as_ref().unwrap().parse().unwrap();
+        let spec = a.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
+        assert_eq!(spec.scheduler_name.as_deref(), Some("default-scheduler"));
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+        assert_eq!(
+            spec.containers[0].termination_message_path.as_deref(),
+            Some("/dev/termination-log")
+        );
+        let status = a.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
+
+        let got = pods.get("a").await.unwrap();
+        assert_eq!(got.metadata.uid, a.metadata.uid);
+        let b = pods.get("b").await.unwrap();
+        assert!(b.metadata.resource_version.unwrap().parse::<u64>().unwrap() > rv);
+
+        let list = |l: &str, f: &str| {
+            let pods = pods.clone();
+            let lp = ListParams::default().labels(l).fields(f);
+            async move { names(&pods.list(&lp).await.unwrap().items) }
+        };
+        assert_eq!(list("", "").await, ["a", "b", "c"]);
+        assert_eq!(list("app=web", "").await, ["a", "b"]);
+        assert_eq!(list("app==web,tier!=front", "").await, ["b"]);
+        assert_eq!(list("app in (db, web),!tier", "").await, ["b", "c"]);
+        assert_eq!(list("app notin (web)", "").await, ["c"]);
+        assert_eq!(list("tier", "").await, ["a"]);
+        assert_eq!(list("", "spec.nodeName=n1").await, ["a"]);
+        assert_eq!(list("", "spec.nodeName=").await, ["c"]);
+        assert_eq!(
+            list("", "metadata.name!=a,status.phase=Pending").await,
+            ["b", "c"]
+        );
+        assert_eq!(list("app=web", "spec.nodeName==n2").await, ["b"]);
+        let bad = status_of(
+            pods.list(&ListParams::default().fields("spec.image=x"))
+                .await,
+        );
+        assert_eq!((bad.code, bad.reason.as_str()), (400, "BadRequest"));
+        assert!(
+            bad.message
+                .contains("field label not supported: spec.image"),
+            "{}",
+            bad.message
+        );
+
+        // Across namespaces, and lists as the real server sends them.
+        api.create(
+            "namespaces",
+            None,
+            json!({ "metadata": { "name": "other" } }),
+        );
+        Api::<Pod>::namespaced(client(&api).await, "other")
+            .create(&pp, &pod("a", json!({}), None))
+            .await
+            .unwrap();
+        let all: Api<Pod> = Api::all(client(&api).await);
+        let everywhere = all
+            .list(&ListParams::default().fields("metadata.name=a"))
+            .await
+            .unwrap();
+        assert_eq!(everywhere.items.len(), 2);
+        let raw = client(&api)
+            .await
+            .request_text(
+                axum::http::Request::get("/api/v1/namespaces/default/pods")
+                    .body(vec![])
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let raw: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(raw["kind"], "PodList");
+        assert_eq!(raw["apiVersion"], "v1");
+        assert!(raw["metadata"]["resourceVersion"].is_string());
+        assert!(
+            raw["items"][0].get("kind").is_none() && raw["items"][0].get("apiVersion").is_none()
+        );
+
+        // Create errors.
+        let dup = status_of(pods.create(&pp, &pod("a", json!({}), None)).await);
+        assert_eq!((dup.code, dup.reason.as_str()), (409, "AlreadyExists"));
+        let gen = pods
+            .create(
+                &pp,
+                &serde_json::from_value(json!({
+                    "metadata": { "generateName": "gen-" },
+                    "spec": { "containers": [{ "name": "main", "image": "busybox" }] },
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let generated = gen.metadata.name.unwrap();
+        assert!(
+            generated.starts_with("gen-") && generated.len() == 9,
+            "{generated}"
+        );
+        assert_eq!(
+            gen.spec.unwrap().containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
+        let nameless: Pod = serde_json::from_value(
+            json!({ "spec": { "containers": [{ "name": "m", "image": "x" }] } }),
+        )
+        .unwrap();
+        let invalid = status_of(pods.create(&pp, &nameless).await);
+        assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
+        let missing = status_of(
+            Api::<Pod>::namespaced(client(&api).await, "nowhere")
+                .create(&pp, &pod("x", json!({}), None))
+                .await,
+        );
+        assert_eq!((missing.code, missing.reason.as_str()), (404, "NotFound"));
+        assert_eq!(missing.message, "namespaces \"nowhere\" not found");
+        let mut elsewhere = pod("x", json!({}), None);
+        elsewhere.metadata.namespace = Some("other".into());
+        let mismatch = status_of(pods.create(&pp, &elsewhere).await);
+        assert_eq!(
+            (mismatch.code, mismatch.reason.as_str()),
+            (400, "BadRequest")
+        );
+        let with_rv = status_of(pods.create(&pp, &got).await);
+        assert_eq!(
+            with_rv.code, 500,
+            "a create with a resourceVersion fails in etcd3 storage"
+        );
+        let not_found = status_of(pods.get("zzz").await);
+        assert_eq!(
+            (not_found.code, not_found.message.as_str()),
+            (404, "pods \"zzz\" not found")
+        );
+    });
+}
+
+#[test]
+fn watch_from_a_resource_version_sees_exactly_the_later_changes_in_order() {
+    let api = ApiServer::start();
+    run(async {
+        let pods: Api<Pod> = Api::namespaced(client(&api).await, "default");
+        let x = pods
+            .create(&PostParams::default(), &pod("x", json!({}), None))
+            .await
+            .unwrap();
+        let from = x.metadata.resource_version.unwrap();
+        pods.create(&PostParams::default(), &pod("y", json!({}), None))
+            .await
+            .unwrap();
+        let label = json!({ "metadata": { "labels": { "seen": "yes" } } });
+        pods.patch("x", &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .unwrap();
+        // An unbound pod goes at once: marked (MODIFIED), then removed.
+        pods.delete("y", &DeleteParams::default()).await.unwrap();
+
+        let mut events = pods
+            .watch(&WatchParams::default().timeout(10), &from)
+            .await
+            .unwrap()
+            .boxed();
+        let mut seen = vec![];
+        for _ in 0..4 {
+            seen.push(next_change(&mut events).await);
+        }
+        let kinds: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|(t, n, _)| (t.as_str(), n.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("ADDED", "y"),
+                ("MODIFIED", "x"),
+                ("MODIFIED", "y"),
+                ("DELETED", "y")
+            ]
+        );
+        let rvs: Vec<u64> = seen.iter().map(|(_, _, rv)| rv.parse().unwrap()).collect();
+        assert!(
+            rvs.windows(2).all(|w| w[0] < w[1]) && rvs[0] > from.parse().unwrap(),
+            "{rvs:?}"
+        );
+
+        // Later writes, including direct ones, arrive on the open watch.
+        api.create(
+            "pods",
+            Some("default"),
+            serde_json::to_value(pod("z", json!({}), None)).unwrap(),
+        );
+        assert_eq!(next_change(&mut events).await.0, "ADDED");
+
+        // Without a resourceVersion a watch starts with the current objects.
+        let mut fresh = pods
+            .watch(&WatchParams::default(), "0")
+            .await
+            .unwrap()
+            .boxed();
+        let mut initial = vec![
+            next_change(&mut fresh).await.1,
+            next_change(&mut fresh).await.1,
+        ];
+        initial.sort();
+        assert_eq!(initial, ["x", "z"]);
+
+        // Bookmarks (kube asks for them by default) carry the current resourceVersion.
+        let mut marked = pods
+            .watch(&WatchParams::default(), &from)
+            .await
+            .unwrap()
+            .boxed();
+        let current = pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        loop {
+            if let WatchEvent::Bookmark(b) = next(&mut marked, 5).await.unwrap().unwrap() {
+                assert_eq!(b.metadata.resource_version, current);
+                assert_eq!(b.types.kind, "Pod");
+                break;
+            }
+        }
+    });
+}
+
+#[test]
+fn a_selector_watch_sees_objects_leave_and_join_the_selection() {
+    let api = ApiServer::start();
+    run(async {
+        let pods: Api<Pod> = Api::namespaced(client(&api).await, "default");
+        pods.create(
+            &PostParams::default(),
+            &pod("p", json!({ "app": "web" }), None),
+        )
+        .await
+        .unwrap();
+        let rv = pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let wp = WatchParams::default().labels("app=web");
+        let mut events = pods.watch(&wp, &rv).await.unwrap().boxed();
+        let relabel = |app: &str| json!({ "metadata": { "labels": { "app": app } } });
+        pods.patch("p", &PatchParams::default(), &Patch::Merge(&relabel("db")))
+            .await
+            .unwrap();
+        assert_eq!(next_change(&mut events).await.0, "DELETED");
+        pods.patch("p", &PatchParams::default(), &Patch::Merge(&relabel("db2")))
+            .await
+            .unwrap();
+        pods.patch("p", &PatchParams::default(), &Patch::Merge(&relabel("web")))
+            .await
+            .unwrap();
+        assert_eq!(next_change(&mut events).await.0, "ADDED");
+
+        let by_node = WatchParams::default().fields("spec.nodeName=n1");
+        let mut on_node = pods.watch(&by_node, "0").await.unwrap().boxed();
+        pods.create(
+            &PostParams::default(),
+            &pod("elsewhere", json!({}), Some("n2")),
+        )
+        .await
+        .unwrap();
+        pods.create(&PostParams::default(), &pod("here", json!({}), Some("n1")))
+            .await
+            .unwrap();
+        assert_eq!(next_change(&mut on_node).await.1, "here");
+    });
+}
+
+#[test]
+fn after_compaction_an_old_resource_version_gets_410_and_the_watcher_relists() {
+    let api = ApiServer::start();
+    run(async {
+        let client = client(&api).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        pods.create(&PostParams::default(), &pod("before", json!({}), None))
+            .await
+            .unwrap();
+
+        let mut watcher = watcher(pods.clone(), watcher::Config::default()).boxed();
+        let mut listed = vec![];
+        loop {
+            match next(&mut watcher, 5).await.unwrap().unwrap() {
+                watcher::Event::InitApply(p) => listed.push(p.metadata.name.unwrap()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+        assert_eq!(listed, ["before"]);
+        let old = pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+
+        // The watcher's connection ends in an outage; meanwhile history is compacted.
+        api.set_available(false);
+        api.create(
+            "pods",
+            Some("default"),
+            serde_json::to_value(pod("after", json!({}), None)).unwrap(),
+        );
+        api.compact();
+        api.set_available(true);
+
+        // The raw watch stream from the old resourceVersion: one ERROR, then the end.
+        let mut raw = pods
+            .watch(&WatchParams::default(), &old)
+            .await
+            .unwrap()
+            .boxed();
+        match next(&mut raw, 5).await.unwrap().unwrap() {
+            WatchEvent::Error(e) => {
+                assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+                assert!(
+                    e.message.starts_with("too old resource version"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("expected an ERROR event, got {other:?}"),
+        }
+        assert!(next(&mut raw, 5).await.is_none());
+
+        // kube's watcher resumes from its old resourceVersion, gets the 410 and lists again.
+        let mut saw_gone = false;
+        let mut relisted = vec![];
+        loop {
+            match next(&mut watcher, 5).await.unwrap() {
+                Err(watcher::Error::WatchError(e)) if e.code == 410 => saw_gone = true,
+                Err(e) => panic!("unexpected watcher error {e:?}"),
+                Ok(watcher::Event::InitApply(p)) => relisted.push(p.metadata.name.unwrap()),
+                Ok(watcher::Event::InitDone) => break,
+                Ok(_) => {}
+            }
+        }
+        assert!(saw_gone);
+        assert_eq!(relisted, ["after", "before"]);
+    });
+}
+
+#[test]
+fn graceful_deletion_marks_a_running_pod_until_a_zero_grace_delete() {
+    let api = ApiServer::start();
+    run(async {
+        let pods: Api<Pod> = Api::namespaced(client(&api).await, "default");
+        let created = pods
+            .create(&PostParams::default(), &pod("bound", json!({}), Some("n1")))
+            .await
+            .unwrap();
+        let uid = created.metadata.uid.clone().unwrap();
+        let rv = created.metadata.resource_version.clone().unwrap();
+        let mut events = pods
+            .watch(&WatchParams::default(), &rv)
+            .await
+            .unwrap()
+            .boxed();
+
+        let marked = pods
+            .delete("bound", &DeleteParams::default())
+            .await
+            .unwrap()
+            .left()
+            .expect("a pod");
+        assert!(marked.metadata.deletion_timestamp.is_some());
+        assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
+        assert_eq!(marked.metadata.generation, Some(2));
+        assert!(
+            pods.get("bound").await.is_ok(),
+            "the kubelet has not confirmed yet"
+        );
+        assert_eq!(next_change(&mut events).await.0, "MODIFIED");
+
+        // A longer grace period changes nothing; a shorter one moves the deadline.
+        let same = pods
+            .delete(
+                "bound",
+                &DeleteParams {
+                    grace_period_seconds: Some(60),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            same.left().unwrap().metadata.resource_version,
+            marked.metadata.resource_version
+        );
+        let shorter = pods
+            .delete(
+                "bound",
+                &DeleteParams {
+                    grace_period_seconds: Some(10),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let shorter = shorter.left().unwrap();
+        assert_eq!(shorter.metadata.deletion_grace_period_seconds, Some(10));
+        assert!(
+            shorter.metadata.deletion_timestamp.unwrap().0
+                < marked.metadata.deletion_timestamp.unwrap().0
+        );
+        assert_eq!(next_change(&mut events).await.0, "MODIFIED");
+
+        // The kubelet's final delete: grace 0 with the pod's uid as precondition.
+        let wrong = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some("not-the-uid".into()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let conflict = status_of(pods.delete("bound", &wrong).await);
+        assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
+        let right = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let gone = pods
+            .delete("bound", &right)
+            .await
+            .unwrap()
+            .left()
+            .expect("pods answer the deleted pod");
+        assert_eq!(gone.metadata.deletion_grace_period_seconds, Some(0));
+        assert_eq!(status_of(pods.get("bound").await).code, 404);
+        assert_eq!(next_change(&mut events).await.0, "MODIFIED");
+        assert_eq!(next_change(&mut events).await.0, "DELETED");
+        assert_eq!(
+            status_of(pods.delete("bound", &DeleteParams::default()).await).code,
+            404
+        );
+
+        // A terminal pod goes at once, as does any other kind, which answers a Status.
+        api.create(
+            "pods",
+            Some("default"),
+            serde_json::to_value(pod("done", json!({}), Some("n1"))).unwrap(),
+        );
+        let mut done = api.get("pods", Some("default"), "done").unwrap();
+        done["status"]["phase"] = json!("Succeeded");
+        api.replace_status("pods", Some("default"), done);
+        assert!(pods
+            .delete("done", &DeleteParams::default())
+            .await
+            .unwrap()
+            .is_left());
+        assert!(api.get("pods", Some("default"), "done").is_none());
+        let cms: Api<ConfigMap> = Api::namespaced(client(&api).await, "default");
+        let cm =
+            serde_json::from_value(json!({ "metadata": { "name": "cm" }, "data": { "k": "v" } }))
+                .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+        let status = cms
+            .delete("cm", &DeleteParams::default())
+            .await
+            .unwrap()
+            .right()
+            .expect("a Status");
+        assert_eq!(status.details.unwrap().name, "cm");
+
+        // Finalizers hold an object until an update removes the last one.
+        let held = serde_json::from_value(
+            json!({ "metadata": { "name": "held", "finalizers": ["example.com/x"] } }),
+        )
+        .unwrap();
+        cms.create(&PostParams::default(), &held).await.unwrap();
+        let marked = cms
+            .delete("held", &DeleteParams::default())
+            .await
+            .unwrap()
+            .left()
+            .expect("still there");
+        assert!(marked.metadata.deletion_timestamp.is_some());
+        let add = json!({ "metadata": { "finalizers": ["example.com/x", "example.com/y"] } });
+        let refused = status_of(
+            cms.patch("held", &PatchParams::default(), &Patch::Merge(&add))
+                .await,
+        );
+        assert_eq!(refused.code, 422, "{}", refused.message);
+        let release = json!({ "metadata": { "finalizers": null } });
+        cms.patch("held", &PatchParams::default(), &Patch::Merge(&release))
+            .await
+            .unwrap();
+        assert_eq!(status_of(cms.get("held").await).code, 404);
+    });
+}
+
+#[test]
+fn status_patches_touch_only_status_and_merge_lists_by_their_keys() {
+    let api = ApiServer::start();
+    run(async {
+        let pods: Api<Pod> = Api::namespaced(client(&api).await, "default");
+        let created = pods
+            .create(
+                &PostParams::default(),
+                &pod("s", json!({ "app": "web" }), Some("n1")),
+            )
+            .await
+            .unwrap();
+        let rv: u64 = created.metadata.resource_version.unwrap().parse().unwrap();
+        let pp = PatchParams::default();
+
+        // Merge patch of /status: spec and labels in it are ignored.
+        let merge = json!({
+            "metadata": { "labels": { "app": "changed" } },
+            "spec": { "activeDeadlineSeconds": 5 },
+            "status": {
+                "phase": "Running",
+                "conditions": [
+                    { "type": "Initialized", "status": "True" },
+                    { "type": "Ready", "status": "False" },
+                    { "type": "PodScheduled", "status": "True" },
+                ],
+                "containerStatuses": [
+                    { "name": "main", "image": "busybox:1.36", "imageID": "", "ready": false, "restartCount": 0, "state": { "waiting": { "reason": "ContainerCreating" } } },
+                ],
+            },
+        });
+        let p = pods
+            .patch_status("s", &pp, &Patch::Merge(&merge))
+            .await
+            .unwrap();
+        assert_eq!(p.metadata.labels.as_ref().unwrap()["app"], "web");
+        assert_eq!(p.spec.as_ref().unwrap().active_deadline_seconds, None);
+        let status = p.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(
+            status.qos_class.as_deref(),
+            Some("BestEffort"),
+            "kept from the old status"
+        );
+        assert!(p.metadata.resource_version.unwrap().parse::<u64>().unwrap() > rv);
+
+        // Strategic merge patch, as the kubelet sends it: conditions merge by
+        // type in $setElementOrder order, containerStatuses (atomic) are replaced.
+        let uid = created.metadata.uid.clone().unwrap();
+        let strategic = json!({
+            "metadata": { "uid": uid },
+            "status": {
+                "$setElementOrder/conditions": [
+                    { "type": "PodScheduled" }, { "type": "Initialized" }, { "type": "Ready" }, { "type": "ContainersReady" },
+                ],
+                "conditions": [
+                    { "type": "Ready", "status": "True" },
+                    { "type": "ContainersReady", "status": "True" },
+                ],
+                "containerStatuses": [
+                    { "name": "main", "image": "busybox:1.36", "imageID": "", "ready": true, "restartCount": 0, "started": true, "state": { "running": {} } },
+                ],
+                "podIPs": [{ "ip": "10.0.0.5" }],
+            },
+        });
+        let p = pods
+            .patch_status("s", &pp, &Patch::Strategic(&strategic))
+            .await
+            .unwrap();
+        let status = p.status.unwrap();
+        let conditions: Vec<(String, String)> = status
+            .conditions
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.type_, c.status))
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                ("PodScheduled".into(), "True".into()),
+                ("Initialized".into(), "True".into()),
+                ("Ready".into(), "True".into()),
+                ("ContainersReady".into(), "True".into()),
+            ]
+        );
+        let cs = status.container_statuses.unwrap();
+        assert_eq!(cs.len(), 1);
+        assert!(
+            cs[0].ready
+                && cs[0].state.as_ref().unwrap().running.is_some()
+                && cs[0].state.as_ref().unwrap().waiting.is_none()
+        );
+        assert_eq!(status.pod_ips.unwrap()[0].ip, "10.0.0.5");
+
+        // $patch: delete removes one element of a keyed list.
+        let drop_ready = json!({ "status": { "conditions": [{ "type": "ContainersReady", "$patch": "delete" }] } });
+        let p = pods
+            .patch_status("s", &pp, &Patch::Strategic(&drop_ready))
+            .await
+            .unwrap();
+        assert_eq!(p.status.unwrap().conditions.unwrap().len(), 3);
+
+        // A patch of the pod itself ignores status; a JSON patch works too.
+        let main =
+            json!({ "metadata": { "labels": { "extra": "1" } }, "status": { "phase": "Failed" } });
+        let p = pods.patch("s", &pp, &Patch::Merge(&main)).await.unwrap();
+        assert_eq!(p.status.unwrap().phase.as_deref(), Some("Running"));
+        assert_eq!(p.metadata.labels.unwrap()["extra"], "1");
+        let ops: json_patch::Patch = serde_json::from_value(json!([{ "op": "replace", "path": "/spec/containers/0/image", "value": "busybox:1.37" }])).unwrap();
+        let p = pods.patch("s", &pp, &Patch::<()>::Json(ops)).await.unwrap();
+        assert_eq!(
+            p.spec.as_ref().unwrap().containers[0].image.as_deref(),
+            Some("busybox:1.37")
+        );
+        assert_eq!(
+            p.metadata.generation,
+            Some(2),
+            "a spec change bumps the generation"
+        );
+        let forbidden = json!({ "spec": { "nodeName": "n2" } });
+        let refused = status_of(pods.patch("s", &pp, &Patch::Merge(&forbidden)).await);
+        assert_eq!((refused.code, refused.reason.as_str()), (422, "Invalid"));
+
+        // A patch that changes nothing is no write.
+        let before = pods.get("s").await.unwrap().metadata.resource_version;
+        let noop = json!({ "metadata": { "labels": { "extra": "1" } } });
+        let p = pods
+            .patch("s", &pp, &Patch::Strategic(&noop))
+            .await
+            .unwrap();
+        assert_eq!(p.metadata.resource_version, before);
+
+        // Server-side apply is not served.
+        let apply = status_of(
+            pods.patch("s", &PatchParams::apply("test"), &Patch::Apply(&noop))
+                .await,
+        );
+        assert_eq!(
+            (apply.code, apply.reason.as_str()),
+            (415, "UnsupportedMediaType")
+        );
+
+        let recorded = api.requests();
+        let last_status_patch = recorded
+            .iter()
+            .rfind(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+            .unwrap();
+        assert_eq!(
+            last_status_patch.content_type.as_deref(),
+            Some("application/strategic-merge-patch+json")
+        );
+        assert_eq!(last_status_patch.body.as_ref().unwrap(), &drop_ready);
+    });
+}
+
+#[test]
+fn stale_uids_and_resource_versions_are_refused() {
+    let api = ApiServer::start();
+    run(async {
+        let pods: Api<Pod> = Api::namespaced(client(&api).await, "default");
+        let old = pods
+            .create(&PostParams::default(), &pod("p", json!({}), Some("n1")))
+            .await
+            .unwrap();
+        pods.delete(
+            "p",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let new = pods
+            .create(&PostParams::default(), &pod("p", json!({}), Some("n1")))
+            .await
+            .unwrap();
+        assert_ne!(old.metadata.uid, new.metadata.uid);
+        let pp = PatchParams::default();
+
+        // A status patch for the deleted instance. The real server takes a
+        // patched uid as a change of an immutable field (ValidateObjectMetaUpdate):
+        // 422, not the 409 of a PUT's uid precondition.
+        let stale =
+            json!({ "metadata": { "uid": old.metadata.uid }, "status": { "phase": "Running" } });
+        let refused = status_of(pods.patch_status("p", &pp, &Patch::Strategic(&stale)).await);
+        assert_eq!((refused.code, refused.reason.as_str()), (422, "Invalid"));
+        assert!(
+            refused.message.contains("metadata.uid"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            pods.get("p")
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .phase
+                .as_deref(),
+            Some("Pending")
+        );
+
+        // resourceVersion in a patch is a precondition.
+        let old_rv = json!({ "metadata": { "resourceVersion": old.metadata.resource_version }, "status": { "phase": "Running" } });
+        let conflict = status_of(pods.patch_status("p", &pp, &Patch::Merge(&old_rv)).await);
+        assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
+
+        // A PUT's uid is a precondition.
+        let mut put = pods.get("p").await.unwrap();
+        put.metadata.uid = old.metadata.uid.clone();
+        let conflict = status_of(pods.replace("p", &PostParams::default(), &put).await);
+        assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
+        assert!(
+            conflict
+                .message
+                .contains("Precondition failed: UID in precondition"),
+            "{}",
+            conflict.message
+        );
+    });
+}
+
+#[test]
+fn lease_updates_race_on_the_resource_version() {
+    let api = ApiServer::start();
+    run(async {
+        let leases: Api<Lease> = Api::namespaced(client(&api).await, "kube-node-lease");
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": { "name": "node-1" },
+            "spec": { "holderIdentity": "node-1", "leaseDurationSeconds": 40 },
+        }))
+        .unwrap();
+        // A PUT may create a lease.
+        let created = leases
+            .replace("node-1", &PostParams::default(), &lease)
+            .await
+            .unwrap();
+        assert_eq!(
+            created.spec.as_ref().unwrap().lease_duration_seconds,
+            Some(40)
+        );
+
+        let mut a = leases.get("node-1").await.unwrap();
+        let mut b = a.clone();
+        a.spec.as_mut().unwrap().renew_time = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now()),
+        );
+        leases
+            .replace("node-1", &PostParams::default(), &a)
+            .await
+            .unwrap();
+        b.spec.as_mut().unwrap().holder_identity = Some("intruder".into());
+        let lost = status_of(leases.replace("node-1", &PostParams::default(), &b).await);
+        assert_eq!((lost.code, lost.reason.as_str()), (409, "Conflict"));
+        assert!(
+            lost.message.contains("the object has been modified"),
+            "{}",
+            lost.message
+        );
+
+        // Leases do not allow unconditional updates.
+        b.metadata.resource_version = None;
+        let invalid = status_of(leases.replace("node-1", &PostParams::default(), &b).await);
+        assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
+        assert_eq!(
+            leases
+                .get("node-1")
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .holder_identity
+                .as_deref(),
+            Some("node-1")
+        );
+    });
+}
+
+#[test]
+fn an_outage_answers_503_and_ends_open_watches() {
+    let api = ApiServer::start();
+    run(async {
+        let pods: Api<Pod> = Api::namespaced(client_without_retries(&api).await, "default");
+        let mut events = pods
+            .watch(&WatchParams::default(), "0")
+            .await
+            .unwrap()
+            .boxed();
+        api.set_available(false);
+        assert!(next(&mut events, 5).await.is_none(), "the watch ends");
+        let down = status_of(pods.list(&ListParams::default()).await);
+        assert_eq!(
+            (down.code, down.reason.as_str()),
+            (503, "ServiceUnavailable")
+        );
+        api.set_available(true);
+        assert!(pods.list(&ListParams::default()).await.is_ok());
+    });
+}
+
+#[test]
+fn fail_next_fails_exactly_that_many_requests() {
+    let api = ApiServer::start();
+    run(async {
+        let plain = client_without_retries(&api).await;
+        let pods: Api<Pod> = Api::namespaced(plain.clone(), "default");
+        api.fail_next(1, 429);
+        let request = axum::http::Request::get("/api/v1/namespaces/default/pods");
+        let raw = plain
+            .send(request.body(kube::client::Body::from(vec![])).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(raw.status(), 429);
+        assert_eq!(raw.headers()["retry-after"], "1");
+        assert!(pods.list(&ListParams::default()).await.is_ok());
+
+        api.fail_next(2, 500);
+        assert_eq!(status_of(pods.get("x").await).code, 500);
+        assert_eq!(status_of(pods.get("x").await).code, 500);
+        assert_eq!(status_of(pods.get("x").await).code, 404);
+
+        // kube's default client retries a 429 after its Retry-After.
+        let retrying: Api<Pod> = Api::namespaced(client(&api).await, "default");
+        api.fail_next(1, 429);
+        assert!(retrying.list(&ListParams::default()).await.is_ok());
+        let codes: Vec<u16> = api.requests().iter().map(|r| r.status).collect();
+        assert_eq!(codes, [429, 200, 500, 500, 404, 429, 200]);
+    });
+}
+
+#[test]
+fn nodes_keep_status_apart_and_merge_addresses_by_type() {
+    let api = ApiServer::start();
+    run(async {
+        let nodes: Api<Node> = Api::all(client(&api).await);
+        // A kubelet registers its node with a status; create keeps it.
+        let node: Node = serde_json::from_value(json!({
+            "metadata": { "name": "n1", "labels": { "kubernetes.io/hostname": "n1" } },
+            "status": {
+                "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" },
+                "addresses": [{ "type": "InternalIP", "address": "10.0.0.1" }, { "type": "Hostname", "address": "n1" }],
+                "conditions": [{ "type": "Ready", "status": "False", "reason": "KubeletNotReady" }],
+            },
+        }))
+        .unwrap();
+        let created = nodes.create(&PostParams::default(), &node).await.unwrap();
+        let status = created.status.unwrap();
+        assert_eq!(
+            status.allocatable, status.capacity,
+            "allocatable defaults to capacity"
+        );
+        assert_eq!(status.conditions.unwrap()[0].status, "False");
+
+        let patch = json!({
+            "status": {
+                "$setElementOrder/addresses": [{ "type": "InternalIP" }, { "type": "Hostname" }],
+                "addresses": [{ "type": "InternalIP", "address": "10.0.0.2" }],
+                "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady" }],
+            },
+        });
+        let patched = nodes
+            .patch_status("n1", &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .unwrap();
+        let status = patched.status.unwrap();
+        let addresses: Vec<(String, String)> = status
+            .addresses
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.type_, a.address))
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                ("InternalIP".into(), "10.0.0.2".into()),
+                ("Hostname".into(), "n1".into())
+            ]
+        );
+        assert_eq!(status.conditions.unwrap()[0].status, "True");
+
+        // An update of the node itself (nodes allow it without a
+        // resourceVersion) keeps the status.
+        let mut cordon = nodes.get("n1").await.unwrap();
+        cordon.metadata.resource_version = None;
+        cordon
+            .spec
+            .get_or_insert_with(Default::default)
+            .unschedulable = Some(true);
+        cordon.status.as_mut().unwrap().conditions = None;
+        let updated = nodes
+            .replace("n1", &PostParams::default(), &cordon)
+            .await
+            .unwrap();
+        assert_eq!(updated.status.unwrap().conditions.unwrap().len(), 1);
+        let cordoned = nodes
+            .list(&ListParams::default().fields("spec.unschedulable=true"))
+            .await
+            .unwrap();
+        assert_eq!(cordoned.items.len(), 1);
+    });
+}
+
+#[test]
+fn events_secrets_and_namespaces_follow_their_own_rules() {
+    let api = ApiServer::start();
+    run(async {
+        let client = client(&api).await;
+        let events: Api<Event> = Api::namespaced(client.clone(), "default");
+        let event = |name: &str, ns: &str| -> Event {
+            serde_json::from_value(json!({
+                "metadata": { "name": name },
+                "involvedObject": { "kind": "Pod", "name": "p", "namespace": ns },
+                "reason": "Started", "type": "Normal", "source": { "component": "unitlet" },
+            }))
+            .unwrap()
+        };
+        events
+            .create(&PostParams::default(), &event("e1", "default"))
+            .await
+            .unwrap();
+        let selected = events
+            .list(
+                &ListParams::default()
+                    .fields("involvedObject.name=p,reason=Started,source=unitlet"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(selected.items.len(), 1);
+        let elsewhere = status_of(
+            events
+                .create(&PostParams::default(), &event("e2", "kube-system"))
+                .await,
+        );
+        assert_eq!(elsewhere.code, 422, "{}", elsewhere.message);
+
+        // stringData is write-only: it lands in data, base64-encoded.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        let secret = serde_json::from_value(
+            json!({ "metadata": { "name": "s" }, "stringData": { "greeting": "hello" } }),
+        )
+        .unwrap();
+        let created = secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        assert_eq!(created.type_.as_deref(), Some("Opaque"));
+        assert!(created.string_data.is_none());
+        assert_eq!(created.data.unwrap()["greeting"].0, b"hello");
+
+        // A deleted namespace is Terminating (no namespace controller
+        // finishes it) and takes no new objects; some may not be deleted.
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({ "metadata": { "name": "doomed" } })).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            ns.metadata.labels.unwrap()["kubernetes.io/metadata.name"],
+            "doomed"
+        );
+        assert_eq!(ns.spec.unwrap().finalizers.unwrap(), ["kubernetes"]);
+        let terminating = namespaces
+            .delete("doomed", &DeleteParams::default())
+            .await
+            .unwrap()
+            .left()
+            .unwrap();
+        assert_eq!(
+            terminating.status.unwrap().phase.as_deref(),
+            Some("Terminating")
+        );
+        let late = status_of(
+            Api::<Secret>::namespaced(client.clone(), "doomed")
+                .create(&PostParams::default(), &secret)
+                .await,
+        );
+        assert_eq!((late.code, late.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            status_of(namespaces.delete("doomed", &DeleteParams::default()).await).code,
+            409
+        );
+        assert_eq!(
+            status_of(namespaces.delete("default", &DeleteParams::default()).await).code,
+            403
+        );
+    });
+}
+
+#[test]
+fn lists_page_watches_stream_initial_lists_and_time_out() {
+    let api = ApiServer::start();
+    run(async {
+        let client = client(&api).await;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        for name in ["a", "b", "c"] {
+            cms.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+        let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+        let token = first.metadata.continue_.clone().expect("a continue token");
+        // A change between pages does not show: the pages are one snapshot.
+        api.create(
+            "configmaps",
+            Some("default"),
+            json!({ "metadata": { "name": "d" } }),
+        );
+        let second = cms
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .unwrap();
+        let paged: Vec<String> = first
+            .items
+            .iter()
+            .chain(&second.items)
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(paged, ["a", "b", "c"]);
+        assert!(second.metadata.continue_.is_none());
+        assert_eq!(
+            second.metadata.resource_version,
+            first.metadata.resource_version
+        );
+
+        // kube's streaming-list watcher: initial ADDEDs, then the bookmark
+        // that ends them.
+        let config = watcher::Config::default().streaming_lists();
+        let mut stream = watcher(cms.clone(), config).boxed();
+        let mut initial = vec![];
+        loop {
+            match next(&mut stream, 5).await.unwrap().unwrap() {
+                watcher::Event::InitApply(c) => initial.push(c.metadata.name.unwrap()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+        assert_eq!(initial, ["a", "b", "c", "d"]);
+
+        // timeoutSeconds ends a watch cleanly.
+        let mut short = cms
+            .watch(&WatchParams::default().timeout(1), "0")
+            .await
+            .unwrap()
+            .boxed();
+        let started = std::time::Instant::now();
+        while let Some(event) = next(&mut short, 5).await {
+            event.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(3));
+    });
+}

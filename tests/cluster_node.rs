@@ -1,0 +1,342 @@
+//! Cluster mode end to end: the real `unitlet node` in a sandbox node,
+//! against the test API server (tests/support/apiserver). What is asserted
+//! is what a cluster sees: the Node and Lease objects, pod status written
+//! back, pod objects removed after graceful deletion, and the units on the
+//! node.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::apiserver::ApiServer;
+use support::*;
+
+fn cond<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn join(test: &str) -> (ApiServer, Node) {
+    let api = ApiServer::start();
+    let mut node = Node::boot(test);
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    node.start_node_agent(&kc, &[]);
+    let name = node.name.clone();
+    node.wait_for("the Node to be Ready", default_wait(), || {
+        let n = api.get("nodes", None, &name)?;
+        (cond(&n, "Ready")?["status"] == "True").then_some(())
+    });
+    (api, node)
+}
+
+fn sleeper(name: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 20,
+            "containers": [{
+                "name": "c",
+                "image": "host",
+                "command": ["/bin/sh", "-c", "trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done"]
+            }]
+        }
+    })
+}
+
+#[test]
+fn node_registers_with_host_facts_and_renews_its_lease() {
+    let (api, mut node) = join("node_registers");
+    let n = api.get("nodes", None, &node.name).unwrap();
+    let labels = &n["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    assert_eq!(labels["kubernetes.io/hostname"], node.name.as_str());
+    assert_eq!(labels["type"], "virtual-kubelet");
+    assert!(labels["kubernetes.io/arch"].as_str().is_some());
+    let taints = n["spec"]["taints"].as_array().unwrap();
+    assert!(taints
+        .iter()
+        .any(|t| t["key"] == "unitlet.io/provider" && t["effect"] == "NoSchedule"));
+    let st = &n["status"];
+    assert!(st["capacity"]["memory"].as_str().unwrap().ends_with("Ki"));
+    assert_eq!(st["capacity"]["pods"], "110");
+    assert!(st["allocatable"]["cpu"].as_str().is_some());
+    assert_eq!(st["addresses"][0]["type"], "InternalIP");
+    assert_eq!(st["addresses"][1]["type"], "Hostname");
+    assert_eq!(st["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+    let info = &st["nodeInfo"];
+    assert_eq!(info["operatingSystem"], "linux");
+    assert!(info["containerRuntimeVersion"]
+        .as_str()
+        .unwrap()
+        .starts_with("systemd://"));
+    assert!(info["kubeletVersion"]
+        .as_str()
+        .unwrap()
+        .starts_with("unitlet/"));
+    assert!(!info["bootID"].as_str().unwrap().is_empty());
+    for kind in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(cond(&n, kind).is_some(), "condition {kind} missing");
+    }
+
+    // The Lease: owned by the Node, renewed every 10 s.
+    let name = node.name.clone();
+    let first = node.wait_for("the node Lease", default_wait(), || {
+        api.get("leases", Some("kube-node-lease"), &name)
+    });
+    assert_eq!(first["spec"]["holderIdentity"], name.as_str());
+    assert_eq!(first["spec"]["leaseDurationSeconds"], 40);
+    assert_eq!(first["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert_eq!(
+        first["metadata"]["ownerReferences"][0]["uid"],
+        n["metadata"]["uid"]
+    );
+    let renewed = first["spec"]["renewTime"].clone();
+    node.wait_for("a Lease renewal", patient(30), || {
+        let l = api.get("leases", Some("kube-node-lease"), &name)?;
+        (l["spec"]["renewTime"] != renewed).then_some(())
+    });
+
+    // A restarted agent adopts the Node (same UID) rather than recreating it.
+    node.stop_agent();
+    let kc = node.dir.join("kubeconfig");
+    node.start_node_agent(&kc, &[]);
+    node.wait_log("the agent adopting the Node", |l| {
+        l["message"] == "adopting the existing Node"
+    });
+    let again = api.get("nodes", None, &name).unwrap();
+    assert_eq!(again["metadata"]["uid"], n["metadata"]["uid"]);
+    node.stop_agent();
+}
+
+#[test]
+fn bound_pod_runs_reports_status_and_is_removed_after_graceful_deletion() {
+    let (api, mut node) = join("bound_pod");
+    let nn = node.name.clone();
+    let created = api.create("pods", Some("default"), sleeper("web", &nn));
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let pod = node.wait_for(
+        "the pod Running and ready in the API",
+        default_wait(),
+        || {
+            let p = api.get("pods", Some("default"), "web")?;
+            let cs = &p["status"]["containerStatuses"][0];
+            (p["status"]["phase"] == "Running" && cs["ready"] == true).then_some(p)
+        },
+    );
+    assert_eq!(pod["status"]["podIP"], pod["status"]["hostIP"]);
+    assert!(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
+    assert_eq!(cond(&pod, "Ready").unwrap()["status"], "True");
+    let unit = node.unit_of("default", "web", "c");
+    assert_eq!(node.show_value(&unit, "ActiveState"), "active");
+    // Every status write was a patch of the status subresource carrying the UID.
+    let writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/pods/web/status"))
+        .collect();
+    assert!(!writes.is_empty());
+    for w in &writes {
+        assert_eq!(w.body.as_ref().unwrap()["metadata"]["uid"], uid.as_str());
+    }
+
+    // Graceful deletion: the container gets SIGTERM, then the agent removes
+    // the object with grace 0 and a UID precondition.
+    api.delete("pods", Some("default"), "web", Some(15));
+    node.wait_for("the pod object to be removed", default_wait(), || {
+        api.get("pods", Some("default"), "web")
+            .is_none()
+            .then_some(())
+    });
+    let del = api
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "DELETE" && r.path.ends_with("/pods/web"))
+        .expect("the agent deleted the pod");
+    let body = del.body.unwrap_or(Value::Null);
+    assert_eq!(body["preconditions"]["uid"], uid.as_str());
+    assert_eq!(body["gracePeriodSeconds"], 0);
+    node.wait_for("the unit to be gone", default_wait(), || {
+        (!node
+            .units("unitlet_default_web_*")
+            .iter()
+            .any(|u| u == &unit))
+        .then_some(())
+    });
+    // The container was asked to stop (SIGTERM), not killed.
+    node.wait_for(
+        "the container's goodbye in the journal",
+        default_wait(),
+        || {
+            node.sh(&format!("journalctl -u {unit} -o cat --no-pager"))
+                .contains("bye")
+                .then_some(())
+        },
+    );
+    node.stop_agent();
+}
+
+#[test]
+fn pod_using_unsupported_fields_is_failed_with_a_reason() {
+    let (api, mut node) = join("unsupported_pod");
+    let nn = node.name.clone();
+    let mut pod = sleeper("vols", &nn);
+    pod["spec"]["volumes"] = json!([{"name": "v", "emptyDir": {}}]);
+    api.create("pods", Some("default"), pod);
+    let p = node.wait_for("the pod Failed", default_wait(), || {
+        let p = api.get("pods", Some("default"), "vols")?;
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    assert_eq!(p["status"]["reason"], "UnsupportedPodSpec");
+    assert!(p["status"]["message"].as_str().unwrap().contains("volumes"));
+    assert!(node.units("unitlet_default_vols_*").is_empty());
+    // Deleting it needs no grace: nothing runs.
+    api.delete("pods", Some("default"), "vols", Some(30));
+    node.wait_for("the pod object to be removed", default_wait(), || {
+        api.get("pods", Some("default"), "vols")
+            .is_none()
+            .then_some(())
+    });
+    node.stop_agent();
+}
+
+/// A pod whose container runs until the file `stop` appears in the node's
+/// work directory, then exits 3 (restartPolicy Never).
+fn stopper(name: &str, node: &Node) -> Value {
+    let stop = node.path("stop");
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node.name,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "c",
+                "image": "host",
+                "command": ["/bin/sh", "-c", format!("while [ ! -e {stop} ]; do sleep 0.1; done; exit 3")]
+            }]
+        }
+    })
+}
+
+fn wait_api_phase(api: &ApiServer, node: &Node, name: &str, phase: &str) -> Value {
+    node.wait_for(
+        &format!("pod {name} {phase} in the API"),
+        default_wait(),
+        || {
+            let p = api.get("pods", Some("default"), name)?;
+            (p["status"]["phase"] == phase).then_some(p)
+        },
+    )
+}
+
+#[test]
+fn api_outage_and_agent_restart_restart_nothing_and_status_converges() {
+    let (api, mut node) = join("outage_restart");
+    let nn = node.name.clone();
+    api.create("pods", Some("default"), sleeper("steady", &nn));
+    api.create("pods", Some("default"), stopper("ends", &node));
+    wait_api_phase(&api, &node, "steady", "Running");
+    wait_api_phase(&api, &node, "ends", "Running");
+    let steady = node.unit_of("default", "steady", "c");
+    let pid = node.show_value(&steady, "MainPID");
+
+    // The API server goes away; the agent is killed and started again while
+    // it is away, and a container ends meanwhile.
+    api.set_available(false);
+    node.kill_agent_9();
+    let kc = node.dir.join("kubeconfig");
+    node.start_node_agent(&kc, &[]);
+    std::fs::write(node.dir.join("stop"), "").unwrap();
+    let ends = node.unit_of("default", "ends", "c");
+    node.wait_for("the container to end", default_wait(), || {
+        (node.show_value(&ends, "ExecMainStatus") == "3").then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(node.show_value(&steady, "MainPID"), pid, "a pod restarted");
+
+    // Back: the node is Ready again and both statuses converge.
+    api.set_available(true);
+    let p = wait_api_phase(&api, &node, "ends", "Failed");
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        3
+    );
+    let s = wait_api_phase(&api, &node, "steady", "Running");
+    assert_eq!(s["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(node.show_value(&steady, "MainPID"), pid, "a pod restarted");
+    node.stop_agent();
+}
+
+#[test]
+fn force_deleted_pod_stops_and_a_new_pod_of_the_same_name_is_not_confused() {
+    let (api, mut node) = join("force_delete");
+    let nn = node.name.clone();
+    let first = api.create("pods", Some("default"), sleeper("same", &nn));
+    wait_api_phase(&api, &node, "same", "Running");
+    let old_unit = node.unit_of("default", "same", "c");
+
+    // Force deletion (grace 0) removes the object at once; the agent stops the units.
+    api.delete("pods", Some("default"), "same", Some(0));
+    assert!(api.get("pods", Some("default"), "same").is_none());
+    let second = api.create("pods", Some("default"), sleeper("same", &nn));
+    assert_ne!(first["metadata"]["uid"], second["metadata"]["uid"]);
+    let p = wait_api_phase(&api, &node, "same", "Running");
+    assert_eq!(p["metadata"]["uid"], second["metadata"]["uid"]);
+    node.wait_for("the old pod's unit to be gone", default_wait(), || {
+        (!node.units("unitlet_default_same_*").contains(&old_unit)).then_some(())
+    });
+    let units = node.units("unitlet_default_same_*");
+    assert_eq!(units.len(), 1, "{units:?}");
+    assert_ne!(units[0], old_unit);
+    // No status write ever went to the new pod carrying the old UID.
+    for r in api.requests() {
+        if r.method == "PATCH" && r.path.ends_with("/pods/same/status") && r.status == 200 {
+            let uid = &r.body.as_ref().unwrap()["metadata"]["uid"];
+            assert!(*uid == first["metadata"]["uid"] || *uid == second["metadata"]["uid"]);
+        }
+    }
+    node.stop_agent();
+}
+
+#[test]
+fn two_nodes_side_by_side_run_only_their_own_pods() {
+    let api = ApiServer::start();
+    let mut nodes: Vec<Node> = ["two_nodes_a", "two_nodes_b"]
+        .iter()
+        .map(|t| Node::boot(t))
+        .collect();
+    for node in &mut nodes {
+        let kc = node.dir.join("kubeconfig");
+        api.write_kubeconfig(&kc);
+        node.start_node_agent(&kc, &[]);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        api.create(
+            "pods",
+            Some("default"),
+            sleeper(&format!("p{i}"), &node.name),
+        );
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let p = wait_api_phase(&api, node, &format!("p{i}"), "Running");
+        assert_eq!(p["spec"]["nodeName"], node.name.as_str());
+        let name = node.name.clone();
+        node.wait_for("the Node Ready", default_wait(), || {
+            let n = api.get("nodes", None, &name)?;
+            (cond(&n, "Ready")?["status"] == "True").then_some(())
+        });
+        assert!(api.get("leases", Some("kube-node-lease"), &name).is_some());
+        let own = node.units("unitlet_*.service");
+        assert_eq!(own.len(), 1, "{own:?}");
+        assert!(own[0].starts_with(&format!("unitlet_default_p{i}_")));
+    }
+    for node in &mut nodes {
+        node.stop_agent();
+    }
+}

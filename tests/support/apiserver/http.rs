@@ -1,0 +1,606 @@
+//! The HTTP side: the REST paths of core/v1 and coordination.k8s.io/v1, the
+//! verbs on them, content types, and watch streams (chunked, one JSON event
+//! per line, flushed as it happens).
+
+use super::kinds::{self, Kind, KINDS};
+use super::patch::PATCH_TYPES;
+use super::select::Selector;
+use super::status::{ApiError, FieldError};
+use super::store::{self, DeleteOptions, ListQuery};
+use super::{Recorded, Shared};
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a watch that allows bookmarks gets one (about a minute on a
+/// real server; short here so that tests see them).
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
+/// The Kubernetes version `/version` reports: the newest k8s-openapi describes.
+const VERSION: (&str, &str) = ("1", "37");
+
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(shared)
+}
+
+/// Every request: record it, apply injected faults, serve it, wake watches.
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut record = Recorded {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        content_type: content_type.clone(),
+        body: serde_json::from_slice(&body).ok(),
+        status: 0,
+    };
+    let fault = {
+        let mut st = shared.lock();
+        if !st.available {
+            Some(ApiError::injected(503))
+        } else if st.fail.0 > 0 {
+            st.fail.0 -= 1;
+            Some(ApiError::injected(st.fail.1))
+        } else {
+            None
+        }
+    };
+    let request = Request {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        content_type: content_type.as_deref(),
+        body: &body,
+    };
+    let response = match fault {
+        Some(e) => error_response(&e),
+        None => route(&shared, &request).unwrap_or_else(|e| error_response(&e)),
+    };
+    record.status = response.status().as_u16();
+    shared.lock().requests.push(record);
+    shared.notify();
+    response
+}
+
+struct Request<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    content_type: Option<&'a str>,
+    body: &'a Bytes,
+}
+
+fn json_response(code: u16, body: &Value) -> Response {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let mut r = json_response(e.code, &e.to_status());
+    if let Some(secs) = e.retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    }
+    r
+}
+
+/// What a path names.
+enum Target<'a> {
+    /// A collection, in a namespace or (None) across all of them.
+    Collection(Option<&'a str>),
+    /// An object, with `/status` or not.
+    Object(Option<&'a str>, &'a str, bool),
+}
+
+fn target<'a>(group: &str, rest: &[&'a str]) -> Option<(&'static Kind, Target<'a>)> {
+    let namespaced = |plural: &str| kinds::lookup(group, plural).filter(|k| k.namespaced);
+    let cluster = |plural: &str| kinds::lookup(group, plural).filter(|k| !k.namespaced);
+    Some(match *rest {
+        [plural] => (kinds::lookup(group, plural)?, Target::Collection(None)),
+        ["namespaces", ns, plural] if plural != "status" && plural != "finalize" => {
+            (namespaced(plural)?, Target::Collection(Some(ns)))
+        }
+        ["namespaces", ns, plural, name] => {
+            (namespaced(plural)?, Target::Object(Some(ns), name, false))
+        }
+        ["namespaces", ns, plural, name, "status"] => (
+            namespaced(plural).filter(|k| k.has_status)?,
+            Target::Object(Some(ns), name, true),
+        ),
+        [plural, name] => (cluster(plural)?, Target::Object(None, name, false)),
+        [plural, name, "status"] => (
+            cluster(plural).filter(|k| k.has_status)?,
+            Target::Object(None, name, true),
+        ),
+        _ => return None,
+    })
+}
+
+fn route(shared: &Arc<Shared>, req: &Request) -> Result<Response, ApiError> {
+    if !accepts_json(req.headers) {
+        return Err(ApiError::not_acceptable());
+    }
+    let path = req.uri.path().trim_matches('/');
+    let segments: Vec<&str> = path.split('/').collect();
+    let get = |body: Value| {
+        if req.method == Method::GET {
+            Ok(json_response(200, &body))
+        } else {
+            Err(ApiError::method_not_allowed())
+        }
+    };
+    match segments.as_slice() {
+        ["version"] => get(version()),
+        ["api"] => get(json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": req.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("") }],
+        })),
+        ["apis"] => get(json!({
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [group_info("coordination.k8s.io")],
+        })),
+        ["apis", "coordination.k8s.io"] => {
+            let mut group = group_info("coordination.k8s.io");
+            group["kind"] = json!("APIGroup");
+            group["apiVersion"] = json!("v1");
+            get(group)
+        }
+        ["api", "v1"] => get(resource_list("")),
+        ["apis", "coordination.k8s.io", "v1"] => get(resource_list("coordination.k8s.io")),
+        ["api", "v1", rest @ ..] => resource(shared, req, "", rest),
+        ["apis", "coordination.k8s.io", "v1", rest @ ..] => {
+            resource(shared, req, "coordination.k8s.io", rest)
+        }
+        _ => Err(ApiError::path_not_found()),
+    }
+}
+
+/// JSON is all the fixture serves: no protobuf, no Table or
+/// PartialObjectMetadata conversions (406 rather than a wrong answer).
+fn accepts_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+        return true;
+    };
+    accept.split(',').any(|entry| {
+        let mut parts = entry.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        (media == "application/json" || media == "*/*" || media == "application/*")
+            && !parts.any(|p| p.starts_with("as="))
+    })
+}
+
+fn version() -> Value {
+    let (major, minor) = VERSION;
+    json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0"),
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "go1.25.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn group_info(group: &str) -> Value {
+    let gv = json!({ "groupVersion": format!("{group}/v1"), "version": "v1" });
+    json!({ "name": group, "versions": [gv], "preferredVersion": gv })
+}
+
+fn resource_list(group: &str) -> Value {
+    let mut resources = vec![];
+    for k in KINDS.iter().filter(|k| k.group == group) {
+        let verbs = [
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ];
+        resources.push(json!({
+            "name": k.plural,
+            "singularName": k.kind.to_lowercase(),
+            "namespaced": k.namespaced,
+            "kind": k.kind,
+            "verbs": verbs,
+        }));
+        if k.has_status {
+            resources.push(json!({
+                "name": format!("{}/status", k.plural),
+                "singularName": "",
+                "namespaced": k.namespaced,
+                "kind": k.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let group_version = if group.is_empty() {
+        "v1".to_string()
+    } else {
+        format!("{group}/v1")
+    };
+    json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources })
+}
+
+/// `true`/`1` and the other spellings Go's strconv.ParseBool accepts.
+fn flag(q: &HashMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None => Ok(None),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(Some(true)),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(Some(false)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid boolean value for {name}: {other:?}"
+        ))),
+    }
+}
+
+fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid value for {name}: {v:?}")))
+        })
+        .transpose()
+}
+
+/// The body of a POST or PUT: JSON only.
+fn json_body(req: &Request) -> Result<Value, ApiError> {
+    let media = req
+        .content_type
+        .map(|c| c.split(';').next().unwrap_or("").trim());
+    if media.is_some_and(|m| m != "application/json") {
+        return Err(ApiError::unsupported_media_type(
+            media.unwrap(),
+            &["application/json"],
+        ));
+    }
+    serde_json::from_slice(req.body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+fn resource(
+    shared: &Arc<Shared>,
+    req: &Request,
+    group: &str,
+    rest: &[&str],
+) -> Result<Response, ApiError> {
+    let (kind, target) = target(group, rest).ok_or_else(ApiError::path_not_found)?;
+    let q: HashMap<String, String> = Query::try_from_uri(req.uri)
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if q.contains_key("dryRun") {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the test API server",
+        ));
+    }
+    let method = req.method;
+    match target {
+        Target::Collection(ns) if *method == Method::GET => {
+            let query = ListQuery {
+                selector: Selector::parse(
+                    kind,
+                    q.get("labelSelector").map(String::as_str),
+                    q.get("fieldSelector").map(String::as_str),
+                )?,
+                limit: number(&q, "limit")?.map(|l| l.max(0) as usize),
+                continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+                resource_version: q.get("resourceVersion").cloned(),
+                version_match: q
+                    .get("resourceVersionMatch")
+                    .filter(|m| !m.is_empty())
+                    .cloned(),
+            };
+            if flag(&q, "watch")? == Some(true) {
+                return watch(shared, kind, ns, query, &q);
+            }
+            let list = shared.lock().list(kind, ns, &query)?;
+            Ok(json_response(200, &list))
+        }
+        Target::Collection(ns) if *method == Method::POST && ns.is_some() == kind.namespaced => {
+            let body = json_body(req)?;
+            let created = shared.lock().create(kind, ns, body)?;
+            Ok(json_response(201, &created))
+        }
+        Target::Object(ns, name, _) if *method == Method::GET => {
+            Ok(json_response(200, &shared.lock().get(kind, ns, name)?))
+        }
+        Target::Object(ns, name, status) if *method == Method::PUT => {
+            let body = json_body(req)?;
+            let (obj, created) = shared.lock().update(kind, ns, name, status, body)?;
+            Ok(json_response(if created { 201 } else { 200 }, &obj))
+        }
+        Target::Object(ns, name, status) if *method == Method::PATCH => {
+            let content_type = req
+                .content_type
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if !PATCH_TYPES.contains(&content_type) {
+                return Err(ApiError::unsupported_media_type(content_type, &PATCH_TYPES));
+            }
+            let obj = shared
+                .lock()
+                .patch(kind, ns, name, status, content_type, req.body)?;
+            Ok(json_response(200, &obj))
+        }
+        Target::Object(ns, name, false) if *method == Method::DELETE => {
+            let opts = delete_options(req, &q)?;
+            Ok(json_response(
+                200,
+                &shared.lock().delete(kind, ns, name, opts)?,
+            ))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// DeleteOptions from the body if there is one, else from the query.
+fn delete_options(req: &Request, q: &HashMap<String, String>) -> Result<DeleteOptions, ApiError> {
+    let mut opts = DeleteOptions {
+        grace: number(q, "gracePeriodSeconds")?,
+        ..Default::default()
+    };
+    opts.propagation = q.get("propagationPolicy").cloned();
+    opts.orphan = flag(q, "orphanDependents")?;
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(opts);
+    }
+    let body = json_body(req)?;
+    let field = |name: &str| body.get(name).filter(|v| !v.is_null());
+    let bad =
+        |name: &str| ApiError::bad_request(format!("DeleteOptions: {name} has the wrong type"));
+    if let Some(g) = field("gracePeriodSeconds") {
+        opts.grace = Some(g.as_i64().ok_or_else(|| bad("gracePeriodSeconds"))?);
+    }
+    if let Some(p) = field("propagationPolicy") {
+        opts.propagation = Some(
+            p.as_str()
+                .ok_or_else(|| bad("propagationPolicy"))?
+                .to_string(),
+        );
+    }
+    if let Some(o) = field("orphanDependents") {
+        opts.orphan = Some(o.as_bool().ok_or_else(|| bad("orphanDependents"))?);
+    }
+    if field("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|d| !d.is_empty())
+    {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the test API server",
+        ));
+    }
+    let pre = body.get("preconditions");
+    let pre_field = |name: &str| pre.and_then(|p| p.get(name)).filter(|v| !v.is_null());
+    if let Some(uid) = pre_field("uid") {
+        opts.uid = Some(
+            uid.as_str()
+                .ok_or_else(|| bad("preconditions.uid"))?
+                .to_string(),
+        );
+    }
+    if let Some(rv) = pre_field("resourceVersion") {
+        opts.resource_version = Some(
+            rv.as_str()
+                .ok_or_else(|| bad("preconditions.resourceVersion"))?
+                .to_string(),
+        );
+    }
+    Ok(opts)
+}
+
+/// What a watch was asked for.
+struct WatchSpec {
+    kind: &'static Kind,
+    ns: Option<String>,
+    selector: Selector,
+    bookmarks: bool,
+    /// sendInitialEvents=true: end the initial events with a bookmark.
+    initial_end_bookmark: bool,
+    deadline: Instant,
+}
+
+/// ValidateListOptions for a watch: streaming lists (sendInitialEvents)
+/// need resourceVersionMatch=NotOlderThan and bookmarks; otherwise
+/// resourceVersionMatch is not for watches.
+fn validate_watch(
+    query: &ListQuery,
+    send_initial: Option<bool>,
+    bookmarks: bool,
+) -> Result<(), ApiError> {
+    let mut errs = vec![];
+    match send_initial {
+        Some(_) => {
+            if query.version_match.as_deref() != Some("NotOlderThan") {
+                errs.push(FieldError::forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                ));
+            }
+            if !bookmarks {
+                errs.push(FieldError::forbidden(
+                    "allowWatchBookmarks",
+                    "sendInitialEvents requires setting allowWatchBookmarks to true",
+                ));
+            }
+        }
+        None if query.version_match.is_some() => {
+            errs.push(FieldError::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        None => {}
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", &errs))
+    }
+}
+
+fn watch(
+    shared: &Arc<Shared>,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    query: ListQuery,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let bookmarks = flag(q, "allowWatchBookmarks")? == Some(true);
+    let send_initial = flag(q, "sendInitialEvents")?;
+    validate_watch(&query, send_initial, bookmarks)?;
+    let timeout = number(q, "timeoutSeconds")?
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_secs(t as u64));
+    let (start, epoch) = {
+        let st = shared.lock();
+        let start = st.watch_start(
+            kind,
+            ns,
+            &query.selector,
+            query.resource_version.as_deref(),
+            send_initial,
+        );
+        (start, st.epoch)
+    };
+    let (initial, cursor, expired) = match start {
+        Ok((objs, cursor)) => (objs, cursor, None),
+        Err(e) if e.code == 410 => (vec![], 0, Some(e)),
+        Err(e) => return Err(e),
+    };
+    let spec = WatchSpec {
+        kind,
+        ns: ns.map(str::to_string),
+        selector: query.selector,
+        bookmarks,
+        initial_end_bookmark: send_initial == Some(true),
+        deadline: Instant::now() + timeout.unwrap_or(Duration::from_secs(86400)),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(stream_watch(
+        shared.clone(),
+        spec,
+        initial,
+        cursor,
+        expired,
+        epoch,
+        tx,
+    ));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap())
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({ "type": kind, "object": object })).unwrap();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn bookmark(kind: &Kind, rv: u64, initial_end: bool) -> Bytes {
+    let mut object = json!({
+        "kind": kind.kind,
+        "apiVersion": kind.api_version,
+        "metadata": { "resourceVersion": rv.to_string() },
+    });
+    if initial_end {
+        object["metadata"]["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
+    }
+    event_line("BOOKMARK", &object)
+}
+
+/// Feeds one watch until its timeout, an outage, shutdown, the client
+/// leaving, or its place in the history being lost (then 410, like a real
+/// server's watch cache when a watcher falls too far behind).
+async fn stream_watch(
+    shared: Arc<Shared>,
+    w: WatchSpec,
+    initial: Vec<Value>,
+    mut cursor: u64,
+    expired: Option<ApiError>,
+    epoch: u64,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    if let Some(e) = expired {
+        let _ = tx.send(event_line("ERROR", &e.to_status())).await;
+        return;
+    }
+    let mut changed = shared.changed.subscribe();
+    for obj in &initial {
+        if tx.send(event_line("ADDED", obj)).await.is_err() {
+            return;
+        }
+    }
+    if w.initial_end_bookmark && tx.send(bookmark(w.kind, cursor, true)).await.is_err() {
+        return;
+    }
+    let mut next_bookmark = Instant::now() + BOOKMARK_EVERY;
+    loop {
+        changed.borrow_and_update();
+        let mut lines = vec![];
+        let mut end = false;
+        {
+            let st = shared.lock();
+            if st.epoch != epoch {
+                end = true;
+            } else if let Some(changes) = st.changes_after(cursor) {
+                for change in changes {
+                    if let Some((kind, obj)) =
+                        store::watch_event(w.kind, w.ns.as_deref(), &w.selector, change)
+                    {
+                        lines.push(event_line(kind, &obj));
+                    }
+                }
+                cursor = st.resource_version();
+                if w.bookmarks && Instant::now() >= next_bookmark {
+                    lines.push(bookmark(w.kind, cursor, false));
+                    next_bookmark = Instant::now() + BOOKMARK_EVERY;
+                }
+            } else {
+                let gone = ApiError::expired(format!("too old resource version: {cursor}"));
+                lines.push(event_line("ERROR", &gone.to_status()));
+                end = true;
+            }
+        }
+        for line in lines {
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+        if end {
+            return;
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(next_bookmark), if w.bookmarks => {}
+            _ = tokio::time::sleep_until(w.deadline) => return,
+            _ = tx.closed() => return,
+        }
+    }
+}
