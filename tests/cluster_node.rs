@@ -82,6 +82,20 @@ fn node_registers_with_host_facts_and_renews_its_lease() {
     for kind in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
         assert!(cond(&n, kind).is_some(), "condition {kind} missing");
     }
+    let node_events = |api: &ApiServer, name: &str| -> Vec<String> {
+        api.list("events", Some("default"))
+            .into_iter()
+            .filter(|e| {
+                e["involvedObject"]["kind"] == "Node" && e["involvedObject"]["name"] == name
+            })
+            .map(|e| e["reason"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let nm = node.name.clone();
+    node.wait_for("Starting and NodeReady events", default_wait(), || {
+        let r = node_events(&api, &nm);
+        (r.iter().any(|x| x == "Starting") && r.iter().any(|x| x == "NodeReady")).then_some(())
+    });
 
     // The Lease: owned by the Node, renewed every 10 s.
     let name = node.name.clone();
@@ -144,6 +158,26 @@ fn bound_pod_runs_reports_status_and_is_removed_after_graceful_deletion() {
         assert_eq!(w.body.as_ref().unwrap()["metadata"]["uid"], uid.as_str());
     }
 
+    // Lifecycle events, kubelet style, about the container.
+    let reasons = |api: &ApiServer| -> Vec<String> {
+        api.list("events", Some("default"))
+            .into_iter()
+            .filter(|e| e["involvedObject"]["uid"] == uid.as_str())
+            .map(|e| {
+                assert_eq!(e["involvedObject"]["fieldPath"], "spec.containers{c}");
+                assert_eq!(e["source"]["host"], nn.as_str());
+                e["reason"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    node.wait_for("Pulled, Created and Started events", default_wait(), || {
+        let r = reasons(&api);
+        ["Pulled", "Created", "Started"]
+            .iter()
+            .all(|want| r.iter().any(|x| x == want))
+            .then_some(())
+    });
+
     // Graceful deletion: the container gets SIGTERM, then the agent removes
     // the object with grace 0 and a UID precondition.
     api.delete("pods", Some("default"), "web", Some(15));
@@ -160,6 +194,7 @@ fn bound_pod_runs_reports_status_and_is_removed_after_graceful_deletion() {
     let body = del.body.unwrap_or(Value::Null);
     assert_eq!(body["preconditions"]["uid"], uid.as_str());
     assert_eq!(body["gracePeriodSeconds"], 0);
+    assert!(reasons(&api).iter().any(|r| r == "Killing"));
     node.wait_for("the unit to be gone", default_wait(), || {
         (!node
             .units("unitlet_default_web_*")
@@ -339,4 +374,39 @@ fn two_nodes_side_by_side_run_only_their_own_pods() {
     for node in &mut nodes {
         node.stop_agent();
     }
+}
+
+#[test]
+fn crash_looping_container_backs_off_with_aggregated_events() {
+    let (api, mut node) = join("crash_loop_events");
+    let nn = node.name.clone();
+    let mut pod = sleeper("crashy", &nn);
+    pod["spec"]["containers"][0]["command"] = json!(["/bin/sh", "-c", "exit 1"]);
+    let uid = api.create("pods", Some("default"), pod)["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let backoff = node.wait_for("one BackOff event counted twice", default_wait(), || {
+        api.list("events", Some("default")).into_iter().find(|e| {
+            e["involvedObject"]["uid"] == uid.as_str()
+                && e["reason"] == "BackOff"
+                && e["count"].as_i64().unwrap_or(0) >= 2
+        })
+    });
+    assert_eq!(backoff["type"], "Warning");
+    let backoffs = api
+        .list("events", Some("default"))
+        .into_iter()
+        .filter(|e| e["involvedObject"]["uid"] == uid.as_str() && e["reason"] == "BackOff")
+        .count();
+    assert_eq!(backoffs, 1, "repeats are aggregated into one Event");
+    let p = node.wait_for("restarts counted in the API", default_wait(), || {
+        let p = api.get("pods", Some("default"), "crashy")?;
+        (p["status"]["containerStatuses"][0]["restartCount"].as_i64()? >= 2).then_some(p)
+    });
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        1
+    );
+    node.stop_agent();
 }

@@ -11,6 +11,7 @@
 //! converge when it returns.
 
 pub mod config;
+pub mod events;
 pub mod node;
 pub mod pods;
 
@@ -133,13 +134,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         node_uid,
         Duration::from_secs(u64::from(opts.config.lease_renew_seconds)),
     ));
-    tokio::spawn(status_loop(
-        client.clone(),
-        sd.clone(),
-        state.root().to_path_buf(),
-        name.clone(),
-        opts.config.clone(),
-    ));
+
     tokio::spawn(pods::watch(
         client.clone(),
         name.clone(),
@@ -147,7 +142,28 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         desired_tx,
         reports_tx,
     ));
-    tokio::spawn(pods::write_status(client.clone(), known, reports_rx));
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(events::write(client.clone(), name.clone(), events_rx));
+    let _ = events_tx.send(node_event(
+        &name,
+        false,
+        "Starting",
+        "Starting unitlet.".into(),
+    ));
+    tokio::spawn(status_loop(
+        client.clone(),
+        sd.clone(),
+        state.root().to_path_buf(),
+        name.clone(),
+        opts.config.clone(),
+        events_tx.clone(),
+    ));
+    tokio::spawn(pods::write_status(
+        client.clone(),
+        known,
+        reports_rx,
+        events_tx.clone(),
+    ));
     let runtime = tokio::spawn(Runtime::new(sd, state, rcfg).run(desired_rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     match runtime.await {
@@ -287,6 +303,7 @@ async fn status_loop(
     state_dir: PathBuf,
     node: String,
     cfg: NodeConfig,
+    events: tokio::sync::mpsc::UnboundedSender<events::Record>,
 ) {
     let nodes: Api<Node> = Api::all(client);
     let period = Duration::from_secs(u64::from(cfg.status_update_seconds));
@@ -307,10 +324,44 @@ async fn status_loop(
             .await
         {
             Ok(_) => {
+                let ready = |c: &[k8s_openapi::api::core::v1::NodeCondition]| {
+                    c.iter()
+                        .find(|c| c.type_ == "Ready")
+                        .map(|c| c.status == "True")
+                };
+                if ready(&last) != ready(&conds) {
+                    let now_ready = ready(&conds) == Some(true);
+                    let (reason, message) = if now_ready {
+                        ("NodeReady", format!("Node {node} status is now: NodeReady"))
+                    } else {
+                        (
+                            "NodeNotReady",
+                            format!("Node {node} status is now: NodeNotReady"),
+                        )
+                    };
+                    let _ = events.send(node_event(&node, !now_ready, reason, message));
+                }
                 last = conds;
                 last_write = tokio::time::Instant::now();
             }
             Err(e) => warn!(error = %e, "cannot write node status; retrying"),
         }
+    }
+}
+
+/// An event about the Node itself (the kubelet's: the Node's name as its
+/// UID, in the default namespace).
+fn node_event(node: &str, warning: bool, reason: &str, message: String) -> events::Record {
+    events::Record {
+        object: k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(node.into()),
+            uid: Some(node.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        warning,
+        reason: reason.into(),
+        message,
     }
 }

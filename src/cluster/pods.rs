@@ -219,6 +219,7 @@ pub async fn write_status(
     client: kube::Client,
     known: Known,
     mut reports: mpsc::UnboundedReceiver<PodReport>,
+    events: mpsc::UnboundedSender<super::events::Record>,
 ) {
     let mut statuses: HashMap<String, (String, String, PodStatus)> = HashMap::new();
     let mut stops: HashMap<String, (String, String)> = HashMap::new();
@@ -241,6 +242,30 @@ pub async fn write_status(
             name,
         } => {
             stops.insert(uid, (namespace, name));
+        }
+        PodReport::Event {
+            uid,
+            namespace,
+            name,
+            field_path,
+            warning,
+            reason,
+            message,
+        } => {
+            let _ = events.send(super::events::Record {
+                object: k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(namespace),
+                    name: Some(name),
+                    uid: Some(uid),
+                    field_path,
+                    ..Default::default()
+                },
+                warning,
+                reason: reason.into(),
+                message,
+            });
         }
     };
     loop {

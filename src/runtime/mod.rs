@@ -58,6 +58,24 @@ pub enum PodReport {
         /// The status, by the kubelet's rules.
         status: Box<k8s_openapi::api::core::v1::PodStatus>,
     },
+    /// Something happened to the pod or one of its containers (kubelet
+    /// event reasons: Pulled, Created, Started, Killing, BackOff, Failed).
+    Event {
+        /// Pod UID.
+        uid: String,
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// `spec.containers{name}` or `spec.initContainers{name}`, if about a container.
+        field_path: Option<String>,
+        /// A Warning rather than a Normal event.
+        warning: bool,
+        /// Reason.
+        reason: &'static str,
+        /// Message.
+        message: String,
+    },
     /// Every unit of the pod is stopped and the agent no longer runs it:
     /// a pod whose deletion the API server asked for may now be removed.
     Stopped {
@@ -109,6 +127,25 @@ struct PodEntry {
 struct Memo {
     leftovers_killed: HashSet<String>,
     restart_issued: HashSet<String>,
+    /// Events sent already (by container and occasion), so a repeated pass
+    /// does not repeat them.
+    evented: HashSet<String>,
+}
+
+/// What one reconcile pass of a pod collected: containers whose record
+/// changed, and events to report.
+#[derive(Default)]
+struct Pass {
+    changed: HashSet<String>,
+    events: Vec<ContainerEvent>,
+}
+
+/// An event about one container, collected during a pass.
+struct ContainerEvent {
+    field_path: String,
+    warning: bool,
+    reason: &'static str,
+    message: String,
 }
 
 #[derive(Default)]
@@ -175,6 +212,9 @@ struct Shared {
     units_q: WorkQueue,
     /// The start window (see [`Runtime::create`]).
     start_window: Arc<tokio::sync::Semaphore>,
+    /// When this agent started, µs since the epoch: a container that started
+    /// before was started by an earlier agent, which reported it already.
+    started_us: u64,
 }
 
 /// Handle on a running reconciler.
@@ -196,6 +236,7 @@ impl Runtime {
                 pods_q: WorkQueue::default(),
                 units_q: WorkQueue::default(),
                 start_window: Arc::new(tokio::sync::Semaphore::new(window)),
+                started_us: now_us(),
             }),
         }
     }
@@ -592,13 +633,40 @@ impl Runtime {
     async fn terminate(&self, uid: &str, grace_s: Option<u64>) {
         let s = &self.shared;
         let (slice, units, key, first) = {
-            let mut inner = s.inner.lock().unwrap();
+            let mut guard = s.inner.lock().unwrap();
+            let inner = &mut *guard;
             let Some(e) = inner.pods.get_mut(uid) else {
                 return;
             };
             let first = !e.terminating;
             e.terminating = true;
             let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
+            if first {
+                let ns = e.rec.pod.metadata.namespace.clone().unwrap_or_default();
+                let name = e.rec.pod.metadata.name.clone().unwrap_or_default();
+                let running = |c: &&ContainerPlan| {
+                    inner
+                        .units
+                        .get(&c.unit)
+                        .is_some_and(|u| matches!(u.active_state.as_str(), "active" | "activating"))
+                };
+                for (kind, list) in [
+                    ("initContainers", &e.plan.init),
+                    ("containers", &e.plan.containers),
+                ] {
+                    for c in list.iter().filter(running) {
+                        self.report(PodReport::Event {
+                            uid: uid.to_string(),
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                            field_path: Some(format!("spec.{kind}{{{}}}", c.name)),
+                            warning: false,
+                            reason: "Killing",
+                            message: format!("Stopping container {}", c.name),
+                        });
+                    }
+                }
+            }
             (e.plan.slice.name.clone(), units, pod_key(&e.rec.pod), first)
         };
         if first {
@@ -709,7 +777,7 @@ impl Runtime {
             )
         };
         let now = now_us();
-        let mut changed: HashSet<String> = HashSet::new();
+        let mut pass = Pass::default();
         // Init containers, one at a time, each to success.
         let mut inits_done = true;
         for c in &plan.init {
@@ -724,7 +792,7 @@ impl Runtime {
                     now,
                     true,
                     &policy,
-                    &mut changed,
+                    &mut pass,
                 )
                 .await;
             if step != Step::Succeeded {
@@ -744,12 +812,12 @@ impl Runtime {
                     now,
                     false,
                     &policy,
-                    &mut changed,
+                    &mut pass,
                 )
                 .await;
             }
         }
-        for name in &changed {
+        for name in &pass.changed {
             if let Err(e) = s.state.save_container(uid, name, &records[name]) {
                 warn!(error = %e, "cannot save container record");
             }
@@ -760,6 +828,17 @@ impl Runtime {
         };
         e.containers = records;
         e.memo = memo;
+        for ev in pass.events {
+            self.report(PodReport::Event {
+                uid: uid.to_string(),
+                namespace: e.rec.pod.metadata.namespace.clone().unwrap_or_default(),
+                name: e.rec.pod.metadata.name.clone().unwrap_or_default(),
+                field_path: Some(ev.field_path),
+                warning: ev.warning,
+                reason: ev.reason,
+                message: ev.message,
+            });
+        }
         let status = observe::observe(
             &e.rec.pod,
             &e.plan,
@@ -805,13 +884,62 @@ impl Runtime {
         now: u64,
         init: bool,
         policy: &str,
-        changed: &mut HashSet<String>,
+        pass: &mut Pass,
     ) -> Step {
         let s = &self.shared;
-        let Ok(spec) = &c.spec else {
-            return Step::Waiting;
+        let field_path = format!(
+            "spec.{}{{{}}}",
+            if init { "initContainers" } else { "containers" },
+            c.name
+        );
+        let mut event = |memo: &mut Memo, key: String, warning, reason, message: String| {
+            if s.cfg.reports.is_some() && memo.evented.insert(format!("{}:{key}", c.name)) {
+                pass.events.push(ContainerEvent {
+                    field_path: field_path.clone(),
+                    warning,
+                    reason,
+                    message,
+                });
+            }
+        };
+        let spec = match &c.spec {
+            Ok(spec) => spec,
+            Err(w) => {
+                event(
+                    memo,
+                    "spec".into(),
+                    true,
+                    "Failed",
+                    format!(
+                        "Failed to pull image {:?}: {}: {}",
+                        c.image, w.reason, w.message
+                    ),
+                );
+                return Step::Waiting;
+            }
         };
         let inst = instance(unit);
+        match &inst {
+            // Started by this agent's doing (or while it ran): say so once.
+            Instance::Running {
+                started_us,
+                invocation,
+            } if *started_us >= s.started_us => event(
+                memo,
+                format!("started:{invocation}"),
+                false,
+                "Started",
+                format!("Started container {}", c.name),
+            ),
+            Instance::Terminated(t, inv) if t.reason == "StartError" => event(
+                memo,
+                format!("failed:{inv}"),
+                true,
+                "Failed",
+                format!("Error: {}", t.message.clone().unwrap_or_default()),
+            ),
+            _ => {}
+        }
         // A restart we asked for has happened once the unit shows another invocation.
         let current_inv = match &inst {
             Instance::Running { invocation, .. } => Some(invocation.clone()),
@@ -824,7 +952,7 @@ impl Runtime {
                 rec.previous_invocation = Some(old);
                 rec.last_termination = rec.restarting.take();
                 rec.restart_of = None;
-                changed.insert(c.name.clone());
+                pass.changed.insert(c.name.clone());
             }
         }
         match inst {
@@ -851,16 +979,38 @@ impl Runtime {
                 match self.create(uid, spec, place).await {
                     Ok(()) => {
                         if rec.create_error.take().is_some() {
-                            changed.insert(c.name.clone());
+                            pass.changed.insert(c.name.clone());
                         }
+                        let attempt = rec.restart_count + u32::from(rec.restart_of.is_some());
+                        event(
+                            memo,
+                            format!("pulled:{attempt}"),
+                            false,
+                            "Pulled",
+                            format!("Container image {:?} already present on machine", c.image),
+                        );
+                        event(
+                            memo,
+                            format!("created:{attempt}"),
+                            false,
+                            "Created",
+                            format!("Created container {}", c.name),
+                        );
                     }
                     Err(e) if e.is_exists() => {}
                     Err(e) => {
                         let msg = e.to_string();
                         if rec.create_error.as_deref() != Some(msg.as_str()) {
                             warn!(uid, container = c.name, error = %e, "systemd refused the unit; retrying every 10 s");
+                            event(
+                                memo,
+                                format!("refused:{msg}"),
+                                true,
+                                "Failed",
+                                format!("Error: {msg}"),
+                            );
                             rec.create_error = Some(msg);
-                            changed.insert(c.name.clone());
+                            pass.changed.insert(c.name.clone());
                         }
                         // As the kubelet retries a CreateContainerError on its next sync.
                         self.schedule(uid, now_us() + CREATE_RETRY_US);
@@ -893,8 +1043,18 @@ impl Runtime {
                     rec.restart_of = Some(inv.clone());
                     rec.restart_at_us = t.finished_us + delay;
                     rec.restarting = Some(t.clone());
-                    changed.insert(c.name.clone());
+                    pass.changed.insert(c.name.clone());
                     if delay > 0 {
+                        event(
+                            memo,
+                            format!("backoff:{inv}"),
+                            true,
+                            "BackOff",
+                            format!(
+                                "Back-off restarting failed container {} in pod {uid}",
+                                c.name
+                            ),
+                        );
                         info!(
                             uid,
                             container = c.name,
@@ -917,7 +1077,7 @@ impl Runtime {
                 memo.restart_issued.insert(inv.clone());
                 rec.backoff
                     .record_restart(&s.cfg.backoff, t.finished_us, now);
-                changed.insert(c.name.clone());
+                pass.changed.insert(c.name.clone());
                 // Persist before acting, so a crash here never double-counts.
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {
                     warn!(error = %e, "cannot save container record");
