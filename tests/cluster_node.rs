@@ -410,3 +410,74 @@ fn crash_looping_container_backs_off_with_aggregated_events() {
     );
     node.stop_agent();
 }
+
+#[test]
+fn watch_resumes_after_410_gone_without_restarting_pods() {
+    let (api, mut node) = join("watch_410");
+    let nn = node.name.clone();
+    api.create("pods", Some("default"), sleeper("kept", &nn));
+    api.create("pods", Some("default"), sleeper("dropped", &nn));
+    wait_api_phase(&api, &node, "kept", "Running");
+    wait_api_phase(&api, &node, "dropped", "Running");
+    let kept = node.unit_of("default", "kept", "c");
+    let pid = node.show_value(&kept, "MainPID");
+
+    // Watches break; while they are down, history is compacted and the
+    // pods change: the agent's resourceVersion is now too old (410).
+    api.set_available(false);
+    api.compact();
+    api.delete("pods", Some("default"), "dropped", Some(0));
+    api.create("pods", Some("default"), sleeper("added", &nn));
+    api.set_available(true);
+    wait_api_phase(&api, &node, "added", "Running");
+    node.wait_for(
+        "the force-deleted pod's unit to stop",
+        default_wait(),
+        || {
+            node.units("unitlet_default_dropped_*")
+                .is_empty()
+                .then_some(())
+        },
+    );
+    assert_eq!(node.show_value(&kept, "MainPID"), pid, "a pod restarted");
+    node.wait_log("the watch's 410", |l| {
+        l["message"] == "pod watch failed; retrying with back-off"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("410") || e.contains("Expired"))
+    });
+    let watches_410 = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.query.contains("watch=") && r.path.ends_with("/pods"))
+        .count();
+    assert!(watches_410 >= 2, "the pod watch was re-established");
+    node.stop_agent();
+}
+
+#[test]
+fn client_rate_limit_from_the_config_file_is_respected() {
+    let api = ApiServer::start();
+    let mut node = Node::boot("rate_limit");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    let cfg = node.dir.join("config.yaml");
+    std::fs::write(&cfg, "apiQps: 1\napiBurst: 1\nlabels: {rack: r7}\n").unwrap();
+    let cfg_arg = cfg.to_string_lossy().into_owned();
+    node.start_node_agent(&kc, &["--config", &cfg_arg]);
+    // Unthrottled, registration alone is ten requests within a second.
+    node.wait_for("the first request", default_wait(), || {
+        (!api.requests().is_empty()).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let sent = api.requests().len();
+    assert!(sent <= 5, "{sent} requests in about 3 s at 1 per second");
+    // Throttled, not stuck: the node still registers, with the file's label.
+    let name = node.name.clone();
+    let n = node.wait_for("the Node to be Ready", default_wait(), || {
+        let n = api.get("nodes", None, &name)?;
+        (cond(&n, "Ready")?["status"] == "True").then_some(n)
+    });
+    assert_eq!(n["metadata"]["labels"]["rack"], "r7");
+    node.stop_agent();
+}

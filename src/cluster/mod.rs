@@ -74,7 +74,15 @@ pub struct NodeOptions {
     pub runtime: RuntimeConfig,
 }
 
-async fn client(kubeconfig: &Option<PathBuf>) -> Result<kube::Client, ClusterError> {
+/// A client for the API server, from `kubeconfig` (else the usual search),
+/// sending at most `burst` requests per `burst / qps` seconds: the API
+/// server's fairness would otherwise be this agent's only brake. 429 and
+/// 503/504 answers are retried with back-off by kube's own stack.
+async fn client(
+    kubeconfig: &Option<PathBuf>,
+    qps: u32,
+    burst: u32,
+) -> Result<kube::Client, ClusterError> {
     let err = |e: &dyn std::fmt::Display| ClusterError::Kubeconfig(e.to_string());
     let cfg = match kubeconfig {
         Some(path) => {
@@ -91,12 +99,17 @@ async fn client(kubeconfig: &Option<PathBuf>) -> Result<kube::Client, ClusterErr
         // no roots, and a host without a CA bundle must not fail for it.
         cfg.root_cert = Some(Vec::new());
     }
-    kube::Client::try_from(cfg).map_err(|e| err(&e))
+    let burst = burst.max(1);
+    let window = Duration::from_secs_f64(f64::from(burst) / f64::from(qps.max(1)));
+    Ok(kube::client::ClientBuilder::try_from(cfg)
+        .map_err(|e| err(&e))?
+        .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
+        .build())
 }
 
 /// Runs the node until the process is asked to stop.
 pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError> {
-    let client = client(&opts.kubeconfig).await?;
+    let client = client(&opts.kubeconfig, opts.config.api_qps, opts.config.api_burst).await?;
     let sd = Systemd::connect().await?;
     let version = sd.version().await?;
     let facts = node::read_host_facts(state.root(), version);
