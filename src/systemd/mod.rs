@@ -216,30 +216,13 @@ impl Systemd {
         Ok(Systemd { conn, manager })
     }
 
-    /// Creates and starts a transient unit. `aux` units (the pod's slice,
-    /// the first time) are created in the same call and pulled into the same
-    /// start transaction by the unit's dependencies: one call and one job
-    /// transaction instead of two. The call fails as a whole, with
-    /// `UnitExists`, if any of them exists already.
-    pub async fn start_transient(
-        &self,
-        spec: &UnitSpec,
-        aux: Option<&UnitSpec>,
-    ) -> Result<(), SystemdError> {
+    /// Creates and starts a transient unit.
+    pub async fn start_transient(&self, spec: &UnitSpec) -> Result<(), SystemdError> {
         let values = props::to_dbus(&spec.properties);
         let borrowed: Vec<(&str, Value<'_>)> =
             values.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let aux_values = aux.map(|a| (a.name.as_str(), props::to_dbus(&a.properties)));
-        let aux_borrowed: Vec<(&str, Vec<(&str, Value<'_>)>)> = aux_values
-            .iter()
-            .map(|(n, vs)| (*n, vs.iter().map(|(k, v)| (*k, v.clone())).collect()))
-            .collect();
-        let aux_refs: Vec<(&str, &[(&str, Value<'_>)])> = aux_borrowed
-            .iter()
-            .map(|(n, vs)| (*n, vs.as_slice()))
-            .collect();
         self.manager
-            .start_transient_unit(&spec.name, "fail", &borrowed, &aux_refs)
+            .start_transient_unit(&spec.name, "fail", &borrowed, &[])
             .await
             .map(drop)
             .map_err(|source| SystemdError::Unit {
@@ -247,6 +230,29 @@ impl Systemd {
                 unit: spec.name.clone(),
                 source,
             })
+    }
+
+    /// Sends the creation of a transient unit without waiting for (or
+    /// asking for) the answer. A bus delivers one connection's messages in
+    /// order and systemd handles calls one by one, so a call sent after this
+    /// one finds the unit created. Returns once the message is sent.
+    pub async fn start_transient_unanswered(&self, spec: &UnitSpec) -> Result<(), SystemdError> {
+        let map_err = |source| SystemdError::Unit {
+            op: "create",
+            unit: spec.name.clone(),
+            source,
+        };
+        let values = props::to_dbus(&spec.properties);
+        let borrowed: Vec<(&str, Value<'_>)> =
+            values.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let no_aux: &[(&str, &[(&str, Value<'_>)])] = &[];
+        let msg = zbus::Message::method_call("/org/freedesktop/systemd1", "StartTransientUnit")
+            .and_then(|b| b.destination("org.freedesktop.systemd1"))
+            .and_then(|b| b.interface(MANAGER_INTERFACE))
+            .and_then(|b| b.with_flags(zbus::message::Flags::NoReplyExpected))
+            .and_then(|b| b.build(&(spec.name.as_str(), "fail", borrowed, no_aux)))
+            .map_err(map_err)?;
+        self.conn.send(&msg).await.map_err(map_err)
     }
 
     /// Starts a loaded unit again (a new invocation).
