@@ -895,9 +895,7 @@ impl Runtime {
                 name: e.rec.pod.metadata.name.clone().unwrap_or_default(),
                 status: Box::new(status.clone()),
             };
-            if let Some(tx) = &s.cfg.reports {
-                let _ = tx.send(report);
-            }
+            self.report(report);
         }
         let summary = crate::cli::pods::summary(&status);
         if summary != e.last_summary {
