@@ -423,7 +423,10 @@ fn watch_resumes_after_410_gone_without_restarting_pods() {
     let pid = node.show_value(&kept, "MainPID");
 
     // Watches break; while they are down, history is compacted and the
-    // pods change: the agent's resourceVersion is now too old (410).
+    // pods change: the agent's resourceVersion is now too old. Its watch
+    // answers 410 Gone (or, when kube's retries of the 503s ended in a
+    // fresh list, that list) and the agent must converge on the new truth
+    // from a complete list, restarting nothing.
     api.set_available(false);
     api.compact();
     api.delete("pods", Some("default"), "dropped", Some(0));
@@ -440,18 +443,12 @@ fn watch_resumes_after_410_gone_without_restarting_pods() {
         },
     );
     assert_eq!(node.show_value(&kept, "MainPID"), pid, "a pod restarted");
-    node.wait_log("the watch's 410", |l| {
-        l["message"] == "pod watch failed; retrying with back-off"
-            && l["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("410") || e.contains("Expired"))
-    });
-    let watches_410 = api
+    let watches = api
         .requests()
         .into_iter()
         .filter(|r| r.method == "GET" && r.query.contains("watch=") && r.path.ends_with("/pods"))
         .count();
-    assert!(watches_410 >= 2, "the pod watch was re-established");
+    assert!(watches >= 2, "the pod watch was re-established");
     node.stop_agent();
 }
 
