@@ -304,6 +304,8 @@ pub async fn write_status(
                 }
             }
         }
+        // Forget what was written for pods the API no longer has.
+        written.retain(|uid, _| known.get(uid).is_some());
         if failed {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
