@@ -792,24 +792,9 @@ impl Runtime {
             let Some(place) = self.take_place(uid) else {
                 return;
             };
-            let name = plan.slice.name.clone();
-            let sent = {
-                let mut inner = s.inner.lock().unwrap();
-                if inner.starting.contains_key(&name) {
-                    drop(place);
-                    inner.wake_waiters(s);
-                    false
-                } else {
-                    inner.starting.insert(name.clone(), place);
-                    true
-                }
-            };
-            if sent {
-                if let Err(e) = s.sd.start_transient_unanswered(&plan.slice).await {
-                    s.inner.lock().unwrap().free_place(&name, s);
-                    warn!(uid, error = %e, "cannot create the pod slice; retrying in 10 s");
-                    return self.schedule(uid, now_us() + CREATE_RETRY_US);
-                }
+            if let Err(e) = self.create_as(&plan.slice, place, false).await {
+                warn!(uid, error = %e, "cannot create the pod slice; retrying in 10 s");
+                return self.schedule(uid, now_us() + CREATE_RETRY_US);
             }
             if let Some(e) = s.inner.lock().unwrap().pods.get_mut(uid) {
                 e.slice_created = true;
@@ -1177,6 +1162,17 @@ impl Runtime {
         spec: &crate::core::unit::UnitSpec,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), crate::systemd::SystemdError> {
+        self.create_as(spec, permit, true).await
+    }
+
+    /// [`Runtime::create`], optionally only sending the call (`answered`
+    /// false): the result then says only whether it was sent.
+    async fn create_as(
+        &self,
+        spec: &crate::core::unit::UnitSpec,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        answered: bool,
+    ) -> Result<(), crate::systemd::SystemdError> {
         let s = &self.shared;
         {
             let mut inner = s.inner.lock().unwrap();
@@ -1188,7 +1184,11 @@ impl Runtime {
             }
             inner.starting.insert(spec.name.clone(), permit);
         }
-        let r = s.sd.start_transient(spec).await;
+        let r = if answered {
+            s.sd.start_transient(spec).await
+        } else {
+            s.sd.start_transient_unanswered(spec).await
+        };
         if r.is_err() {
             s.inner.lock().unwrap().free_place(&spec.name, s);
         }
