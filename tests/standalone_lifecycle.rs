@@ -114,13 +114,14 @@ spec:
     );
     assert_eq!(q["MemoryMax"], "infinity");
     assert_eq!(q["CPUQuotaPerSecUSec"], "infinity");
-    // The slice is a real, active unit.
-    let slice = node.show(&p["Slice"], &["ActiveState", "Description"]);
+    // The slice is a real, active unit (made by systemd implicitly), and
+    // the pod's one cgroup holds both containers.
+    let slice = node.show(&p["Slice"], &["ActiveState", "ControlGroup"]);
     assert_eq!(slice["ActiveState"], "active");
-    assert!(
-        slice["Description"].starts_with("unitlet pod default/web uid "),
-        "{slice:?}"
-    );
+    for unit in [&server, &sidecar] {
+        let cg = node.show_value(unit, "ControlGroup");
+        assert_eq!(cg, format!("{}/{unit}", slice["ControlGroup"]), "{unit}");
+    }
     node.stop_agent();
 }
 

@@ -113,7 +113,6 @@ struct PodEntry {
     plan: PodPlan,
     containers: HashMap<String, ContainerRecord>,
     terminating: bool,
-    slice_created: bool,
     memo: Memo,
     last_summary: String,
     last_reported: Option<k8s_openapi::api::core::v1::PodStatus>,
@@ -309,7 +308,7 @@ impl Runtime {
         let count = records.len();
         for rec in records {
             let containers = s.state.load_containers(rec.uid());
-            self.register(rec, containers, true);
+            self.register(rec, containers);
         }
         let listing = s.sd.list(&names::UNIT_PATTERNS).await?;
         let mut orphans = Vec::new();
@@ -334,12 +333,7 @@ impl Runtime {
         Ok(count)
     }
 
-    fn register(
-        &self,
-        rec: PodRecord,
-        containers: HashMap<String, ContainerRecord>,
-        existing: bool,
-    ) {
+    fn register(&self, rec: PodRecord, containers: HashMap<String, ContainerRecord>) {
         let plan = translate(&rec.pod, &self.shared.cfg.node, &lookup_user);
         let uid = rec.uid().to_string();
         let mut inner = self.shared.inner.lock().unwrap();
@@ -357,7 +351,6 @@ impl Runtime {
                 plan,
                 containers,
                 terminating: false,
-                slice_created: existing,
                 memo: Memo::default(),
                 last_summary: String::new(),
                 last_reported: None,
@@ -605,7 +598,7 @@ impl Runtime {
                     return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
                 }
                 info!(pod = pod.key(), uid, "admitted pod");
-                self.register(rec, HashMap::new(), false);
+                self.register(rec, HashMap::new());
                 self.drive(uid).await;
             }
             (Some(_), true) => self.drive(uid).await,
@@ -667,7 +660,7 @@ impl Runtime {
                     }
                 }
             }
-            (e.plan.slice.name.clone(), units, pod_key(&e.rec.pod), first)
+            (e.plan.slice.clone(), units, pod_key(&e.rec.pod), first)
         };
         if first {
             info!(pod = key, uid, grace_s, "stopping pod");
@@ -750,7 +743,7 @@ impl Runtime {
     /// Starts what should run, restarts what may restart, and reports status.
     async fn drive(&self, uid: &str) {
         let s = &self.shared;
-        let (plan, policy, mut records, units, slice_created, mut memo) = {
+        let (plan, policy, mut records, units, mut memo) = {
             let inner = s.inner.lock().unwrap();
             let Some(e) = inner.pods.get(uid) else { return };
             if e.terminating {
@@ -773,33 +766,9 @@ impl Runtime {
                 policy,
                 e.containers.clone(),
                 units,
-                e.slice_created,
                 e.memo.clone(),
             )
         };
-        if !slice_created {
-            // The slice gets its own call and transaction, with its own
-            // place in the start window (its start job is a queued job too),
-            // sent just before the pod's first unit without waiting for its
-            // answer: systemd handles one connection's calls in order, so the
-            // unit's call finds the slice there, one round trip sooner. (As
-            // an auxiliary unit of that unit's call, one transaction, the
-            // container now and then started outside its compat cgroup on
-            // systemd 252 with hybrid cgroups: "Failed to attach … to compat
-            // systemd cgroup" in its output, a stop that did not wait for it;
-            // about 1 in 6 test runs.) A slice that could not be made is
-            // made by systemd, implicitly, when the unit names it.
-            let Some(place) = self.take_place(uid) else {
-                return;
-            };
-            if let Err(e) = self.create_as(&plan.slice, place, false).await {
-                warn!(uid, error = %e, "cannot create the pod slice; retrying in 10 s");
-                return self.schedule(uid, now_us() + CREATE_RETRY_US);
-            }
-            if let Some(e) = s.inner.lock().unwrap().pods.get_mut(uid) {
-                e.slice_created = true;
-            }
-        }
         let now = now_us();
         let mut pass = Pass::default();
         // Init containers, one at a time, each to success.
@@ -1162,17 +1131,6 @@ impl Runtime {
         spec: &crate::core::unit::UnitSpec,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), crate::systemd::SystemdError> {
-        self.create_as(spec, permit, true).await
-    }
-
-    /// [`Runtime::create`], optionally only sending the call (`answered`
-    /// false): the result then says only whether it was sent.
-    async fn create_as(
-        &self,
-        spec: &crate::core::unit::UnitSpec,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        answered: bool,
-    ) -> Result<(), crate::systemd::SystemdError> {
         let s = &self.shared;
         {
             let mut inner = s.inner.lock().unwrap();
@@ -1184,11 +1142,7 @@ impl Runtime {
             }
             inner.starting.insert(spec.name.clone(), permit);
         }
-        let r = if answered {
-            s.sd.start_transient(spec).await
-        } else {
-            s.sd.start_transient_unanswered(spec).await
-        };
+        let r = s.sd.start_transient(spec).await;
         if r.is_err() {
             s.inner.lock().unwrap().free_place(&spec.name, s);
         }

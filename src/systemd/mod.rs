@@ -232,29 +232,6 @@ impl Systemd {
             })
     }
 
-    /// Sends the creation of a transient unit without waiting for (or
-    /// asking for) the answer. A bus delivers one connection's messages in
-    /// order and systemd handles calls one by one, so a call sent after this
-    /// one finds the unit created. Returns once the message is sent.
-    pub async fn start_transient_unanswered(&self, spec: &UnitSpec) -> Result<(), SystemdError> {
-        let map_err = |source| SystemdError::Unit {
-            op: "create",
-            unit: spec.name.clone(),
-            source,
-        };
-        let values = props::to_dbus(&spec.properties);
-        let borrowed: Vec<(&str, Value<'_>)> =
-            values.iter().map(|(k, v)| (*k, v.clone())).collect();
-        let no_aux: &[(&str, &[(&str, Value<'_>)])] = &[];
-        let msg = zbus::Message::method_call("/org/freedesktop/systemd1", "StartTransientUnit")
-            .and_then(|b| b.destination("org.freedesktop.systemd1"))
-            .and_then(|b| b.interface(MANAGER_INTERFACE))
-            .and_then(|b| b.with_flags(zbus::message::Flags::NoReplyExpected))
-            .and_then(|b| b.build(&(spec.name.as_str(), "fail", borrowed, no_aux)))
-            .map_err(map_err)?;
-        self.conn.send(&msg).await.map_err(map_err)
-    }
-
     /// Starts a loaded unit again (a new invocation).
     pub async fn start(&self, unit: &str) -> Result<(), SystemdError> {
         self.manager
