@@ -1198,3 +1198,298 @@ fn lists_page_watches_stream_initial_lists_and_time_out() {
         assert!(started.elapsed() < Duration::from_secs(3));
     });
 }
+
+// ----- HTTPS -----
+
+/// The kubeconfig `write` writes: its text, and as kube reads it.
+fn kubeconfig_from(write: impl FnOnce(&std::path::Path)) -> (String, Kubeconfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    write(&path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    (text, Kubeconfig::read_from(&path).unwrap())
+}
+
+/// A kube client from a kubeconfig, without kube's retries of 429, 503 and 504.
+async fn client_from(kubeconfig: Kubeconfig) -> Client {
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    Client::try_from(config).unwrap()
+}
+
+/// The one cluster of a kubeconfig the fixture wrote.
+fn cluster(kubeconfig: &mut Kubeconfig) -> &mut kube::config::Cluster {
+    kubeconfig.clusters[0].cluster.as_mut().unwrap()
+}
+
+/// The one user of a kubeconfig the fixture wrote.
+fn user(kubeconfig: &mut Kubeconfig) -> &mut kube::config::AuthInfo {
+    kubeconfig.auth_infos[0].auth_info.as_mut().unwrap()
+}
+
+/// The rustls error a failed call comes from (io::Error hides its inner
+/// error from `source()`: look inside it).
+fn tls_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a tokio_rustls::rustls::Error> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref() {
+            return Some(tls);
+        }
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// The TLS error that failed a call, panicking if the call got an answer.
+fn tls_failure<T: std::fmt::Debug>(
+    result: kube::Result<T>,
+    what: &str,
+) -> tokio_rustls::rustls::Error {
+    match result {
+        Err(kube::Error::Api(status)) => panic!("{what}: the server answered {status:?}"),
+        Err(e) => tls_error(&e)
+            .unwrap_or_else(|| panic!("{what}: not a TLS error: {e:?}"))
+            .clone(),
+        Ok(v) => panic!("{what}: succeeded with {v:?}"),
+    }
+}
+
+/// The status line of `GET /version` with a bearer token over a raw TLS
+/// connection to `api` that trusts `ca_pem` and expects the server to be
+/// `server_name`, or the error of the handshake or the exchange.
+async fn raw_get_version(
+    api: &ApiServer,
+    ca_pem: &str,
+    server_name: &str,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let addr = api.url().strip_prefix("https://").unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await?;
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    let request = format!(
+        "GET /version HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await?;
+    Ok(response.lines().next().unwrap_or("").to_string())
+}
+
+#[test]
+fn https_serves_a_kube_client_that_trusts_its_ca() {
+    let plain = ApiServer::start();
+    assert!(plain.url().starts_with("http://127.0.0.1:"));
+    assert_eq!(plain.ca_pem(), None);
+
+    let api = ApiServer::start_tls();
+    assert!(api.url().starts_with("https://127.0.0.1:"), "{}", api.url());
+    let ca = api.ca_pem().expect("an HTTPS server has a CA");
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    assert_ne!(
+        Some(ca.clone()),
+        ApiServer::start_tls().ca_pem(),
+        "a fresh CA each time"
+    );
+
+    let (text, kubeconfig) = kubeconfig_from(|p| api.write_kubeconfig(p));
+    assert!(text.contains(&format!("server: {}\n", api.url())), "{text}");
+    assert!(text.contains("token: test-token"), "{text}");
+    let ca_data = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.certificate_authority_data.clone())
+        .expect("certificate-authority-data");
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(ca_data)
+        .unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), ca);
+
+    run(async {
+        let client = client_from(kubeconfig).await;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let default = namespaces.get("default").await.unwrap();
+        assert_eq!(default.metadata.name.as_deref(), Some("default"));
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        pods.create(&PostParams::default(), &pod("a", json!({}), None))
+            .await
+            .unwrap();
+        assert_eq!(
+            names(&pods.list(&ListParams::default()).await.unwrap().items),
+            ["a"]
+        );
+    });
+    let seen: Vec<_> = api
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.status, r.user))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET".to_string(), 200, None),
+            ("POST".to_string(), 201, None),
+            ("GET".to_string(), 200, None),
+        ],
+        "a bearer token names no user"
+    );
+}
+
+#[test]
+fn the_serving_certificate_names_the_loopback_addresses_and_localhost() {
+    let api = ApiServer::start_tls();
+    let ca = api.ca_pem().unwrap();
+    let other_ca = ApiServer::start_tls().ca_pem().unwrap();
+    run(async {
+        for name in ["127.0.0.1", "::1", "localhost"] {
+            let status = raw_get_version(&api, &ca, name).await;
+            assert_eq!(status.unwrap(), "HTTP/1.1 200 OK", "as {name}");
+        }
+        // The client checks the name and the CA: both can fail.
+        use tokio_rustls::rustls::{CertificateError, Error};
+        let err = raw_get_version(&api, &ca, "kubernetes.default.svc")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                tls_error(&err).unwrap(),
+                Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. }
+                )
+            ),
+            "{err}"
+        );
+        let err = raw_get_version(&api, &other_ca, "127.0.0.1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                tls_error(&err).unwrap(),
+                Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            ),
+            "{err}"
+        );
+    });
+    assert_eq!(api.requests().len(), 3);
+}
+
+#[test]
+fn https_refuses_a_client_that_does_not_trust_its_ca() {
+    use tokio_rustls::rustls::{CertificateError, Error};
+    let api = ApiServer::start_tls();
+    let other = ApiServer::start_tls();
+    let (_, mut kubeconfig) = kubeconfig_from(|p| api.write_kubeconfig(p));
+    let (_, trusting_other) = kubeconfig_from(|p| other.write_kubeconfig(p));
+    cluster(&mut kubeconfig).certificate_authority_data = trusting_other.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .certificate_authority_data
+        .clone();
+    run(async {
+        let namespaces: Api<Namespace> = Api::all(client_from(kubeconfig).await);
+        let failed = tls_failure(
+            namespaces.get("default").await,
+            "a client trusting another CA",
+        );
+        assert_eq!(
+            failed,
+            Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        );
+    });
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+}
+
+#[test]
+fn a_client_certificate_from_another_ca_fails_the_handshake() {
+    use tokio_rustls::rustls::{AlertDescription, Error};
+    let api = ApiServer::start_tls();
+    let other = ApiServer::start_tls();
+    let (_, mut kubeconfig) = kubeconfig_from(|p| api.write_kubeconfig(p));
+    let (_, foreign) = kubeconfig_from(|p| other.write_kubeconfig_client_cert(p, "system:node:n1"));
+    *user(&mut kubeconfig) = foreign.auth_infos[0].auth_info.clone().unwrap();
+    assert!(user(&mut kubeconfig).client_certificate_data.is_some());
+    run(async {
+        let namespaces: Api<Namespace> = Api::all(client_from(kubeconfig).await);
+        // TLS 1.3: the client learns of it from the server's alert.
+        let failed = tls_failure(
+            namespaces.get("default").await,
+            "a certificate from another CA",
+        );
+        assert_eq!(failed, Error::AlertReceived(AlertDescription::UnknownCA));
+    });
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+    // The same certificate is good where its CA is.
+    let (_, own) = kubeconfig_from(|p| other.write_kubeconfig_client_cert(p, "system:node:n1"));
+    run(async {
+        let namespaces: Api<Namespace> = Api::all(client_from(own).await);
+        namespaces.get("default").await.unwrap();
+    });
+}
+
+#[test]
+fn a_client_certificate_authenticates_as_its_common_name() {
+    let api = ApiServer::start_tls();
+    let (text, kubeconfig) =
+        kubeconfig_from(|p| api.write_kubeconfig_client_cert(p, "system:node:n1"));
+    assert!(text.contains("client-certificate-data: "), "{text}");
+    assert!(text.contains("client-key-data: "), "{text}");
+    assert!(text.contains("certificate-authority-data: "), "{text}");
+    assert!(!text.contains("token"), "{text}");
+    let (_, mut anonymous) = kubeconfig_from(|p| api.write_kubeconfig(p));
+    user(&mut anonymous).token = None;
+    run(async {
+        let nodes: Api<Node> = Api::all(client_from(kubeconfig).await);
+        let node: Node = serde_json::from_value(json!({ "metadata": { "name": "n1" } })).unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        nodes.get("n1").await.unwrap();
+
+        // Neither a certificate nor a token: 401, as a real server with
+        // anonymous requests off answers.
+        let nodes: Api<Node> = Api::all(client_from(anonymous).await);
+        let refused = status_of(nodes.get("n1").await);
+        assert_eq!(
+            (refused.code, refused.reason.as_str()),
+            (401, "Unauthorized")
+        );
+    });
+    let seen: Vec<_> = api
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.status, r.user))
+        .collect();
+    let node = Some("system:node:n1".to_string());
+    assert_eq!(
+        seen,
+        [
+            ("POST".to_string(), 201, node.clone()),
+            ("GET".to_string(), 200, node),
+            ("GET".to_string(), 401, None),
+        ]
+    );
+}

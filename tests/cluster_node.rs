@@ -18,10 +18,24 @@ fn cond<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
 }
 
 fn join(test: &str) -> (ApiServer, Node) {
-    let api = ApiServer::start();
+    join_with(ApiServer::start(), test, false)
+}
+
+/// Joins over HTTPS, as a real cluster is reached: the kubeconfig trusts
+/// the server's CA and authenticates with a client certificate for
+/// `system:node:<node>`.
+fn join_tls(test: &str) -> (ApiServer, Node) {
+    join_with(ApiServer::start_tls(), test, true)
+}
+
+fn join_with(api: ApiServer, test: &str, client_cert: bool) -> (ApiServer, Node) {
     let mut node = Node::boot(test);
     let kc = node.dir.join("kubeconfig");
-    api.write_kubeconfig(&kc);
+    if client_cert {
+        api.write_kubeconfig_client_cert(&kc, &format!("system:node:{}", node.name));
+    } else {
+        api.write_kubeconfig(&kc);
+    }
     node.start_node_agent(&kc, &[]);
     let name = node.name.clone();
     node.wait_for("the Node to be Ready", default_wait(), || {
@@ -476,5 +490,159 @@ fn client_rate_limit_from_the_config_file_is_respected() {
         (cond(&n, "Ready")?["status"] == "True").then_some(n)
     });
     assert_eq!(n["metadata"]["labels"]["rack"], "r7");
+    node.stop_agent();
+}
+
+/// The environment of a unit's running main process, from /proc.
+fn environ(node: &Node, unit: &str) -> std::collections::BTreeMap<String, String> {
+    let pid = node.show_value(unit, "MainPID");
+    node.sh(&format!("cat /proc/{pid}/environ"))
+        .split('\0')
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn configmap_and_secret_env_reach_the_container_and_secrets_stay_off_the_bus() {
+    let (api, mut node) = join_tls("configmap_env");
+    assert!(api.url().starts_with("https://"));
+    let nn = node.name.clone();
+    api.create(
+        "configmaps",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "app-config"},
+            "data": {"GREETING": "hello $(X) `y` \"q\"", "LEVEL": "info", "bad-key": "v"}
+        }),
+    );
+    // "s3cr3t $HOME\nline2"
+    api.create(
+        "secrets",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "app-secret"},
+            "data": {"TOKEN": "czNjcjN0ICRIT01FCmxpbmUy"}
+        }),
+    );
+    let mut pod = sleeper("env", &nn);
+    pod["spec"]["serviceAccountName"] = json!("runner");
+    let c = &mut pod["spec"]["containers"][0];
+    c["command"] = json!(["/bin/sh", "-c", "while :; do sleep 1; done", "$(LEVEL)"]);
+    c["envFrom"] = json!([
+        {"configMapRef": {"name": "app-config"}, "prefix": "CM_"},
+        {"secretRef": {"name": "app-secret"}}
+    ]);
+    c["env"] = json!([
+        {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "LEVEL"}}},
+        {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k", "optional": true}}},
+        {"name": "OPT_KEY", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "nokey", "optional": true}}},
+        {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+        {"name": "COMBINED", "value": "$(LEVEL)-$(CM_LEVEL)"}
+    ]);
+    let created = api.create("pods", Some("default"), pod);
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    wait_api_phase(&api, &node, "env", "Running");
+    let unit = node.unit_of("default", "env", "c");
+    let env = environ(&node, &unit);
+    assert_eq!(env["CM_GREETING"], "hello $(X) `y` \"q\"");
+    assert_eq!(env["CM_LEVEL"], "info");
+    assert_eq!(env["LEVEL"], "info");
+    assert_eq!(env["TOKEN"], "s3cr3t $HOME\nline2");
+    assert_eq!(env["SA"], "runner");
+    assert_eq!(env["COMBINED"], "info-info");
+    for absent in ["OPT", "OPT_KEY", "CM_bad-key", "bad-key"] {
+        assert!(!env.contains_key(absent), "{absent} set: {env:?}");
+    }
+    // $(VAR) in args sees the resolved env.
+    assert!(node
+        .show_value(&unit, "ExecStart")
+        .contains("while :; do sleep 1; done info ;"));
+    // The secret is in a root-only file on tmpfs, not in the unit's
+    // properties, which any local user can read over D-Bus.
+    let props = node.sh(&format!("systemctl show {unit}"));
+    assert!(!props.contains("s3cr3t"), "{props}");
+    let file = node.show_value(&unit, "EnvironmentFiles");
+    let path = file.split_whitespace().next().unwrap().to_string();
+    assert!(
+        path.starts_with(&format!("/run/unitlet/secret-env/{uid}/")),
+        "{file}"
+    );
+    assert_eq!(node.sh(&format!("stat -c %a {path}")).trim(), "600");
+    assert_eq!(
+        node.sh(&format!("stat -c %a /run/unitlet/secret-env/{uid}"))
+            .trim(),
+        "700"
+    );
+    // The key envFrom could not use is reported, as the kubelet does.
+    node.wait_for(
+        "an InvalidEnvironmentVariableNames event",
+        default_wait(),
+        || {
+            api.list("events", Some("default"))
+                .into_iter()
+                .find(|e| {
+                    e["involvedObject"]["uid"] == uid.as_str()
+                        && e["reason"] == "InvalidEnvironmentVariableNames"
+                })
+                .filter(|e| e["message"].as_str().unwrap().contains("CM_bad-key"))
+        },
+    );
+
+    // A container whose ConfigMap does not exist yet waits with the
+    // kubelet's reason and message, and starts once it is created.
+    let mut later = sleeper("later", &nn);
+    later["spec"]["containers"][0]["env"] = json!([
+        {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "k"}}}
+    ]);
+    api.create("pods", Some("default"), later);
+    let p = node.wait_for("CreateContainerConfigError", default_wait(), || {
+        let p = api.get("pods", Some("default"), "later")?;
+        (waiting_reason(&p, "c") == Some("CreateContainerConfigError")).then_some(p)
+    });
+    assert_eq!(
+        cstatus(&p, "c")["state"]["waiting"]["message"],
+        "configmap \"late\" not found"
+    );
+    assert_eq!(p["status"]["phase"], "Pending");
+    api.create(
+        "configmaps",
+        Some("default"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}, "data": {"j": "1"}}),
+    );
+    // The ConfigMap exists but lacks the key.
+    node.wait_for("the missing key reported", default_wait(), || {
+        let p = api.get("pods", Some("default"), "later")?;
+        (cstatus(&p, "c")["state"]["waiting"]["message"]
+            == "couldn't find key k in ConfigMap default/late")
+            .then_some(())
+    });
+    let mut cm = api.get("configmaps", Some("default"), "late").unwrap();
+    cm["data"]["k"] = json!("v1");
+    api.replace("configmaps", Some("default"), cm);
+    wait_api_phase(&api, &node, "later", "Running");
+    let later_unit = node.unit_of("default", "later", "c");
+    assert_eq!(environ(&node, &later_unit)["K"], "v1");
+
+    // Every call came over TLS with the node's client certificate.
+    let who: std::collections::BTreeSet<_> = api.requests().into_iter().map(|r| r.user).collect();
+    assert_eq!(
+        who,
+        [Some(format!("system:node:{nn}"))].into_iter().collect()
+    );
+
+    // The environment files go with the pod.
+    api.delete("pods", Some("default"), "env", Some(0));
+    node.wait_for(
+        "the pod's environment files removed",
+        default_wait(),
+        || {
+            (node.sh(&format!("ls /run/unitlet/secret-env/{uid} 2>&1 || true")))
+                .contains("No such file")
+                .then_some(())
+        },
+    );
     node.stop_agent();
 }

@@ -198,6 +198,7 @@ impl ReconcilerArgs {
     /// The reconciler's configuration for `node` (no status sink).
     fn config(&self, node: NodeFacts) -> Config {
         Config {
+            env_source: None,
             node,
             backoff: BackoffConfig {
                 base_us: self.backoff_base.as_micros() as u64,

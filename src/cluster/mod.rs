@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod node;
 pub mod pods;
+pub mod refs;
 
 use crate::core::NodeFacts;
 use crate::runtime::{Config as RuntimeConfig, Runtime};
@@ -140,6 +141,8 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         host_ip: opts.node_ip.clone(),
     };
     rcfg.reports = Some(reports_tx.clone());
+    let refs = refs::RefCache::new(client.clone());
+    rcfg.env_source = Some(refs.clone());
 
     tokio::spawn(lease_loop(
         client.clone(),
@@ -152,6 +155,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         client.clone(),
         name.clone(),
         known.clone(),
+        refs,
         desired_tx,
         reports_tx,
     ));

@@ -11,7 +11,7 @@
 //! as the kubelet does.
 
 use super::api_code;
-use crate::core::manifest::{validate, StaticPod};
+use crate::core::manifest::{validate_with, StaticPod};
 use crate::runtime::PodReport;
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
@@ -57,7 +57,7 @@ pub fn to_desired(pod: &Pod) -> Result<StaticPod, crate::core::manifest::Manifes
     p.status = None;
     p.metadata.namespace.get_or_insert_with(|| "default".into());
     let key = crate::core::manifest::pod_key(&p);
-    validate(&p).map_err(|mut e| {
+    validate_with(&p, true).map_err(|mut e| {
         e.pod.get_or_insert(key);
         e
     })?;
@@ -90,6 +90,7 @@ pub async fn watch(
     client: kube::Client,
     node: String,
     known: Known,
+    refs: Arc<super::refs::RefCache>,
     desired: mpsc::Sender<Vec<Arc<StaticPod>>>,
     reports: mpsc::UnboundedSender<PodReport>,
 ) {
@@ -145,6 +146,10 @@ pub async fn watch(
                 }
                 Err(e) => warn!(error = %e, "pod watch failed; retrying with back-off"),
             }
+        }
+        if synced && changed {
+            // Watch what the pods' env names before they reach the runtime.
+            refs.set_wanted(super::refs::wanted(pods.values().map(|p| &p.pod)));
         }
         if synced
             && changed

@@ -294,7 +294,8 @@ fn is_dns_subdomain(s: &str) -> bool {
 }
 
 /// systemd 252 only accepts environment names that are shell identifiers.
-fn is_env_name(s: &str) -> bool {
+/// Whether systemd takes `s` as an environment variable name.
+pub fn is_env_name(s: &str) -> bool {
     let mut b = s.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
@@ -332,8 +333,16 @@ fn unsupported(field: String, what: &str) -> ManifestError {
 }
 
 /// Checks that unitlet can run `pod` as it is: every field it does not
-/// implement yet is refused, naming the field, rather than ignored.
+/// implement yet is refused, naming the field, rather than ignored. Pods
+/// from the manifest directory may not name ConfigMaps or Secrets (static
+/// pods may not, in Kubernetes either).
 pub fn validate(pod: &Pod) -> Result<(), ManifestError> {
+    validate_with(pod, false)
+}
+
+/// [`validate`] for a pod from the API server, whose env may name
+/// ConfigMaps and Secrets (`api_objects`).
+pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> {
     let meta = &pod.metadata;
     let name = meta.name.as_deref().unwrap_or("");
     if name.is_empty() {
@@ -452,12 +461,14 @@ pub fn validate(pod: &Pod) -> Result<(), ManifestError> {
         let idx = counters.entry(list).or_insert(0usize);
         let base = format!("{list}[{idx}]");
         *idx += 1;
-        validate_container(&base, c, list == "spec.initContainers").map_err(|mut e| {
-            if !c.name.is_empty() {
-                e.container.get_or_insert(c.name.clone());
-            }
-            e
-        })?;
+        validate_container(&base, c, list == "spec.initContainers", api_objects).map_err(
+            |mut e| {
+                if !c.name.is_empty() {
+                    e.container.get_or_insert(c.name.clone());
+                }
+                e
+            },
+        )?;
         if !seen.insert(c.name.as_str()) {
             return Err(err(format!("{base}.name"), format!("duplicate container name {:?}: names must be unique across containers and initContainers", c.name)));
         }
@@ -479,7 +490,12 @@ fn check_ids(field: &str, user: Option<i64>, group: Option<i64>) -> Result<(), M
     Ok(())
 }
 
-fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), ManifestError> {
+fn validate_container(
+    base: &str,
+    c: &Container,
+    init: bool,
+    api_objects: bool,
+) -> Result<(), ManifestError> {
     if !is_dns_label(&c.name) {
         return Err(err(format!("{base}.name"), format!("{:?} is not a valid container name: use at most 63 lowercase letters, digits and '-'", c.name)));
     }
@@ -528,13 +544,39 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
         }
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
-        total += validate_env(&format!("{base}.env[{i}]"), e)?;
+        total += validate_env(&format!("{base}.env[{i}]"), e, api_objects)?;
     }
     if total > MAX_ARG_TOTAL {
         return Err(err(base.to_string(), format!("command, args and env add up to {total} bytes; keep them under {MAX_ARG_TOTAL} bytes so the process can start")));
     }
-    if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(err(format!("{base}.envFrom"), "envFrom needs ConfigMaps or Secrets, which standalone mode does not have yet; use env with value"));
+    for (i, f) in c.env_from.iter().flatten().enumerate() {
+        let field = format!("{base}.envFrom[{i}]");
+        if !api_objects {
+            return Err(err(field, "envFrom needs ConfigMaps or Secrets, which only cluster mode (unitlet node) has; use env with value"));
+        }
+        let names = [
+            f.config_map_ref.as_ref().map(|r| ("configMapRef", &r.name)),
+            f.secret_ref.as_ref().map(|r| ("secretRef", &r.name)),
+        ];
+        let set: Vec<_> = names.iter().flatten().collect();
+        if set.len() != 1 {
+            return Err(err(
+                field,
+                "must name exactly one of configMapRef and secretRef",
+            ));
+        }
+        let (which, name) = set[0];
+        if !is_dns_subdomain(name) {
+            return Err(err(
+                format!("{field}.{which}.name"),
+                format!("{name:?} is not a valid object name"),
+            ));
+        }
+        if let Some(p) = &f.prefix {
+            if !p.is_empty() && !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(err(format!("{field}.prefix"), format!("{p:?} is not usable: systemd accepts environment names made of letters, digits and '_'")));
+            }
+        }
     }
     if let Some(r) = &c.resources {
         for (kind, map) in [("limits", &r.limits), ("requests", &r.requests)] {
@@ -609,7 +651,7 @@ fn validate_container(base: &str, c: &Container, init: bool) -> Result<(), Manif
     Ok(())
 }
 
-fn validate_env(field: &str, e: &EnvVar) -> Result<usize, ManifestError> {
+fn validate_env(field: &str, e: &EnvVar, api_objects: bool) -> Result<usize, ManifestError> {
     if !is_env_name(&e.name) {
         return Err(err(format!("{field}.name"), format!("{:?} is not usable: systemd accepts environment names made of letters, digits and '_' that do not start with a digit", e.name)));
     }
@@ -642,8 +684,27 @@ fn validate_env(field: &str, e: &EnvVar) -> Result<usize, ManifestError> {
             if !field_ref_supported(&f.field_path) {
                 return Err(err(format!("{field}.valueFrom.fieldRef.fieldPath"), format!("{:?} is not supported; use metadata.name, metadata.namespace, metadata.uid, metadata.labels['k'], metadata.annotations['k'], spec.nodeName, spec.serviceAccountName, status.hostIP or status.podIP", f.field_path)));
             }
-        } else if from.config_map_key_ref.is_some() || from.secret_key_ref.is_some() {
-            return Err(err(format!("{field}.valueFrom"), "ConfigMap and Secret references need cluster mode; standalone pods can use value or fieldRef"));
+        } else if let Some((which, name, key)) = from
+            .config_map_key_ref
+            .as_ref()
+            .map(|r| ("configMapKeyRef", &r.name, &r.key))
+            .or(from
+                .secret_key_ref
+                .as_ref()
+                .map(|r| ("secretKeyRef", &r.name, &r.key)))
+        {
+            if !api_objects {
+                return Err(err(format!("{field}.valueFrom"), "ConfigMap and Secret references need cluster mode (unitlet node); standalone pods can use value or fieldRef"));
+            }
+            if !is_dns_subdomain(name) {
+                return Err(err(
+                    format!("{field}.valueFrom.{which}.name"),
+                    format!("{name:?} is not a valid object name"),
+                ));
+            }
+            if key.is_empty() {
+                return Err(err(format!("{field}.valueFrom.{which}.key"), "required"));
+            }
         } else {
             return Err(unsupported(
                 format!("{field}.valueFrom"),
@@ -728,5 +789,30 @@ mod tests {
     fn several_documents_are_refused() {
         let e = parse(&format!("{OK}---\n{OK}")).unwrap_err();
         assert!(e.message.contains("2 documents"));
+    }
+
+    #[test]
+    fn api_objects_in_env_only_from_the_api_server() {
+        let pod = |env: &str| -> Pod {
+            let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: ns\n  uid: u\nspec:\n  containers:\n  - name: c\n    image: host\n    command: [/bin/true]\n{env}");
+            serde_saphyr::from_str(&yaml).unwrap()
+        };
+        let key_ref = pod("    env:\n    - name: A\n      valueFrom:\n        configMapKeyRef: {name: cm, key: k}\n");
+        let from = pod("    envFrom:\n    - secretRef: {name: s}\n      prefix: S_\n");
+        for p in [&key_ref, &from] {
+            let e = validate(p).unwrap_err();
+            assert!(e.to_string().contains("cluster mode"), "{e}");
+            validate_with(p, true).unwrap();
+        }
+        let bad_prefix = pod("    envFrom:\n    - secretRef: {name: s}\n      prefix: a-b\n");
+        let e = validate_with(&bad_prefix, true).unwrap_err();
+        assert!(e.to_string().contains("envFrom[0].prefix"), "{e}");
+        let both = pod("    envFrom:\n    - secretRef: {name: s}\n      configMapRef: {name: m}\n");
+        assert!(validate_with(&both, true).is_err());
+        let no_key = pod(
+            "    env:\n    - name: A\n      valueFrom:\n        secretKeyRef: {name: s, key: ''}\n",
+        );
+        let e = validate_with(&no_key, true).unwrap_err();
+        assert!(e.to_string().contains("secretKeyRef.key"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 //! and property tests without a systemd in sight.
 
 pub mod backoff;
+pub mod envref;
 pub mod expand;
 pub mod manifest;
 pub mod names;

@@ -87,6 +87,10 @@ pub struct ContainerRecord {
     pub backoff: BackoffState,
     /// Why systemd refused to create the unit, if it did (`CreateContainerError`).
     pub create_error: Option<String>,
+    /// Why the container's env could not be made from the ConfigMaps and
+    /// Secrets it names (`CreateContainerConfigError`).
+    #[serde(default)]
+    pub config_error: Option<String>,
 }
 
 /// A container instance as systemd shows it.
@@ -304,6 +308,11 @@ fn build(
             None,
             false,
         ),
+        (Instance::Absent, _) if record.config_error.is_some() => (
+            waiting_state("CreateContainerConfigError", record.config_error.clone()),
+            None,
+            false,
+        ),
         (Instance::Absent, _) if record.create_error.is_some() => (
             waiting_state("CreateContainerError", record.create_error.clone()),
             None,
@@ -347,6 +356,12 @@ fn build(
                     );
                     (
                         waiting_state("CrashLoopBackOff", Some(msg)),
+                        Some(t.container_id.clone()),
+                        false,
+                    )
+                } else if record.config_error.is_some() {
+                    (
+                        waiting_state("CreateContainerConfigError", record.config_error.clone()),
                         Some(t.container_id.clone()),
                         false,
                     )

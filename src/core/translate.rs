@@ -5,13 +5,14 @@
 //! carries the kubelet waiting reason instead of a unit, so the status shows
 //! it and nothing is started.
 
+use super::envref::{references, Lookup, ObjectRef, RefKind, Resolved};
 use super::expand::expand;
-use super::manifest::HOST_IMAGE;
+use super::manifest::{is_env_name, HOST_IMAGE};
 use super::names;
 use super::quantity;
 use super::unit::{Property, UnitSpec};
 use super::NodeFacts;
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use std::collections::HashMap;
 
 /// Kubelet's floor for the stop grace period, in seconds.
@@ -46,6 +47,37 @@ pub struct ContainerPlan {
     pub unit: String,
     /// The unit to create, or why there is none.
     pub spec: Result<UnitSpec, Waiting>,
+    /// ConfigMaps and Secrets the container's env names. When there are
+    /// any, the runtime looks them up just before creating the unit and
+    /// makes `spec` again with [`container_with`]; the `spec` here was
+    /// made without their data.
+    pub refs: Vec<ObjectRef>,
+    /// Variables to be written to the file the unit's `EnvironmentFile=`
+    /// names, before the unit is created: set when some come from a
+    /// Secret, as `Environment=` is readable by every local user over D-Bus.
+    pub env_file: Option<EnvFile>,
+    /// `envFrom` keys left out because they are not usable as variable
+    /// names, one message per source (the kubelet's
+    /// `InvalidEnvironmentVariableNames` event).
+    pub skipped_env: Vec<String>,
+}
+
+/// A root-only environment file for one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFile {
+    /// Absolute path, under [`SECRET_ENV_DIR`].
+    pub path: String,
+    /// The variables, in order (a later one wins, as in `Environment=`).
+    pub vars: Vec<(String, String)>,
+}
+
+/// Where environment files with Secret values live: on tmpfs (never on
+/// disk, as the kubelet keeps secrets), one directory per pod UID.
+pub const SECRET_ENV_DIR: &str = "/run/unitlet/secret-env";
+
+/// The environment file of container `container` of pod `uid`.
+pub fn env_file_path(uid: &str, container: &str) -> String {
+    format!("{SECRET_ENV_DIR}/{uid}/{container}.env")
 }
 
 /// Everything a pod becomes.
@@ -187,26 +219,172 @@ fn field_ref(pod: &Pod, node: &NodeFacts, path: &str) -> String {
     }
 }
 
-/// The container's environment in Kubernetes order, with `$(VAR)` expanded.
-pub fn container_env(pod: &Pod, node: &NodeFacts, env: &[EnvVar]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
+/// A container's declared environment, resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerEnv {
+    /// Variables in Kubernetes order, `$(VAR)` expanded.
+    pub vars: Vec<(String, String)>,
+    /// Some value came from a Secret.
+    pub from_secret: bool,
+    /// `envFrom` keys skipped as unusable names, one message per source.
+    pub skipped: Vec<String>,
+}
+
+/// A value taken from a ConfigMap or Secret as systemd can pass it, or why
+/// it cannot (systemd refuses what is not UTF-8 or holds control characters).
+fn object_value(r: &ObjectRef, ns: &str, key: &str, bytes: &[u8]) -> Result<String, String> {
+    let what = format!("key {key} of {} {ns}/{}", r.kind.kind(), r.name);
+    let v = std::str::from_utf8(bytes).map_err(|_| {
+        format!("{what} is not UTF-8 text, which systemd cannot pass in the environment; mount it as a file instead")
+    })?;
+    if v.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+    {
+        return Err(format!("{what} holds a control character other than tab, CR or newline, which systemd refuses in the environment"));
+    }
+    if key.len() + v.len() + 2 > super::manifest::MAX_ARG_STRLEN {
+        return Err(format!(
+            "{what} is {} bytes; Linux refuses a single environment entry over {} bytes",
+            v.len(),
+            super::manifest::MAX_ARG_STRLEN
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// The container's environment in Kubernetes order (`envFrom` sources, then
+/// `env`), with `$(VAR)` expanded, as the kubelet's
+/// `makeEnvironmentVariables` builds it. `Err` is the
+/// `CreateContainerConfigError` message. Objects still pending are left
+/// out (the runtime never creates a unit from such an environment).
+pub fn container_env(
+    pod: &Pod,
+    node: &NodeFacts,
+    c: &Container,
+    resolved: &Resolved,
+) -> Result<ContainerEnv, String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = ContainerEnv::default();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for e in env {
-        let value = if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
-            field_ref(pod, node, &f.field_path)
+    let mut set = |out: &mut ContainerEnv, name: &str, value: String| match index.get(name) {
+        Some(&i) => out.vars[i].1 = value,
+        None => {
+            index.insert(name.to_string(), out.vars.len());
+            out.vars.push((name.to_string(), value));
+        }
+    };
+    // `Ok(None)`: skipped (optional and missing, or pending).
+    let data = |r: &ObjectRef, optional: bool| match resolved.get(r) {
+        Lookup::Found(d) => Ok(Some(d.clone())),
+        Lookup::Pending => Ok(None),
+        Lookup::NotFound if optional => Ok(None),
+        Lookup::NotFound => Err(format!("{} {:?} not found", r.kind.word(), r.name)),
+        Lookup::Failed(e) => Err(e.clone()),
+    };
+    for f in c.env_from.iter().flatten() {
+        let prefix = f.prefix.as_deref().unwrap_or("");
+        let (r, optional) = if let Some(cm) = &f.config_map_ref {
+            (
+                ObjectRef {
+                    kind: RefKind::ConfigMap,
+                    name: cm.name.clone(),
+                },
+                cm.optional == Some(true),
+            )
+        } else if let Some(sr) = &f.secret_ref {
+            (
+                ObjectRef {
+                    kind: RefKind::Secret,
+                    name: sr.name.clone(),
+                },
+                sr.optional == Some(true),
+            )
         } else {
-            let defined = |n: &str| index.get(n).map(|&i| out[i].1.clone());
-            expand(e.value.as_deref().unwrap_or(""), defined)
+            continue;
         };
-        match index.get(&e.name) {
-            Some(&i) => out[i].1 = value,
-            None => {
-                index.insert(e.name.clone(), out.len());
-                out.push((e.name.clone(), value));
+        let Some(d) = data(&r, optional)? else {
+            continue;
+        };
+        let mut invalid = Vec::new();
+        for (k, v) in d.iter() {
+            let name = format!("{prefix}{k}");
+            if !is_env_name(&name) {
+                invalid.push(name);
+                continue;
             }
+            let v = object_value(&r, ns, k, v)?;
+            out.from_secret |= r.kind == RefKind::Secret;
+            set(&mut out, &name, v);
+        }
+        if !invalid.is_empty() {
+            out.skipped.push(format!(
+                "Keys [{}] from the EnvFrom {} {ns}/{} were skipped since they are considered invalid environment variable names.",
+                invalid.join(", "),
+                r.kind.word(),
+                r.name
+            ));
         }
     }
-    out
+    for e in c.env.iter().flatten() {
+        let from = e.value_from.as_ref();
+        let value = if let Some(f) = from.and_then(|v| v.field_ref.as_ref()) {
+            field_ref(pod, node, &f.field_path)
+        } else if let Some((r, key, optional)) = from.and_then(|v| {
+            let cm = v.config_map_key_ref.as_ref().map(|k| {
+                (
+                    ObjectRef {
+                        kind: RefKind::ConfigMap,
+                        name: k.name.clone(),
+                    },
+                    k.key.clone(),
+                    k.optional == Some(true),
+                )
+            });
+            cm.or_else(|| {
+                v.secret_key_ref.as_ref().map(|k| {
+                    (
+                        ObjectRef {
+                            kind: RefKind::Secret,
+                            name: k.name.clone(),
+                        },
+                        k.key.clone(),
+                        k.optional == Some(true),
+                    )
+                })
+            })
+        }) {
+            let Some(d) = data(&r, optional)? else {
+                continue;
+            };
+            match d.get(&key) {
+                Some(v) => {
+                    out.from_secret |= r.kind == RefKind::Secret;
+                    object_value(&r, ns, &key, v)?
+                }
+                None if optional => continue,
+                None => {
+                    return Err(format!(
+                        "couldn't find key {key} in {} {ns}/{}",
+                        r.kind.kind(),
+                        r.name
+                    ))
+                }
+            }
+        } else {
+            let defined = |n: &str| index_lookup(&out, n);
+            expand(e.value.as_deref().unwrap_or(""), defined)
+        };
+        set(&mut out, &e.name, value);
+    }
+    Ok(out)
+}
+
+fn index_lookup(env: &ContainerEnv, name: &str) -> Option<String> {
+    env.vars
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
 }
 
 /// Kubelet's CPU request → cgroup v2 weight conversion (via cgroup v1 shares).
@@ -220,6 +398,7 @@ fn container_plan(
     node: &NodeFacts,
     c: &Container,
     lookup_user: &dyn Fn(u32) -> Option<HostUser>,
+    resolved: &Resolved,
 ) -> ContainerPlan {
     let meta = &pod.metadata;
     let ns = meta.namespace.as_deref().unwrap_or("default");
@@ -228,14 +407,29 @@ fn container_plan(
     let spec = pod.spec.as_ref().expect("validated pod has a spec");
     let unit = names::container_unit(ns, name, &c.name, uid);
     let image = c.image.clone().unwrap_or_default();
+    let refs = references(c);
+    let waiting = |w: Waiting, refs: Vec<ObjectRef>| ContainerPlan {
+        name: c.name.clone(),
+        image: image.clone(),
+        unit: unit.clone(),
+        spec: Err(w),
+        refs,
+        env_file: None,
+        skipped_env: Vec::new(),
+    };
     if let Some(w) = image_waiting(&image) {
-        return ContainerPlan {
-            name: c.name.clone(),
-            image,
-            unit,
-            spec: Err(w),
-        };
+        return waiting(w, refs);
     }
+    let declared = match container_env(pod, node, c, resolved) {
+        Ok(d) => d,
+        Err(message) => {
+            let w = Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message,
+            };
+            return waiting(w, refs);
+        }
+    };
 
     let sc = c.security_context.as_ref();
     let psc = spec.security_context.as_ref();
@@ -256,17 +450,26 @@ fn container_plan(
             .map(|u| u.home.clone())
             .unwrap_or_else(|| "/".into()),
     )];
-    let declared = container_env(pod, node, c.env.as_deref().unwrap_or(&[]));
-    for (k, v) in &declared {
-        match env.iter_mut().find(|(ek, _)| ek == k) {
-            Some(slot) => slot.1 = v.clone(),
-            None => env.push((k.clone(), v.clone())),
+    // Secret values go to a root-only file, whole declared list with them
+    // (a value may embed a secret through `$(VAR)`); it is read after
+    // `Environment=`, so a declared HOME still wins, as below.
+    let env_file = declared.from_secret.then(|| EnvFile {
+        path: env_file_path(uid, &c.name),
+        vars: declared.vars.clone(),
+    });
+    if env_file.is_none() {
+        for (k, v) in &declared.vars {
+            match env.iter_mut().find(|(ek, _)| ek == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => env.push((k.clone(), v.clone())),
+            }
         }
     }
     // As in the kubelet, command and args expand only the container's own
     // env list: HOME is the runtime's, so `$(HOME)` stays literal unless declared.
     let defined = |n: &str| {
         declared
+            .vars
             .iter()
             .find(|(k, _)| k == n)
             .map(|(_, v)| v.clone())
@@ -343,6 +546,9 @@ fn container_plan(
             quantity::cpu_millis(&q).unwrap_or(0),
         )));
     }
+    if let Some(f) = &env_file {
+        props.push(Property::EnvironmentFile(f.path.clone()));
+    }
     ContainerPlan {
         name: c.name.clone(),
         image,
@@ -351,7 +557,28 @@ fn container_plan(
             name: unit,
             properties: props,
         }),
+        refs,
+        env_file,
+        skipped_env: declared.skipped,
     }
+}
+
+/// One container's plan made with the ConfigMaps and Secrets its env names
+/// (see [`ContainerPlan::refs`]); `None` if the pod has no such container.
+pub fn container_with(
+    pod: &Pod,
+    node: &NodeFacts,
+    container: &str,
+    lookup_user: &dyn Fn(u32) -> Option<HostUser>,
+    resolved: &Resolved,
+) -> Option<ContainerPlan> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == container)
+        .map(|c| container_plan(pod, node, c, lookup_user, resolved))
 }
 
 /// Translates a validated, admitted pod into the units that run it.
@@ -364,7 +591,8 @@ pub fn translate(
     let uid = meta.uid.as_deref().unwrap_or("");
     let spec = pod.spec.as_ref().expect("validated pod has a spec");
     let slice = names::pod_slice(uid);
-    let plan = |c: &Container| container_plan(pod, node, c, lookup_user);
+    // Objects are looked up only when a unit is about to be created.
+    let plan = |c: &Container| container_plan(pod, node, c, lookup_user, &Resolved::default());
     PodPlan {
         slice,
         init: spec.init_containers.iter().flatten().map(plan).collect(),
@@ -519,5 +747,193 @@ spec:
         assert_eq!(cpu_weight(1000), 39);
         assert_eq!(cpu_weight(0), 1);
         assert_eq!(cpu_weight(256_000), 10_000);
+    }
+
+    fn api_pod(env: serde_json::Value, env_from: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u-1"},
+            "spec": {"containers": [{
+                "name": "c", "image": "host", "command": ["/bin/echo", "$(A)"],
+                "env": env, "envFrom": env_from
+            }]}
+        }))
+        .unwrap()
+    }
+
+    fn found(pairs: &[(&str, &[u8])]) -> Lookup {
+        Lookup::Found(std::sync::Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        ))
+    }
+
+    fn cm(name: &str) -> ObjectRef {
+        ObjectRef {
+            kind: RefKind::ConfigMap,
+            name: name.into(),
+        }
+    }
+
+    fn secret(name: &str) -> ObjectRef {
+        ObjectRef {
+            kind: RefKind::Secret,
+            name: name.into(),
+        }
+    }
+
+    fn env_with(pod: &Pod, resolved: &[(ObjectRef, Lookup)]) -> Result<ContainerEnv, String> {
+        let r = Resolved(resolved.iter().cloned().collect());
+        container_env(pod, &node(), &pod.spec.as_ref().unwrap().containers[0], &r)
+    }
+
+    #[test]
+    fn env_from_comes_first_with_prefix_and_env_overrides_it() {
+        let pod = api_pod(
+            serde_json::json!([
+                {"name": "A", "value": "declared-$(B)"},
+                {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "one", "key": "B"}}}
+            ]),
+            serde_json::json!([
+                {"configMapRef": {"name": "one"}},
+                {"configMapRef": {"name": "two"}, "prefix": "P_"}
+            ]),
+        );
+        let e = env_with(
+            &pod,
+            &[
+                (
+                    cm("one"),
+                    found(&[("A", b"from-cm"), ("B", b"b"), ("x-y", b"1")]),
+                ),
+                (cm("two"), found(&[("A", b"2")])),
+            ],
+        )
+        .unwrap();
+        let vars: Vec<(&str, &str)> = e
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            vars,
+            [("A", "declared-b"), ("B", "b"), ("P_A", "2"), ("K", "b")]
+        );
+        assert!(!e.from_secret);
+        assert_eq!(e.skipped.len(), 1);
+        assert!(
+            e.skipped[0].contains("[x-y]") && e.skipped[0].contains("ns/one"),
+            "{:?}",
+            e.skipped
+        );
+        // The plan made with them: $(A) in the argv sees the env.
+        let r = Resolved(
+            [
+                (cm("one"), found(&[("A", b"x"), ("B", b"b")])),
+                (cm("two"), found(&[])),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let plan = container_with(&pod, &node(), "c", &no_users, &r).unwrap();
+        let spec = plan.spec.unwrap();
+        assert_eq!(exec_start(&spec).1, ["/bin/echo", "declared-b"]);
+        assert!(env_of(&spec).contains(&("K".into(), "b".into())));
+        assert!(plan.env_file.is_none());
+        assert_eq!(plan.refs, [cm("one"), cm("two")]);
+    }
+
+    #[test]
+    fn missing_objects_and_keys_follow_optional_and_the_kubelets_messages() {
+        let key_ref = |optional: bool| {
+            api_pod(
+                serde_json::json!([{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": optional}}}]),
+                serde_json::json!([]),
+            )
+        };
+        assert_eq!(
+            env_with(&key_ref(false), &[(secret("s"), Lookup::NotFound)]).unwrap_err(),
+            "secret \"s\" not found"
+        );
+        assert_eq!(
+            env_with(&key_ref(false), &[(secret("s"), found(&[]))]).unwrap_err(),
+            "couldn't find key k in Secret ns/s"
+        );
+        assert!(env_with(&key_ref(true), &[(secret("s"), Lookup::NotFound)])
+            .unwrap()
+            .vars
+            .is_empty());
+        assert!(env_with(&key_ref(true), &[(secret("s"), found(&[]))])
+            .unwrap()
+            .vars
+            .is_empty());
+        // A read error is an error even for an optional reference.
+        assert_eq!(
+            env_with(
+                &key_ref(true),
+                &[(secret("s"), Lookup::Failed("forbidden".into()))]
+            )
+            .unwrap_err(),
+            "forbidden"
+        );
+        let from = |optional: bool| {
+            api_pod(
+                serde_json::json!([]),
+                serde_json::json!([{"configMapRef": {"name": "m", "optional": optional}}]),
+            )
+        };
+        assert_eq!(
+            env_with(&from(false), &[(cm("m"), Lookup::NotFound)]).unwrap_err(),
+            "configmap \"m\" not found"
+        );
+        assert!(env_with(&from(true), &[(cm("m"), Lookup::NotFound)]).is_ok());
+        // What systemd cannot carry is refused, naming the key and object.
+        let e = env_with(&key_ref(false), &[(secret("s"), found(&[("k", b"\xff")]))]).unwrap_err();
+        assert!(
+            e.contains("key k of Secret ns/s") && e.contains("UTF-8"),
+            "{e}"
+        );
+        let e = env_with(&key_ref(false), &[(secret("s"), found(&[("k", b"a\x01")]))]).unwrap_err();
+        assert!(e.contains("control character"), "{e}");
+        // The plan says why, in kubelet terms.
+        let r = Resolved([(secret("s"), Lookup::NotFound)].into_iter().collect());
+        let plan = container_with(&key_ref(false), &node(), "c", &no_users, &r).unwrap();
+        assert_eq!(plan.spec.unwrap_err().reason, "CreateContainerConfigError");
+    }
+
+    #[test]
+    fn secret_values_go_to_a_root_only_file_not_the_bus() {
+        let pod = api_pod(
+            serde_json::json!([
+                {"name": "PLAIN", "value": "p"},
+                {"name": "HOME", "value": "/srv"},
+                {"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "t"}}}
+            ]),
+            serde_json::json!([]),
+        );
+        let r = Resolved(
+            [(secret("s"), found(&[("t", b"hush")]))]
+                .into_iter()
+                .collect(),
+        );
+        let plan = container_with(&pod, &node(), "c", &no_users, &r).unwrap();
+        let spec = plan.spec.unwrap();
+        let f = plan.env_file.unwrap();
+        assert_eq!(f.path, "/run/unitlet/secret-env/u-1/c.env");
+        assert_eq!(
+            f.vars,
+            [
+                ("PLAIN".to_string(), "p".to_string()),
+                ("HOME".into(), "/srv".into()),
+                ("T".into(), "hush".into())
+            ]
+        );
+        assert!(spec
+            .properties
+            .contains(&Property::EnvironmentFile(f.path.clone())));
+        // Only the runtime's own defaults stay in Environment=.
+        assert_eq!(env_of(&spec), [("HOME".to_string(), "/root".to_string())]);
+        assert!(!format!("{spec:?}").contains("hush"));
     }
 }

@@ -26,6 +26,9 @@ pub enum Property {
     },
     /// `Environment` (as), `NAME=value` entries.
     Environment(Vec<(String, String)>),
+    /// `EnvironmentFiles` (a(sb)): one file, required. systemd reads it as
+    /// root at each start; its contents never show over D-Bus.
+    EnvironmentFile(String),
     /// `WorkingDirectory` (s).
     WorkingDirectory(String),
     /// `SyslogIdentifier` (s): the tag journal lines carry.
@@ -72,6 +75,7 @@ impl Property {
                 .iter()
                 .map(|(k, v)| ("Environment", quote_word(&format!("{k}={v}"))))
                 .collect(),
+            EnvironmentFile(s) => vec![("EnvironmentFile", quote_word(s))],
             WorkingDirectory(s) => vec![("WorkingDirectory", quote_word(s))],
             SyslogIdentifier(s) => vec![("SyslogIdentifier", s.clone())],
             KillSignal(n) => vec![("KillSignal", n.to_string())],
@@ -102,6 +106,27 @@ impl Property {
 
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
+}
+
+/// The text of an `EnvironmentFile=` that systemd reads back as exactly
+/// `vars`: each value double-quoted, with `"`, `\`, `` ` `` and `$`
+/// backslash-escaped (the only escapes systemd's env-file parser takes
+/// inside double quotes; everything else, newlines included, is literal).
+/// Names must be valid (letters, digits, `_`), which the caller checked.
+pub fn env_file_text(vars: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in vars {
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            if matches!(c, '"' | '\\' | '`' | '$') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push_str("\"\n");
+    }
+    out
 }
 
 /// Quotes a word the way systemd's unit-file parser reads it back: double

@@ -10,15 +10,20 @@
 pub mod queue;
 
 use crate::core::backoff::BackoffConfig;
+use crate::core::envref::{Lookup, ObjectRef, Resolved};
 use crate::core::manifest::{pod_key, StaticPod};
 use crate::core::names;
 use crate::core::observe::{self, instance, ContainerRecord, Instance, UnitSnapshot};
-use crate::core::translate::{translate, ContainerPlan, HostUser, PodPlan};
+use crate::core::translate::{
+    container_with, translate, ContainerPlan, EnvFile, HostUser, PodPlan, SECRET_ENV_DIR,
+};
+use crate::core::unit::UnitSpec;
 use crate::core::NodeFacts;
 use crate::state::{PodRecord, StateDir};
 use crate::systemd::{apply_changes, serial_after, Systemd, UnitEvent};
 use futures_util::StreamExt;
 use queue::WorkQueue;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +47,72 @@ pub struct Config {
     /// mode writes them to the API server); `None` in standalone mode, where
     /// `unitlet pods` derives status on demand.
     pub reports: Option<mpsc::UnboundedSender<PodReport>>,
+    /// Where the ConfigMaps and Secrets named in containers' env are looked
+    /// up (cluster mode); `None` in standalone mode, which refuses pods
+    /// that name any.
+    pub env_source: Option<Arc<dyn EnvSource>>,
+}
+
+/// The ConfigMaps and Secrets containers' env names, as some source (the
+/// API server's, through watches) knows them now.
+pub trait EnvSource: Send + Sync {
+    /// Object `r` in `namespace`, now.
+    fn lookup(&self, namespace: &str, r: &ObjectRef) -> Lookup;
+    /// Bumped whenever an object the source watches changes, so
+    /// containers waiting for one are tried again.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+impl std::fmt::Debug for dyn EnvSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvSource")
+    }
+}
+
+/// What a container's unit is, when it is about to be created.
+enum Prepared<'a> {
+    /// This unit, with the `envFrom` messages of skipped keys.
+    Ready(Cow<'a, UnitSpec>, Vec<String>),
+    /// Some object is not known yet.
+    Pending,
+    /// `CreateContainerConfigError` with this message.
+    Failed(String),
+}
+
+/// Writes a container's environment file: root-only, on tmpfs, replaced
+/// atomically so systemd never reads half a file.
+fn write_env_file(f: &EnvFile) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = std::path::Path::new(&f.path);
+    let dir = path.parent().expect("env file paths have a directory");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(crate::core::unit::env_file_text(&f.vars).as_bytes())?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes the environment files of pod `uid`, if it had any.
+fn remove_env_files(uid: &str) {
+    let dir = std::path::Path::new(SECRET_ENV_DIR).join(uid);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(uid, error = %e, "cannot remove the pod's environment files");
+        }
+    }
 }
 
 /// What the reconciler tells a status sink about one pod.
@@ -90,6 +161,11 @@ pub enum PodReport {
 
 /// Delay before creating a unit again after systemd refused it.
 const CREATE_RETRY_US: u64 = 10_000_000;
+
+/// Delay before looking again for a ConfigMap or Secret not known yet (its
+/// watch has not listed it); a change of any watched object wakes waiting
+/// pods sooner.
+const ENV_PENDING_RETRY_US: u64 = 1_000_000;
 
 /// Microseconds since the epoch, now.
 pub fn now_us() -> u64 {
@@ -274,6 +350,15 @@ impl Runtime {
             }
             warn!("systemd signal stream ended; relying on relist");
         });
+        if let Some(source) = s.cfg.env_source.clone() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut changes = source.changes();
+                while changes.changed().await.is_ok() {
+                    me.retry_env_waiters();
+                }
+            });
+        }
         // The first desired set decides what survives; wait for it before syncing.
         if let Some(first) = desired.recv().await {
             self.set_desired(first);
@@ -319,6 +404,15 @@ impl Runtime {
                     s.units_q.add(&row.name);
                 } else {
                     orphans.push(row.name.clone());
+                }
+            }
+        }
+        if let Ok(dirs) = std::fs::read_dir(SECRET_ENV_DIR) {
+            let inner = s.inner.lock().unwrap();
+            for d in dirs.flatten() {
+                let uid = d.file_name().to_string_lossy().into_owned();
+                if !inner.pods.contains_key(&uid) {
+                    remove_env_files(&uid);
                 }
             }
         }
@@ -709,6 +803,7 @@ impl Runtime {
         if let Err(e) = s.state.remove_pod(uid) {
             return warn!(error = %e, "cannot forget stopped pod; will retry");
         }
+        remove_env_files(uid);
         let stopped_pod;
         let waiting: Vec<String> = {
             let mut inner = s.inner.lock().unwrap();
@@ -961,13 +1056,38 @@ impl Runtime {
                         return Step::Waiting;
                     }
                 }
+                let spec = match self.prepare(uid, c, spec) {
+                    Prepared::Ready(spec, skipped) => {
+                        if rec.config_error.take().is_some() {
+                            pass.changed.insert(c.name.clone());
+                        }
+                        for m in skipped {
+                            event(
+                                memo,
+                                format!("skipped:{m}"),
+                                true,
+                                "InvalidEnvironmentVariableNames",
+                                m,
+                            );
+                        }
+                        spec
+                    }
+                    Prepared::Pending => {
+                        self.schedule(uid, now_us() + ENV_PENDING_RETRY_US);
+                        return Step::Waiting;
+                    }
+                    Prepared::Failed(msg) => {
+                        self.config_failed(uid, c, &field_path, rec, msg, pass);
+                        return Step::Waiting;
+                    }
+                };
                 let Some(place) = self.take_place(uid) else {
                     return Step::Waiting;
                 };
                 if let Some(old) = &rec.restart_of {
                     memo.restart_issued.insert(old.clone());
                 }
-                match self.create(spec, place).await {
+                match self.create(&spec, place).await {
                     Ok(()) => {
                         if rec.create_error.take().is_some() {
                             pass.changed.insert(c.name.clone());
@@ -1062,6 +1182,22 @@ impl Runtime {
                 if memo.restart_issued.contains(&inv) {
                     return Step::Waiting; // asked already; the new invocation's signal brings us back
                 }
+                let spec = match self.prepare(uid, c, spec) {
+                    Prepared::Ready(spec, _) => {
+                        if rec.config_error.take().is_some() {
+                            pass.changed.insert(c.name.clone());
+                        }
+                        spec
+                    }
+                    Prepared::Pending => {
+                        self.schedule(uid, now_us() + ENV_PENDING_RETRY_US);
+                        return Step::Waiting;
+                    }
+                    Prepared::Failed(msg) => {
+                        self.config_failed(uid, c, &field_path, rec, msg, pass);
+                        return Step::Waiting;
+                    }
+                };
                 let Some(place) = self.take_place(uid) else {
                     return Step::Waiting;
                 };
@@ -1075,7 +1211,7 @@ impl Runtime {
                 }
                 if let Err(e) = self
                     .recreate(
-                        spec,
+                        &spec,
                         unit.is_some_and(|u| u.active_state == "active"),
                         place,
                     )
@@ -1147,6 +1283,101 @@ impl Runtime {
             s.inner.lock().unwrap().free_place(&spec.name, s);
         }
         r
+    }
+
+    /// The unit to create for `c` now. A container whose env names
+    /// ConfigMaps or Secrets gets one made with their data as it is now (the
+    /// kubelet resolves them at each container creation, restarts
+    /// included), with its environment file written.
+    fn prepare<'a>(&self, uid: &str, c: &ContainerPlan, spec: &'a UnitSpec) -> Prepared<'a> {
+        if c.refs.is_empty() {
+            return Prepared::Ready(Cow::Borrowed(spec), Vec::new());
+        }
+        let s = &self.shared;
+        let Some(source) = &s.cfg.env_source else {
+            return Prepared::Failed(
+                "ConfigMaps and Secrets in env need cluster mode (unitlet node)".into(),
+            );
+        };
+        let pod = match s.inner.lock().unwrap().pods.get(uid) {
+            Some(e) => e.rec.pod.clone(),
+            None => return Prepared::Pending,
+        };
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let resolved = Resolved(
+            c.refs
+                .iter()
+                .map(|r| (r.clone(), source.lookup(ns, r)))
+                .collect(),
+        );
+        if resolved.pending(&c.refs) {
+            return Prepared::Pending;
+        }
+        let Some(plan) = container_with(&pod, &s.cfg.node, &c.name, &lookup_user, &resolved) else {
+            return Prepared::Pending;
+        };
+        match plan.spec {
+            Err(w) => Prepared::Failed(w.message),
+            Ok(spec) => {
+                if let Some(f) = &plan.env_file {
+                    if let Err(e) = write_env_file(f) {
+                        return Prepared::Failed(format!(
+                            "cannot write the environment file {}: {e}",
+                            f.path
+                        ));
+                    }
+                }
+                Prepared::Ready(Cow::Owned(spec), plan.skipped_env)
+            }
+        }
+    }
+
+    /// Records a `CreateContainerConfigError` and tries again later, as the
+    /// kubelet does on its next sync (sooner when a watched object changes).
+    fn config_failed(
+        &self,
+        uid: &str,
+        c: &ContainerPlan,
+        field_path: &str,
+        rec: &mut ContainerRecord,
+        msg: String,
+        pass: &mut Pass,
+    ) {
+        if rec.config_error.as_deref() != Some(msg.as_str()) {
+            warn!(
+                uid,
+                container = c.name,
+                error = msg,
+                "cannot make the container's environment"
+            );
+            if self.shared.cfg.reports.is_some() {
+                pass.events.push(ContainerEvent {
+                    field_path: field_path.to_string(),
+                    warning: true,
+                    reason: "Failed",
+                    message: format!("Error: {msg}"),
+                });
+            }
+            rec.config_error = Some(msg);
+            pass.changed.insert(c.name.clone());
+        }
+        self.schedule(uid, now_us() + CREATE_RETRY_US);
+    }
+
+    /// Queues every pod with a container whose env names ConfigMaps or Secrets.
+    fn retry_env_waiters(&self) {
+        let s = &self.shared;
+        let inner = s.inner.lock().unwrap();
+        for (uid, e) in &inner.pods {
+            if e.plan
+                .init
+                .iter()
+                .chain(&e.plan.containers)
+                .any(|c| !c.refs.is_empty())
+            {
+                s.pods_q.add(uid);
+            }
+        }
     }
 
     async fn recreate(

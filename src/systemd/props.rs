@@ -33,6 +33,9 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
                         .collect::<Vec<_>>(),
                 ),
             )),
+            Property::EnvironmentFile(path) => {
+                out.push(("EnvironmentFiles", Value::from(vec![(path.clone(), false)])))
+            }
             Property::WorkingDirectory(s) => out.push(("WorkingDirectory", Value::from(s.clone()))),
             Property::SyslogIdentifier(s) => out.push(("SyslogIdentifier", Value::from(s.clone()))),
             Property::KillSignal(n) => out.push(("KillSignal", Value::from(*n))),

@@ -6,7 +6,16 @@
 //! shortcut accepted here would hide a bug that only a real cluster shows.
 //! Each rule names the Kubernetes source it follows.
 //!
-//! What it serves, over plain HTTP/1.1 on 127.0.0.1 (any bearer token):
+//! What it serves, over HTTP/1.1 on 127.0.0.1, plain ([`ApiServer::start`]:
+//! no authentication) or over TLS ([`ApiServer::start_tls`]):
+//! - HTTPS as a cluster serves it: a CA made at start (its PEM is
+//!   [`ApiServer::ca_pem`], and kubeconfigs carry it as
+//!   `certificate-authority-data`) signs a serving certificate for
+//!   `127.0.0.1`, `::1` and `localhost`. A request authenticates with a
+//!   client certificate the CA signed (its CN is the user, recorded in
+//!   [`Recorded::user`]; [`ApiServer::write_kubeconfig_client_cert`] issues
+//!   one) or with a bearer token (any token); with neither it gets 401. A
+//!   client certificate from another CA fails the TLS handshake.
 //! - core/v1 pods (with `/status`), nodes (with `/status`), namespaces,
 //!   events, configmaps and secrets, and coordination.k8s.io/v1 leases;
 //!   `/version` and minimal discovery (`/api`, `/apis`, resource lists).
@@ -42,11 +51,13 @@ mod patch;
 mod select;
 mod status;
 mod store;
+mod tls;
 
 use serde_json::Value;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use store::{DeleteOptions, Store};
 
@@ -62,6 +73,9 @@ pub struct Recorded {
     pub body: Option<Value>,
     /// The HTTP status of the answer (200 for a watch that started).
     pub status: u16,
+    /// Who the caller was: the common name of its client certificate (HTTPS
+    /// only), or None (a bearer token, or plain HTTP).
+    pub user: Option<String>,
 }
 
 /// State shared by the server thread and the handle.
@@ -90,14 +104,27 @@ impl Shared {
 pub struct ApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// The certificates, when serving HTTPS.
+    pki: Option<tls::Pki>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ApiServer {
     /// Starts a server on 127.0.0.1 on a free port, on its own thread and
-    /// tokio runtime, with the namespaces of a new cluster.
+    /// tokio runtime, with the namespaces of a new cluster. It serves plain
+    /// HTTP and takes every request as authenticated.
     pub fn start() -> ApiServer {
+        Self::launch(None)
+    }
+
+    /// Like [`ApiServer::start`], but serves HTTPS with a new CA and asks
+    /// requests to authenticate (see the module documentation).
+    pub fn start_tls() -> ApiServer {
+        Self::launch(Some(tls::Pki::new()))
+    }
+
+    fn launch(pki: Option<tls::Pki>) -> ApiServer {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind the test API server");
         listener
@@ -108,7 +135,8 @@ impl ApiServer {
             store: Mutex::new(Store::new()),
             changed: tokio::sync::watch::channel(0).0,
         });
-        let app = http::router(shared.clone());
+        let app = http::router(shared.clone()).into_make_service_with_connect_info::<http::Peer>();
+        let acceptor = pki.as_ref().map(tls::Pki::acceptor);
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("test-apiserver".into())
@@ -120,8 +148,16 @@ impl ApiServer {
                     .expect("tokio runtime for the test API server");
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let served: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+                        match acceptor {
+                            None => Box::pin(axum::serve(listener, app).into_future()),
+                            Some(acceptor) => {
+                                let listener = tls::TlsListener::new(listener, acceptor);
+                                Box::pin(axum::serve(listener, app).into_future())
+                            }
+                        };
                     tokio::select! {
-                        served = axum::serve(listener, app).into_future() => served.expect("test API server"),
+                        served = served => served.expect("test API server"),
                         _ = stop => {}
                     }
                 });
@@ -131,26 +167,62 @@ impl ApiServer {
         ApiServer {
             shared,
             addr,
+            pki,
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` for
+    /// [`ApiServer::start_tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA certificate (PEM) of an HTTPS server; None for plain HTTP.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.pki.as_ref().map(|pki| pki.ca_pem().to_string())
     }
 
     /// Writes a kubeconfig whose current context reaches this server with
-    /// the bearer token `test-token`, in namespace `default`.
+    /// the bearer token `test-token`, in namespace `default`, trusting the
+    /// server's CA when it serves HTTPS.
     pub fn write_kubeconfig(&self, path: &Path) {
+        self.write_kubeconfig_for(path, "    token: test-token\n");
+    }
+
+    /// Writes a kubeconfig like [`ApiServer::write_kubeconfig`], but whose
+    /// user is a new client certificate for `common_name` (in organization
+    /// `system:nodes`, as a kubelet's), signed by the server's CA, and no
+    /// token. Panics for a plain HTTP server.
+    pub fn write_kubeconfig_client_cert(&self, path: &Path, common_name: &str) {
+        let pki = self
+            .pki
+            .as_ref()
+            .expect("client certificates need a server from ApiServer::start_tls");
+        let issued = pki.issue_client(common_name, "system:nodes");
+        let user = format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            base64_of(&issued.cert_pem),
+            base64_of(&issued.key_pem),
+        );
+        self.write_kubeconfig_for(path, &user);
+    }
+
+    /// A kubeconfig for this server, with `user` (indented fields) as the user.
+    fn write_kubeconfig_for(&self, path: &Path, user: &str) {
+        let ca = match self.ca_pem() {
+            Some(pem) => format!("    certificate-authority-data: {}\n", base64_of(&pem)),
+            None => String::new(),
+        };
         let config = format!(
             "apiVersion: v1\n\
              kind: Config\n\
              clusters:\n\
-             - name: unitlet-test\n  cluster:\n    server: {url}\n\
+             - name: unitlet-test\n  cluster:\n    server: {url}\n{ca}\
              users:\n\
-             - name: unitlet-test\n  user:\n    token: test-token\n\
+             - name: unitlet-test\n  user:\n{user}\
              contexts:\n\
              - name: unitlet-test\n  context:\n    cluster: unitlet-test\n    user: unitlet-test\n    namespace: default\n\
              current-context: unitlet-test\n",
@@ -295,4 +367,10 @@ impl Drop for ApiServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Standard base64, as kubeconfig `*-data` fields hold it.
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }

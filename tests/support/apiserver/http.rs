@@ -1,6 +1,6 @@
-//! The HTTP side: the REST paths of core/v1 and coordination.k8s.io/v1, the
-//! verbs on them, content types, and watch streams (chunked, one JSON event
-//! per line, flushed as it happens).
+//! The HTTP side: authentication, the REST paths of core/v1 and
+//! coordination.k8s.io/v1, the verbs on them, content types, and watch
+//! streams (chunked, one JSON event per line, flushed as it happens).
 
 use super::kinds::{self, Kind, KINDS};
 use super::patch::PATCH_TYPES;
@@ -9,6 +9,7 @@ use super::status::{ApiError, FieldError};
 use super::store::{self, DeleteOptions, ListQuery};
 use super::{Recorded, Shared};
 use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
@@ -29,9 +30,47 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(shared)
 }
 
-/// Every request: record it, apply injected faults, serve it, wake watches.
+/// Who is at the other end of a connection (axum's connect info: serve the
+/// router with `into_make_service_with_connect_info::<Peer>()`).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Whether the connection is HTTPS, where requests must authenticate.
+    pub tls: bool,
+    /// The common name of the client certificate the CA signed, if the
+    /// client presented one.
+    pub user: Option<String>,
+}
+
+/// Plain HTTP: no TLS, no client certificate.
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        Peer {
+            tls: false,
+            user: None,
+        }
+    }
+}
+
+/// Whether a request is authenticated: over HTTPS, by a client certificate
+/// (see [`Peer`]) or by a bearer token, any token (the apiserver's union of
+/// authenticators, x509 first); over plain HTTP, always, like the insecure
+/// port servers once had.
+fn authenticated(peer: &Peer, headers: &HeaderMap) -> bool {
+    let bearer = || {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|token| !token.trim().is_empty())
+    };
+    !peer.tls || peer.user.is_some() || bearer()
+}
+
+/// Every request: record it, authenticate it, apply injected faults, serve
+/// it, wake watches.
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -48,10 +87,15 @@ async fn handle(
         content_type: content_type.clone(),
         body: serde_json::from_slice(&body).ok(),
         status: 0,
+        user: peer.user.clone(),
     };
+    // Authentication comes first in kube-apiserver's handler chain: a
+    // refused request reaches no later filter, so it takes no injected fault.
     let fault = {
         let mut st = shared.lock();
-        if !st.available {
+        if !authenticated(&peer, &headers) {
+            Some(ApiError::unauthorized())
+        } else if !st.available {
             Some(ApiError::injected(503))
         } else if st.fail.0 > 0 {
             st.fail.0 -= 1;

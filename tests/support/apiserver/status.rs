@@ -239,6 +239,12 @@ impl ApiError {
         e
     }
 
+    /// 401: no client certificate the CA signed, no bearer token
+    /// (what kube-apiserver answers with anonymous requests disabled).
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
     pub fn method_not_allowed() -> Self {
         Self::new(
             405,

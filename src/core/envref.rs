@@ -1,0 +1,180 @@
+//! ConfigMap and Secret references in a container's environment.
+//!
+//! The kubelet resolves `envFrom` and `valueFrom.configMapKeyRef`/
+//! `secretKeyRef` each time it creates a container, from the objects as they
+//! are then; a change later reaches a container only when it is created
+//! again (a restart). unitlet does the same: the runtime looks the objects
+//! up just before it creates a container's unit and hands them to the
+//! translation as data ([`Resolved`]), so the translation stays pure.
+//!
+//! What a missing object or key does follows the kubelet
+//! (`makeEnvironmentVariables`): an `optional` reference to something
+//! missing is skipped; otherwise the container waits with
+//! `CreateContainerConfigError` and the kubelet's message, and is tried
+//! again when the object appears.
+
+use k8s_openapi::api::core::v1::Container;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The two kinds of object a container's env can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefKind {
+    /// A ConfigMap (only its `data` feeds env, as in the kubelet).
+    ConfigMap,
+    /// A Secret (its `data`, decoded).
+    Secret,
+}
+
+impl RefKind {
+    /// The kubelet's word for the kind in error messages (`configmap "x" not found`).
+    pub fn word(self) -> &'static str {
+        match self {
+            RefKind::ConfigMap => "configmap",
+            RefKind::Secret => "secret",
+        }
+    }
+
+    /// The Kind, as in `couldn't find key k in ConfigMap ns/name`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            RefKind::ConfigMap => "ConfigMap",
+            RefKind::Secret => "Secret",
+        }
+    }
+}
+
+/// An object named by a container's env, in the pod's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// ConfigMap or Secret.
+    pub kind: RefKind,
+    /// Its name.
+    pub name: String,
+}
+
+/// What a lookup of one object found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The object's data, key → bytes.
+    Found(Arc<BTreeMap<String, Vec<u8>>>),
+    /// The object does not exist.
+    NotFound,
+    /// Not known yet (its watch has not listed it); try again shortly.
+    Pending,
+    /// It could not be read (for example, the node may not read it): the
+    /// kubelet's error even for an `optional` reference.
+    Failed(String),
+}
+
+/// The objects a container's env names, looked up: the translation's input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved(pub HashMap<ObjectRef, Lookup>);
+
+impl Resolved {
+    /// The lookup of `r`; an object nobody looked up counts as pending.
+    pub fn get(&self, r: &ObjectRef) -> &Lookup {
+        self.0.get(r).unwrap_or(&Lookup::Pending)
+    }
+
+    /// Whether any object is still pending.
+    pub fn pending(&self, refs: &[ObjectRef]) -> bool {
+        refs.iter().any(|r| *self.get(r) == Lookup::Pending)
+    }
+}
+
+/// Every object the container's env names, each once, in order.
+pub fn references(c: &Container) -> Vec<ObjectRef> {
+    let mut out: Vec<ObjectRef> = Vec::new();
+    let mut add = |kind, name: &str| {
+        let r = ObjectRef {
+            kind,
+            name: name.to_string(),
+        };
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    };
+    for f in c.env_from.iter().flatten() {
+        if let Some(cm) = &f.config_map_ref {
+            add(RefKind::ConfigMap, &cm.name);
+        }
+        if let Some(s) = &f.secret_ref {
+            add(RefKind::Secret, &s.name);
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let Some(from) = &e.value_from else { continue };
+        if let Some(k) = &from.config_map_key_ref {
+            add(RefKind::ConfigMap, &k.name);
+        }
+        if let Some(k) = &from.secret_key_ref {
+            add(RefKind::Secret, &k.name);
+        }
+    }
+    out
+}
+
+/// Data of a ConfigMap as env sees it: `data` only, as the kubelet does
+/// (`binaryData` never reaches env).
+pub fn config_map_data(data: Option<&BTreeMap<String, String>>) -> BTreeMap<String, Vec<u8>> {
+    data.into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect()
+}
+
+/// Data of a Secret as env sees it.
+pub fn secret_data(
+    data: Option<&BTreeMap<String, k8s_openapi::ByteString>>,
+) -> BTreeMap<String, Vec<u8>> {
+    data.into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_listed_once_in_order() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "envFrom": [{"configMapRef": {"name": "a"}}, {"secretRef": {"name": "s"}, "prefix": "S_"}],
+            "env": [
+                {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "a", "key": "k"}}},
+                {"name": "Y", "valueFrom": {"configMapKeyRef": {"name": "b", "key": "k"}}},
+                {"name": "Z", "valueFrom": {"secretKeyRef": {"name": "a", "key": "k"}}},
+                {"name": "V", "value": "plain"}
+            ]
+        }))
+        .unwrap();
+        let names: Vec<(RefKind, String)> = references(&c)
+            .into_iter()
+            .map(|r| (r.kind, r.name))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (RefKind::ConfigMap, "a".to_string()),
+                (RefKind::Secret, "s".into()),
+                (RefKind::ConfigMap, "b".into()),
+                (RefKind::Secret, "a".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_objects_are_pending() {
+        let r = Resolved::default();
+        let a = ObjectRef {
+            kind: RefKind::Secret,
+            name: "a".into(),
+        };
+        assert_eq!(r.get(&a), &Lookup::Pending);
+        assert!(r.pending(std::slice::from_ref(&a)));
+        assert!(!r.pending(&[]));
+    }
+}
