@@ -4,7 +4,7 @@
 //! once and skipped. inotify drives it; a periodic relist is the safety net.
 //! An edit changes the pod's UID, so the pod is recreated (kubelet rule).
 
-use crate::core::manifest::{parse_manifest, StaticPod};
+use crate::core::manifest::{node_static_pod, parse_manifest, StaticPod};
 use futures_util::{FutureExt, StreamExt};
 use inotify::{Inotify, WatchMask};
 use sha2::{Digest, Sha256};
@@ -29,6 +29,8 @@ struct FileState {
 pub struct ManifestDir {
     dir: PathBuf,
     node: String,
+    /// Cluster mode: pods are named `<name>-<node>`, as the kubelet does.
+    cluster: bool,
     files: BTreeMap<PathBuf, FileState>,
     reported_conflicts: HashMap<PathBuf, String>,
 }
@@ -45,8 +47,17 @@ impl ManifestDir {
         ManifestDir {
             dir: dir.into(),
             node: node.to_string(),
+            cluster: false,
             files: BTreeMap::new(),
             reported_conflicts: HashMap::new(),
+        }
+    }
+
+    /// A source for a cluster node's static pods (see [`node_static_pod`]).
+    pub fn for_cluster(dir: impl Into<PathBuf>, node: &str) -> Self {
+        ManifestDir {
+            cluster: true,
+            ..ManifestDir::new(dir, node)
         }
     }
 
@@ -78,7 +89,14 @@ impl ManifestDir {
         }
         let source = path.to_string_lossy();
         let is_json = source.ends_with(".json");
-        let parsed = match parse_manifest(&bytes, &source, &self.node, is_json) {
+        let parsed = parse_manifest(&bytes, &source, &self.node, is_json).and_then(|p| {
+            if self.cluster {
+                node_static_pod(p, &self.node)
+            } else {
+                Ok(p)
+            }
+        });
+        let parsed = match parsed {
             Ok(p) => Parsed::Pod(Arc::new(p)),
             Err(e) => {
                 error!(file = %path.display(), field = e.field, error = %e, "skipping invalid manifest");
@@ -144,13 +162,19 @@ impl ManifestDir {
 const MIN_SEND_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Watches `dir` and sends the full set of valid pods after every change.
+/// `cluster`: names static pods as a cluster node does (see [`ManifestDir::for_cluster`]).
 pub async fn watch(
     dir: PathBuf,
     node: String,
+    cluster: bool,
     relist: Duration,
     tx: mpsc::Sender<Vec<Arc<StaticPod>>>,
 ) -> std::io::Result<()> {
-    let mut src = ManifestDir::new(dir.clone(), &node);
+    let mut src = if cluster {
+        ManifestDir::for_cluster(dir.clone(), &node)
+    } else {
+        ManifestDir::new(dir.clone(), &node)
+    };
     let inotify = Inotify::init()?;
     inotify.watches().add(
         &dir,

@@ -208,6 +208,22 @@ fn bound_pod_runs_reports_status_and_is_removed_after_graceful_deletion() {
     let body = del.body.unwrap_or(Value::Null);
     assert_eq!(body["preconditions"]["uid"], uid.as_str());
     assert_eq!(body["gracePeriodSeconds"], 0);
+    // Before that, the final status: the container ended (it exits 0 on
+    // SIGTERM), so the pod is Succeeded, as the kubelet reports a deleted pod.
+    let reqs = api.requests();
+    let del_at = reqs
+        .iter()
+        .rposition(|r| r.method == "DELETE" && r.path.ends_with("/pods/web"))
+        .unwrap();
+    let last = reqs[..del_at]
+        .iter()
+        .rfind(|r| r.method == "PATCH" && r.path.ends_with("/pods/web/status"))
+        .and_then(|r| r.body.clone())
+        .expect("a status write before the delete");
+    assert_eq!(last["status"]["phase"], "Succeeded", "{last}");
+    let term = &last["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 0, "{last}");
+    assert_eq!(term["reason"], "Completed", "{last}");
     assert!(reasons(&api).iter().any(|r| r == "Killing"));
     node.wait_for("the unit to be gone", default_wait(), || {
         (!node
@@ -226,6 +242,30 @@ fn bound_pod_runs_reports_status_and_is_removed_after_graceful_deletion() {
                 .then_some(())
         },
     );
+
+    // A container that ignores SIGTERM is killed at the deletion grace;
+    // the pod's last status says so (137, Failed).
+    let mut stubborn = sleeper("stubborn", &nn);
+    stubborn["spec"]["containers"][0]["command"] =
+        json!(["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]);
+    api.create("pods", Some("default"), stubborn);
+    wait_api_phase(&api, &node, "stubborn", "Running");
+    api.delete("pods", Some("default"), "stubborn", Some(1));
+    node.wait_for("the stubborn pod removed", default_wait(), || {
+        api.get("pods", Some("default"), "stubborn")
+            .is_none()
+            .then_some(())
+    });
+    let last = api
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "PATCH" && r.path.ends_with("/pods/stubborn/status"))
+        .and_then(|r| r.body)
+        .unwrap();
+    assert_eq!(last["status"]["phase"], "Failed", "{last}");
+    let term = &last["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 137, "{last}");
+    assert_eq!(term["reason"], "Error", "{last}");
     node.stop_agent();
 }
 
@@ -644,5 +684,118 @@ fn configmap_and_secret_env_reach_the_container_and_secrets_stay_off_the_bus() {
                 .then_some(())
         },
     );
+    node.stop_agent();
+}
+
+#[test]
+fn static_pods_run_from_the_manifest_directory_with_mirror_pods_in_the_api() {
+    let api = ApiServer::start();
+    let mut node = Node::boot("static_pods");
+    let nn = node.name.clone();
+    let manifest = |cmd: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {{app: web}}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: c\n    image: host\n    command: [/bin/sh, -c, '{cmd}']\n"
+        )
+    };
+    node.write_manifest("web.yaml", &manifest("while :; do sleep 0.1; done"));
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    let config = node.dir.join("unitlet.yaml");
+    std::fs::write(
+        &config,
+        format!("manifests: {}\n", node.manifests.display()),
+    )
+    .unwrap();
+    node.start_node_agent(&kc, &["--config", &config.to_string_lossy()]);
+    let mirror_name = format!("web-{nn}");
+    let running_mirror = |api: &ApiServer, node: &Node| {
+        node.wait_for("the mirror pod Running", default_wait(), || {
+            let p = api.get("pods", Some("default"), &mirror_name)?;
+            (p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+                .then_some(p)
+        })
+    };
+    let m = running_mirror(&api, &node);
+    let n = api.get("nodes", None, &nn).unwrap();
+    let ann = &m["metadata"]["annotations"];
+    let hash = ann["kubernetes.io/config.mirror"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ann["kubernetes.io/config.hash"], hash.as_str());
+    assert_eq!(ann["kubernetes.io/config.source"], "file");
+    assert_eq!(m["metadata"]["labels"]["app"], "web");
+    let owner = &m["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Node");
+    assert_eq!(owner["name"], nn.as_str());
+    assert_eq!(owner["uid"], n["metadata"]["uid"]);
+    assert_eq!(owner["controller"], true);
+    assert_eq!(m["spec"]["nodeName"], nn.as_str());
+    assert_eq!(cstatus(&m, "c")["ready"], true);
+    // One unit: the static pod's, named as the kubelet names static pods;
+    // the mirror pod in the watch is not run a second time.
+    let unit = node.unit_of("default", &mirror_name, "c");
+    assert_eq!(node.units("unitlet_default_web*"), vec![unit.clone()]);
+    let pid = node.show_value(&unit, "MainPID");
+    // Status writes to the mirror carry the mirror's own UID.
+    let muid = m["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(&format!("/pods/{mirror_name}/status")))
+        .all(|r| r.body.as_ref().unwrap()["metadata"]["uid"] == muid.as_str()));
+
+    // Deleting the mirror does not stop the static pod; the mirror comes back.
+    api.delete("pods", Some("default"), &mirror_name, Some(30));
+    node.wait_for("a new mirror pod", default_wait(), || {
+        let p = api.get("pods", Some("default"), &mirror_name)?;
+        (p["metadata"]["uid"] != muid.as_str()
+            && p["status"]["phase"] == "Running"
+            && p["metadata"]["deletionTimestamp"].is_null())
+        .then_some(())
+    });
+    assert_eq!(
+        node.show_value(&unit, "MainPID"),
+        pid,
+        "the static pod restarted"
+    );
+
+    // A restarted agent keeps the static pod running and its mirror.
+    let current = api.get("pods", Some("default"), &mirror_name).unwrap();
+    node.kill_agent_9();
+    node.start_node_agent(&kc, &["--config", &config.to_string_lossy()]);
+    node.wait_log("the initial sync", |l| {
+        l["message"] == "initial sync complete"
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        node.show_value(&unit, "MainPID"),
+        pid,
+        "the static pod restarted"
+    );
+    let after = api.get("pods", Some("default"), &mirror_name).unwrap();
+    assert_eq!(after["metadata"]["uid"], current["metadata"]["uid"]);
+
+    // An edited manifest is a new static pod: its mirror replaces the old one.
+    node.write_manifest(
+        "web.yaml",
+        &manifest("echo v2; while :; do sleep 0.1; done"),
+    );
+    node.wait_for("the mirror of the edited manifest", default_wait(), || {
+        let p = api.get("pods", Some("default"), &mirror_name)?;
+        let h = p["metadata"]["annotations"]["kubernetes.io/config.mirror"].as_str()?;
+        (h != hash && p["status"]["phase"] == "Running").then_some(())
+    });
+
+    // A removed manifest: the pod stops and its mirror goes.
+    node.remove_manifest("web.yaml");
+    node.wait_for("the mirror pod removed", default_wait(), || {
+        api.get("pods", Some("default"), &mirror_name)
+            .is_none()
+            .then_some(())
+    });
+    node.wait_for("the static pod's unit gone", default_wait(), || {
+        node.units("unitlet_default_web*").is_empty().then_some(())
+    });
     node.stop_agent();
 }

@@ -485,6 +485,7 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let source = tokio::spawn(crate::source::watch(
         manifests,
         node.node_name.clone(),
+        false,
         args.reconciler.relist,
         tx,
     ));

@@ -12,10 +12,12 @@
 
 pub mod config;
 pub mod events;
+pub mod mirror;
 pub mod node;
 pub mod pods;
 pub mod refs;
 
+use crate::core::manifest::StaticPod;
 use crate::core::NodeFacts;
 use crate::runtime::{Config as RuntimeConfig, Runtime};
 use crate::state::StateDir;
@@ -26,6 +28,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -147,16 +150,45 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
     tokio::spawn(lease_loop(
         client.clone(),
         name.clone(),
-        node_uid,
+        node_uid.clone(),
         Duration::from_secs(u64::from(opts.config.lease_renew_seconds)),
     ));
 
+    // Two sources of pods, one desired set: the API's bound pods and the
+    // static pods of the manifest directory (if configured).
+    let (api_tx, api_rx) = tokio::sync::mpsc::channel(16);
+    let (static_tx, static_rx) = tokio::sync::mpsc::channel(16);
+    let (statics_tx, statics_rx) = tokio::sync::watch::channel(Vec::new());
+    match &opts.config.manifests {
+        Some(dir) => {
+            let (dir, node, relist) = (dir.clone(), name.clone(), rcfg.relist);
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::source::watch(dir.clone(), node, true, relist, static_tx).await
+                {
+                    // As a kubelet with a bad staticPodPath: say so, run the rest.
+                    warn!(dir = %dir.display(), error = %e, "cannot watch the static pod directory");
+                }
+            });
+        }
+        None => {
+            let _ = static_tx.send(Vec::new()).await;
+        }
+    }
+    tokio::spawn(merge_sources(api_rx, static_rx, statics_tx, desired_tx));
+    tokio::spawn(mirror::run(
+        client.clone(),
+        name.clone(),
+        node_uid,
+        known.clone(),
+        statics_rx,
+    ));
     tokio::spawn(pods::watch(
         client.clone(),
         name.clone(),
         known.clone(),
         refs,
-        desired_tx,
+        api_tx,
         reports_tx,
     ));
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -188,6 +220,45 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         Err(e) => {
             warn!(error = %e, "reconciler stopped");
             Ok(())
+        }
+    }
+}
+
+/// Sends the runtime the API's pods and the static pods as one set, once
+/// both sources have spoken (the first set decides which running pods
+/// survive a restart), and passes the static pods to the mirror manager.
+async fn merge_sources(
+    mut api: tokio::sync::mpsc::Receiver<Vec<Arc<StaticPod>>>,
+    mut statics: tokio::sync::mpsc::Receiver<Vec<Arc<StaticPod>>>,
+    mirror: tokio::sync::watch::Sender<Vec<Arc<StaticPod>>>,
+    desired: tokio::sync::mpsc::Sender<Vec<Arc<StaticPod>>>,
+) {
+    let mut from_api: Option<Vec<Arc<StaticPod>>> = None;
+    let mut from_dir: Option<Vec<Arc<StaticPod>>> = None;
+    let mut dir_open = true;
+    loop {
+        tokio::select! {
+            set = api.recv() => match set {
+                Some(set) => from_api = Some(set),
+                None => return,
+            },
+            set = statics.recv(), if dir_open => match set {
+                Some(set) => {
+                    let _ = mirror.send(set.clone());
+                    from_dir = Some(set);
+                }
+                // The directory watch ended (an error was logged): keep its last set.
+                None => {
+                    dir_open = false;
+                    from_dir.get_or_insert_with(Vec::new);
+                }
+            },
+        }
+        if let (Some(a), Some(d)) = (&from_api, &from_dir) {
+            let all = a.iter().chain(d).cloned().collect();
+            if desired.send(all).await.is_err() {
+                return;
+            }
         }
     }
 }

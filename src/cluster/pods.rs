@@ -24,6 +24,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+/// The annotation that makes a pod the mirror of a static pod; its value
+/// is the static pod's UID (the kubelet's config hash).
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// What the watch last saw of a bound pod, for the status writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiPod {
@@ -31,20 +35,73 @@ pub struct ApiPod {
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// The object's UID in the API (for a mirror pod, not the UID of the
+    /// static pod it mirrors).
+    pub api_uid: String,
+    /// A mirror pod.
+    pub mirror: bool,
     /// `status.phase` in the API.
     pub phase: Option<String>,
     /// `deletionTimestamp` is set.
     pub deleting: bool,
 }
 
-/// Bound pods by UID, as the watch last saw them.
-#[derive(Debug, Clone, Default)]
-pub struct Known(Arc<Mutex<HashMap<String, ApiPod>>>);
+/// Bound pods as the watch last saw them, by the UID the runtime knows
+/// them by: their own, or for mirror pods the static pod's.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pods: Arc<Mutex<HashMap<String, ApiPod>>>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Known {
+            pods: Arc::default(),
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
 
 impl Known {
-    fn get(&self, uid: &str) -> Option<ApiPod> {
-        self.0.lock().unwrap().get(uid).cloned()
+    /// The pod the runtime knows as `uid`.
+    pub fn get(&self, uid: &str) -> Option<ApiPod> {
+        self.pods.lock().unwrap().get(uid).cloned()
     }
+
+    /// Mirror pods, by the static pod UID they mirror.
+    pub fn mirrors(&self) -> Vec<(String, ApiPod)> {
+        self.pods
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| p.mirror)
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Bumped after every batch of watch events.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// The UID the runtime knows an API pod by.
+fn runtime_uid(pod: &Pod) -> Option<String> {
+    mirror_of(pod).or_else(|| pod.metadata.uid.clone())
+}
+
+/// The static pod UID a mirror pod mirrors.
+fn mirror_of(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(MIRROR_ANNOTATION)
+        .cloned()
 }
 
 fn is_terminal(phase: Option<&str>) -> bool {
@@ -116,7 +173,7 @@ pub async fn watch(
                 }
                 Ok(Event::InitApply(p)) => {
                     if let Some(l) = listing.as_mut() {
-                        listed.extend(p.metadata.uid.clone());
+                        listed.extend(runtime_uid(&p));
                         accept(&p, l, &known, &reports);
                     }
                 }
@@ -124,7 +181,7 @@ pub async fn watch(
                     if let Some(l) = listing.take() {
                         // A (re-)list is the whole truth: forget pods it lacks.
                         known
-                            .0
+                            .pods
                             .lock()
                             .unwrap()
                             .retain(|uid, _| listed.contains(uid));
@@ -138,14 +195,21 @@ pub async fn watch(
                     changed = true;
                 }
                 Ok(Event::Delete(p)) => {
-                    if let Some(uid) = p.metadata.uid.as_deref() {
-                        pods.remove(uid);
-                        known.0.lock().unwrap().remove(uid);
+                    if let Some(uid) = runtime_uid(&p) {
+                        pods.remove(&uid);
+                        let mut k = known.pods.lock().unwrap();
+                        // Only if it is this object (not a newer one of the same key).
+                        if k.get(&uid).map(|a| a.api_uid.as_str()) == p.metadata.uid.as_deref() {
+                            k.remove(&uid);
+                        }
                     }
                     changed = true;
                 }
                 Err(e) => warn!(error = %e, "pod watch failed; retrying with back-off"),
             }
+        }
+        if changed {
+            known.bump();
         }
         if synced && changed {
             // Watch what the pods' env names before they reach the runtime.
@@ -171,20 +235,29 @@ fn accept(
     known: &Known,
     reports: &mpsc::UnboundedSender<PodReport>,
 ) {
-    let Some(uid) = pod.metadata.uid.clone() else {
+    let Some(api_uid) = pod.metadata.uid.clone() else {
         return;
     };
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    known.0.lock().unwrap().insert(
+    let mirror = mirror_of(pod);
+    let uid = mirror.clone().unwrap_or_else(|| api_uid.clone());
+    known.pods.lock().unwrap().insert(
         uid.clone(),
         ApiPod {
             namespace: namespace.clone(),
             name: name.clone(),
+            api_uid,
+            mirror: mirror.is_some(),
             phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
             deleting: pod.metadata.deletion_timestamp.is_some(),
         },
     );
+    if mirror.is_some() {
+        // The static pod it mirrors runs from the manifest directory; the
+        // mirror only shows it (see `super::mirror`).
+        return;
+    }
     match to_desired(pod) {
         Ok(d) => {
             // Keep the shared copy when nothing the reconciler reads changed
@@ -219,19 +292,25 @@ fn accept(
 
 /// Writes what the reconciler reports: the newest status per pod, and the
 /// removal of deleted pods once stopped. Failed writes are retried with
-/// back-off; a newer status replaces an unwritten older one.
+/// back-off; a newer status replaces an unwritten older one. The newest
+/// status of every running pod is kept, so a pod that (re)appears in the
+/// API later gets it written too: a static pod's mirror pod, created after
+/// the static pod started or re-created after someone deleted it.
 pub async fn write_status(
     client: kube::Client,
     known: Known,
     mut reports: mpsc::UnboundedReceiver<PodReport>,
     events: mpsc::UnboundedSender<super::events::Record>,
 ) {
-    let mut statuses: HashMap<String, (String, String, PodStatus)> = HashMap::new();
+    let mut latest: HashMap<String, (String, String, PodStatus)> = HashMap::new();
     let mut stops: HashMap<String, (String, String)> = HashMap::new();
-    let mut written: HashMap<String, PodStatus> = HashMap::new();
+    // What was written, to which object (a mirror pod may be re-created).
+    let mut written: HashMap<String, (String, PodStatus)> = HashMap::new();
     let mut backoff = Duration::from_millis(500);
+    let mut failed = false;
+    let mut api_changed = known.subscribe();
     let take = |r: PodReport,
-                statuses: &mut HashMap<String, (String, String, PodStatus)>,
+                latest: &mut HashMap<String, (String, String, PodStatus)>,
                 stops: &mut HashMap<String, (String, String)>| match r {
         PodReport::Status {
             uid,
@@ -239,7 +318,7 @@ pub async fn write_status(
             name,
             status,
         } => {
-            statuses.insert(uid, (namespace, name, *status));
+            latest.insert(uid, (namespace, name, *status));
         }
         PodReport::Stopped {
             uid,
@@ -274,32 +353,61 @@ pub async fn write_status(
         }
     };
     loop {
-        if statuses.is_empty() && stops.is_empty() {
-            match reports.recv().await {
-                Some(r) => take(r, &mut statuses, &mut stops),
-                None => return,
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        } else {
+            backoff = Duration::from_millis(500);
+            tokio::select! {
+                r = reports.recv() => match r {
+                    Some(r) => take(r, &mut latest, &mut stops),
+                    None => return,
+                },
+                _ = api_changed.changed() => {}
             }
         }
         while let Ok(r) = reports.try_recv() {
-            take(r, &mut statuses, &mut stops);
+            take(r, &mut latest, &mut stops);
         }
-        let mut failed = false;
-        for (uid, (ns, name, status)) in std::mem::take(&mut statuses) {
-            match write_one(&client, &known, &written, &uid, &ns, &name, &status).await {
+        // Forget what was written for pods the API no longer has.
+        written.retain(|uid, _| known.get(uid).is_some());
+        failed = false;
+        for (uid, (ns, name, status)) in &latest {
+            let Some(api_uid) = known.get(uid).map(|p| p.api_uid) else {
+                continue; // not in the API (yet, for a mirror pod)
+            };
+            if written
+                .get(uid)
+                .is_some_and(|(a, w)| *a == api_uid && w == status)
+            {
+                continue;
+            }
+            match write_one(&client, &known, uid, status).await {
+                // Written, or refused for good: not again until it changes.
                 Ok(true) => {
-                    written.insert(uid, status);
+                    written.insert(uid.clone(), (api_uid, status.clone()));
                 }
+                // Not in the API yet: written once it appears.
                 Ok(false) => {}
                 Err(e) => {
                     warn!(pod = format!("{ns}/{name}"), error = %e, "cannot write pod status; will retry");
-                    statuses.entry(uid).or_insert((ns, name, status));
                     failed = true;
                 }
             }
         }
         for (uid, (ns, name)) in std::mem::take(&mut stops) {
-            match delete_stopped(&client, &known, &uid, &ns, &name).await {
+            // The final status (terminated containers, terminal phase) goes
+            // out before the object is removed, as the kubelet's does.
+            let unwritten = latest.get(&uid).is_some_and(|(_, _, st)| {
+                known.get(&uid).is_some() && written.get(&uid).is_none_or(|(_, w)| w != st)
+            });
+            if unwritten {
+                stops.insert(uid, (ns, name));
+                continue;
+            }
+            match delete_stopped(&client, &known, &uid).await {
                 Ok(()) => {
+                    latest.remove(&uid);
                     written.remove(&uid);
                 }
                 Err(e) => {
@@ -309,55 +417,44 @@ pub async fn write_status(
                 }
             }
         }
-        // Forget what was written for pods the API no longer has.
-        written.retain(|uid, _| known.get(uid).is_some());
-        if failed {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        } else {
-            backoff = Duration::from_millis(500);
-        }
     }
 }
 
-/// Patches one pod's status; `Ok(false)` when there was nothing to write.
+/// Patches one pod's status. `Ok(true)`: done with this status (written,
+/// or not to be written: refused, or it would move a terminal phase back);
+/// `Ok(false)`: the pod is not in the API, yet.
 async fn write_one(
     client: &kube::Client,
     known: &Known,
-    written: &HashMap<String, PodStatus>,
     uid: &str,
-    ns: &str,
-    name: &str,
     status: &PodStatus,
 ) -> Result<bool, kube::Error> {
     let Some(api_pod) = known.get(uid) else {
-        return Ok(false); // gone from the API
+        return Ok(false); // not in the API (yet, for a mirror pod)
     };
-    if written.get(uid) == Some(status) {
-        return Ok(false);
-    }
+    let (ns, name) = (api_pod.namespace.as_str(), api_pod.name.as_str());
     if is_terminal(api_pod.phase.as_deref()) && !is_terminal(status.phase.as_deref()) {
         debug!(
             pod = format!("{ns}/{name}"),
             "not moving a terminal phase backwards"
         );
-        return Ok(false);
+        return Ok(true);
     }
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let patch = serde_json::json!({ "metadata": { "uid": uid }, "status": status });
+    let patch = serde_json::json!({ "metadata": { "uid": api_pod.api_uid }, "status": status });
     match api
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
         .await
     {
         Ok(_) => Ok(true),
         // Deleted: nothing to write.
-        Err(e) if api_code(&e) == Some(404) => Ok(false),
+        Err(e) if api_code(&e) == Some(404) => Ok(true),
         // 422: refused as invalid, which includes a UID in the patch that no
         // longer matches (a new pod of the same name); 409: conflict. Writing
         // the same again cannot succeed; the next change is tried afresh.
         Err(e) if matches!(api_code(&e), Some(409 | 422)) => {
             warn!(pod = format!("{ns}/{name}"), uid, error = %e, "pod status refused; not retrying");
-            Ok(false)
+            Ok(true)
         }
         Err(e) => Err(e),
     }
@@ -368,12 +465,12 @@ async fn delete_stopped(
     client: &kube::Client,
     known: &Known,
     uid: &str,
-    ns: &str,
-    name: &str,
 ) -> Result<(), kube::Error> {
-    if !known.get(uid).is_some_and(|p| p.deleting) {
+    // Mirror pods are the mirror manager's.
+    let Some(p) = known.get(uid).filter(|p| p.deleting && !p.mirror) else {
         return Ok(());
-    }
+    };
+    let (ns, name) = (p.namespace.as_str(), p.name.as_str());
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let dp = DeleteParams {
         grace_period_seconds: Some(0),

@@ -177,6 +177,27 @@ pub fn parse_manifest(
     })
 }
 
+/// A static pod as a cluster node runs it: named `<name>-<node>`, as the
+/// kubelet names static pods and their mirror pods, so the same manifest
+/// on several nodes does not collide in the API.
+pub fn node_static_pod(mut p: StaticPod, node_name: &str) -> Result<StaticPod, ManifestError> {
+    let name = format!(
+        "{}-{}",
+        p.pod.metadata.name.as_deref().unwrap_or(""),
+        node_name.to_ascii_lowercase()
+    );
+    if !is_dns_subdomain(&name) {
+        let mut e = err(
+            "metadata.name",
+            format!("{name:?} (the name with the node's appended, as for every static pod in cluster mode) is not a valid pod name; shorten the name"),
+        );
+        e.pod = Some(p.key());
+        return Err(e);
+    }
+    p.pod.metadata.name = Some(name);
+    Ok(p)
+}
+
 /// Names the pod and container of a decoding error from the raw document,
 /// since the typed pod does not exist yet.
 fn error_context(value: &Value) -> impl FnOnce(ManifestError) -> ManifestError {

@@ -427,6 +427,37 @@ fn condition(
 /// Computes the pod status the kubelet would report.
 ///
 /// `admitted_us` is when unitlet admitted the pod (`startTime`);
+/// The last status of a pod whose units were all stopped because the pod
+/// is going away: as the kubelet's for a terminal pod, every container that
+/// ran shows how it ended and nothing is restarted any more, so the phase
+/// is Succeeded if all app containers exited 0 and Failed otherwise
+/// (whatever the restart policy). Controllers such as the Job controller
+/// read this phase before the pod object is removed.
+#[allow(clippy::too_many_arguments)]
+pub fn observe_terminal(
+    pod: &Pod,
+    plan: &PodPlan,
+    node: &NodeFacts,
+    units: &HashMap<String, UnitSnapshot>,
+    records: &HashMap<String, ContainerRecord>,
+    admitted_us: u64,
+    now_us: u64,
+) -> PodStatus {
+    let mut pod = pod.clone();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.restart_policy = Some("Never".into());
+    }
+    let records: HashMap<String, ContainerRecord> = records
+        .iter()
+        .map(|(k, r)| {
+            let mut r = r.clone();
+            r.restart_of = None;
+            (k.clone(), r)
+        })
+        .collect();
+    observe(&pod, plan, node, units, &records, admitted_us, now_us)
+}
+
 /// `units`/`records` are keyed by unit name and container name.
 pub fn observe(
     pod: &Pod,

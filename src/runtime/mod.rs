@@ -189,6 +189,9 @@ struct PodEntry {
     plan: PodPlan,
     containers: HashMap<String, ContainerRecord>,
     terminating: bool,
+    /// While terminating: how each container's unit ended, kept from its
+    /// signals, since systemd unloads a cleanly stopped unit at once.
+    finals: HashMap<String, UnitSnapshot>,
     memo: Memo,
     last_summary: String,
     last_reported: Option<k8s_openapi::api::core::v1::PodStatus>,
@@ -445,6 +448,7 @@ impl Runtime {
                 plan,
                 containers,
                 terminating: false,
+                finals: HashMap::new(),
                 memo: Memo::default(),
                 last_summary: String::new(),
                 last_reported: None,
@@ -547,6 +551,11 @@ impl Runtime {
                 ..Default::default()
             });
         apply_changes(snap, &props);
+        if let Some(e) = inner.pods.get_mut(&uid) {
+            if e.terminating && matches!(instance(Some(snap)), Instance::Terminated(..)) {
+                e.finals.insert(unit.clone(), snap.clone());
+            }
+        }
         if unit_interface {
             s.pods_q.add(&uid);
         }
@@ -706,6 +715,35 @@ impl Runtime {
         }
     }
 
+    /// Reports the last status of a pod whose units all stopped (see
+    /// [`observe::observe_terminal`]); `last` holds the units still loaded.
+    fn report_final_status(&self, uid: &str, mut last: HashMap<String, UnitSnapshot>) {
+        let s = &self.shared;
+        if s.cfg.reports.is_none() {
+            return;
+        }
+        let inner = s.inner.lock().unwrap();
+        let Some(e) = inner.pods.get(uid) else { return };
+        for (unit, snap) in &e.finals {
+            last.entry(unit.clone()).or_insert_with(|| snap.clone());
+        }
+        let status = observe::observe_terminal(
+            &e.rec.pod,
+            &e.plan,
+            &s.cfg.node,
+            &last,
+            &e.containers,
+            e.rec.admitted_us,
+            now_us(),
+        );
+        self.report(PodReport::Status {
+            uid: uid.to_string(),
+            namespace: e.rec.pod.metadata.namespace.clone().unwrap_or_default(),
+            name: e.rec.pod.metadata.name.clone().unwrap_or_default(),
+            status: Box::new(status),
+        });
+    }
+
     fn report_stopped(&self, uid: &str, pod: &k8s_openapi::api::core::v1::Pod) {
         self.report(PodReport::Stopped {
             uid: uid.to_string(),
@@ -776,6 +814,7 @@ impl Runtime {
         }
         let mut busy = false;
         let mut loaded = Vec::new();
+        let mut last: HashMap<String, UnitSnapshot> = HashMap::new();
         for unit in &units {
             match s.sd.snapshot(unit).await {
                 Ok(Some(snap)) => {
@@ -786,6 +825,7 @@ impl Runtime {
                         busy = true;
                     }
                     loaded.push(unit.clone());
+                    last.insert(unit.clone(), snap);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -797,6 +837,7 @@ impl Runtime {
         if busy {
             return; // signals bring us back when the units stop
         }
+        self.report_final_status(uid, last);
         for unit in loaded {
             let _ = s.sd.reset_failed(&unit).await;
         }
