@@ -799,3 +799,50 @@ fn static_pods_run_from_the_manifest_directory_with_mirror_pods_in_the_api() {
     });
     node.stop_agent();
 }
+
+#[test]
+fn a_new_image_in_the_pod_spec_replaces_the_container() {
+    let (api, mut node) = join("image_update");
+    let nn = node.name.clone();
+    let mut pod = sleeper("img", &nn);
+    pod["spec"]["containers"][0]["image"] = json!("registry.example/app:1");
+    api.create("pods", Some("default"), pod);
+    node.wait_for("ErrImagePull", default_wait(), || {
+        let p = api.get("pods", Some("default"), "img")?;
+        (waiting_reason(&p, "c") == Some("ErrImagePull")).then_some(())
+    });
+    let set_image = |image: &str| {
+        let mut p = api.get("pods", Some("default"), "img").unwrap();
+        p["spec"]["containers"][0]["image"] = json!(image);
+        api.replace("pods", Some("default"), p);
+    };
+    // Fixed: the container starts.
+    set_image("host");
+    wait_api_phase(&api, &node, "img", "Running");
+    let unit = node.unit_of("default", "img", "c");
+    assert_eq!(node.show_value(&unit, "ActiveState"), "active");
+    // Changed to an image that cannot run here: the running container is
+    // stopped (SIGTERM) and the pod waits for its image.
+    set_image("registry.example/app:2");
+    let p = node.wait_for(
+        "the container stopped for the new image",
+        default_wait(),
+        || {
+            let p = api.get("pods", Some("default"), "img")?;
+            (waiting_reason(&p, "c") == Some("ErrImagePull")).then_some(p)
+        },
+    );
+    assert_eq!(cstatus(&p, "c")["image"], "registry.example/app:2");
+    node.wait_for("the unit stopped", default_wait(), || {
+        (node.show_value(&unit, "ActiveState") != "active").then_some(())
+    });
+    assert!(api
+        .list("events", Some("default"))
+        .iter()
+        .any(|e| e["reason"] == "Killing"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("definition changed")));
+    node.stop_agent();
+}

@@ -91,6 +91,10 @@ pub struct ContainerRecord {
     /// Secrets it names (`CreateContainerConfigError`).
     #[serde(default)]
     pub config_error: Option<String>,
+    /// [`UnitSpec::digest`](super::unit::UnitSpec::digest) of the plan the
+    /// current unit was made from.
+    #[serde(default)]
+    pub unit_digest: Option<String>,
 }
 
 /// A container instance as systemd shows it.

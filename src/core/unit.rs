@@ -164,6 +164,14 @@ pub struct UnitSpec {
 }
 
 impl UnitSpec {
+    /// A digest of the whole spec: what tells a container whose definition
+    /// changed (a new image in the pod) from one that did not.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(format!("{self:?}").as_bytes());
+        d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Unit-file view of the properties (for `unitlet render`); never fed to systemd.
     pub fn render(&self) -> String {
         let mut out = format!("# {}\n", self.name);

@@ -460,17 +460,19 @@ impl Runtime {
         let mut inner = self.shared.inner.lock().unwrap();
         let new: HashMap<String, Arc<StaticPod>> =
             set.into_iter().map(|p| (p.uid.clone(), p)).collect();
-        // Only pods that appeared, disappeared or are now to be deleted need
-        // a pass (a static pod's content is part of its UID, so an edit is
-        // both; an API pod's spec cannot change but for its deletion). The
-        // first set touches everything.
+        // Only pods that appeared, disappeared, are now to be deleted or
+        // whose spec changed need a pass (a static pod's content is part of
+        // its UID, so an edit is both; of an API pod's spec, the images may
+        // change). The first set touches everything.
         let touched: HashSet<String> = match &inner.desired {
             None => new.keys().chain(inner.pods.keys()).cloned().collect(),
             Some(old) => new
                 .iter()
                 .filter(|(u, p)| {
                     old.get(*u).is_none_or(|o| {
-                        !Arc::ptr_eq(o, p) && o.deletion_grace_s != p.deletion_grace_s
+                        !Arc::ptr_eq(o, p)
+                            && (o.deletion_grace_s != p.deletion_grace_s
+                                || o.pod.spec != p.pod.spec)
                     })
                 })
                 .map(|(u, _)| u)
@@ -704,7 +706,10 @@ impl Runtime {
                 self.register(rec, HashMap::new());
                 self.drive(uid).await;
             }
-            (Some(_), true) => self.drive(uid).await,
+            (Some(d), true) => {
+                self.update_spec(uid, &d);
+                self.drive(uid).await
+            }
         }
     }
 
@@ -713,6 +718,29 @@ impl Runtime {
         if let Some(tx) = &self.shared.cfg.reports {
             let _ = tx.send(report);
         }
+    }
+
+    /// Takes a changed spec of an admitted pod (the API allows new images):
+    /// the plan is made again, and [`Runtime::step`] restarts each
+    /// container whose unit would now differ, as the kubelet does when a
+    /// container's definition changes.
+    fn update_spec(&self, uid: &str, d: &StaticPod) {
+        let s = &self.shared;
+        let mut inner = s.inner.lock().unwrap();
+        let Some(e) = inner.pods.get_mut(uid) else {
+            return;
+        };
+        if e.rec.pod.spec == d.pod.spec {
+            return;
+        }
+        let mut rec = e.rec.clone();
+        rec.pod.spec = d.pod.spec.clone();
+        if let Err(err) = s.state.save_pod(&rec) {
+            return warn!(pod = d.key(), error = %err, "cannot record the changed pod; will retry");
+        }
+        info!(pod = d.key(), uid, "pod spec changed");
+        e.plan = translate(&rec.pod, &s.cfg.node, &lookup_user);
+        e.rec = rec;
     }
 
     /// Reports the last status of a pod whose units all stopped (see
@@ -1042,9 +1070,27 @@ impl Runtime {
                         c.image, w.reason, w.message
                     ),
                 );
+                // The pod's image changed to one that cannot run: the
+                // container of the old definition goes.
+                if let Instance::Running { invocation, .. } = instance(unit) {
+                    if memo.restart_issued.insert(invocation.clone()) {
+                        event(
+                            memo,
+                            format!("changed:{invocation}"),
+                            false,
+                            "Killing",
+                            format!("Container {} definition changed, will be restarted", c.name),
+                        );
+                        if let Err(e) = s.sd.stop(&c.unit).await {
+                            warn!(uid, container = c.name, error = %e, "cannot stop the container");
+                            memo.restart_issued.remove(&invocation);
+                        }
+                    }
+                }
                 return Step::Waiting;
             }
         };
+        let digest = spec.digest();
         let inst = instance(unit);
         match &inst {
             // Started by this agent's doing (or while it ran): say so once.
@@ -1077,7 +1123,10 @@ impl Runtime {
             if &old != cur {
                 rec.restart_count += 1;
                 rec.previous_invocation = Some(old);
-                rec.last_termination = rec.restarting.take();
+                // (A restart for a changed definition has no ended instance to show.)
+                if let Some(t) = rec.restarting.take() {
+                    rec.last_termination = Some(t);
+                }
                 rec.restart_of = None;
                 pass.changed.insert(c.name.clone());
             }
@@ -1133,6 +1182,10 @@ impl Runtime {
                         if rec.create_error.take().is_some() {
                             pass.changed.insert(c.name.clone());
                         }
+                        if rec.unit_digest.as_deref() != Some(digest.as_str()) {
+                            rec.unit_digest = Some(digest.clone());
+                            pass.changed.insert(c.name.clone());
+                        }
                         let attempt = rec.restart_count + u32::from(rec.restart_of.is_some());
                         event(
                             memo,
@@ -1167,6 +1220,54 @@ impl Runtime {
                         // As the kubelet retries a CreateContainerError on its next sync.
                         self.schedule(uid, now_us() + CREATE_RETRY_US);
                     }
+                }
+                Step::Waiting
+            }
+            Instance::Running { invocation, .. }
+                if rec.unit_digest.as_deref().is_some_and(|d| d != digest)
+                    && !memo.restart_issued.contains(&invocation) =>
+            {
+                // The pod's definition of the container changed (a new
+                // image): the kubelet kills the container and starts it
+                // anew, counted as a restart.
+                let spec = match self.prepare(uid, c, spec) {
+                    Prepared::Ready(spec, _) => spec,
+                    Prepared::Pending => {
+                        self.schedule(uid, now_us() + ENV_PENDING_RETRY_US);
+                        return Step::Waiting;
+                    }
+                    Prepared::Failed(msg) => {
+                        self.config_failed(uid, c, &field_path, rec, msg, pass);
+                        return Step::Waiting;
+                    }
+                };
+                let Some(place) = self.take_place(uid) else {
+                    return Step::Waiting;
+                };
+                event(
+                    memo,
+                    format!("changed:{invocation}"),
+                    false,
+                    "Killing",
+                    format!("Container {} definition changed, will be restarted", c.name),
+                );
+                memo.restart_issued.insert(invocation.clone());
+                rec.restart_of = Some(invocation.clone());
+                rec.restarting = None;
+                rec.unit_digest = Some(digest.clone());
+                pass.changed.insert(c.name.clone());
+                if let Err(e) = s.state.save_container(uid, &c.name, rec) {
+                    warn!(error = %e, "cannot save container record");
+                }
+                info!(
+                    uid,
+                    container = c.name,
+                    "container definition changed; restarting it"
+                );
+                if let Err(e) = self.recreate(&spec, true, place).await {
+                    warn!(uid, container = c.name, error = %e, "restart failed; will retry");
+                    memo.restart_issued.remove(&invocation);
+                    self.schedule(uid, now_us() + 1_000_000);
                 }
                 Step::Waiting
             }
@@ -1245,6 +1346,7 @@ impl Runtime {
                 memo.restart_issued.insert(inv.clone());
                 rec.backoff
                     .record_restart(&s.cfg.backoff, t.finished_us, now);
+                rec.unit_digest = Some(digest.clone());
                 pass.changed.insert(c.name.clone());
                 // Persist before acting, so a crash here never double-counts.
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {
