@@ -132,12 +132,24 @@ fn node_registers_with_host_facts_and_renews_its_lease() {
     // A restarted agent adopts the Node (same UID) rather than recreating it.
     node.stop_agent();
     let kc = node.dir.join("kubeconfig");
-    node.start_node_agent(&kc, &[]);
+    let config = node.dir.join("unitlet.yaml");
+    std::fs::write(&config, "statusUpdateSeconds: 2\n").unwrap();
+    node.start_node_agent(&kc, &["--config", &config.to_string_lossy()]);
     node.wait_log("the agent adopting the Node", |l| {
         l["message"] == "adopting the existing Node"
     });
     let again = api.get("nodes", None, &name).unwrap();
     assert_eq!(again["metadata"]["uid"], n["metadata"]["uid"]);
+
+    // The periodic status write is the whole status: a capacity someone
+    // overwrote is put right.
+    let mut tampered = api.get("nodes", None, &name).unwrap();
+    tampered["status"]["capacity"]["pods"] = json!("1");
+    api.replace_status("nodes", None, tampered);
+    node.wait_for("the capacity repaired", default_wait(), || {
+        let n = api.get("nodes", None, &name)?;
+        (n["status"]["capacity"]["pods"] == "110").then_some(())
+    });
     node.stop_agent();
 }
 

@@ -204,6 +204,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         sd.clone(),
         state.root().to_path_buf(),
         name.clone(),
+        opts.node_ip.clone(),
         opts.config.clone(),
         events_tx.clone(),
     ));
@@ -390,6 +391,7 @@ async fn status_loop(
     sd: Systemd,
     state_dir: PathBuf,
     node: String,
+    ip: String,
     cfg: NodeConfig,
     events: tokio::sync::mpsc::UnboundedSender<events::Record>,
 ) {
@@ -400,13 +402,24 @@ async fn status_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(10).min(period));
     loop {
         tick.tick().await;
-        let systemd = sd.version().await.map(drop).map_err(|e| e.to_string());
-        let health = node::read_host_health(&state_dir, systemd);
+        let version = sd.version().await.map_err(|e| e.to_string());
+        let health =
+            node::read_host_health(&state_dir, version.as_ref().map(drop).map_err(Clone::clone));
         let conds = node::conditions(&cfg, &health, &last, jiff::Timestamp::now());
         if !node::conditions_changed(&last, &conds) && last_write.elapsed() < period {
             continue;
         }
-        let patch = serde_json::json!({ "status": { "conditions": conds } });
+        // The whole status, as the kubelet writes it: the host's facts may
+        // change (memory, kernel after a reboot, systemd after an upgrade)
+        // and an edit by someone else is repaired.
+        let mut status = serde_json::json!({ "conditions": conds });
+        if let Ok(v) = version {
+            let facts = node::read_host_facts(&state_dir, v);
+            let mut st = node::static_status(&node, &ip, &cfg, &facts);
+            st.conditions = Some(conds.clone());
+            status = serde_json::to_value(st).unwrap_or(status);
+        }
+        let patch = serde_json::json!({ "status": status });
         match nodes
             .patch_status(&node, &PatchParams::default(), &Patch::Strategic(&patch))
             .await
