@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod core;
+pub mod host;
 pub mod journal;
 pub mod runtime;
 pub mod sandbox;

@@ -592,7 +592,8 @@ fn configmap_and_secret_env_reach_the_container_and_secrets_stay_off_the_bus() {
         {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k", "optional": true}}},
         {"name": "OPT_KEY", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "nokey", "optional": true}}},
         {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
-        {"name": "COMBINED", "value": "$(LEVEL)-$(CM_LEVEL)"}
+        {"name": "COMBINED", "value": "$(LEVEL)-$(CM_LEVEL)"},
+        {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}
     ]);
     let created = api.create("pods", Some("default"), pod);
     let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
@@ -605,6 +606,12 @@ fn configmap_and_secret_env_reach_the_container_and_secrets_stay_off_the_bus() {
     assert_eq!(env["TOKEN"], "s3cr3t $HOME\nline2");
     assert_eq!(env["SA"], "runner");
     assert_eq!(env["COMBINED"], "info-info");
+    // No CPU limit: the downward API gives the node's allocatable CPUs.
+    let node_obj = api.get("nodes", None, &nn).unwrap();
+    assert_eq!(
+        env["CPUS"],
+        node_obj["status"]["allocatable"]["cpu"].as_str().unwrap()
+    );
     for absent in ["OPT", "OPT_KEY", "CM_bad-key", "bad-key"] {
         assert!(!env.contains_key(absent), "{absent} set: {env:?}");
     }

@@ -13,6 +13,7 @@ fn rendered_units_match_golden_files() {
     let node = NodeFacts {
         node_name: "node-a".into(),
         host_ip: "10.0.0.7".into(),
+        allocatable: Default::default(),
     };
     let users = |uid: u32| {
         (uid == 0).then(|| HostUser {

@@ -14,6 +14,7 @@ fn node() -> NodeFacts {
     NodeFacts {
         node_name: "node-a".into(),
         host_ip: "10.0.0.7".into(),
+        allocatable: Default::default(),
     }
 }
 

@@ -278,10 +278,15 @@ fn node_facts(state: &StateDir, root: &std::path::Path) -> NodeFacts {
         .and_then(|b| serde_json::from_slice::<(String, String)>(&b).ok());
     let _ = state;
     match saved {
-        Some((node_name, host_ip)) => NodeFacts { node_name, host_ip },
+        Some((node_name, host_ip)) => NodeFacts {
+            node_name,
+            host_ip,
+            allocatable: crate::host::allocatable(root),
+        },
         None => NodeFacts {
             node_name: hostname(),
             host_ip: detect_host_ip(),
+            allocatable: crate::host::allocatable(root),
         },
     }
 }
@@ -303,6 +308,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             let node = NodeFacts {
                 node_name: node_name.unwrap_or_else(hostname),
                 host_ip: node_ip.unwrap_or_else(detect_host_ip),
+                allocatable: crate::host::allocatable(std::path::Path::new("/")),
             };
             let name = file.to_string_lossy();
             let pod = parse_manifest(&bytes, &name, &node.node_name, name.ends_with(".json"))
@@ -425,9 +431,11 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         serde_json::to_vec(&(&node_name, &node_ip))?,
     )?;
     tracing::info!(node = node_name, ip = node_ip, state = %state_dir.display(), "unitlet node starting");
+    // The cluster module fills in the allocatable it publishes.
     let runtime = args.reconciler.config(NodeFacts {
         node_name: node_name.clone(),
         host_ip: node_ip.clone(),
+        allocatable: Default::default(),
     });
     let opts = crate::cluster::NodeOptions {
         kubeconfig: args.kubeconfig,
@@ -469,11 +477,12 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     if !manifests.is_dir() {
         bail!("--manifests {}: not a directory", manifests.display());
     }
+    let state = StateDir::open(&state_dir)?;
     let node = NodeFacts {
         node_name: args.node_name.unwrap_or_else(hostname),
         host_ip: args.node_ip.unwrap_or_else(detect_host_ip),
+        allocatable: crate::host::allocatable(&state_dir),
     };
-    let state = StateDir::open(&state_dir)?;
     std::fs::write(
         state_dir.join("node.json"),
         serde_json::to_vec(&(&node.node_name, &node.host_ip))?,

@@ -142,6 +142,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
     rcfg.node = NodeFacts {
         node_name: name.clone(),
         host_ip: opts.node_ip.clone(),
+        allocatable: node::allocatable(&opts.config, &facts),
     };
     rcfg.reports = Some(reports_tx.clone());
     let refs = refs::RefCache::new(client.clone());

@@ -124,17 +124,30 @@ pub fn node_object(name: &str, ip: &str, cfg: &NodeConfig, facts: &HostFacts) ->
     }
 }
 
-/// Everything in the status but the conditions: capacity, allocatable,
-/// addresses, node info, endpoints.
-pub fn static_status(name: &str, ip: &str, cfg: &NodeConfig, facts: &HostFacts) -> NodeStatus {
-    let cpu_m = facts.cpus * 1000;
+/// What pods may use: the host's resources less the reserved ones.
+pub fn allocatable(cfg: &NodeConfig, facts: &HostFacts) -> crate::core::Allocatable {
     let reserved_cpu_m = cfg
         .reserved
         .cpu
         .as_deref()
         .and_then(|q| crate::core::quantity::cpu_millis(q).ok())
         .unwrap_or(0);
-    let alloc_cpu_m = cpu_m.saturating_sub(reserved_cpu_m);
+    crate::core::Allocatable {
+        cpu_millis: (facts.cpus * 1000).saturating_sub(reserved_cpu_m),
+        memory_bytes: facts
+            .memory_bytes
+            .saturating_sub(reserved_bytes(&cfg.reserved.memory)),
+        ephemeral_storage_bytes: facts
+            .ephemeral_storage_bytes
+            .saturating_sub(reserved_bytes(&cfg.reserved.ephemeral_storage)),
+    }
+}
+
+/// Everything in the status but the conditions: capacity, allocatable,
+/// addresses, node info, endpoints.
+pub fn static_status(name: &str, ip: &str, cfg: &NodeConfig, facts: &HostFacts) -> NodeStatus {
+    let alloc = allocatable(cfg, facts);
+    let alloc_cpu_m = alloc.cpu_millis;
     let capacity = BTreeMap::from([
         ("cpu".to_string(), Quantity(facts.cpus.to_string())),
         ("memory".to_string(), quantity_bytes(facts.memory_bytes)),
@@ -153,21 +166,10 @@ pub fn static_status(name: &str, ip: &str, cfg: &NodeConfig, facts: &HostFacts) 
                 format!("{alloc_cpu_m}m")
             }),
         ),
-        (
-            "memory".to_string(),
-            quantity_bytes(
-                facts
-                    .memory_bytes
-                    .saturating_sub(reserved_bytes(&cfg.reserved.memory)),
-            ),
-        ),
+        ("memory".to_string(), quantity_bytes(alloc.memory_bytes)),
         (
             "ephemeral-storage".to_string(),
-            quantity_bytes(
-                facts
-                    .ephemeral_storage_bytes
-                    .saturating_sub(reserved_bytes(&cfg.reserved.ephemeral_storage)),
-            ),
+            quantity_bytes(alloc.ephemeral_storage_bytes),
         ),
         ("pods".to_string(), Quantity(cfg.max_pods.to_string())),
     ]);
@@ -321,15 +323,11 @@ pub fn read_host_facts(state_dir: &std::path::Path, systemd_version: String) -> 
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_string())
         .unwrap_or_else(|| "Linux".into());
-    let memory_bytes = meminfo("MemTotal").unwrap_or(0);
-    let ephemeral_storage_bytes = nix::sys::statvfs::statvfs(state_dir)
-        .map(|s| s.blocks() * s.fragment_size())
-        .unwrap_or(0);
+    let memory_bytes = crate::host::meminfo("MemTotal").unwrap_or(0);
+    let ephemeral_storage_bytes = crate::host::storage_bytes(state_dir);
     HostFacts {
         hostname: crate::cli::hostname(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get() as u64)
-            .unwrap_or(1),
+        cpus: crate::host::cpus(),
         memory_bytes,
         ephemeral_storage_bytes,
         machine_id: read("/etc/machine-id"),
@@ -371,20 +369,11 @@ pub fn read_host_health(state_dir: &std::path::Path, systemd: Result<(), String>
         })
         .unwrap_or(0.0);
     HostHealth {
-        memory_available_bytes: meminfo("MemAvailable").unwrap_or(u64::MAX),
+        memory_available_bytes: crate::host::meminfo("MemAvailable").unwrap_or(u64::MAX),
         disk_free_fraction,
         pid_free_fraction: (1.0 - pids / pid_max).max(0.0),
         systemd,
     }
-}
-
-fn meminfo(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-        let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-        Some(kb * 1024)
-    })
 }
 
 #[cfg(test)]

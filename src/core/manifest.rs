@@ -705,6 +705,51 @@ fn validate_env(field: &str, e: &EnvVar, api_objects: bool) -> Result<usize, Man
             if !field_ref_supported(&f.field_path) {
                 return Err(err(format!("{field}.valueFrom.fieldRef.fieldPath"), format!("{:?} is not supported; use metadata.name, metadata.namespace, metadata.uid, metadata.labels['k'], metadata.annotations['k'], spec.nodeName, spec.serviceAccountName, status.hostIP or status.podIP", f.field_path)));
             }
+        } else if let Some(r) = &from.resource_field_ref {
+            const RESOURCES: [&str; 6] = [
+                "limits.cpu",
+                "limits.memory",
+                "limits.ephemeral-storage",
+                "requests.cpu",
+                "requests.memory",
+                "requests.ephemeral-storage",
+            ];
+            if !RESOURCES.contains(&r.resource.as_str()) {
+                return Err(err(
+                    format!("{field}.valueFrom.resourceFieldRef.resource"),
+                    format!(
+                        "{:?} is not supported; use one of {}",
+                        r.resource,
+                        RESOURCES.join(", ")
+                    ),
+                ));
+            }
+            if let Some(d) = r
+                .divisor
+                .as_ref()
+                .map(|q| q.0.as_str())
+                .filter(|d| !d.is_empty())
+            {
+                // The API server's lists of valid divisors.
+                let ok: &[&str] = if r.resource.ends_with(".cpu") {
+                    &["1m", "1"]
+                } else {
+                    &[
+                        "1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi",
+                        "1Ei",
+                    ]
+                };
+                if !ok.contains(&d) {
+                    return Err(err(
+                        format!("{field}.valueFrom.resourceFieldRef.divisor"),
+                        format!(
+                            "{d:?} is not a valid divisor for {}; use one of {}",
+                            r.resource,
+                            ok.join(", ")
+                        ),
+                    ));
+                }
+            }
         } else if let Some((which, name, key)) = from
             .config_map_key_ref
             .as_ref()
@@ -835,5 +880,20 @@ mod tests {
         );
         let e = validate_with(&no_key, true).unwrap_err();
         assert!(e.to_string().contains("secretKeyRef.key"), "{e}");
+    }
+
+    #[test]
+    fn resource_field_refs_are_checked_as_the_api_server_does() {
+        let with = |r: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: c\n    image: host\n    command: [/bin/true]\n    env:\n    - name: A\n      valueFrom:\n        resourceFieldRef: {r}\n")
+        };
+        parse(&with("{resource: limits.cpu, divisor: 1m}")).unwrap();
+        parse(&with("{resource: requests.memory, divisor: 1Mi}")).unwrap();
+        let e = parse(&with("{resource: limits.gpu}")).unwrap_err();
+        assert!(e.to_string().contains("resourceFieldRef.resource"), "{e}");
+        let e = parse(&with("{resource: limits.cpu, divisor: 2}")).unwrap_err();
+        assert!(e.to_string().contains("resourceFieldRef.divisor"), "{e}");
+        let e = parse(&with("{resource: limits.memory, divisor: 1m}")).unwrap_err();
+        assert!(e.to_string().contains("divisor"), "{e}");
     }
 }

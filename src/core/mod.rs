@@ -21,4 +21,18 @@ pub struct NodeFacts {
     pub node_name: String,
     /// The node's primary IP; every pod uses the host network, so it is also the pod IP.
     pub host_ip: String,
+    /// What pods may use of the node: a container without a limit reads
+    /// this as its limit through the downward API (`resourceFieldRef`).
+    pub allocatable: Allocatable,
+}
+
+/// A node's allocatable resources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allocatable {
+    /// CPU, in millicores.
+    pub cpu_millis: u64,
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+    /// Ephemeral storage, in bytes.
+    pub ephemeral_storage_bytes: u64,
 }

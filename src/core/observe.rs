@@ -748,6 +748,7 @@ mod tests {
         NodeFacts {
             node_name: "n".into(),
             host_ip: "10.0.0.1".into(),
+            allocatable: Default::default(),
         }
     }
 

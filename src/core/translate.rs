@@ -329,6 +329,8 @@ pub fn container_env(
         let from = e.value_from.as_ref();
         let value = if let Some(f) = from.and_then(|v| v.field_ref.as_ref()) {
             field_ref(pod, node, &f.field_path)
+        } else if let Some(r) = from.and_then(|v| v.resource_field_ref.as_ref()) {
+            resource_field(pod, node, c, r)?
         } else if let Some((r, key, optional)) = from.and_then(|v| {
             let cm = v.config_map_key_ref.as_ref().map(|k| {
                 (
@@ -377,6 +379,72 @@ pub fn container_env(
         set(&mut out, &e.name, value);
     }
     Ok(out)
+}
+
+/// A `resourceFieldRef` as the kubelet resolves it: the container's limit
+/// or request (a request defaults to the limit, as the API server's
+/// defaulting does; a missing limit is the node's allocatable, as the
+/// kubelet defaults it for the downward API), divided by the divisor
+/// (default 1) and rounded up. `Err`: no such container.
+fn resource_field(
+    pod: &Pod,
+    node: &NodeFacts,
+    c: &Container,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Result<String, String> {
+    let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+        None => c,
+        Some(n) => pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .find(|x| x.name == n)
+            .ok_or_else(|| format!("container {n} not found"))?,
+    };
+    let (kind, name) = r.resource.split_once('.').unwrap_or(("", ""));
+    let get = |which: &str| {
+        target
+            .resources
+            .as_ref()
+            .and_then(|x| {
+                if which == "limits" {
+                    x.limits.as_ref()
+                } else {
+                    x.requests.as_ref()
+                }
+            })
+            .and_then(|m| m.get(name))
+            .map(|q| q.0.clone())
+    };
+    let declared = if kind == "requests" {
+        get("requests").or_else(|| get("limits"))
+    } else {
+        get("limits")
+    };
+    let divisor = r
+        .divisor
+        .as_ref()
+        .map(|q| q.0.as_str())
+        .filter(|d| !d.is_empty())
+        .unwrap_or("1");
+    let alloc = &node.allocatable;
+    let (value, per) = if name == "cpu" {
+        let v = match &declared {
+            Some(q) => quantity::cpu_millis(q).unwrap_or(0),
+            None if kind == "limits" => alloc.cpu_millis,
+            None => 0,
+        };
+        (v, quantity::cpu_millis(divisor).unwrap_or(1000))
+    } else {
+        let v = match &declared {
+            Some(q) => quantity::bytes(q).unwrap_or(0),
+            None if kind == "limits" && name == "memory" => alloc.memory_bytes,
+            None if kind == "limits" => alloc.ephemeral_storage_bytes,
+            None => 0,
+        };
+        (v, quantity::bytes(divisor).unwrap_or(1))
+    };
+    Ok(value.div_ceil(per.max(1)).to_string())
 }
 
 fn index_lookup(env: &ContainerEnv, name: &str) -> Option<String> {
@@ -609,6 +677,7 @@ mod tests {
         NodeFacts {
             node_name: "node1".into(),
             host_ip: "10.1.2.3".into(),
+            allocatable: Default::default(),
         }
     }
 
@@ -935,5 +1004,58 @@ spec:
         // Only the runtime's own defaults stay in Environment=.
         assert_eq!(env_of(&spec), [("HOME".to_string(), "/root".to_string())]);
         assert!(!format!("{spec:?}").contains("hush"));
+    }
+
+    #[test]
+    fn resource_field_refs_follow_the_kubelet() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [
+                {"name": "c", "image": "host", "command": ["/bin/true"],
+                 "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+                 "env": [
+                    {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                    {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                    {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory", "divisor": "1Mi"}}},
+                    {"name": "REQ_CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+                    {"name": "OTHER_MEM", "valueFrom": {"resourceFieldRef": {"containerName": "side", "resource": "limits.memory"}}},
+                    {"name": "OTHER_REQ", "valueFrom": {"resourceFieldRef": {"containerName": "side", "resource": "requests.cpu"}}},
+                    {"name": "DISK", "valueFrom": {"resourceFieldRef": {"resource": "limits.ephemeral-storage", "divisor": "1Gi"}}}
+                 ]},
+                {"name": "side", "image": "host", "command": ["/bin/true"],
+                 "env": [{"name": "X", "valueFrom": {"resourceFieldRef": {"containerName": "nope", "resource": "limits.cpu"}}}]}
+            ]}
+        }))
+        .unwrap();
+        let mut n = node();
+        n.allocatable = crate::core::Allocatable {
+            cpu_millis: 3500,
+            memory_bytes: 8 << 30,
+            ephemeral_storage_bytes: 10 << 30,
+        };
+        let spec = pod.spec.as_ref().unwrap();
+        let e = container_env(&pod, &n, &spec.containers[0], &Resolved::default()).unwrap();
+        let got: HashMap<&str, &str> = e
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got["CPU"], "1"); // 500m rounded up to whole cores
+        assert_eq!(got["CPU_M"], "500");
+        assert_eq!(got["MEM_MI"], "64"); // the request defaults to the limit
+        assert_eq!(got["REQ_CPU"], "500");
+        assert_eq!(got["OTHER_MEM"], (8u64 << 30).to_string()); // no limit: allocatable
+        assert_eq!(got["OTHER_REQ"], "0");
+        assert_eq!(got["DISK"], "10");
+        assert_eq!(
+            container_env(&pod, &n, &spec.containers[1], &Resolved::default()).unwrap_err(),
+            "container nope not found"
+        );
+        // In the plan that is the kubelet's CreateContainerConfigError.
+        let plan = translate(&pod, &n, &no_users);
+        assert_eq!(
+            plan.containers[1].spec.as_ref().unwrap_err().reason,
+            "CreateContainerConfigError"
+        );
     }
 }

@@ -1060,16 +1060,15 @@ impl Runtime {
         let spec = match &c.spec {
             Ok(spec) => spec,
             Err(w) => {
-                event(
-                    memo,
-                    "spec".into(),
-                    true,
-                    "Failed",
+                let message = if w.reason == "CreateContainerConfigError" {
+                    format!("Error: {}", w.message)
+                } else {
                     format!(
                         "Failed to pull image {:?}: {}: {}",
                         c.image, w.reason, w.message
-                    ),
-                );
+                    )
+                };
+                event(memo, "spec".into(), true, "Failed", message);
                 // The pod's image changed to one that cannot run: the
                 // container of the old definition goes.
                 if let Instance::Running { invocation, .. } = instance(unit) {
