@@ -8,7 +8,11 @@ use unitlet::core::translate::translate;
 use unitlet::core::NodeFacts;
 
 fuzz_target!(|data: &[u8]| {
-    let node = NodeFacts { node_name: "n".into(), host_ip: "10.0.0.1".into() };
+    let node = NodeFacts {
+        node_name: "n".into(),
+        host_ip: "10.0.0.1".into(),
+        allocatable: Default::default(),
+    };
     for json in [false, true] {
         if let Ok(pod) = parse_manifest(data, "/m/f", "n", json) {
             let plan = translate(&pod.pod, &node, &|_| None);
