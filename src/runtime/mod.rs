@@ -1047,16 +1047,17 @@ impl Runtime {
             if init { "initContainers" } else { "containers" },
             c.name
         );
-        let mut event = |memo: &mut Memo, key: String, warning, reason, message: String| {
-            if s.cfg.reports.is_some() && memo.evented.insert(format!("{}:{key}", c.name)) {
-                pass.events.push(ContainerEvent {
-                    field_path: field_path.clone(),
-                    warning,
-                    reason,
-                    message,
-                });
-            }
-        };
+        let event =
+            |pass: &mut Pass, memo: &mut Memo, key: String, warning, reason, message: String| {
+                if s.cfg.reports.is_some() && memo.evented.insert(format!("{}:{key}", c.name)) {
+                    pass.events.push(ContainerEvent {
+                        field_path: field_path.clone(),
+                        warning,
+                        reason,
+                        message,
+                    });
+                }
+            };
         let spec = match &c.spec {
             Ok(spec) => spec,
             Err(w) => {
@@ -1068,12 +1069,13 @@ impl Runtime {
                         c.image, w.reason, w.message
                     )
                 };
-                event(memo, "spec".into(), true, "Failed", message);
+                event(pass, memo, "spec".into(), true, "Failed", message);
                 // The pod's image changed to one that cannot run: the
                 // container of the old definition goes.
                 if let Instance::Running { invocation, .. } = instance(unit) {
                     if memo.restart_issued.insert(invocation.clone()) {
                         event(
+                            pass,
                             memo,
                             format!("changed:{invocation}"),
                             false,
@@ -1097,6 +1099,7 @@ impl Runtime {
                 started_us,
                 invocation,
             } if *started_us >= s.started_us => event(
+                pass,
                 memo,
                 format!("started:{invocation}"),
                 false,
@@ -1104,6 +1107,7 @@ impl Runtime {
                 format!("Started container {}", c.name),
             ),
             Instance::Terminated(t, inv) if t.reason == "StartError" => event(
+                pass,
                 memo,
                 format!("failed:{inv}"),
                 true,
@@ -1145,31 +1149,21 @@ impl Runtime {
                         return Step::Waiting;
                     }
                 }
-                let spec = match self.prepare(uid, c, spec) {
-                    Prepared::Ready(spec, skipped) => {
-                        if rec.config_error.take().is_some() {
-                            pass.changed.insert(c.name.clone());
-                        }
-                        for m in skipped {
-                            event(
-                                memo,
-                                format!("skipped:{m}"),
-                                true,
-                                "InvalidEnvironmentVariableNames",
-                                m,
-                            );
-                        }
-                        spec
-                    }
-                    Prepared::Pending => {
-                        self.schedule(uid, now_us() + ENV_PENDING_RETRY_US);
-                        return Step::Waiting;
-                    }
-                    Prepared::Failed(msg) => {
-                        self.config_failed(uid, c, &field_path, rec, msg, pass);
-                        return Step::Waiting;
-                    }
+                let Some((spec, skipped)) =
+                    self.prepare_or_wait(uid, c, spec, &field_path, rec, pass)
+                else {
+                    return Step::Waiting;
                 };
+                for m in skipped {
+                    event(
+                        pass,
+                        memo,
+                        format!("skipped:{m}"),
+                        true,
+                        "InvalidEnvironmentVariableNames",
+                        m,
+                    );
+                }
                 let Some(place) = self.take_place(uid) else {
                     return Step::Waiting;
                 };
@@ -1187,6 +1181,7 @@ impl Runtime {
                         }
                         let attempt = rec.restart_count + u32::from(rec.restart_of.is_some());
                         event(
+                            pass,
                             memo,
                             format!("pulled:{attempt}"),
                             false,
@@ -1194,6 +1189,7 @@ impl Runtime {
                             format!("Container image {:?} already present on machine", c.image),
                         );
                         event(
+                            pass,
                             memo,
                             format!("created:{attempt}"),
                             false,
@@ -1207,6 +1203,7 @@ impl Runtime {
                         if rec.create_error.as_deref() != Some(msg.as_str()) {
                             warn!(uid, container = c.name, error = %e, "systemd refused the unit; retrying every 10 s");
                             event(
+                                pass,
                                 memo,
                                 format!("refused:{msg}"),
                                 true,
@@ -1229,21 +1226,15 @@ impl Runtime {
                 // The pod's definition of the container changed (a new
                 // image): the kubelet kills the container and starts it
                 // anew, counted as a restart.
-                let spec = match self.prepare(uid, c, spec) {
-                    Prepared::Ready(spec, _) => spec,
-                    Prepared::Pending => {
-                        self.schedule(uid, now_us() + ENV_PENDING_RETRY_US);
-                        return Step::Waiting;
-                    }
-                    Prepared::Failed(msg) => {
-                        self.config_failed(uid, c, &field_path, rec, msg, pass);
-                        return Step::Waiting;
-                    }
+                let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, &field_path, rec, pass)
+                else {
+                    return Step::Waiting;
                 };
                 let Some(place) = self.take_place(uid) else {
                     return Step::Waiting;
                 };
                 event(
+                    pass,
                     memo,
                     format!("changed:{invocation}"),
                     false,
@@ -1298,6 +1289,7 @@ impl Runtime {
                     pass.changed.insert(c.name.clone());
                     if delay > 0 {
                         event(
+                            pass,
                             memo,
                             format!("backoff:{inv}"),
                             true,
@@ -1323,21 +1315,9 @@ impl Runtime {
                 if memo.restart_issued.contains(&inv) {
                     return Step::Waiting; // asked already; the new invocation's signal brings us back
                 }
-                let spec = match self.prepare(uid, c, spec) {
-                    Prepared::Ready(spec, _) => {
-                        if rec.config_error.take().is_some() {
-                            pass.changed.insert(c.name.clone());
-                        }
-                        spec
-                    }
-                    Prepared::Pending => {
-                        self.schedule(uid, now_us() + ENV_PENDING_RETRY_US);
-                        return Step::Waiting;
-                    }
-                    Prepared::Failed(msg) => {
-                        self.config_failed(uid, c, &field_path, rec, msg, pass);
-                        return Step::Waiting;
-                    }
+                let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, &field_path, rec, pass)
+                else {
+                    return Step::Waiting;
                 };
                 let Some(place) = self.take_place(uid) else {
                     return Step::Waiting;
@@ -1470,6 +1450,37 @@ impl Runtime {
                     }
                 }
                 Prepared::Ready(Cow::Owned(spec), plan.skipped_env)
+            }
+        }
+    }
+
+    /// [`Runtime::prepare`] and what its outcome means for the container's
+    /// record: `None` when the unit cannot be made now (a config error is
+    /// recorded, or the objects are still pending; either way the pod is
+    /// tried again).
+    fn prepare_or_wait<'a>(
+        &self,
+        uid: &str,
+        c: &ContainerPlan,
+        spec: &'a UnitSpec,
+        field_path: &str,
+        rec: &mut ContainerRecord,
+        pass: &mut Pass,
+    ) -> Option<(Cow<'a, UnitSpec>, Vec<String>)> {
+        match self.prepare(uid, c, spec) {
+            Prepared::Ready(spec, skipped) => {
+                if rec.config_error.take().is_some() {
+                    pass.changed.insert(c.name.clone());
+                }
+                Some((spec, skipped))
+            }
+            Prepared::Pending => {
+                self.schedule(uid, now_us() + ENV_PENDING_RETRY_US);
+                None
+            }
+            Prepared::Failed(msg) => {
+                self.config_failed(uid, c, field_path, rec, msg, pass);
+                None
             }
         }
     }
