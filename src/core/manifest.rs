@@ -624,6 +624,30 @@ fn validate_container(
         ("livenessProbe", c.liveness_probe.is_some()),
         ("readinessProbe", c.readiness_probe.is_some()),
         ("startupProbe", c.startup_probe.is_some()),
+    ] {
+        if present && init {
+            return Err(err(
+                format!("{base}.{field}"),
+                "may not be set for init containers",
+            ));
+        }
+    }
+    // The probes as they will run (the pod and node only fill in values).
+    let probe_pod = Pod {
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: vec![c.clone()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let probe_node = super::NodeFacts {
+        node_name: String::new(),
+        host_ip: "127.0.0.1".into(),
+        allocatable: Default::default(),
+    };
+    super::probe::container_probes(&probe_pod, &probe_node, c)
+        .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
+    for (field, present) in [
         ("lifecycle", c.lifecycle.is_some()),
         (
             "volumeMounts",
@@ -826,7 +850,8 @@ mod tests {
             (format!("{OK}  - name: c\n    image: host\n    command: [/bin/true]\n"), "spec.containers[1].name"),
             (format!("{OK}    env:\n    - name: A-B\n      value: x\n"), "spec.containers[0].env[0].name"),
             (format!("{OK}    env:\n    - name: A\n      value: \"a\\0b\"\n"), "spec.containers[0].env[0].value"),
-            (format!("{OK}    livenessProbe:\n      exec:\n        command: [x]\n"), "spec.containers[0].livenessProbe"),
+            (format!("{OK}    lifecycle:\n      preStop:\n        exec:\n          command: [x]\n"), "spec.containers[0].lifecycle"),
+            (format!("{OK}    livenessProbe:\n      exec:\n        command: [x]\n      successThreshold: 2\n"), "spec.containers[0].livenessProbe.successThreshold"),
             (format!("{OK}    resources:\n      limits:\n        cpu: lots\n"), "spec.containers[0].resources.limits.cpu"),
         ];
         for (yaml, field) in cases {

@@ -10,6 +10,7 @@ pub mod expand;
 pub mod manifest;
 pub mod names;
 pub mod observe;
+pub mod probe;
 pub mod quantity;
 pub mod translate;
 pub mod unit;

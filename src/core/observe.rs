@@ -95,6 +95,21 @@ pub struct ContainerRecord {
     /// current unit was made from.
     #[serde(default)]
     pub unit_digest: Option<String>,
+    /// What the probes of the current instance found (the daemon runs
+    /// them; kept here so `unitlet pods` shows the same).
+    #[serde(default)]
+    pub probes: Option<ProbeRecord>,
+}
+
+/// Probe results of one container instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    /// The instance (systemd invocation ID) they are about.
+    pub invocation: String,
+    /// The startup probe has succeeded.
+    pub started: bool,
+    /// The readiness probe succeeds.
+    pub ready: bool,
 }
 
 /// A container instance as systemd shows it.
@@ -306,6 +321,7 @@ fn build(
     let mut running = false;
     let mut ever_started = record.restart_count > 0 || last.is_some();
     let mut last_time_us = 0;
+    let mut probe_ready = false;
     let (state, container_id, started) = match (&inst, plan_wait) {
         (_, Some(w)) => (
             waiting_state(&w.reason, Some(w.message.clone())),
@@ -334,6 +350,26 @@ fn build(
             running = true;
             ever_started = true;
             last_time_us = *started_us;
+            // Probes gate `started` (startup) and `ready` (readiness), as
+            // the kubelet's; a container without them is both once running.
+            let c = pod
+                .spec
+                .iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
+                .find(|c| c.name == name);
+            let probed = record
+                .probes
+                .as_ref()
+                .filter(|p| p.invocation == *invocation);
+            let started =
+                c.is_none_or(|c| c.startup_probe.is_none()) || probed.is_some_and(|p| p.started);
+            probe_ready = started
+                && (c.is_none_or(|c| c.readiness_probe.is_none())
+                    || probed.is_some_and(|p| p.ready));
             (
                 ContainerState {
                     running: Some(ContainerStateRunning {
@@ -342,7 +378,7 @@ fn build(
                     ..Default::default()
                 },
                 Some(format!("systemd://{invocation}")),
-                true,
+                started,
             )
         }
         (Instance::Terminated(t, inv), _) => {
@@ -393,7 +429,7 @@ fn build(
             String::new()
         },
         container_id,
-        ready: running,
+        ready: running && probe_ready,
         started: Some(started),
         restart_count: record.restart_count as i32,
         state: Some(state),
@@ -852,6 +888,51 @@ mod tests {
         let cs = &s.container_statuses.as_ref().unwrap()[0];
         assert!(cs.ready && cs.started == Some(true));
         assert_eq!(cs.container_id.as_deref(), Some("systemd://i1"));
+    }
+
+    #[test]
+    fn probes_gate_started_and_ready() {
+        let (mut p, plan) = pod("Always", &[], &["a"]);
+        let c = &mut p.spec.as_mut().unwrap().containers[0];
+        let probe: k8s_openapi::api::core::v1::Probe =
+            serde_json::from_value(serde_json::json!({"tcpSocket": {"port": 80}})).unwrap();
+        c.readiness_probe = Some(probe.clone());
+        c.startup_probe = Some(probe);
+        let rec = |inv: &str, started, ready| ContainerRecord {
+            probes: Some(ProbeRecord {
+                invocation: inv.into(),
+                started,
+                ready,
+            }),
+            ..Default::default()
+        };
+        let check = |records: &[(&str, ContainerRecord)]| {
+            let s = status(&p, &plan, &[("a", running("i1"))], records, T0);
+            let cs = s.container_statuses.as_ref().unwrap()[0].clone();
+            (cs.started, cs.ready, cond(&s, "ContainersReady").0, s.phase)
+        };
+        let no = (
+            Some(false),
+            false,
+            "False".to_string(),
+            Some("Running".to_string()),
+        );
+        // No result yet, or results about another instance: not started, not ready.
+        assert_eq!(check(&[]), no);
+        assert_eq!(check(&[("a", rec("i0", true, true))]), no);
+        // Started, readiness not yet passing.
+        let s = check(&[("a", rec("i1", true, false))]);
+        assert_eq!((s.0, s.1), (Some(true), false));
+        // Both.
+        assert_eq!(
+            check(&[("a", rec("i1", true, true))]),
+            (
+                Some(true),
+                true,
+                "True".to_string(),
+                Some("Running".to_string())
+            )
+        );
     }
 
     #[test]

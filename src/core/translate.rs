@@ -60,6 +60,8 @@ pub struct ContainerPlan {
     /// names, one message per source (the kubelet's
     /// `InvalidEnvironmentVariableNames` event).
     pub skipped_env: Vec<String>,
+    /// Its probes (startup, liveness, readiness), which the agent runs.
+    pub probes: Vec<super::probe::ProbeSpec>,
 }
 
 /// A root-only environment file for one container.
@@ -484,6 +486,7 @@ fn container_plan(
         refs,
         env_file: None,
         skipped_env: Vec::new(),
+        probes: Vec::new(),
     };
     if let Some(w) = image_waiting(&image) {
         return waiting(w, refs);
@@ -585,6 +588,7 @@ fn container_plan(
         Property::TimeoutStopUSec(grace * 1_000_000),
         Property::StartLimitIntervalUSec(0),
         Property::Accounting(true),
+        Property::Delegate(true),
     ];
     if let Some(wd) = &c.working_dir {
         props.push(Property::WorkingDirectory(wd.clone()));
@@ -628,6 +632,9 @@ fn container_plan(
         refs,
         env_file,
         skipped_env: declared.skipped,
+        // Validated with the pod; a probe that would not resolve here
+        // (a named port gone) is not run.
+        probes: super::probe::container_probes(pod, node, c).unwrap_or_default(),
     }
 }
 

@@ -47,6 +47,10 @@ pub enum Property {
     CpuWeight(u64),
     /// `CPUAccounting`, `MemoryAccounting`, `TasksAccounting`, `IOAccounting` (b).
     Accounting(bool),
+    /// `Delegate` (b): lets the agent move a process it starts "in the
+    /// container" (an exec probe) into the unit's cgroup, which systemd
+    /// allows only for delegated units.
+    Delegate(bool),
 }
 
 impl Property {
@@ -93,6 +97,7 @@ impl Property {
             .iter()
             .map(|k| (*k, yes_no(*b)))
             .collect(),
+            Delegate(b) => vec![("Delegate", yes_no(*b))],
         }
     }
 
@@ -125,6 +130,35 @@ pub fn env_file_text(vars: &[(String, String)]) -> String {
             out.push(c);
         }
         out.push_str("\"\n");
+    }
+    out
+}
+
+/// Reads back what [`env_file_text`] wrote (and nothing else: this is not
+/// systemd's whole env-file grammar).
+pub fn parse_env_file_text(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(n);
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key.trim_start_matches('\n').to_string(), value));
+        rest = after[end..].strip_prefix('\n').unwrap_or(&after[end..]);
     }
     out
 }
@@ -202,5 +236,20 @@ impl UnitSpec {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files_read_back_what_was_written() {
+        let vars = vec![
+            ("A".to_string(), "x\"y\\z $V `c`".to_string()),
+            ("B".into(), "multi\nline\n".into()),
+            ("C".into(), String::new()),
+        ];
+        assert_eq!(parse_env_file_text(&env_file_text(&vars)), vars);
     }
 }

@@ -7,13 +7,15 @@
 //! be killed at any point and a new one finishes the work: units are adopted
 //! as they are (same MainPID), nothing is restarted that is running.
 
+pub mod probes;
 pub mod queue;
 
 use crate::core::backoff::BackoffConfig;
 use crate::core::envref::{Lookup, ObjectRef, Resolved};
 use crate::core::manifest::{pod_key, StaticPod};
 use crate::core::names;
-use crate::core::observe::{self, instance, ContainerRecord, Instance, UnitSnapshot};
+use crate::core::observe::{self, instance, ContainerRecord, Instance, ProbeRecord, UnitSnapshot};
+use crate::core::probe::{ProbeKind, ProbeSpec, ProbeState};
 use crate::core::translate::{
     container_with, translate, ContainerPlan, EnvFile, HostUser, PodPlan, SECRET_ENV_DIR,
 };
@@ -67,6 +69,18 @@ impl std::fmt::Debug for dyn EnvSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EnvSource")
     }
+}
+
+/// One probe of one container instance, for [`Runtime::probe_loop`].
+struct ProbeJob {
+    uid: String,
+    container: String,
+    unit: String,
+    invocation: String,
+    started_us: u64,
+    spec: ProbeSpec,
+    /// The readiness result to start from (kept across agent restarts).
+    ready: bool,
 }
 
 /// What a container's unit is, when it is about to be created.
@@ -293,6 +307,23 @@ struct Shared {
     /// When this agent started, µs since the epoch: a container that started
     /// before was started by an earlier agent, which reported it already.
     started_us: u64,
+    /// Probe tasks and results, by (pod UID, container).
+    probing: Mutex<HashMap<(String, String), Probing>>,
+}
+
+/// The probes of one running container instance.
+struct Probing {
+    /// What they found so far (copied into the container record).
+    record: ProbeRecord,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Probing {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Handle on a running reconciler.
@@ -315,6 +346,7 @@ impl Runtime {
                 units_q: WorkQueue::default(),
                 start_window: Arc::new(tokio::sync::Semaphore::new(window)),
                 started_us: now_us(),
+                probing: Mutex::default(),
             }),
         }
     }
@@ -793,6 +825,7 @@ impl Runtime {
             };
             let first = !e.terminating;
             e.terminating = true;
+            s.probing.lock().unwrap().retain(|(u, _), _| u != uid);
             let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
             if first {
                 let ns = e.rec.pod.metadata.namespace.clone().unwrap_or_default();
@@ -1122,6 +1155,7 @@ impl Runtime {
             Instance::Terminated(_, inv) => Some(inv.clone()),
             _ => None,
         };
+        self.sync_probes(uid, c, &inst, rec, pass);
         if let (Some(old), Some(cur)) = (rec.restart_of.clone(), current_inv.as_ref()) {
             if &old != cur {
                 rec.restart_count += 1;
@@ -1452,6 +1486,233 @@ impl Runtime {
                 Prepared::Ready(Cow::Owned(spec), plan.skipped_env)
             }
         }
+    }
+
+    /// Keeps the probes of container `c` running for its current instance
+    /// (and only then), and copies what they found into its record.
+    fn sync_probes(
+        &self,
+        uid: &str,
+        c: &ContainerPlan,
+        inst: &Instance,
+        rec: &mut ContainerRecord,
+        pass: &mut Pass,
+    ) {
+        if c.probes.is_empty() {
+            return;
+        }
+        let s = &self.shared;
+        let key = (uid.to_string(), c.name.clone());
+        let mut probing = s.probing.lock().unwrap();
+        let Instance::Running {
+            invocation,
+            started_us,
+        } = inst
+        else {
+            probing.remove(&key);
+            return;
+        };
+        if probing
+            .get(&key)
+            .is_none_or(|p| p.record.invocation != *invocation)
+        {
+            // A restarted agent keeps what its predecessor found for the
+            // same instance, so it does not turn ready pods unready; and a
+            // container that started before this agent has passed its
+            // startup probe (as a restarted kubelet assumes).
+            let has_startup = c.probes.iter().any(|p| p.kind == ProbeKind::Startup);
+            let kept = rec.probes.clone().filter(|p| p.invocation == *invocation);
+            let record = ProbeRecord {
+                invocation: invocation.clone(),
+                started: !has_startup
+                    || *started_us < s.started_us
+                    || kept.as_ref().is_some_and(|p| p.started),
+                ready: kept.is_some_and(|p| p.ready),
+            };
+            let tasks = c
+                .probes
+                .iter()
+                .map(|spec| {
+                    let me = self.clone();
+                    let job = ProbeJob {
+                        uid: uid.to_string(),
+                        container: c.name.clone(),
+                        unit: c.unit.clone(),
+                        invocation: invocation.clone(),
+                        started_us: *started_us,
+                        spec: spec.clone(),
+                        ready: record.ready,
+                    };
+                    tokio::spawn(async move { me.probe_loop(job).await }).abort_handle()
+                })
+                .collect();
+            probing.insert(key.clone(), Probing { record, tasks });
+        }
+        let record = probing[&key].record.clone();
+        if rec.probes.as_ref() != Some(&record) {
+            rec.probes = Some(record);
+            pass.changed.insert(c.name.clone());
+        }
+    }
+
+    /// Runs one probe of one container instance until the instance ends
+    /// (the task is aborted) or, for a startup probe, until it succeeds.
+    async fn probe_loop(self, job: ProbeJob) {
+        let s = &self.shared;
+        let spec = &job.spec;
+        let key = (job.uid.clone(), job.container.clone());
+        let first_at = job.started_us + spec.initial_delay.as_micros() as u64;
+        let now = now_us();
+        if first_at > now {
+            tokio::time::sleep(Duration::from_micros(first_at - now)).await;
+        }
+        let mut state = ProbeState::new(spec.kind);
+        if spec.kind == ProbeKind::Readiness {
+            state.result = job.ready;
+        }
+        loop {
+            let started = match s.probing.lock().unwrap().get(&key) {
+                Some(p) if p.record.invocation == job.invocation => p.record.started,
+                _ => return,
+            };
+            if spec.kind == ProbeKind::Startup && started {
+                return;
+            }
+            // Liveness and readiness wait for the startup probe.
+            if spec.kind == ProbeKind::Startup || started {
+                let result = probes::run(&s.sd, &job.unit, &spec.action, spec.timeout).await;
+                if let Err(msg) = &result {
+                    info!(
+                        uid = job.uid,
+                        container = job.container,
+                        probe = spec.kind.title(),
+                        error = msg,
+                        "probe failed"
+                    );
+                    self.container_event(
+                        &job,
+                        true,
+                        "Unhealthy",
+                        format!("{} probe failed: {msg}", spec.kind.title()),
+                    );
+                }
+                if let Some(now_ok) = state.record(spec, result.is_ok()) {
+                    {
+                        let mut probing = s.probing.lock().unwrap();
+                        let Some(p) = probing
+                            .get_mut(&key)
+                            .filter(|p| p.record.invocation == job.invocation)
+                        else {
+                            return;
+                        };
+                        match spec.kind {
+                            ProbeKind::Startup => p.record.started = now_ok,
+                            ProbeKind::Readiness => p.record.ready = now_ok,
+                            ProbeKind::Liveness => {}
+                        }
+                    }
+                    s.pods_q.add(&job.uid);
+                    if spec.kind == ProbeKind::Startup && now_ok {
+                        return;
+                    }
+                    if !now_ok && spec.kind != ProbeKind::Readiness {
+                        // Not in this task: the instance's end aborts it.
+                        let me = self.clone();
+                        tokio::spawn(async move { me.kill_for_probe(&job).await });
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(spec.period).await;
+        }
+    }
+
+    /// Kills a container whose liveness or startup probe failed, as the
+    /// kubelet does: SIGTERM, SIGKILL after the probe's (else the pod's)
+    /// grace period. Its restart is the reconciler's, under the pod's
+    /// restart policy and back-off.
+    async fn kill_for_probe(&self, job: &ProbeJob) {
+        let s = &self.shared;
+        let kind = job.spec.kind.title().to_lowercase();
+        info!(
+            uid = job.uid,
+            container = job.container,
+            probe = kind,
+            "container failed its probe; killing it"
+        );
+        self.container_event(
+            job,
+            false,
+            "Killing",
+            format!(
+                "Container {} failed {kind} probe, will be restarted",
+                job.container
+            ),
+        );
+        let grace = job.spec.termination_grace_s.unwrap_or_else(|| {
+            let inner = s.inner.lock().unwrap();
+            inner
+                .pods
+                .get(&job.uid)
+                .and_then(|e| e.rec.pod.spec.as_ref())
+                .and_then(|sp| sp.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(crate::core::translate::MIN_GRACE_SECONDS) as u64
+        });
+        if let Err(e) = s.sd.kill_all(&job.unit, 15).await {
+            warn!(unit = job.unit, error = %e, "cannot signal the container");
+        }
+        tokio::time::sleep(Duration::from_secs(grace)).await;
+        let still = s
+            .inner
+            .lock()
+            .unwrap()
+            .units
+            .get(&job.unit)
+            .is_some_and(|u| matches!(instance(Some(u)), Instance::Running { invocation, .. } if invocation == job.invocation));
+        if still {
+            let _ = s.sd.kill_all(&job.unit, 9).await;
+        }
+    }
+
+    /// An event about a probed container (cluster mode; standalone has no
+    /// event sink).
+    fn container_event(
+        &self,
+        job: &ProbeJob,
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    ) {
+        let s = &self.shared;
+        if s.cfg.reports.is_none() {
+            return;
+        }
+        let (namespace, name, init) = {
+            let inner = s.inner.lock().unwrap();
+            let Some(e) = inner.pods.get(&job.uid) else {
+                return;
+            };
+            let init = e.plan.init.iter().any(|c| c.name == job.container);
+            (
+                e.rec.pod.metadata.namespace.clone().unwrap_or_default(),
+                e.rec.pod.metadata.name.clone().unwrap_or_default(),
+                init,
+            )
+        };
+        self.report(PodReport::Event {
+            uid: job.uid.clone(),
+            namespace,
+            name,
+            field_path: Some(format!(
+                "spec.{}{{{}}}",
+                if init { "initContainers" } else { "containers" },
+                job.container
+            )),
+            warning,
+            reason,
+            message,
+        });
     }
 
     /// [`Runtime::prepare`] and what its outcome means for the container's

@@ -79,11 +79,31 @@ trait Manager {
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+    fn attach_processes_to_unit(
+        &self,
+        unit_name: &str,
+        subcgroup: &str,
+        pids: &[u32],
+    ) -> zbus::Result<()>;
     fn list_units_by_patterns(
         &self,
         states: &[&str],
         patterns: &[&str],
     ) -> zbus::Result<Vec<UnitRow>>;
+}
+
+/// What a service runs with, as systemd has it: the context a command run
+/// "in the container" (an exec probe, later `kubectl exec`) gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecContext {
+    /// `Environment=` entries, `NAME=value`.
+    pub environment: Vec<String>,
+    /// `EnvironmentFiles=` paths.
+    pub environment_files: Vec<String>,
+    /// `WorkingDirectory=` ("" for the default).
+    pub working_directory: String,
+    /// The argv of the first `ExecStart=` command, as stored (with `$$`).
+    pub exec_argv: Vec<String>,
 }
 
 /// A change systemd signalled about a unit. `serial` is the signal's
@@ -293,6 +313,67 @@ impl Systemd {
                 unit: unit.into(),
                 source,
             })
+    }
+
+    /// Moves a process into the unit's cgroup (`AttachProcessesToUnit`).
+    pub async fn attach(&self, unit: &str, pid: u32) -> Result<(), SystemdError> {
+        self.manager
+            .attach_processes_to_unit(unit, "", &[pid])
+            .await
+            .map_err(|source| SystemdError::Unit {
+                op: "attach a process to",
+                unit: unit.into(),
+                source,
+            })
+    }
+
+    /// The execution settings of a service (see [`ExecContext`]).
+    pub async fn exec_context(&self, unit: &str) -> Result<ExecContext, SystemdError> {
+        let path = crate::core::names::unit_object_path(unit);
+        let map_err = |source| SystemdError::Unit {
+            op: "read",
+            unit: unit.into(),
+            source,
+        };
+        let reply = self
+            .conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &("org.freedesktop.systemd1.Service",),
+            )
+            .await
+            .map_err(map_err)?;
+        let all: HashMap<String, OwnedValue> = reply.body().deserialize().map_err(map_err)?;
+        let get = |k: &str| {
+            all.get(k)
+                .map(|v| Value::from(v.try_clone().expect("no fds")))
+        };
+        let mut ctx = ExecContext::default();
+        if let Some(v) = get("Environment") {
+            ctx.environment = Vec::<String>::try_from(v).unwrap_or_default();
+        }
+        if let Some(v) = get("EnvironmentFiles") {
+            ctx.environment_files = Vec::<(String, bool)>::try_from(v)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+        }
+        if let Some(v) = get("WorkingDirectory") {
+            ctx.working_directory = String::try_from(v).unwrap_or_default();
+        }
+        if let Some(v) = get("ExecStart") {
+            type Cmd = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
+            ctx.exec_argv = Vec::<Cmd>::try_from(v)
+                .ok()
+                .and_then(|cmds| cmds.into_iter().next())
+                .map(|c| c.1)
+                .unwrap_or_default();
+        }
+        Ok(ctx)
     }
 
     /// systemd's version (`Manager.Version`); also a cheap check that

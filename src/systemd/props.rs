@@ -46,6 +46,7 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
             Property::MemoryMax(b) => out.push(("MemoryMax", Value::from(*b))),
             Property::CpuQuotaPerSecUSec(u) => out.push(("CPUQuotaPerSecUSec", Value::from(*u))),
             Property::CpuWeight(w) => out.push(("CPUWeight", Value::from(*w))),
+            Property::Delegate(b) => out.push(("Delegate", Value::from(*b))),
             Property::Accounting(b) => {
                 for k in [
                     "CPUAccounting",
