@@ -647,8 +647,15 @@ fn validate_container(
     };
     super::probe::container_probes(&probe_pod, &probe_node, c)
         .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
+    if c.lifecycle.is_some() && init {
+        return Err(err(
+            format!("{base}.lifecycle"),
+            "may not be set for init containers",
+        ));
+    }
+    super::probe::container_hooks(&probe_pod, &probe_node, c)
+        .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
     for (field, present) in [
-        ("lifecycle", c.lifecycle.is_some()),
         (
             "volumeMounts",
             c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()),
@@ -850,7 +857,8 @@ mod tests {
             (format!("{OK}  - name: c\n    image: host\n    command: [/bin/true]\n"), "spec.containers[1].name"),
             (format!("{OK}    env:\n    - name: A-B\n      value: x\n"), "spec.containers[0].env[0].name"),
             (format!("{OK}    env:\n    - name: A\n      value: \"a\\0b\"\n"), "spec.containers[0].env[0].value"),
-            (format!("{OK}    lifecycle:\n      preStop:\n        exec:\n          command: [x]\n"), "spec.containers[0].lifecycle"),
+            (format!("{OK}    lifecycle:\n      preStop:\n        tcpSocket:\n          port: 80\n"), "spec.containers[0].lifecycle.preStop.tcpSocket"),
+            (format!("{OK}    tty: true\n"), "spec.containers[0].tty"),
             (format!("{OK}    livenessProbe:\n      exec:\n        command: [x]\n      successThreshold: 2\n"), "spec.containers[0].livenessProbe.successThreshold"),
             (format!("{OK}    resources:\n      limits:\n        cpu: lots\n"), "spec.containers[0].resources.limits.cpu"),
         ];

@@ -315,6 +315,65 @@ pub fn container_probes(
     Ok(out)
 }
 
+/// What a lifecycle hook does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    /// A probe-like action (exec, httpGet); it must succeed.
+    Action(Action),
+    /// Wait this long (`sleep.seconds`).
+    Sleep(Duration),
+}
+
+/// A container's `postStart` and `preStop` hooks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Run right after the container started; failing it kills the container.
+    pub post_start: Option<Hook>,
+    /// Run before the container is sent SIGTERM, within its grace period.
+    pub pre_stop: Option<Hook>,
+}
+
+/// The container's lifecycle hooks. `Err`: (field from the container on, message).
+pub fn container_hooks(
+    pod: &Pod,
+    node: &NodeFacts,
+    c: &Container,
+) -> Result<Hooks, (String, String)> {
+    let Some(l) = &c.lifecycle else {
+        return Ok(Hooks::default());
+    };
+    let one = |name: &str, h: &Option<k8s_openapi::api::core::v1::LifecycleHandler>| {
+        let Some(h) = h else { return Ok(None) };
+        let field = |f: &str| format!("lifecycle.{name}{f}");
+        if h.tcp_socket.is_some() {
+            return Err((field(".tcpSocket"), "is not supported (as by the kubelet); use exec or httpGet".into()));
+        }
+        let set = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()];
+        if set.iter().filter(|x| **x).count() != 1 {
+            return Err((field(""), "must have exactly one handler: exec, httpGet or sleep".into()));
+        }
+        if let Some(sl) = &h.sleep {
+            if sl.seconds < 0 {
+                return Err((field(".sleep.seconds"), "must not be negative".into()));
+            }
+            return Ok(Some(Hook::Sleep(Duration::from_secs(sl.seconds as u64))));
+        }
+        // A hook takes a probe's handler; reuse its checks and defaults.
+        let probe = Probe {
+            exec: h.exec.clone(),
+            http_get: h.http_get.clone(),
+            ..Default::default()
+        };
+        probe_spec(pod, node, c, ProbeKind::Liveness, &probe)
+            .map(|p| Some(Hook::Action(p.action)))
+            .map_err(|(f, m)| (field(&format!(".{f}")), m))
+    };
+    Ok(Hooks {
+        post_start: one("postStart", &l.post_start)?,
+        pre_stop: one("preStop", &l.pre_stop)?,
+    })
+}
+
 /// The results of one probe of one container instance, folded with the
 /// kubelet's thresholds: the result changes only after `success_threshold`
 /// successes or `failure_threshold` failures in a row.
@@ -522,5 +581,26 @@ mod tests {
         assert_eq!(st.record(&l, false), None);
         assert_eq!(st.record(&l, false), Some(false));
         assert_eq!(st.record(&l, false), None);
+    }
+
+    #[test]
+    fn hooks_take_exec_http_and_sleep() {
+        let p = pod(serde_json::json!({
+            "name": "c", "image": "host",
+            "lifecycle": {
+                "postStart": {"exec": {"command": ["touch", "/tmp/x"]}},
+                "preStop": {"sleep": {"seconds": 2}}
+            }
+        }));
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let h = container_hooks(&p, &node(), c).unwrap();
+        assert_eq!(h.post_start, Some(Hook::Action(Action::Exec { argv: vec!["touch".into(), "/tmp/x".into()] })));
+        assert_eq!(h.pre_stop, Some(Hook::Sleep(Duration::from_secs(2))));
+        let bad = pod(serde_json::json!({
+            "name": "c", "image": "host",
+            "lifecycle": {"preStop": {"httpGet": {"port": "web"}}}
+        }));
+        let c = &bad.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container_hooks(&bad, &node(), c).unwrap_err().0, "lifecycle.preStop.httpGet.port");
     }
 }
