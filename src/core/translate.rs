@@ -62,6 +62,8 @@ pub struct ContainerPlan {
     pub skipped_env: Vec<String>,
     /// Its probes (startup, liveness, readiness), which the agent runs.
     pub probes: Vec<super::probe::ProbeSpec>,
+    /// Its lifecycle hooks, which the agent runs.
+    pub hooks: super::probe::Hooks,
 }
 
 /// A root-only environment file for one container.
@@ -487,6 +489,7 @@ fn container_plan(
         env_file: None,
         skipped_env: Vec::new(),
         probes: Vec::new(),
+        hooks: Default::default(),
     };
     if let Some(w) = image_waiting(&image) {
         return waiting(w, refs);
@@ -635,6 +638,7 @@ fn container_plan(
         // Validated with the pod; a probe that would not resolve here
         // (a named port gone) is not run.
         probes: super::probe::container_probes(pod, node, c).unwrap_or_default(),
+        hooks: super::probe::container_hooks(pod, node, c).unwrap_or_default(),
     }
 }
 
