@@ -222,6 +222,8 @@ struct Memo {
     /// Events sent already (by container and occasion), so a repeated pass
     /// does not repeat them.
     evented: HashSet<String>,
+    /// Instances whose postStart hook was started.
+    post_started: HashSet<String>,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
@@ -817,6 +819,8 @@ impl Runtime {
     /// shorter grace than the pod's own, is when SIGKILL comes instead.
     async fn terminate(&self, uid: &str, grace_s: Option<u64>) {
         let s = &self.shared;
+        let mut pre_stops: Vec<(String, crate::core::probe::Hook)> = Vec::new();
+        let mut pod_grace_s = 30;
         let (slice, units, key, first) = {
             let mut guard = s.inner.lock().unwrap();
             let inner = &mut *guard;
@@ -828,6 +832,23 @@ impl Runtime {
             s.probing.lock().unwrap().retain(|(u, _), _| u != uid);
             let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
             if first {
+                pod_grace_s =
+                    e.rec
+                        .pod
+                        .spec
+                        .as_ref()
+                        .and_then(|sp| sp.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(crate::core::translate::MIN_GRACE_SECONDS) as u64;
+                for c in e.plan.init.iter().chain(&e.plan.containers) {
+                    let running = inner
+                        .units
+                        .get(&c.unit)
+                        .is_some_and(|u| matches!(instance(Some(u)), Instance::Running { .. }));
+                    if let (true, Some(h)) = (running, &c.hooks.pre_stop) {
+                        pre_stops.push((c.unit.clone(), h.clone()));
+                    }
+                }
                 let ns = e.rec.pod.metadata.namespace.clone().unwrap_or_default();
                 let name = e.rec.pod.metadata.name.clone().unwrap_or_default();
                 let running = |c: &&ContainerPlan| {
@@ -869,8 +890,29 @@ impl Runtime {
                     }
                 });
             }
-            if let Err(e) = s.sd.stop(&slice).await {
-                debug!(error = %e, "stopping slice");
+            if pre_stops.is_empty() {
+                if let Err(e) = s.sd.stop(&slice).await {
+                    debug!(error = %e, "stopping slice");
+                }
+            } else {
+                // preStop hooks first, within the grace period, then the
+                // stop (SIGTERM); not in this worker, which must not wait.
+                let sd = s.sd.clone();
+                let within = Duration::from_secs(grace_s.unwrap_or(pod_grace_s));
+                tokio::spawn(async move {
+                    let runs = pre_stops.iter().map(|(unit, hook)| {
+                        let sd = sd.clone();
+                        async move {
+                            if let Err(e) = probes::run_hook(&sd, unit, hook, within).await {
+                                warn!(unit, error = e, "preStop hook failed");
+                            }
+                        }
+                    });
+                    futures_util::future::join_all(runs).await;
+                    if let Err(e) = sd.stop(&slice).await {
+                        debug!(error = %e, "stopping slice");
+                    }
+                });
             }
         }
         let mut busy = false;
@@ -1156,6 +1198,7 @@ impl Runtime {
             _ => None,
         };
         self.sync_probes(uid, c, &inst, rec, pass);
+        self.post_start(uid, c, &inst, memo);
         if let (Some(old), Some(cur)) = (rec.restart_of.clone(), current_inv.as_ref()) {
             if &old != cur {
                 rec.restart_count += 1;
@@ -1488,6 +1531,68 @@ impl Runtime {
         }
     }
 
+    /// Runs the postStart hook of a container instance this agent saw
+    /// start (once); if it fails, the container is killed, as the kubelet
+    /// does, and restarted under the pod's policy.
+    fn post_start(&self, uid: &str, c: &ContainerPlan, inst: &Instance, memo: &mut Memo) {
+        let Some(hook) = &c.hooks.post_start else {
+            return;
+        };
+        let Instance::Running {
+            invocation,
+            started_us,
+        } = inst
+        else {
+            return;
+        };
+        // An earlier agent ran it for an instance started before this one.
+        if *started_us < self.shared.started_us || !memo.post_started.insert(invocation.clone()) {
+            return;
+        }
+        let me = self.clone();
+        let (hook, uid, container, unit, invocation) = (
+            hook.clone(),
+            uid.to_string(),
+            c.name.clone(),
+            c.unit.clone(),
+            invocation.clone(),
+        );
+        let grace = c
+            .spec
+            .as_ref()
+            .ok()
+            .and_then(|sp| {
+                sp.properties.iter().find_map(|p| match p {
+                    crate::core::unit::Property::TimeoutStopUSec(u) => Some(u / 1_000_000),
+                    _ => None,
+                })
+            })
+            .unwrap_or(30);
+        tokio::spawn(async move {
+            // The kubelet gives postStart no timeout of its own; the
+            // container's grace bounds it here so a stuck hook cannot hold
+            // the container forever.
+            let limit = Duration::from_secs(grace.max(30));
+            if let Err(e) = probes::run_hook(&me.shared.sd, &unit, &hook, limit).await {
+                warn!(
+                    uid,
+                    container,
+                    error = e,
+                    "postStart hook failed; killing the container"
+                );
+                me.container_event(
+                    &uid,
+                    &container,
+                    true,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {e}"),
+                );
+                me.kill_container(&uid, &container, &unit, &invocation, grace)
+                    .await;
+            }
+        });
+    }
+
     /// Keeps the probes of container `c` running for its current instance
     /// (and only then), and copies what they found into its record.
     fn sync_probes(
@@ -1590,7 +1695,8 @@ impl Runtime {
                         "probe failed"
                     );
                     self.container_event(
-                        &job,
+                        &job.uid,
+                        &job.container,
                         true,
                         "Unhealthy",
                         format!("{} probe failed: {msg}", spec.kind.title()),
@@ -1641,7 +1747,8 @@ impl Runtime {
             "container failed its probe; killing it"
         );
         self.container_event(
-            job,
+            &job.uid,
+            &job.container,
             false,
             "Killing",
             format!(
@@ -1659,19 +1766,54 @@ impl Runtime {
                 .unwrap_or(30)
                 .max(crate::core::translate::MIN_GRACE_SECONDS) as u64
         });
-        if let Err(e) = s.sd.kill_all(&job.unit, 15).await {
-            warn!(unit = job.unit, error = %e, "cannot signal the container");
+        self.kill_container(&job.uid, &job.container, &job.unit, &job.invocation, grace)
+            .await;
+    }
+
+    /// Stops one container instance as the kubelet kills a container: its
+    /// preStop hook, SIGTERM, then SIGKILL once `grace` seconds are over.
+    async fn kill_container(
+        &self,
+        uid: &str,
+        container: &str,
+        unit: &str,
+        invocation: &str,
+        grace: u64,
+    ) {
+        let s = &self.shared;
+        let pre_stop = {
+            let inner = s.inner.lock().unwrap();
+            inner.pods.get(uid).and_then(|e| {
+                e.plan
+                    .init
+                    .iter()
+                    .chain(&e.plan.containers)
+                    .find(|c| c.name == container)
+                    .and_then(|c| c.hooks.pre_stop.clone())
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+        if let Some(hook) = pre_stop {
+            if let Err(e) = probes::run_hook(&s.sd, unit, &hook, Duration::from_secs(grace)).await {
+                warn!(unit, error = e, "preStop hook failed");
+            }
         }
-        tokio::time::sleep(Duration::from_secs(grace)).await;
+        if let Err(e) = s.sd.kill_all(unit, 15).await {
+            warn!(unit, error = %e, "cannot signal the container");
+        }
+        tokio::time::sleep_until(
+            deadline.max(tokio::time::Instant::now() + Duration::from_secs(2)),
+        )
+        .await;
         let still = s
             .inner
             .lock()
             .unwrap()
             .units
-            .get(&job.unit)
-            .is_some_and(|u| matches!(instance(Some(u)), Instance::Running { invocation, .. } if invocation == job.invocation));
+            .get(unit)
+            .is_some_and(|u| matches!(instance(Some(u)), Instance::Running { invocation: i, .. } if i == invocation));
         if still {
-            let _ = s.sd.kill_all(&job.unit, 9).await;
+            let _ = s.sd.kill_all(unit, 9).await;
         }
     }
 
@@ -1679,7 +1821,8 @@ impl Runtime {
     /// event sink).
     fn container_event(
         &self,
-        job: &ProbeJob,
+        uid: &str,
+        container: &str,
         warning: bool,
         reason: &'static str,
         message: String,
@@ -1690,10 +1833,10 @@ impl Runtime {
         }
         let (namespace, name, init) = {
             let inner = s.inner.lock().unwrap();
-            let Some(e) = inner.pods.get(&job.uid) else {
+            let Some(e) = inner.pods.get(uid) else {
                 return;
             };
-            let init = e.plan.init.iter().any(|c| c.name == job.container);
+            let init = e.plan.init.iter().any(|c| c.name == container);
             (
                 e.rec.pod.metadata.namespace.clone().unwrap_or_default(),
                 e.rec.pod.metadata.name.clone().unwrap_or_default(),
@@ -1701,13 +1844,13 @@ impl Runtime {
             )
         };
         self.report(PodReport::Event {
-            uid: job.uid.clone(),
+            uid: uid.to_string(),
             namespace,
             name,
             field_path: Some(format!(
                 "spec.{}{{{}}}",
                 if init { "initContainers" } else { "containers" },
-                job.container
+                container
             )),
             warning,
             reason,

@@ -84,6 +84,22 @@ pub async fn run(
     }
 }
 
+/// Runs a lifecycle hook, bounded by `limit`.
+pub async fn run_hook(
+    sd: &Systemd,
+    unit: &str,
+    hook: &crate::core::probe::Hook,
+    limit: Duration,
+) -> Result<(), String> {
+    match hook {
+        crate::core::probe::Hook::Sleep(d) => {
+            tokio::time::sleep((*d).min(limit)).await;
+            Ok(())
+        }
+        crate::core::probe::Hook::Action(a) => run(sd, unit, a, limit).await,
+    }
+}
+
 fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
