@@ -346,11 +346,17 @@ pub fn container_hooks(
         let Some(h) = h else { return Ok(None) };
         let field = |f: &str| format!("lifecycle.{name}{f}");
         if h.tcp_socket.is_some() {
-            return Err((field(".tcpSocket"), "is not supported (as by the kubelet); use exec or httpGet".into()));
+            return Err((
+                field(".tcpSocket"),
+                "is not supported (as by the kubelet); use exec or httpGet".into(),
+            ));
         }
         let set = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()];
         if set.iter().filter(|x| **x).count() != 1 {
-            return Err((field(""), "must have exactly one handler: exec, httpGet or sleep".into()));
+            return Err((
+                field(""),
+                "must have exactly one handler: exec, httpGet or sleep".into(),
+            ));
         }
         if let Some(sl) = &h.sleep {
             if sl.seconds < 0 {
@@ -594,13 +600,21 @@ mod tests {
         }));
         let c = &p.spec.as_ref().unwrap().containers[0];
         let h = container_hooks(&p, &node(), c).unwrap();
-        assert_eq!(h.post_start, Some(Hook::Action(Action::Exec { argv: vec!["touch".into(), "/tmp/x".into()] })));
+        assert_eq!(
+            h.post_start,
+            Some(Hook::Action(Action::Exec {
+                argv: vec!["touch".into(), "/tmp/x".into()]
+            }))
+        );
         assert_eq!(h.pre_stop, Some(Hook::Sleep(Duration::from_secs(2))));
         let bad = pod(serde_json::json!({
             "name": "c", "image": "host",
             "lifecycle": {"preStop": {"httpGet": {"port": "web"}}}
         }));
         let c = &bad.spec.as_ref().unwrap().containers[0];
-        assert_eq!(container_hooks(&bad, &node(), c).unwrap_err().0, "lifecycle.preStop.httpGet.port");
+        assert_eq!(
+            container_hooks(&bad, &node(), c).unwrap_err().0,
+            "lifecycle.preStop.httpGet.port"
+        );
     }
 }
