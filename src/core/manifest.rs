@@ -6,7 +6,11 @@
 //! unitlet cannot honour yet are errors too, because silently ignoring a
 //! probe or a volume is worse than refusing the pod.
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use super::unit::capability_number;
+use k8s_openapi::api::core::v1::{
+    AppArmorProfile, Container, EnvVar, Pod, PodSecurityContext, SELinuxOptions, SeccompProfile,
+    SecurityContext, WindowsSecurityContextOptions,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -435,10 +439,6 @@ pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> 
                 .is_some_and(|v| !v.is_empty()),
         ),
         (
-            "spec.hostAliases",
-            spec.host_aliases.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
-        (
             "spec.shareProcessNamespace",
             spec.share_process_namespace == Some(true),
         ),
@@ -454,21 +454,14 @@ pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> 
             ));
         }
     }
+    if spec.host_aliases.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(err(
+            "spec.hostAliases",
+            "unitlet pods share the host's network and its /etc/hosts, so per-pod host aliases cannot be added without changing the host; remove hostAliases (or add the entries to the host's /etc/hosts)",
+        ));
+    }
     if let Some(sc) = &spec.security_context {
-        let extra = sc.run_as_non_root.is_some()
-            || sc.fs_group.is_some()
-            || sc.supplemental_groups.is_some()
-            || sc.sysctls.is_some()
-            || sc.seccomp_profile.is_some()
-            || sc.se_linux_options.is_some()
-            || sc.app_armor_profile.is_some();
-        if extra {
-            return Err(unsupported(
-                "spec.securityContext".into(),
-                "a securityContext field other than runAsUser/runAsGroup",
-            ));
-        }
-        check_ids("spec.securityContext", sc.run_as_user, sc.run_as_group)?;
+        validate_pod_security(sc)?;
     }
     let mut seen = std::collections::HashSet::new();
     let inits = spec
@@ -509,6 +502,195 @@ fn check_ids(field: &str, user: Option<i64>, group: Option<i64>) -> Result<(), M
         }
     }
     Ok(())
+}
+
+fn check_group(field: String, v: i64) -> Result<(), ManifestError> {
+    if !(0..=i64::from(u32::MAX - 1)).contains(&v) {
+        return Err(err(
+            field,
+            format!("{v} is not a valid group id (0 to 4294967294)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The pod-level securityContext: what unitlet maps onto the unit (see
+/// `translate`) is checked, what it cannot honour is refused with why.
+fn validate_pod_security(sc: &PodSecurityContext) -> Result<(), ManifestError> {
+    let base = "spec.securityContext";
+    check_ids(base, sc.run_as_user, sc.run_as_group)?;
+    if let Some(g) = sc.fs_group {
+        check_group(format!("{base}.fsGroup"), g)?;
+    }
+    for (i, g) in sc.supplemental_groups.iter().flatten().enumerate() {
+        check_group(format!("{base}.supplementalGroups[{i}]"), *g)?;
+    }
+    if let Some(p) = sc.fs_group_change_policy.as_deref() {
+        if !matches!(p, "Always" | "OnRootMismatch") {
+            return Err(err(
+                format!("{base}.fsGroupChangePolicy"),
+                format!("{p:?} is not one of Always, OnRootMismatch"),
+            ));
+        }
+    }
+    if let Some(p) = sc.supplemental_groups_policy.as_deref() {
+        if !matches!(p, "Merge" | "Strict") {
+            return Err(err(
+                format!("{base}.supplementalGroupsPolicy"),
+                format!("{p:?} is not one of Merge, Strict"),
+            ));
+        }
+    }
+    if let Some(p) = sc.se_linux_change_policy.as_deref() {
+        if !matches!(p, "MountOption" | "Recursive") {
+            return Err(err(
+                format!("{base}.seLinuxChangePolicy"),
+                format!("{p:?} is not one of MountOption, Recursive"),
+            ));
+        }
+    }
+    if let Some(s) = sc.sysctls.as_ref().and_then(|v| v.first()) {
+        return Err(err(
+            format!("{base}.sysctls[0]"),
+            format!("sysctl {:?} cannot be set: unitlet pods share the host's network, IPC and UTS namespaces, so a sysctl would change the whole host (the kubelet also refuses namespaced sysctls for hostNetwork pods); set it on the host instead", s.name),
+        ));
+    }
+    validate_common_security(
+        base,
+        sc.seccomp_profile.as_ref(),
+        sc.se_linux_options.as_ref(),
+        sc.app_armor_profile.as_ref(),
+        sc.windows_options.as_ref(),
+    )
+}
+
+/// Fields the pod and container securityContexts share.
+fn validate_common_security(
+    base: &str,
+    seccomp: Option<&SeccompProfile>,
+    selinux: Option<&SELinuxOptions>,
+    apparmor: Option<&AppArmorProfile>,
+    windows: Option<&WindowsSecurityContextOptions>,
+) -> Result<(), ManifestError> {
+    if let Some(p) = seccomp {
+        let field = format!("{base}.seccompProfile");
+        match p.type_.as_str() {
+            "RuntimeDefault" | "Unconfined" => {
+                if p.localhost_profile.is_some() {
+                    return Err(err(
+                        format!("{field}.localhostProfile"),
+                        "may only be set with type Localhost",
+                    ));
+                }
+            }
+            "Localhost" => return Err(err(
+                format!("{field}.type"),
+                "Localhost seccomp profiles are not supported: unitlet maps seccomp onto systemd's SystemCallFilter=, which cannot load an OCI seccomp profile; use RuntimeDefault or Unconfined",
+            )),
+            other => {
+                return Err(err(
+                    format!("{field}.type"),
+                    format!("{other:?} is not one of RuntimeDefault, Unconfined, Localhost"),
+                ))
+            }
+        }
+    }
+    if let Some(o) = selinux {
+        let set = [&o.user, &o.role, &o.type_, &o.level]
+            .iter()
+            .any(|v| v.as_deref().is_some_and(|s| !s.is_empty()));
+        if set {
+            return Err(err(
+                format!("{base}.seLinuxOptions"),
+                "SELinux labels are not supported: unitlet runs containers as systemd units with the host's own labelling; remove seLinuxOptions",
+            ));
+        }
+    }
+    if let Some(p) = apparmor {
+        match p.type_.as_str() {
+            "Unconfined" => {}
+            "RuntimeDefault" | "Localhost" => return Err(err(
+                format!("{base}.appArmorProfile.type"),
+                format!("AppArmor profile {:?} is not supported: unitlet has no container runtime profile to load; use Unconfined or remove appArmorProfile", p.type_),
+            )),
+            other => {
+                return Err(err(
+                    format!("{base}.appArmorProfile.type"),
+                    format!("{other:?} is not one of RuntimeDefault, Localhost, Unconfined"),
+                ))
+            }
+        }
+    }
+    if let Some(w) = windows {
+        let set = w.gmsa_credential_spec.is_some()
+            || w.gmsa_credential_spec_name.is_some()
+            || w.host_process.is_some()
+            || w.run_as_user_name.is_some();
+        if set {
+            return Err(err(
+                format!("{base}.windowsOptions"),
+                "is for Windows nodes; unitlet runs Linux pods: remove windowsOptions",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A container's securityContext (see [`validate_pod_security`]).
+fn validate_container_security(base: &str, sc: &SecurityContext) -> Result<(), ManifestError> {
+    check_ids(base, sc.run_as_user, sc.run_as_group)?;
+    if let Some(caps) = &sc.capabilities {
+        for (list, names) in [("add", &caps.add), ("drop", &caps.drop)] {
+            for (i, n) in names.iter().flatten().enumerate() {
+                if !n.eq_ignore_ascii_case("ALL") && capability_number(n).is_none() {
+                    return Err(err(
+                        format!("{base}.capabilities.{list}[{i}]"),
+                        format!("{n:?} is not a Linux capability; use a name such as NET_ADMIN or CAP_NET_ADMIN, or ALL"),
+                    ));
+                }
+            }
+        }
+    }
+    // The API server's own rule.
+    if sc.allow_privilege_escalation == Some(false) {
+        if sc.privileged == Some(true) {
+            return Err(err(
+                format!("{base}.allowPrivilegeEscalation"),
+                "cannot set allowPrivilegeEscalation to false and privileged to true",
+            ));
+        }
+        let sys_admin = sc
+            .capabilities
+            .iter()
+            .flat_map(|c| c.add.iter().flatten())
+            .any(|n| capability_number(n) == Some(21));
+        if sys_admin {
+            return Err(err(
+                format!("{base}.allowPrivilegeEscalation"),
+                "cannot set allowPrivilegeEscalation to false and capabilities.add CAP_SYS_ADMIN",
+            ));
+        }
+    }
+    match sc.proc_mount.as_deref() {
+        None | Some("Default") => {}
+        Some("Unmasked") => return Err(err(
+            format!("{base}.procMount"),
+            "Unmasked is not supported: unitlet containers share the host's PID namespace and its /proc, which systemd units cannot remount per unit; use Default",
+        )),
+        Some(other) => {
+            return Err(err(
+                format!("{base}.procMount"),
+                format!("{other:?} is not one of Default, Unmasked"),
+            ))
+        }
+    }
+    validate_common_security(
+        base,
+        sc.seccomp_profile.as_ref(),
+        sc.se_linux_options.as_ref(),
+        sc.app_armor_profile.as_ref(),
+        sc.windows_options.as_ref(),
+    )
 }
 
 fn validate_container(
@@ -620,12 +802,22 @@ fn validate_container(
             }
         }
     }
+    // A native sidecar (restartPolicy Always) may have probes and hooks.
+    let sidecar = init && c.restart_policy.as_deref() == Some("Always");
+    if init {
+        if let Some(p) = c.restart_policy.as_deref().filter(|p| *p != "Always") {
+            return Err(err(
+                format!("{base}.restartPolicy"),
+                format!("{p:?} is not supported; init containers may only set Always (a native sidecar)"),
+            ));
+        }
+    }
     for (field, present) in [
         ("livenessProbe", c.liveness_probe.is_some()),
         ("readinessProbe", c.readiness_probe.is_some()),
         ("startupProbe", c.startup_probe.is_some()),
     ] {
-        if present && init {
+        if present && init && !sidecar {
             return Err(err(
                 format!("{base}.{field}"),
                 "may not be set for init containers",
@@ -647,7 +839,7 @@ fn validate_container(
     };
     super::probe::container_probes(&probe_pod, &probe_node, c)
         .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
-    if c.lifecycle.is_some() && init {
+    if c.lifecycle.is_some() && init && !sidecar {
         return Err(err(
             format!("{base}.lifecycle"),
             "may not be set for init containers",
@@ -666,7 +858,6 @@ fn validate_container(
         ),
         ("tty", c.tty == Some(true)),
         ("stdin", c.stdin == Some(true)),
-        ("restartPolicy", init && c.restart_policy.is_some()),
     ] {
         if present {
             return Err(unsupported(format!("{base}.{field}"), field));
@@ -679,26 +870,7 @@ fn validate_container(
         ));
     }
     if let Some(sc) = &c.security_context {
-        let extra = sc.run_as_non_root.is_some()
-            || sc.privileged.is_some()
-            || sc.capabilities.is_some()
-            || sc.read_only_root_filesystem.is_some()
-            || sc.allow_privilege_escalation.is_some()
-            || sc.seccomp_profile.is_some()
-            || sc.proc_mount.is_some()
-            || sc.se_linux_options.is_some()
-            || sc.app_armor_profile.is_some();
-        if extra {
-            return Err(unsupported(
-                format!("{base}.securityContext"),
-                "a securityContext field other than runAsUser/runAsGroup",
-            ));
-        }
-        check_ids(
-            &format!("{base}.securityContext"),
-            sc.run_as_user,
-            sc.run_as_group,
-        )?;
+        validate_container_security(&format!("{base}.securityContext"), sc)?;
     }
     Ok(())
 }
@@ -868,6 +1040,116 @@ mod tests {
                 e.field.replace(".[", "[") == field.replace(".[", "["),
                 "want {field}, got {e}"
             );
+        }
+    }
+
+    #[test]
+    fn security_context_fields_are_checked_or_refused_with_why() {
+        let pod_sc = |sc: &str| OK.replace("spec:\n", &format!("spec:\n  securityContext: {sc}\n"));
+        let c_sc = |sc: &str| format!("{OK}    securityContext: {sc}\n");
+        let c = "spec.containers[0].securityContext";
+        let p = "spec.securityContext";
+        let refused = [
+            (
+                pod_sc("{sysctls: [{name: kernel.shm_rmid_forced, value: '1'}]}"),
+                format!("{p}.sysctls[0]"),
+                "host",
+            ),
+            (
+                pod_sc("{supplementalGroups: [1, -1]}"),
+                format!("{p}.supplementalGroups[1]"),
+                "group id",
+            ),
+            (
+                pod_sc("{fsGroup: 4294967295}"),
+                format!("{p}.fsGroup"),
+                "group id",
+            ),
+            (
+                pod_sc("{fsGroupChangePolicy: Sometimes}"),
+                format!("{p}.fsGroupChangePolicy"),
+                "Always",
+            ),
+            (
+                pod_sc("{seLinuxOptions: {type: spc_t}}"),
+                format!("{p}.seLinuxOptions"),
+                "SELinux",
+            ),
+            (
+                pod_sc("{windowsOptions: {hostProcess: true}}"),
+                format!("{p}.windowsOptions"),
+                "Windows",
+            ),
+            (
+                pod_sc("{seccompProfile: {type: Localhost, localhostProfile: x.json}}"),
+                format!("{p}.seccompProfile.type"),
+                "not supported",
+            ),
+            (
+                pod_sc("{appArmorProfile: {type: RuntimeDefault}}"),
+                format!("{p}.appArmorProfile.type"),
+                "AppArmor",
+            ),
+            (
+                c_sc("{seccompProfile: {type: Bogus}}"),
+                format!("{c}.seccompProfile.type"),
+                "RuntimeDefault",
+            ),
+            (
+                c_sc("{seccompProfile: {type: RuntimeDefault, localhostProfile: x}}"),
+                format!("{c}.seccompProfile.localhostProfile"),
+                "Localhost",
+            ),
+            (
+                c_sc("{procMount: Unmasked}"),
+                format!("{c}.procMount"),
+                "not supported",
+            ),
+            (
+                c_sc("{capabilities: {add: [NET_ADMIN, CAP_BOGUS]}}"),
+                format!("{c}.capabilities.add[1]"),
+                "not a Linux capability",
+            ),
+            (
+                c_sc("{capabilities: {drop: [everything]}}"),
+                format!("{c}.capabilities.drop[0]"),
+                "not a Linux capability",
+            ),
+            (
+                c_sc("{privileged: true, allowPrivilegeEscalation: false}"),
+                format!("{c}.allowPrivilegeEscalation"),
+                "privileged",
+            ),
+            (
+                c_sc("{allowPrivilegeEscalation: false, capabilities: {add: [SYS_ADMIN]}}"),
+                format!("{c}.allowPrivilegeEscalation"),
+                "CAP_SYS_ADMIN",
+            ),
+            (
+                c_sc("{appArmorProfile: {type: Localhost, localhostProfile: p}}"),
+                format!("{c}.appArmorProfile.type"),
+                "AppArmor",
+            ),
+            (
+                OK.replace(
+                    "spec:\n",
+                    "spec:\n  hostAliases: [{ip: 1.2.3.4, hostnames: [a]}]\n",
+                ),
+                "spec.hostAliases".into(),
+                "/etc/hosts",
+            ),
+        ];
+        for (yaml, field, why) in refused {
+            let e = parse(&yaml).expect_err(&yaml);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(why), "{field}: {e}");
+        }
+        for ok in [
+            pod_sc("{runAsNonRoot: true, runAsUser: 1, supplementalGroups: [2, 3], fsGroup: 4, fsGroupChangePolicy: OnRootMismatch, supplementalGroupsPolicy: Strict, seccompProfile: {type: RuntimeDefault}, seLinuxOptions: {}, appArmorProfile: {type: Unconfined}}"),
+            c_sc("{privileged: true, readOnlyRootFilesystem: true, procMount: Default, capabilities: {add: [ALL], drop: [cap_chown]}, seccompProfile: {type: Unconfined}, allowPrivilegeEscalation: true, windowsOptions: {}}"),
+            c_sc("{runAsNonRoot: false, allowPrivilegeEscalation: false, capabilities: {drop: [ALL], add: [net_bind_service]}}"),
+        ] {
+            parse(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 

@@ -533,8 +533,11 @@ pub fn observe(
                 now_us,
             );
             // The kubelet reports an init container ready once it has
-            // completed successfully (and not while it runs).
-            b.status.ready = b.done == Some(0);
+            // completed successfully (and not while it runs); a sidecar as
+            // any running container.
+            if !c.sidecar {
+                b.status.ready = b.done == Some(0);
+            }
             b
         })
         .collect();
@@ -559,17 +562,26 @@ pub fn observe(
         })
         .collect();
 
-    // getPhase, init part.
-    let init_failed = inits.iter().any(|b| {
-        b.done.is_some_and(|c| c != 0)
-            || (b.waiting
-                && b.status
-                    .last_state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .is_some_and(|t| t.exit_code != 0))
+    // getPhase, init part. A sidecar never fails the pod's initialization
+    // (it is restarted); it counts as done once it has started.
+    let is_sidecar = |i: usize| plan.init[i].sidecar;
+    let init_failed = inits.iter().enumerate().any(|(i, b)| {
+        !is_sidecar(i)
+            && (b.done.is_some_and(|c| c != 0)
+                || (b.waiting
+                    && b.status
+                        .last_state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .is_some_and(|t| t.exit_code != 0)))
     });
-    let init_done = inits.iter().all(|b| b.done == Some(0));
+    let init_done = inits.iter().enumerate().all(|(i, b)| {
+        if is_sidecar(i) {
+            b.status.started == Some(true) || apps.iter().any(|a| a.ever_started)
+        } else {
+            b.done == Some(0)
+        }
+    });
     let any_app_started = apps.iter().any(|b| b.ever_started);
     let init_pending = !(init_done || (init_failed && policy == "Never"));
 
@@ -635,10 +647,13 @@ pub fn observe(
             latest(&inits),
         )
     };
+    // Sidecars' readiness counts, as the kubelet's.
     let unready: Vec<&str> = plan
-        .containers
+        .init
         .iter()
-        .zip(&apps)
+        .zip(&inits)
+        .filter(|(c, _)| c.sidecar)
+        .chain(plan.containers.iter().zip(&apps))
         .filter(|(_, b)| !b.status.ready)
         .map(|(c, _)| c.name.as_str())
         .collect();

@@ -10,7 +10,7 @@ use super::expand::expand;
 use super::manifest::{is_env_name, HOST_IMAGE};
 use super::names;
 use super::quantity;
-use super::unit::{Property, UnitSpec};
+use super::unit::{capability_number, Property, UnitSpec, ALL_CAPABILITIES, CAPABILITIES};
 use super::NodeFacts;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use std::collections::HashMap;
@@ -64,6 +64,10 @@ pub struct ContainerPlan {
     pub probes: Vec<super::probe::ProbeSpec>,
     /// Its lifecycle hooks, which the agent runs.
     pub hooks: super::probe::Hooks,
+    /// A native sidecar: an init container with `restartPolicy: Always`,
+    /// which keeps running (restarted whatever the pod's policy) and lets
+    /// the next init container start once it has started.
+    pub sidecar: bool,
 }
 
 /// A root-only environment file for one container.
@@ -490,6 +494,7 @@ fn container_plan(
         skipped_env: Vec::new(),
         probes: Vec::new(),
         hooks: Default::default(),
+        sidecar: c.restart_policy.as_deref() == Some("Always"),
     };
     if let Some(w) = image_waiting(&image) {
         return waiting(w, refs);
@@ -515,6 +520,13 @@ fn container_plan(
         .and_then(|s| s.run_as_group)
         .or(psc.and_then(|s| s.run_as_group))
         .map(|v| v as u32);
+    if let Some(message) = run_as_non_root_error(pod, c, run_as_user) {
+        let w = Waiting {
+            reason: "CreateContainerConfigError".into(),
+            message,
+        };
+        return waiting(w, refs);
+    }
     let host_user = lookup_user(run_as_user.unwrap_or(0));
 
     let mut env = vec![(
@@ -557,8 +569,12 @@ fn container_plan(
         .collect();
 
     // Dropping privileges with setpriv (from the argv, not a shell) works for
-    // any numeric id, as in Kubernetes; systemd's User= needs a passwd entry.
-    if run_as_user.is_some() || run_as_group.is_some() {
+    // any numeric id, as in Kubernetes; systemd's User= needs a passwd entry
+    // (and SupplementaryGroups= a group entry), so groups go there too.
+    let groups = supplemental_groups(pod);
+    let caps = capability_plan(c);
+    let setpriv = run_as_user.is_some() || run_as_group.is_some() || !groups.is_empty();
+    if setpriv {
         let uid_n = run_as_user.unwrap_or(0);
         let gid_n = run_as_group
             .or(host_user.as_ref().map(|u| u.gid))
@@ -567,9 +583,27 @@ fn container_plan(
             "/usr/bin/setpriv".to_string(),
             format!("--reuid={uid_n}"),
             format!("--regid={gid_n}"),
-            "--clear-groups".into(),
-            "--".into(),
         ];
+        if groups.is_empty() {
+            wrapped.push("--clear-groups".into());
+        } else {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            wrapped.push(format!("--groups={}", list.join(",")));
+        }
+        // setpriv needs these to switch ids; the unit's bounding set keeps
+        // them (see below) and setpriv drops them before the program runs.
+        if let Some(mask) = caps {
+            let extra: Vec<String> = SETPRIV_CAPS
+                .iter()
+                .filter(|n| mask & (1u64 << **n) == 0)
+                .map(|n| CAPABILITIES[*n as usize].to_ascii_lowercase())
+                .map(|n| format!("-{n}"))
+                .collect();
+            if !extra.is_empty() {
+                wrapped.push(format!("--bounding-set={}", extra.join(",")));
+            }
+        }
+        wrapped.push("--".into());
         wrapped.append(&mut argv);
         argv = wrapped;
     }
@@ -624,6 +658,7 @@ fn container_plan(
     if let Some(f) = &env_file {
         props.push(Property::EnvironmentFile(f.path.clone()));
     }
+    security_properties(pod, c, caps, setpriv, &mut props);
     ContainerPlan {
         name: c.name.clone(),
         image,
@@ -639,6 +674,203 @@ fn container_plan(
         // (a named port gone) is not run.
         probes: super::probe::container_probes(pod, node, c).unwrap_or_default(),
         hooks: super::probe::container_hooks(pod, node, c).unwrap_or_default(),
+        // Only init containers may set it (validated).
+        sidecar: c.restart_policy.as_deref() == Some("Always"),
+    }
+}
+
+/// The capabilities containerd gives a non-privileged container (its
+/// `DefaultUnixCapabilities`, also Docker's and CRI-O's default).
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// Capabilities `setpriv` needs to switch ids and trim the bounding set:
+/// CAP_SETGID, CAP_SETUID, CAP_SETPCAP.
+const SETPRIV_CAPS: [u32; 3] = [6, 7, 8];
+
+/// The allow-list standing in for the container runtime's default seccomp
+/// profile: systemd's `@system-service` (ordinary service calls, `@setuid`,
+/// `@chown`, `@process` with `unshare`/`setns`, which fail without
+/// CAP_SYS_ADMIN anyway) plus memory protection keys and `chroot`
+/// (CAP_SYS_CHROOT is a default capability), minus the kernel keyring
+/// (not namespaced; blocked by the runtime default too). Not `ptrace` and
+/// `process_vm_*`, which the runtime allows inside a PID namespace: unitlet
+/// pods share the host's.
+pub const RUNTIME_DEFAULT_SYSCALLS: [&str; 3] = ["@system-service", "@pkey", "chroot"];
+/// Removed from [`RUNTIME_DEFAULT_SYSCALLS`].
+pub const RUNTIME_DEFAULT_DENIED: [&str; 1] = ["@keyring"];
+
+/// What a container runtime mounts read-only in a non-privileged
+/// container (`/proc/sys`, `/proc/sysrq-trigger`, `/sys`), as
+/// `ReadOnlyPaths=` (`-`: skipped where absent). Not systemd's
+/// `ProtectKernelTunables=`, which also installs a seccomp filter, so an
+/// `Unconfined` container would not be unconfined.
+pub const KERNEL_TUNABLES: [&str; 3] = ["-/proc/sys", "-/proc/sysrq-trigger", "-/sys"];
+
+/// `EPERM`, what the runtime's default seccomp action returns.
+const EPERM: i32 = 1;
+
+fn mask_of(names: &[&str]) -> u64 {
+    names
+        .iter()
+        .filter_map(|n| capability_number(n))
+        .fold(0, |m, n| m | (1u64 << n))
+}
+
+/// The container's capability bounding set as containerd builds it: the
+/// default set, then `add: [ALL]` (everything), `drop: [ALL]` (nothing),
+/// then each added name, then each dropped one. `None` for a privileged
+/// container, which keeps every capability (add and drop are ignored).
+pub fn capability_plan(c: &Container) -> Option<u64> {
+    let sc = c.security_context.as_ref();
+    if sc.and_then(|s| s.privileged) == Some(true) {
+        return None;
+    }
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    let add: Vec<&str> = caps
+        .iter()
+        .flat_map(|c| c.add.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let drop: Vec<&str> = caps
+        .iter()
+        .flat_map(|c| c.drop.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let all = |l: &[&str]| l.iter().any(|n| n.eq_ignore_ascii_case("ALL"));
+    let mut mask = mask_of(&DEFAULT_CAPABILITIES);
+    if all(&add) {
+        mask = ALL_CAPABILITIES;
+    }
+    if all(&drop) {
+        mask = 0;
+    }
+    mask |= mask_of(&add);
+    mask &= !mask_of(&drop);
+    Some(mask)
+}
+
+/// Supplemental groups of the pod's processes: `supplementalGroups`, then
+/// `fsGroup`, each once (the kubelet adds fsGroup to the groups).
+pub fn supplemental_groups(pod: &Pod) -> Vec<u32> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let mut out: Vec<u32> = Vec::new();
+    let listed = psc
+        .iter()
+        .flat_map(|s| s.supplemental_groups.iter().flatten());
+    for g in listed.chain(psc.and_then(|s| s.fs_group.as_ref())) {
+        let g = *g as u32;
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    out
+}
+
+/// The kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot`, a container
+/// whose user is root (runAsUser 0, or no runAsUser: unitlet has no image
+/// user, so the process would run as root) is not created. The message is
+/// the kubelet's, with its `name_namespace(uid)` pod format.
+fn run_as_non_root_error(pod: &Pod, c: &Container, run_as_user: Option<u32>) -> Option<String> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let non_root = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root)
+        .or(psc.and_then(|s| s.run_as_non_root));
+    if non_root != Some(true) {
+        return None;
+    }
+    let meta = &pod.metadata;
+    let desc = format!(
+        "{}_{}({})",
+        meta.name.as_deref().unwrap_or(""),
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.uid.as_deref().unwrap_or("")
+    );
+    match run_as_user {
+        Some(0) => Some(format!(
+            "container's runAsUser breaks non-root policy (pod: {desc:?}, container: {})",
+            c.name
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "container has runAsNonRoot and image will run as root (pod: {desc:?}, container: {})",
+            c.name
+        )),
+    }
+}
+
+/// The unit properties of the container's security context and unitlet's
+/// default hardening (see the README): capability bounding set,
+/// NoNewPrivileges, read-only root, seccomp, kernel tunables, cgroups and
+/// devices. `caps` is [`capability_plan`]; with `setpriv` in the argv, the
+/// bounding set keeps what setpriv needs and setpriv drops it itself.
+fn security_properties(
+    pod: &Pod,
+    c: &Container,
+    caps: Option<u64>,
+    setpriv: bool,
+    props: &mut Vec<Property>,
+) {
+    let sc = c.security_context.as_ref();
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let privileged = caps.is_none();
+    if let Some(mask) = caps {
+        let keep = if setpriv {
+            SETPRIV_CAPS.iter().fold(0, |m, n| m | (1u64 << n))
+        } else {
+            0
+        };
+        props.push(Property::CapabilityBoundingSet(mask | keep));
+    }
+    if sc.and_then(|s| s.allow_privilege_escalation) == Some(false) {
+        props.push(Property::NoNewPrivileges(true));
+    }
+    if sc.and_then(|s| s.read_only_root_filesystem) == Some(true) {
+        props.push(Property::ProtectSystem("strict".into()));
+    }
+    let seccomp = sc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or(psc.and_then(|s| s.seccomp_profile.as_ref()));
+    // containerd runs privileged containers unconfined.
+    if !privileged && seccomp.is_some_and(|p| p.type_ == "RuntimeDefault") {
+        props.push(Property::SystemCallFilter {
+            allow: true,
+            names: RUNTIME_DEFAULT_SYSCALLS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        });
+        props.push(Property::SystemCallFilter {
+            allow: false,
+            names: RUNTIME_DEFAULT_DENIED
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        });
+        props.push(Property::SystemCallErrorNumber(EPERM));
+    }
+    if !privileged {
+        props.push(Property::ReadOnlyPaths(
+            KERNEL_TUNABLES.iter().map(|s| s.to_string()).collect(),
+        ));
+        props.push(Property::ProtectControlGroups(true));
+        props.push(Property::DevicePolicy("closed".into()));
     }
 }
 
@@ -820,6 +1052,189 @@ spec:
         );
         assert_eq!(argv[5..], ["sleep", "1"]);
         assert!(env_of(spec).contains(&("HOME".into(), "/".into())));
+    }
+
+    fn sec_plan(pod_sc: &str, c_sc: &str) -> ContainerPlan {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: s, namespace: ns}}\nspec:\n  securityContext: {pod_sc}\n  containers:\n  - name: c\n    image: host\n    command: [/bin/true]\n    securityContext: {c_sc}\n"
+        );
+        plan(&yaml).containers.remove(0)
+    }
+
+    fn props_of(c: &ContainerPlan) -> Vec<Property> {
+        c.spec.as_ref().unwrap().properties.clone()
+    }
+
+    fn bounding(c: &ContainerPlan) -> Option<u64> {
+        props_of(c).into_iter().find_map(|p| match p {
+            Property::CapabilityBoundingSet(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    fn caps(names: &[&str]) -> u64 {
+        names
+            .iter()
+            .map(|n| capability_number(n).unwrap())
+            .fold(0, |m, n| m | (1 << n))
+    }
+
+    #[test]
+    fn default_capabilities_and_hardening() {
+        let c = sec_plan("{}", "{}");
+        assert_eq!(bounding(&c), Some(caps(&DEFAULT_CAPABILITIES)));
+        let props = props_of(&c);
+        for p in [
+            Property::ReadOnlyPaths(KERNEL_TUNABLES.iter().map(|s| s.to_string()).collect()),
+            Property::ProtectControlGroups(true),
+            Property::DevicePolicy("closed".into()),
+        ] {
+            assert!(props.contains(&p), "{p:?}");
+        }
+        // Kubernetes defaults: privilege escalation allowed, unconfined
+        // seccomp, writable root.
+        assert!(!props.iter().any(|p| matches!(
+            p,
+            Property::NoNewPrivileges(_)
+                | Property::SystemCallFilter { .. }
+                | Property::ProtectSystem(_)
+        )));
+        // Root, no groups: no setpriv.
+        assert_eq!(exec_start(c.spec.as_ref().unwrap()).1, ["/bin/true"]);
+    }
+
+    #[test]
+    fn capabilities_add_and_drop_as_containerd() {
+        let b = |sc: &str| bounding(&sec_plan("{}", sc)).unwrap();
+        assert_eq!(
+            b("{capabilities: {add: [NET_ADMIN, cap_sys_time], drop: [CAP_NET_RAW, kill]}}"),
+            (caps(&DEFAULT_CAPABILITIES) | caps(&["NET_ADMIN", "SYS_TIME"]))
+                & !caps(&["NET_RAW", "KILL"])
+        );
+        assert_eq!(b("{capabilities: {drop: [ALL]}}"), 0);
+        assert_eq!(
+            b("{capabilities: {drop: [all], add: [NET_BIND_SERVICE]}}"),
+            caps(&["NET_BIND_SERVICE"])
+        );
+        assert_eq!(
+            b("{capabilities: {add: [ALL], drop: [SYS_ADMIN]}}"),
+            ALL_CAPABILITIES & !caps(&["SYS_ADMIN"])
+        );
+        // Privileged: every capability (no bounding set), add/drop ignored,
+        // no default hardening, no seccomp even when asked.
+        let c = sec_plan(
+            "{seccompProfile: {type: RuntimeDefault}}",
+            "{privileged: true, capabilities: {drop: [ALL]}}",
+        );
+        assert_eq!(bounding(&c), None);
+        let props = props_of(&c);
+        assert!(!props.iter().any(|p| matches!(
+            p,
+            Property::SystemCallFilter { .. }
+                | Property::DevicePolicy(_)
+                | Property::ReadOnlyPaths(_)
+                | Property::ProtectControlGroups(_)
+                | Property::NoNewPrivileges(_)
+        )));
+    }
+
+    #[test]
+    fn groups_and_ids_through_setpriv_keeping_what_it_needs() {
+        let c = sec_plan(
+            "{supplementalGroups: [5, 7, 5], fsGroup: 9, runAsUser: 1000}",
+            "{runAsGroup: 100, capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}",
+        );
+        let (_, argv) = exec_start(c.spec.as_ref().unwrap());
+        assert_eq!(
+            argv,
+            [
+                "/usr/bin/setpriv",
+                "--reuid=1000",
+                "--regid=100",
+                "--groups=5,7,9",
+                "--bounding-set=-setgid,-setuid,-setpcap",
+                "--",
+                "/bin/true"
+            ]
+        );
+        // systemd's set keeps what setpriv needs; setpriv drops it.
+        assert_eq!(
+            bounding(&c),
+            Some(caps(&["NET_BIND_SERVICE", "SETUID", "SETGID", "SETPCAP"]))
+        );
+        // Groups alone switch to root with those groups.
+        let c = sec_plan("{fsGroup: 42}", "{}");
+        let (_, argv) = exec_start(c.spec.as_ref().unwrap());
+        assert_eq!(
+            argv[..5],
+            [
+                "/usr/bin/setpriv",
+                "--reuid=0",
+                "--regid=0",
+                "--groups=42",
+                "--"
+            ]
+        );
+    }
+
+    #[test]
+    fn run_as_non_root_follows_the_kubelet() {
+        let p = parse_manifest(
+            b"apiVersion: v1\nkind: Pod\nmetadata: {name: s, namespace: ns}\nspec:\n  securityContext: {runAsNonRoot: true}\n  containers:\n  - {name: a, image: host, command: [/bin/true]}\n  - {name: b, image: host, command: [/bin/true], securityContext: {runAsUser: 0}}\n  - {name: c, image: host, command: [/bin/true], securityContext: {runAsUser: 7}}\n  - {name: d, image: host, command: [/bin/true], securityContext: {runAsNonRoot: false}}\n",
+            "/m/p.yaml",
+            "node1",
+            false,
+        )
+        .unwrap();
+        let plan = translate(&p.pod, &node(), &no_users);
+        let uid = &p.uid;
+        let w = plan.containers[0].spec.as_ref().unwrap_err();
+        assert_eq!(w.reason, "CreateContainerConfigError");
+        assert_eq!(
+            w.message,
+            format!("container has runAsNonRoot and image will run as root (pod: \"s_ns({uid})\", container: a)")
+        );
+        let w = plan.containers[1].spec.as_ref().unwrap_err();
+        assert_eq!(
+            w.message,
+            format!(
+                "container's runAsUser breaks non-root policy (pod: \"s_ns({uid})\", container: b)"
+            )
+        );
+        assert!(plan.containers[2].spec.is_ok());
+        // The container's false overrides the pod's true.
+        assert!(plan.containers[3].spec.is_ok());
+    }
+
+    #[test]
+    fn escalation_read_only_root_and_seccomp() {
+        let c = sec_plan(
+            "{seccompProfile: {type: RuntimeDefault}}",
+            "{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true}",
+        );
+        let props = props_of(&c);
+        assert!(props.contains(&Property::NoNewPrivileges(true)));
+        assert!(props.contains(&Property::ProtectSystem("strict".into())));
+        assert!(props.contains(&Property::SystemCallFilter {
+            allow: true,
+            names: vec!["@system-service".into(), "@pkey".into(), "chroot".into()],
+        }));
+        assert!(props.contains(&Property::SystemCallFilter {
+            allow: false,
+            names: vec!["@keyring".into()],
+        }));
+        assert!(props.contains(&Property::SystemCallErrorNumber(1)));
+        // The container's Unconfined overrides the pod's RuntimeDefault.
+        let c = sec_plan(
+            "{seccompProfile: {type: RuntimeDefault}}",
+            "{seccompProfile: {type: Unconfined}, allowPrivilegeEscalation: true}",
+        );
+        assert!(!props_of(&c).iter().any(|p| matches!(
+            p,
+            Property::SystemCallFilter { .. }
+                | Property::SystemCallErrorNumber(_)
+                | Property::NoNewPrivileges(_)
+        )));
     }
 
     #[test]

@@ -51,6 +51,104 @@ pub enum Property {
     /// container" (an exec probe) into the unit's cgroup, which systemd
     /// allows only for delegated units.
     Delegate(bool),
+    /// `CapabilityBoundingSet` (t): bit `1 << n` for capability number `n`
+    /// (see [`CAPABILITIES`]).
+    CapabilityBoundingSet(u64),
+    /// `NoNewPrivileges` (b).
+    NoNewPrivileges(bool),
+    /// `ProtectSystem` (s): `strict` makes the whole file system read-only
+    /// for the unit except the API file systems `/dev`, `/proc`, `/sys`.
+    ProtectSystem(String),
+    /// `SystemCallFilter` (bas): an allow-list (`allow`) or a deny-list of
+    /// system calls and `@groups`. A deny entry after an allow entry
+    /// removes names from the allow-list.
+    SystemCallFilter {
+        /// Allow-list (true) or deny-list (false).
+        allow: bool,
+        /// System call names and `@group`s.
+        names: Vec<String>,
+    },
+    /// `SystemCallErrorNumber` (i): the errno a filtered call fails with.
+    SystemCallErrorNumber(i32),
+    /// `ReadOnlyPaths` (as): paths made read-only in the unit's mount
+    /// namespace; a `-` prefix ignores a path that does not exist.
+    ReadOnlyPaths(Vec<String>),
+    /// `ProtectControlGroups` (b): the cgroup file system read-only.
+    ProtectControlGroups(bool),
+    /// `DevicePolicy` (s): `closed` allows only the standard pseudo devices
+    /// (`/dev/null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx`, `pts`).
+    DevicePolicy(String),
+}
+
+/// Linux capability names without `CAP_`, indexed by capability number
+/// (`include/uapi/linux/capability.h`, up to `CAP_CHECKPOINT_RESTORE`).
+pub const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The number of a capability named as Kubernetes allows (`NET_ADMIN`,
+/// `CAP_NET_ADMIN`, any case); `None` for an unknown name (and for `ALL`,
+/// which is not one capability).
+pub fn capability_number(name: &str) -> Option<u32> {
+    let up = name.to_ascii_uppercase();
+    let bare = up.strip_prefix("CAP_").unwrap_or(&up);
+    CAPABILITIES
+        .iter()
+        .position(|c| *c == bare)
+        .map(|n| n as u32)
+}
+
+/// Every capability of [`CAPABILITIES`] as a mask.
+pub const ALL_CAPABILITIES: u64 = (1u64 << CAPABILITIES.len()) - 1;
+
+/// Lower-case `cap_*` names of a mask, in number order (systemd's spelling).
+pub fn capability_names(mask: u64) -> Vec<String> {
+    CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| mask & (1u64 << n) != 0)
+        .map(|(_, c)| format!("cap_{}", c.to_ascii_lowercase()))
+        .collect()
 }
 
 impl Property {
@@ -98,6 +196,36 @@ impl Property {
             .map(|k| (*k, yes_no(*b)))
             .collect(),
             Delegate(b) => vec![("Delegate", yes_no(*b))],
+            CapabilityBoundingSet(mask) => {
+                vec![("CapabilityBoundingSet", capability_names(*mask).join(" "))]
+            }
+            NoNewPrivileges(b) => vec![("NoNewPrivileges", yes_no(*b))],
+            ProtectSystem(s) => vec![("ProtectSystem", s.clone())],
+            SystemCallFilter { allow, names } => {
+                let list = names.join(" ");
+                vec![(
+                    "SystemCallFilter",
+                    if *allow { list } else { format!("~{list}") },
+                )]
+            }
+            SystemCallErrorNumber(n) => vec![(
+                "SystemCallErrorNumber",
+                if *n == 1 {
+                    "EPERM".into()
+                } else {
+                    n.to_string()
+                },
+            )],
+            ReadOnlyPaths(paths) => vec![(
+                "ReadOnlyPaths",
+                paths
+                    .iter()
+                    .map(|p| quote_word(p))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )],
+            ProtectControlGroups(b) => vec![("ProtectControlGroups", yes_no(*b))],
+            DevicePolicy(s) => vec![("DevicePolicy", s.clone())],
         }
     }
 
@@ -251,5 +379,24 @@ mod tests {
             ("C".into(), String::new()),
         ];
         assert_eq!(parse_env_file_text(&env_file_text(&vars)), vars);
+    }
+
+    #[test]
+    fn capabilities_by_number_and_name() {
+        assert_eq!(capability_number("chown"), Some(0));
+        assert_eq!(capability_number("CAP_NET_RAW"), Some(13));
+        assert_eq!(capability_number("cap_checkpoint_restore"), Some(40));
+        assert_eq!(capability_number("ALL"), None);
+        assert_eq!(capability_number("CAP_NOPE"), None);
+        assert_eq!(
+            capability_names((1 << 0) | (1 << 13)),
+            ["cap_chown", "cap_net_raw"]
+        );
+        assert_eq!(ALL_CAPABILITIES.count_ones(), 41);
+        let p = Property::CapabilityBoundingSet(1 << 21);
+        assert_eq!(
+            p.render(),
+            [("CapabilityBoundingSet", "cap_sys_admin".to_string())]
+        );
     }
 }

@@ -93,6 +93,20 @@ enum Prepared<'a> {
     Failed(String),
 }
 
+/// A container's stop grace in seconds (its unit's stop timeout).
+fn unit_grace_s(c: &ContainerPlan) -> u64 {
+    c.spec
+        .as_ref()
+        .ok()
+        .and_then(|sp| {
+            sp.properties.iter().find_map(|p| match p {
+                crate::core::unit::Property::TimeoutStopUSec(u) => Some(u / 1_000_000),
+                _ => None,
+            })
+        })
+        .unwrap_or(30)
+}
+
 /// Writes a container's environment file: root-only, on tmpfs, replaced
 /// atomically so systemd never reads half a file.
 fn write_env_file(f: &EnvFile) -> std::io::Result<()> {
@@ -224,6 +238,8 @@ struct Memo {
     evented: HashSet<String>,
     /// Instances whose postStart hook was started.
     post_started: HashSet<String>,
+    /// Sidecar instances stopped because the regular containers are done.
+    sidecars_stopped: HashSet<String>,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
@@ -232,6 +248,9 @@ struct Memo {
 struct Pass {
     changed: HashSet<String>,
     events: Vec<ContainerEvent>,
+    /// Every regular container has ended for good (restart policy Never
+    /// or OnFailure): sidecars are stopped, not restarted.
+    apps_done: bool,
 }
 
 /// An event about one container, collected during a pass.
@@ -820,6 +839,9 @@ impl Runtime {
     async fn terminate(&self, uid: &str, grace_s: Option<u64>) {
         let s = &self.shared;
         let mut pre_stops: Vec<(String, crate::core::probe::Hook)> = Vec::new();
+        // Running sidecars stop after the other containers, as the kubelet's.
+        let mut sidecars: Vec<(String, Option<crate::core::probe::Hook>)> = Vec::new();
+        let mut others: Vec<String> = Vec::new();
         let mut pod_grace_s = 30;
         let (slice, units, key, first) = {
             let mut guard = s.inner.lock().unwrap();
@@ -845,8 +867,13 @@ impl Runtime {
                         .units
                         .get(&c.unit)
                         .is_some_and(|u| matches!(instance(Some(u)), Instance::Running { .. }));
-                    if let (true, Some(h)) = (running, &c.hooks.pre_stop) {
+                    if running && c.sidecar {
+                        sidecars.push((c.unit.clone(), c.hooks.pre_stop.clone()));
+                    } else if let (true, Some(h)) = (running, &c.hooks.pre_stop) {
                         pre_stops.push((c.unit.clone(), h.clone()));
+                    }
+                    if running && !c.sidecar {
+                        others.push(c.unit.clone());
                     }
                 }
                 let ns = e.rec.pod.metadata.namespace.clone().unwrap_or_default();
@@ -890,25 +917,60 @@ impl Runtime {
                     }
                 });
             }
-            if pre_stops.is_empty() {
+            if pre_stops.is_empty() && sidecars.is_empty() {
                 if let Err(e) = s.sd.stop(&slice).await {
                     debug!(error = %e, "stopping slice");
                 }
             } else {
                 // preStop hooks first, within the grace period, then the
-                // stop (SIGTERM); not in this worker, which must not wait.
+                // stop (SIGTERM); with sidecars, the other containers stop
+                // first. Not in this worker, which must not wait.
                 let sd = s.sd.clone();
                 let within = Duration::from_secs(grace_s.unwrap_or(pod_grace_s));
                 tokio::spawn(async move {
-                    let runs = pre_stops.iter().map(|(unit, hook)| {
+                    let deadline = tokio::time::Instant::now() + within;
+                    let run_all = |hooks: Vec<(String, crate::core::probe::Hook)>| {
                         let sd = sd.clone();
                         async move {
-                            if let Err(e) = probes::run_hook(&sd, unit, hook, within).await {
-                                warn!(unit, error = e, "preStop hook failed");
-                            }
+                            let runs = hooks.into_iter().map(|(unit, hook)| {
+                                let sd = sd.clone();
+                                async move {
+                                    if let Err(e) =
+                                        probes::run_hook(&sd, &unit, &hook, within).await
+                                    {
+                                        warn!(unit, error = e, "preStop hook failed");
+                                    }
+                                }
+                            });
+                            futures_util::future::join_all(runs).await;
                         }
-                    });
-                    futures_util::future::join_all(runs).await;
+                    };
+                    run_all(pre_stops).await;
+                    if !sidecars.is_empty() {
+                        for unit in &others {
+                            let _ = sd.stop(unit).await;
+                        }
+                        // Until they are down (bounded by the grace period).
+                        while tokio::time::Instant::now() < deadline {
+                            let mut up = false;
+                            for unit in &others {
+                                if let Ok(Some(snap)) = sd.snapshot(unit).await {
+                                    up |= matches!(instance(Some(&snap)), Instance::Running { .. });
+                                }
+                            }
+                            if !up {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        run_all(
+                            sidecars
+                                .into_iter()
+                                .filter_map(|(u, h)| h.map(|h| (u, h)))
+                                .collect(),
+                        )
+                        .await;
+                    }
                     if let Err(e) = sd.stop(&slice).await {
                         debug!(error = %e, "stopping slice");
                     }
@@ -1009,8 +1071,24 @@ impl Runtime {
             )
         };
         let now = now_us();
-        let mut pass = Pass::default();
-        // Init containers, one at a time, each to success.
+        let mut pass = Pass {
+            apps_done: !plan.containers.is_empty()
+                && plan
+                    .containers
+                    .iter()
+                    .all(|c| match instance(units.get(&c.unit)) {
+                        Instance::Terminated(t, inv) => {
+                            records
+                                .get(&c.name)
+                                .is_none_or(|r| r.restart_of.as_deref() != Some(inv.as_str()))
+                                && !observe::should_restart(&policy, t.exit_code)
+                        }
+                        _ => false,
+                    }),
+            ..Pass::default()
+        };
+        // Init containers, one at a time, each to success; a sidecar only
+        // until it has started, then it keeps running beside the rest.
         let mut inits_done = true;
         for c in &plan.init {
             let rec = records.entry(c.name.clone()).or_default();
@@ -1027,9 +1105,44 @@ impl Runtime {
                     &mut pass,
                 )
                 .await;
+            if c.sidecar {
+                let started = match instance(units.get(&c.unit)) {
+                    Instance::Running { invocation, .. } => {
+                        c.probes.iter().all(|p| p.kind != ProbeKind::Startup)
+                            || rec
+                                .probes
+                                .as_ref()
+                                .is_some_and(|p| p.invocation == invocation && p.started)
+                    }
+                    _ => false,
+                };
+                if started || pass.apps_done {
+                    continue;
+                }
+            }
             if step != Step::Succeeded {
                 inits_done = false;
                 break;
+            }
+        }
+        if pass.apps_done {
+            // The regular containers are done: so are the sidecars.
+            for c in plan.init.iter().filter(|c| c.sidecar) {
+                if let Instance::Running { invocation, .. } = instance(units.get(&c.unit)) {
+                    if memo.sidecars_stopped.insert(invocation.clone()) {
+                        let (me, uid, name, unit, grace) = (
+                            self.clone(),
+                            uid.to_string(),
+                            c.name.clone(),
+                            c.unit.clone(),
+                            unit_grace_s(c),
+                        );
+                        tokio::spawn(async move {
+                            me.kill_container(&uid, &name, &unit, &invocation, grace)
+                                .await
+                        });
+                    }
+                }
             }
         }
         if inits_done {
@@ -1347,10 +1460,12 @@ impl Runtime {
                     // container runtime does when a container's PID 1 exits.
                     let _ = s.sd.kill_all(&c.unit, 9).await;
                 }
-                if init && t.exit_code == 0 && rec.restart_of.is_none() {
+                if init && !c.sidecar && t.exit_code == 0 && rec.restart_of.is_none() {
                     return Step::Succeeded;
                 }
-                let wants = if init {
+                let wants = if c.sidecar {
+                    !pass.apps_done
+                } else if init {
                     observe::should_restart_init(policy, t.exit_code)
                 } else {
                     observe::should_restart(policy, t.exit_code)
@@ -1557,17 +1672,7 @@ impl Runtime {
             c.unit.clone(),
             invocation.clone(),
         );
-        let grace = c
-            .spec
-            .as_ref()
-            .ok()
-            .and_then(|sp| {
-                sp.properties.iter().find_map(|p| match p {
-                    crate::core::unit::Property::TimeoutStopUSec(u) => Some(u / 1_000_000),
-                    _ => None,
-                })
-            })
-            .unwrap_or(30);
+        let grace = unit_grace_s(c);
         tokio::spawn(async move {
             // The kubelet gives postStart no timeout of its own; the
             // container's grace bounds it here so a stuck hook cannot hold

@@ -47,6 +47,24 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
             Property::CpuQuotaPerSecUSec(u) => out.push(("CPUQuotaPerSecUSec", Value::from(*u))),
             Property::CpuWeight(w) => out.push(("CPUWeight", Value::from(*w))),
             Property::Delegate(b) => out.push(("Delegate", Value::from(*b))),
+            Property::CapabilityBoundingSet(mask) => {
+                out.push(("CapabilityBoundingSet", Value::from(*mask)))
+            }
+            Property::NoNewPrivileges(b) => out.push(("NoNewPrivileges", Value::from(*b))),
+            Property::ProtectSystem(s) => out.push(("ProtectSystem", Value::from(s.clone()))),
+            Property::SystemCallFilter { allow, names } => {
+                out.push(("SystemCallFilter", Value::from((*allow, names.clone()))))
+            }
+            Property::SystemCallErrorNumber(n) => {
+                out.push(("SystemCallErrorNumber", Value::from(*n)))
+            }
+            Property::ReadOnlyPaths(paths) => {
+                out.push(("ReadOnlyPaths", Value::from(paths.clone())))
+            }
+            Property::ProtectControlGroups(b) => {
+                out.push(("ProtectControlGroups", Value::from(*b)))
+            }
+            Property::DevicePolicy(s) => out.push(("DevicePolicy", Value::from(s.clone()))),
             Property::Accounting(b) => {
                 for k in [
                     "CPUAccounting",
@@ -150,6 +168,41 @@ pub fn apply(snap: &mut UnitSnapshot, changed: &HashMap<String, OwnedValue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_properties_have_systemds_dbus_types() {
+        let out = to_dbus(&[
+            Property::CapabilityBoundingSet(1 << 13),
+            Property::NoNewPrivileges(true),
+            Property::ProtectSystem("strict".into()),
+            Property::SystemCallFilter {
+                allow: true,
+                names: vec!["@system-service".into()],
+            },
+            Property::SystemCallErrorNumber(1),
+            Property::ReadOnlyPaths(vec!["-/sys".into()]),
+            Property::ProtectControlGroups(true),
+            Property::DevicePolicy("closed".into()),
+        ]);
+        let sigs: Vec<(&str, String)> = out
+            .iter()
+            .map(|(k, v)| (*k, v.value_signature().to_string()))
+            .collect();
+        assert_eq!(
+            sigs,
+            [
+                ("CapabilityBoundingSet", "t".to_string()),
+                ("NoNewPrivileges", "b".into()),
+                ("ProtectSystem", "s".into()),
+                ("SystemCallFilter", "(bas)".into()),
+                ("SystemCallErrorNumber", "i".into()),
+                ("ReadOnlyPaths", "as".into()),
+                ("ProtectControlGroups", "b".into()),
+                ("DevicePolicy", "s".into()),
+            ]
+        );
+        assert_eq!(out[0].1, Value::from(1u64 << 13));
+    }
 
     fn props(kv: &[(&str, Value<'static>)]) -> HashMap<String, OwnedValue> {
         kv.iter()
