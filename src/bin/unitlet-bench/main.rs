@@ -317,12 +317,13 @@ fn measure(
     eprintln!("[N={n}] re-adopt: SIGKILL the agent, start another");
     let before = rt.block_on(identities(node.init_pid()))?;
     if before.len() != n || before.values().any(|i| i.active != "active/running") {
+        let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
+        for i in before.values() {
+            *states.entry(i.active.as_str()).or_default() += 1;
+        }
         bail!(
-            "expected {n} active/running unitlet units before the restart, found {}",
-            before
-                .values()
-                .filter(|i| i.active == "active/running")
-                .count()
+            "expected {n} active/running unitlet units before the restart, found {} units: {states:?}",
+            before.len()
         );
     }
     agent.stop(nix::sys::signal::Signal::SIGKILL)?;
