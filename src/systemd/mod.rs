@@ -329,24 +329,9 @@ impl Systemd {
 
     /// The execution settings of a service (see [`ExecContext`]).
     pub async fn exec_context(&self, unit: &str) -> Result<ExecContext, SystemdError> {
-        let path = crate::core::names::unit_object_path(unit);
-        let map_err = |source| SystemdError::Unit {
-            op: "read",
-            unit: unit.into(),
-            source,
-        };
-        let reply = self
-            .conn
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                path.as_str(),
-                Some("org.freedesktop.DBus.Properties"),
-                "GetAll",
-                &("org.freedesktop.systemd1.Service",),
-            )
-            .await
-            .map_err(map_err)?;
-        let all: HashMap<String, OwnedValue> = reply.body().deserialize().map_err(map_err)?;
+        let (_, all) = self
+            .get_all(unit, "org.freedesktop.systemd1.Service")
+            .await?;
         let get = |k: &str| {
             all.get(k)
                 .map(|v| Value::from(v.try_clone().expect("no fds")))
@@ -431,6 +416,18 @@ impl Systemd {
         &self,
         unit: &str,
     ) -> Result<(u32, Option<UnitSnapshot>), SystemdError> {
+        let (serial, all) = self.get_all(unit, "").await?;
+        let snap = props::snapshot_from(&all);
+        Ok((serial, (snap.load_state == "loaded").then_some(snap)))
+    }
+
+    /// `Properties.GetAll` of one interface of a unit ("" for all, in one
+    /// round trip), with the reply's serial (see [`UnitEvent`]).
+    async fn get_all(
+        &self,
+        unit: &str,
+        interface: &str,
+    ) -> Result<(u32, HashMap<String, OwnedValue>), SystemdError> {
         let path = crate::core::names::unit_object_path(unit);
         let map_err = |source| SystemdError::Unit {
             op: "read",
@@ -444,14 +441,12 @@ impl Systemd {
                 path.as_str(),
                 Some("org.freedesktop.DBus.Properties"),
                 "GetAll",
-                &("",),
+                &(interface,),
             )
             .await
             .map_err(map_err)?;
         let serial = reply.primary_header().serial_num().get();
-        let all: HashMap<String, OwnedValue> = reply.body().deserialize().map_err(map_err)?;
-        let snap = props::snapshot_from(&all);
-        Ok((serial, (snap.load_state == "loaded").then_some(snap)))
+        Ok((serial, reply.body().deserialize().map_err(map_err)?))
     }
 
     /// Subscribes to systemd's unit signals and yields, in the order systemd
