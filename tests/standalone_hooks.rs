@@ -32,18 +32,14 @@ spec:
     node.write_manifest("web.yaml", &manifest);
     node.start_agent(&[]);
     node.wait_pod("web", "running", |p| running(p, "c"));
-    node.wait_for("the postStart hook's file", default_wait(), || {
-        std::fs::read_to_string(node.dir.join("poststart")).ok()
-    });
+    node.wait_file("the postStart hook's file", "poststart");
     assert_eq!(
         node.read("poststart"),
         "hooked\n",
         "run with the container's env"
     );
     node.remove_manifest("web.yaml");
-    node.wait_for("the container's SIGTERM handler", default_wait(), || {
-        std::fs::read_to_string(node.dir.join("term")).ok()
-    });
+    node.wait_file("the container's SIGTERM handler", "term");
     assert_eq!(
         node.read("term"),
         "seen\n",

@@ -45,9 +45,7 @@ spec:
     assert_eq!(condition(&pod, "Initialized"), "True");
     assert_eq!(phase(&pod), "Running");
     node.remove_manifest("web.yaml");
-    node.wait_for("the sidecar's SIGTERM handler", default_wait(), || {
-        std::fs::read_to_string(node.dir.join("proxy-term")).ok()
-    });
+    node.wait_file("the sidecar's SIGTERM handler", "proxy-term");
     assert_eq!(
         node.read("proxy-term"),
         "after\n",

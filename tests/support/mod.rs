@@ -337,6 +337,14 @@ impl Node {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 
+    /// Waits until the file `name` in the work directory exists (a
+    /// container or hook wrote it) and returns its contents.
+    pub fn wait_file(&self, what: &str, name: &str) -> String {
+        self.wait_for(what, default_wait(), || {
+            std::fs::read_to_string(self.dir.join(name)).ok()
+        })
+    }
+
     // ----- status -----
 
     /// Every pod from `unitlet pods -A -o json` (which works without the agent).
