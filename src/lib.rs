@@ -19,3 +19,4 @@ pub mod sandbox;
 pub mod source;
 pub mod state;
 pub mod systemd;
+pub mod volumes;

@@ -4,14 +4,14 @@
 //! stopped when the last such pod is gone. The node never lists or watches
 //! all ConfigMaps or Secrets of the cluster.
 
-use crate::core::envref::{config_map_data, secret_data, Lookup, ObjectRef, RefKind};
+use crate::core::envref::{config_map_data, secret_data, Lookup, ObjectData, ObjectRef, RefKind};
 use crate::runtime::EnvSource;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -70,14 +70,14 @@ impl RefCache {
                     key.clone(),
                     Api::<ConfigMap>::namespaced(self.client.clone(), ns),
                     fields,
-                    |o: &ConfigMap| config_map_data(o.data.as_ref()),
+                    config_map_data,
                 )),
                 RefKind::Secret => tokio::spawn(watch_object(
                     me,
                     key.clone(),
                     Api::<Secret>::namespaced(self.client.clone(), ns),
                     fields,
-                    |o: &Secret| secret_data(o.data.as_ref()),
+                    secret_data,
                 )),
             };
             entries.insert(
@@ -139,7 +139,7 @@ async fn watch_object<K>(
     key: Key,
     api: Api<K>,
     fields: String,
-    data: fn(&K) -> BTreeMap<String, Vec<u8>>,
+    data: fn(&K) -> ObjectData,
 ) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default,

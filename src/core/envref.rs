@@ -56,8 +56,8 @@ pub struct ObjectRef {
 /// What a lookup of one object found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// The object's data, key → bytes.
-    Found(Arc<BTreeMap<String, Vec<u8>>>),
+    /// The object's data.
+    Found(Arc<ObjectData>),
     /// The object does not exist.
     NotFound,
     /// Not known yet (its watch has not listed it); try again shortly.
@@ -65,6 +65,16 @@ pub enum Lookup {
     /// It could not be read (for example, the node may not read it): the
     /// kubelet's error even for an `optional` reference.
     Failed(String),
+}
+
+/// What unitlet reads of a ConfigMap or Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectData {
+    /// ConfigMap `data` or Secret `data` (decoded), key → bytes: all that
+    /// env sees.
+    pub data: BTreeMap<String, Vec<u8>>,
+    /// ConfigMap `binaryData`, which only volumes see.
+    pub binary: BTreeMap<String, Vec<u8>>,
 }
 
 /// The objects a container's env names, looked up: the translation's input.
@@ -115,23 +125,36 @@ pub fn references(c: &Container) -> Vec<ObjectRef> {
     out
 }
 
-/// Data of a ConfigMap as env sees it: `data` only, as the kubelet does
-/// (`binaryData` never reaches env).
-pub fn config_map_data(data: Option<&BTreeMap<String, String>>) -> BTreeMap<String, Vec<u8>> {
-    data.into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-        .collect()
+/// What unitlet reads of a ConfigMap: `data` and `binaryData`.
+pub fn config_map_data(cm: &k8s_openapi::api::core::v1::ConfigMap) -> ObjectData {
+    ObjectData {
+        data: cm
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect(),
+        binary: cm
+            .binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+    }
 }
 
-/// Data of a Secret as env sees it.
-pub fn secret_data(
-    data: Option<&BTreeMap<String, k8s_openapi::ByteString>>,
-) -> BTreeMap<String, Vec<u8>> {
-    data.into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect()
+/// What unitlet reads of a Secret: `data`, decoded (the API server folds
+/// `stringData` into it).
+pub fn secret_data(s: &k8s_openapi::api::core::v1::Secret) -> ObjectData {
+    ObjectData {
+        data: s
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+        binary: BTreeMap::new(),
+    }
 }
 
 #[cfg(test)]

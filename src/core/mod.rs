@@ -14,6 +14,7 @@ pub mod probe;
 pub mod quantity;
 pub mod translate;
 pub mod unit;
+pub mod volume;
 
 /// Facts about the node that the translation and status rules depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]

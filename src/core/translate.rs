@@ -14,6 +14,7 @@ use super::unit::{capability_number, Property, UnitSpec, ALL_CAPABILITIES, CAPAB
 use super::NodeFacts;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Kubelet's floor for the stop grace period, in seconds.
 pub const MIN_GRACE_SECONDS: i64 = 2;
@@ -189,7 +190,7 @@ fn image_waiting(image: &str) -> Option<Waiting> {
 }
 
 /// Resolves a `fieldRef` path against the pod and node.
-fn field_ref(pod: &Pod, node: &NodeFacts, path: &str) -> String {
+pub(crate) fn field_ref(pod: &Pod, node: &NodeFacts, path: &str) -> String {
     let meta = &pod.metadata;
     let lookup = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| {
         map.as_ref()
@@ -283,7 +284,7 @@ pub fn container_env(
     };
     // `Ok(None)`: skipped (optional and missing, or pending).
     let data = |r: &ObjectRef, optional: bool| match resolved.get(r) {
-        Lookup::Found(d) => Ok(Some(d.clone())),
+        Lookup::Found(d) => Ok(Some(Arc::clone(d))),
         Lookup::Pending => Ok(None),
         Lookup::NotFound if optional => Ok(None),
         Lookup::NotFound => Err(format!("{} {:?} not found", r.kind.word(), r.name)),
@@ -314,7 +315,7 @@ pub fn container_env(
             continue;
         };
         let mut invalid = Vec::new();
-        for (k, v) in d.iter() {
+        for (k, v) in d.data.iter() {
             let name = format!("{prefix}{k}");
             if !is_env_name(&name) {
                 invalid.push(name);
@@ -366,7 +367,7 @@ pub fn container_env(
             let Some(d) = data(&r, optional)? else {
                 continue;
             };
-            match d.get(&key) {
+            match d.data.get(&key) {
                 Some(v) => {
                     out.from_secret |= r.kind == RefKind::Secret;
                     object_value(&r, ns, &key, v)?
@@ -394,7 +395,7 @@ pub fn container_env(
 /// defaulting does; a missing limit is the node's allocatable, as the
 /// kubelet defaults it for the downward API), divided by the divisor
 /// (default 1) and rounded up. `Err`: no such container.
-fn resource_field(
+pub(crate) fn resource_field(
     pod: &Pod,
     node: &NodeFacts,
     c: &Container,
@@ -1247,12 +1248,13 @@ spec:
     }
 
     fn found(pairs: &[(&str, &[u8])]) -> Lookup {
-        Lookup::Found(std::sync::Arc::new(
-            pairs
+        Lookup::Found(std::sync::Arc::new(crate::core::envref::ObjectData {
+            data: pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect(),
-        ))
+            binary: Default::default(),
+        }))
     }
 
     fn cm(name: &str) -> ObjectRef {
