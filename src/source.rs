@@ -3,8 +3,16 @@
 //! and subdirectories are ignored; a file that does not parse is reported
 //! once and skipped. inotify drives it; a periodic relist is the safety net.
 //! An edit changes the pod's UID, so the pod is recreated (kubelet rule).
+//!
+//! In standalone mode the directory also stands in for the API objects pods
+//! name: ConfigMaps, Secrets, PersistentVolumeClaims and PersistentVolumes,
+//! one per file, served to the runtime by [`Objects`]. A cluster node takes
+//! those from the API server and ignores them here.
 
-use crate::core::manifest::{node_static_pod, parse_manifest, StaticPod};
+use crate::core::envref::{Lookup, ObjectData, ObjectRef};
+use crate::core::manifest::{node_static_pod, parse_document, Document, StaticPod};
+use crate::core::volume::TokenRef;
+use crate::objects::{IssuedToken, ObjectSource, TokenFor};
 use futures_util::{FutureExt, StreamExt};
 use inotify::{Inotify, WatchMask};
 use sha2::{Digest, Sha256};
@@ -17,7 +25,55 @@ use tracing::{error, info, warn};
 
 enum Parsed {
     Pod(Arc<StaticPod>),
+    Object(ObjectKey, Arc<ObjectData>),
     Invalid,
+}
+
+/// An object's namespace (empty for cluster-scoped kinds), kind and name.
+pub type ObjectKey = (String, ObjectRef);
+
+/// The objects of the manifest directory, as the runtime looks them up.
+#[derive(Default)]
+pub struct Objects {
+    map: std::sync::RwLock<HashMap<ObjectKey, Arc<ObjectData>>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Objects {
+    /// Replaces the objects; wakes the runtime if anything changed.
+    pub fn replace(&self, new: HashMap<ObjectKey, Arc<ObjectData>>) {
+        let mut map = self.map.write().unwrap();
+        if *map != new {
+            *map = new;
+            drop(map);
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+impl ObjectSource for Objects {
+    fn lookup(&self, namespace: &str, r: &ObjectRef) -> Lookup {
+        let ns = match r.kind {
+            crate::core::envref::RefKind::PersistentVolume => "",
+            _ => namespace,
+        };
+        match self.map.read().unwrap().get(&(ns.to_string(), r.clone())) {
+            Some(d) => Lookup::Found(Arc::clone(d)),
+            None => Lookup::NotFound,
+        }
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn request_token(
+        &self,
+        _for_pod: TokenFor,
+        _token: TokenRef,
+    ) -> futures_util::future::BoxFuture<'static, Result<IssuedToken, String>> {
+        futures_util::future::ready(Err("service account tokens need an API server to issue them: run the pod on a cluster node (unitlet node)".to_string())).boxed()
+    }
 }
 
 struct FileState {
@@ -89,15 +145,21 @@ impl ManifestDir {
         }
         let source = path.to_string_lossy();
         let is_json = source.ends_with(".json");
-        let parsed = parse_manifest(&bytes, &source, &self.node, is_json).and_then(|p| {
-            if self.cluster {
-                node_static_pod(p, &self.node)
-            } else {
-                Ok(p)
+        let parsed = parse_document(&bytes, &source, &self.node, is_json).and_then(|d| match d {
+            Document::Pod(p) if self.cluster => {
+                node_static_pod(*p, &self.node).map(|p| Document::Pod(Box::new(p)))
             }
+            d => Ok(d),
         });
         let parsed = match parsed {
-            Ok(p) => Parsed::Pod(Arc::new(p)),
+            Ok(Document::Pod(p)) => Parsed::Pod(Arc::new(*p)),
+            Ok(Document::Object { .. }) if self.cluster => {
+                warn!(file = %path.display(), "ignoring a ConfigMap, Secret or volume object in the manifest directory: a cluster node reads them from the API server");
+                Parsed::Invalid
+            }
+            Ok(Document::Object { namespace, r, data }) => {
+                Parsed::Object((namespace, r), Arc::new(data))
+            }
             Err(e) => {
                 error!(file = %path.display(), field = e.field, error = %e, "skipping invalid manifest");
                 Parsed::Invalid
@@ -129,6 +191,17 @@ impl ManifestDir {
             self.update(&p);
         }
         Ok(())
+    }
+
+    /// The valid objects; when two files define the same one, the first file (by name) wins.
+    pub fn objects(&self) -> HashMap<ObjectKey, Arc<ObjectData>> {
+        let mut out = HashMap::new();
+        for f in self.files.values() {
+            if let Parsed::Object(k, d) = &f.parsed {
+                out.entry(k.clone()).or_insert_with(|| Arc::clone(d));
+            }
+        }
+        out
     }
 
     /// The valid pods; when two files name the same pod, the first file (by name) wins.
@@ -168,8 +241,14 @@ pub async fn watch(
     node: String,
     cluster: bool,
     relist: Duration,
+    objects: Option<Arc<Objects>>,
     tx: mpsc::Sender<Vec<Arc<StaticPod>>>,
 ) -> std::io::Result<()> {
+    let publish = |src: &ManifestDir| {
+        if let Some(o) = &objects {
+            o.replace(src.objects());
+        }
+    };
     let mut src = if cluster {
         ManifestDir::for_cluster(dir.clone(), &node)
     } else {
@@ -187,6 +266,7 @@ pub async fn watch(
     )?;
     let mut events = inotify.into_event_stream(vec![0u8; 64 * 1024])?;
     src.scan()?;
+    publish(&src);
     if tx.send(src.pods()).await.is_err() {
         return Ok(());
     }
@@ -228,6 +308,7 @@ pub async fn watch(
             }
         }
         last_send = tokio::time::Instant::now();
+        publish(&src);
         if tx.send(src.pods()).await.is_err() {
             return Ok(());
         }

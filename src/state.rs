@@ -166,9 +166,27 @@ impl StateDir {
         out
     }
 
-    /// Forgets a pod once all its units are gone.
+    /// Forgets a pod once all its units are gone (and its volumes are
+    /// torn down: nothing is removed while anything is mounted below the
+    /// pod's directory, so host data behind a mount is never deleted).
     pub fn remove_pod(&self, uid: &str) -> Result<(), StateError> {
         let dir = self.pod_dir(uid);
+        match crate::volumes::fs::mounts_under(&dir) {
+            Ok(m) if m.is_empty() => {}
+            Ok(m) => {
+                return Err(StateError {
+                    path: m[0].clone(),
+                    source: io::Error::other("still mounted; not removing the pod's directory"),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StateError {
+                    path: dir,
+                    source: e,
+                })
+            }
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError {
                 path: dir,

@@ -5,8 +5,12 @@
 mod support;
 
 use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    ServiceAccount,
+};
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
     WatchParams,
@@ -17,7 +21,7 @@ use kube::{Api, Client, Config};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::time::Duration;
-use support::apiserver::ApiServer;
+use support::apiserver::{ApiServer, API_AUDIENCE};
 
 /// Runs a test body on a fresh single-threaded runtime.
 fn run<F: Future>(f: F) -> F::Output {
@@ -85,22 +89,24 @@ async fn next<S: Stream + Unpin>(stream: &mut S, secs: u64) -> Option<S::Item> {
 }
 
 /// The next watch event that is not a bookmark, as (type, name, resourceVersion).
-async fn next_change<S>(stream: &mut S) -> (String, String, String)
+async fn next_change<S, K>(stream: &mut S) -> (String, String, String)
 where
-    S: Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin,
+    S: Stream<Item = kube::Result<WatchEvent<K>>> + Unpin,
+    K: kube::Resource,
 {
     loop {
-        let (kind, pod) = match next(stream, 5).await.expect("watch ended").unwrap() {
+        let (kind, obj) = match next(stream, 5).await.expect("watch ended").unwrap() {
             WatchEvent::Added(p) => ("ADDED", p),
             WatchEvent::Modified(p) => ("MODIFIED", p),
             WatchEvent::Deleted(p) => ("DELETED", p),
             WatchEvent::Bookmark(_) => continue,
             WatchEvent::Error(e) => panic!("watch error {e:?}"),
         };
+        let meta = obj.meta();
         return (
             kind.into(),
-            pod.metadata.name.unwrap(),
-            pod.metadata.resource_version.unwrap(),
+            meta.name.clone().unwrap(),
+            meta.resource_version.clone().unwrap(),
         );
     }
 }
@@ -1492,4 +1498,968 @@ fn a_client_certificate_authenticates_as_its_common_name() {
             ("GET".to_string(), 401, None),
         ]
     );
+}
+
+// ----- persistent volumes, claims, service accounts and tokens -----
+
+fn pv(name: &str, path: &str) -> PersistentVolume {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "tier": "local" } },
+        "spec": {
+            "capacity": { "storage": "1Gi" },
+            "accessModes": ["ReadWriteOnce"],
+            "hostPath": { "path": path },
+        },
+    }))
+    .unwrap()
+}
+
+fn pvc(name: &str, storage: &str) -> PersistentVolumeClaim {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": storage } },
+        },
+    }))
+    .unwrap()
+}
+
+fn names_of<K: kube::Resource>(items: &[K]) -> Vec<String> {
+    items
+        .iter()
+        .map(|o| o.meta().name.clone().unwrap())
+        .collect()
+}
+
+/// The (type, name) of the next `n` watch events that are not bookmarks.
+async fn changes<S, K>(stream: &mut S, n: usize) -> Vec<(String, String)>
+where
+    S: Stream<Item = kube::Result<WatchEvent<K>>> + Unpin,
+    K: kube::Resource,
+{
+    let mut seen = vec![];
+    for _ in 0..n {
+        let (kind, name, _) = next_change(stream).await;
+        seen.push((kind, name));
+    }
+    seen
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// `(HTTP status, JSON body)` of a raw request through `client`.
+async fn raw(client: &Client, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        vec![]
+    } else {
+        serde_json::to_vec(&body).unwrap()
+    };
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(body))
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    let code = response.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[test]
+fn persistent_volumes_are_cluster_objects_with_a_status_subresource() {
+    let api = ApiServer::start();
+    run(async {
+        let client = client(&api).await;
+        let pvs: Api<PersistentVolume> = Api::all(client.clone());
+        let pp = PostParams::default();
+        let from = pvs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let mut watch = pvs
+            .watch(&WatchParams::default().timeout(20), &from)
+            .await
+            .unwrap()
+            .boxed();
+
+        // What the server fills in: SetDefaults_PersistentVolume, and a
+        // status of its own (PrepareForCreate drops the one sent).
+        let mut sent = pv("a", "/srv/a");
+        sent.status = Some(serde_json::from_value(json!({ "phase": "Bound" })).unwrap());
+        let a = pvs.create(&pp, &sent).await.unwrap();
+        assert!(a.metadata.namespace.is_none());
+        assert_eq!(a.metadata.uid.as_ref().unwrap().len(), 36);
+        let spec = a.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Retain")
+        );
+        assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
+        assert_eq!(spec.host_path.as_ref().unwrap().type_.as_deref(), Some(""));
+        let status = a.status.clone().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        assert!(status.last_phase_transition_time.is_some());
+        api.create(
+            "persistentvolumes",
+            None,
+            serde_json::to_value(pv("b", "/srv/b")).unwrap(),
+        );
+
+        // Lists, field selectors (metadata.name and the legacy `name`; a
+        // cluster object has no metadata.namespace field), get.
+        let list = |f: &str| {
+            let pvs = pvs.clone();
+            let lp = ListParams::default().fields(f);
+            async move { names_of(&pvs.list(&lp).await.unwrap().items) }
+        };
+        assert_eq!(list("").await, ["a", "b"]);
+        assert_eq!(list("metadata.name=b").await, ["b"]);
+        assert_eq!(list("name!=b").await, ["a"]);
+        let bad = status_of(
+            pvs.list(&ListParams::default().fields("metadata.namespace=default"))
+                .await,
+        );
+        assert_eq!(bad.code, 400, "{}", bad.message);
+        assert_eq!(pvs.get("a").await.unwrap().metadata.uid, a.metadata.uid);
+        let (code, _) = raw(
+            &client,
+            "GET",
+            "/api/v1/namespaces/default/persistentvolumes",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(code, 404, "persistentvolumes are not namespaced");
+
+        // ValidatePersistentVolumeSpec.
+        let invalid = |body: Value| {
+            let pvs = pvs.clone();
+            async move {
+                let pv: PersistentVolume = serde_json::from_value(body).unwrap();
+                let s = status_of(pvs.create(&PostParams::default(), &pv).await);
+                assert_eq!(
+                    (s.code, s.reason.as_str()),
+                    (422, "Invalid"),
+                    "{}",
+                    s.message
+                );
+                s.message
+            }
+        };
+        let empty = invalid(json!({ "metadata": { "name": "empty" } })).await;
+        for part in [
+            "PersistentVolume \"empty\" is invalid: [",
+            "spec.accessModes: Required value",
+            "spec.capacity: Required value",
+            "spec: Required value: must specify a volume type",
+        ] {
+            assert!(empty.contains(part), "{part:?} not in {empty}");
+        }
+        let mut two = serde_json::to_value(pv("two", "/srv/two")).unwrap();
+        two["spec"]["nfs"] = json!({ "server": "nfs.example", "path": "/export" });
+        let two = invalid(two).await;
+        assert!(
+            two.ends_with("spec.nfs: Forbidden: may not specify more than 1 volume type"),
+            "{two}"
+        );
+        let mut local = serde_json::to_value(pv("local", "/x")).unwrap();
+        local["spec"] = json!({
+            "capacity": { "storage": "1Gi" },
+            "accessModes": ["ReadWriteOnce", "Sometimes"],
+            "local": { "path": "/mnt/disk" },
+        });
+        let local = invalid(local).await;
+        assert!(
+            local
+                .contains("spec.nodeAffinity: Required value: Local volume requires node affinity"),
+            "{local}"
+        );
+        assert!(
+            local.contains("spec.accessModes: Unsupported value: \"Sometimes\": supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\""),
+            "{local}"
+        );
+
+        // A PUT keeps the status and may not move the volume.
+        let mut changed = pvs.get("a").await.unwrap();
+        changed.metadata.labels = Some([("tier".to_string(), "fast".to_string())].into());
+        changed.status.as_mut().unwrap().phase = Some("Available".into());
+        let updated = pvs.replace("a", &pp, &changed).await.unwrap();
+        assert_eq!(updated.metadata.labels.as_ref().unwrap()["tier"], "fast");
+        assert_eq!(updated.status.as_ref().unwrap(), &status);
+        let mut moved = updated.clone();
+        moved
+            .spec
+            .as_mut()
+            .unwrap()
+            .host_path
+            .as_mut()
+            .unwrap()
+            .path = "/srv/c".into();
+        let immutable = status_of(pvs.replace("a", &pp, &moved).await);
+        assert_eq!(immutable.code, 422);
+        assert!(
+            immutable
+                .message
+                .contains("spec.persistentvolumesource: Forbidden: spec.persistentvolumesource is immutable after creation"),
+            "{}",
+            immutable.message
+        );
+
+        // /status: only the status changes; a phase change without a new
+        // transition time gets one (PersistentVolumeLastPhaseTransitionTime).
+        let mut dated = updated.clone();
+        let long_ago = "2020-01-01T00:00:00Z";
+        dated.status.as_mut().unwrap().last_phase_transition_time =
+            Some(serde_json::from_value(json!(long_ago)).unwrap());
+        dated.spec.as_mut().unwrap().capacity = Some(
+            [(
+                "storage".to_string(),
+                serde_json::from_value(json!("5Gi")).unwrap(),
+            )]
+            .into(),
+        );
+        let dated = pvs.replace_status("a", &pp, &dated).await.unwrap();
+        let lptt = |pv: &PersistentVolume| {
+            serde_json::to_value(&pv.status.as_ref().unwrap().last_phase_transition_time).unwrap()
+        };
+        assert_eq!(lptt(&dated), json!(long_ago));
+        assert_eq!(dated.spec, updated.spec, "a status write leaves the spec");
+        let available = pvs
+            .patch_status(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "spec": { "persistentVolumeReclaimPolicy": "Delete" },
+                    "status": { "phase": "Available" },
+                })),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            available.status.as_ref().unwrap().phase.as_deref(),
+            Some("Available")
+        );
+        assert_ne!(lptt(&available), json!(long_ago));
+        assert_eq!(
+            available
+                .spec
+                .unwrap()
+                .persistent_volume_reclaim_policy
+                .as_deref(),
+            Some("Retain")
+        );
+        assert_eq!(
+            api.get("persistentvolumes", None, "a").unwrap()["status"]["phase"],
+            "Available"
+        );
+
+        // DELETE answers the object (ReturnDeletedObject).
+        let deleted = pvs
+            .delete("a", &DeleteParams::default())
+            .await
+            .unwrap()
+            .left()
+            .expect("the deleted PersistentVolume");
+        assert_eq!(deleted.metadata.uid, a.metadata.uid);
+        assert!(api.get("persistentvolumes", None, "a").is_none());
+
+        assert_eq!(
+            changes(&mut watch, 6).await,
+            pairs(&[
+                ("ADDED", "a"),
+                ("ADDED", "b"),
+                ("MODIFIED", "a"),
+                ("MODIFIED", "a"),
+                ("MODIFIED", "a"),
+                ("DELETED", "a"),
+            ])
+        );
+    });
+}
+
+#[test]
+fn persistent_volume_claims_are_namespaced_and_immutable_but_for_binding() {
+    let api = ApiServer::start();
+    run(async {
+        let client = client(&api).await;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+        let pp = PostParams::default();
+        let mut watch = pvcs
+            .watch(
+                &WatchParams::default()
+                    .fields("metadata.name=data")
+                    .timeout(20),
+                "0",
+            )
+            .await
+            .unwrap()
+            .boxed();
+
+        let data = pvcs.create(&pp, &pvc("data", "1Gi")).await.unwrap();
+        assert_eq!(data.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(
+            data.spec.as_ref().unwrap().volume_mode.as_deref(),
+            Some("Filesystem")
+        );
+        assert_eq!(
+            data.status.as_ref().unwrap().phase.as_deref(),
+            Some("Pending")
+        );
+        pvcs.create(&pp, &pvc("logs", "2Gi")).await.unwrap();
+        api.create(
+            "namespaces",
+            None,
+            json!({ "metadata": { "name": "other" } }),
+        );
+        api.create(
+            "persistentvolumeclaims",
+            Some("other"),
+            serde_json::to_value(pvc("data", "1Gi")).unwrap(),
+        );
+
+        // ValidatePersistentVolumeClaimSpec; NamespaceLifecycle.
+        let refused = |claim: Value, ns: &str| {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(pvcs.clone().into_client(), ns);
+            async move {
+                let claim: PersistentVolumeClaim = serde_json::from_value(claim).unwrap();
+                status_of(pvcs.create(&PostParams::default(), &claim).await)
+            }
+        };
+        let bare = refused(json!({ "metadata": { "name": "bare" } }), "default").await;
+        assert_eq!((bare.code, bare.reason.as_str()), (422, "Invalid"));
+        assert_eq!(
+            bare.message,
+            "PersistentVolumeClaim \"bare\" is invalid: [spec.accessModes: Required value: at least 1 access mode is required, spec.resources[storage]: Required value]"
+        );
+        let zero = refused(serde_json::to_value(pvc("zero", "0")).unwrap(), "default").await;
+        assert_eq!(
+            zero.message,
+            "PersistentVolumeClaim \"zero\" is invalid: spec.resources[storage]: Invalid value: \"0\": must be greater than zero"
+        );
+        let nowhere = refused(serde_json::to_value(pvc("x", "1Gi")).unwrap(), "nowhere").await;
+        assert_eq!(
+            (nowhere.code, nowhere.message.as_str()),
+            (404, "namespaces \"nowhere\" not found")
+        );
+
+        // Field selectors across namespaces.
+        let all: Api<PersistentVolumeClaim> = Api::all(client.clone());
+        let select = |f: &str| {
+            let all = all.clone();
+            let lp = ListParams::default().fields(f);
+            async move {
+                all.list(&lp)
+                    .await
+                    .unwrap()
+                    .items
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}/{}",
+                            c.metadata.namespace.as_deref().unwrap(),
+                            c.metadata.name.as_deref().unwrap()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            select("").await,
+            ["default/data", "default/logs", "other/data"]
+        );
+        assert_eq!(
+            select("metadata.name=data").await,
+            ["default/data", "other/data"]
+        );
+        assert_eq!(select("metadata.namespace=other").await, ["other/data"]);
+        assert_eq!(
+            select("metadata.namespace=default,name!=data").await,
+            ["default/logs"]
+        );
+
+        // The spec is immutable, but a claim binds to a volume once.
+        let mut wider = data.clone();
+        wider.spec.as_mut().unwrap().access_modes = Some(vec!["ReadWriteMany".into()]);
+        let immutable = status_of(pvcs.replace("data", &pp, &wider).await);
+        assert_eq!(immutable.code, 422);
+        assert_eq!(
+            immutable.message,
+            "PersistentVolumeClaim \"data\" is invalid: spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"
+        );
+        let bind = |volume: &str| Patch::Merge(json!({ "spec": { "volumeName": volume } }));
+        let bound = pvcs
+            .patch("data", &PatchParams::default(), &bind("pv-1"))
+            .await
+            .unwrap();
+        assert_eq!(bound.spec.unwrap().volume_name.as_deref(), Some("pv-1"));
+        let rebind = status_of(
+            pvcs.patch("data", &PatchParams::default(), &bind("pv-2"))
+                .await,
+        );
+        assert_eq!(rebind.code, 422, "{}", rebind.message);
+        // Growing is for bound claims only.
+        let grow = |size: &str| {
+            Patch::Merge(json!({ "spec": { "resources": { "requests": { "storage": size } } } }))
+        };
+        let early = status_of(
+            pvcs.patch("data", &PatchParams::default(), &grow("2Gi"))
+                .await,
+        );
+        assert_eq!(early.code, 422, "{}", early.message);
+
+        // /status, its conditions merged by type.
+        let condition = |kind: &str| {
+            Patch::Strategic(json!({
+                "status": {
+                    "phase": "Bound",
+                    "accessModes": ["ReadWriteOnce"],
+                    "capacity": { "storage": "1Gi" },
+                    "conditions": [{ "type": kind, "status": "True" }],
+                },
+            }))
+        };
+        pvcs.patch_status("data", &PatchParams::default(), &condition("Resizing"))
+            .await
+            .unwrap();
+        let status = pvcs
+            .patch_status(
+                "data",
+                &PatchParams::default(),
+                &condition("FileSystemResizePending"),
+            )
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Bound"));
+        let kinds: Vec<String> = status
+            .conditions
+            .unwrap()
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(kinds, ["Resizing", "FileSystemResizePending"]);
+        let grown = pvcs
+            .patch("data", &PatchParams::default(), &grow("2Gi"))
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(
+                &grown.spec.unwrap().resources.unwrap().requests.unwrap()["storage"]
+            )
+            .unwrap(),
+            "2Gi"
+        );
+        assert_eq!(
+            grown.status.unwrap().phase.as_deref(),
+            Some("Bound"),
+            "a spec write keeps the status"
+        );
+        let shrunk = status_of(
+            pvcs.patch("data", &PatchParams::default(), &grow("1Gi"))
+                .await,
+        );
+        assert_eq!(
+            shrunk.message,
+            "PersistentVolumeClaim \"data\" is invalid: spec.resources.requests.storage: Forbidden: field can not be less than status.capacity"
+        );
+
+        let deleted = pvcs
+            .delete("data", &DeleteParams::default())
+            .await
+            .unwrap()
+            .left()
+            .expect("the deleted PersistentVolumeClaim");
+        assert_eq!(deleted.metadata.uid, data.metadata.uid);
+        assert_eq!(
+            changes(&mut watch, 6).await,
+            pairs(&[
+                ("ADDED", "data"),
+                ("MODIFIED", "data"),
+                ("MODIFIED", "data"),
+                ("MODIFIED", "data"),
+                ("MODIFIED", "data"),
+                ("DELETED", "data"),
+            ])
+        );
+        let (code, discovery) = raw(&client, "GET", "/api/v1", Value::Null).await;
+        assert_eq!(code, 200);
+        let served: Vec<&str> = discovery["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        for name in [
+            "persistentvolumes",
+            "persistentvolumes/status",
+            "persistentvolumeclaims",
+            "persistentvolumeclaims/status",
+            "serviceaccounts",
+            "serviceaccounts/token",
+        ] {
+            assert!(served.contains(&name), "{name} not in {served:?}");
+        }
+    });
+}
+
+/// The claims of a JWT, decoded here (not by the fixture).
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT: {token}");
+    let decode = |part: &str| -> Value {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap_or_else(|e| panic!("not base64url ({e}): {part}"));
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    assert_eq!(decode(parts[0])["alg"], "HS256");
+    decode(parts[1])
+}
+
+fn token_request(
+    audiences: &[&str],
+    seconds: Option<i64>,
+    pod: Option<(&str, &str)>,
+) -> TokenRequest {
+    TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
+            expiration_seconds: seconds,
+            bound_object_ref: pod.map(|(name, uid)| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(name.into()),
+                uid: Some(uid.into()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A service account `name` in `default`, and a pod `pod` running as it on
+/// node `node-1` (which exists).
+fn service_account_and_pod(api: &ApiServer, name: &str, pod: &str) -> (Value, Value) {
+    let sa = api.create(
+        "serviceaccounts",
+        Some("default"),
+        json!({ "metadata": { "name": name } }),
+    );
+    if api.get("nodes", None, "node-1").is_none() {
+        api.create("nodes", None, json!({ "metadata": { "name": "node-1" } }));
+    }
+    let pod = api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "metadata": { "name": pod },
+            "spec": {
+                "serviceAccountName": name,
+                "nodeName": "node-1",
+                "containers": [{ "name": "c", "image": "busybox" }],
+            },
+        }),
+    );
+    (sa, pod)
+}
+
+fn uid_of(obj: &Value) -> &str {
+    obj["metadata"]["uid"].as_str().unwrap()
+}
+
+#[test]
+fn service_accounts_are_served_like_other_objects() {
+    let api = ApiServer::start();
+    run(async {
+        let sas: Api<ServiceAccount> = Api::namespaced(client(&api).await, "default");
+        let pp = PostParams::default();
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "metadata": { "name": "builder" },
+            // cleanSecretReferences: only names are kept.
+            "secrets": [{ "name": "s1", "namespace": "elsewhere", "uid": "u" }],
+        }))
+        .unwrap();
+        let created = sas.create(&pp, &sa).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&created.secrets).unwrap(),
+            json!([{ "name": "s1" }])
+        );
+        let patched = sas
+            .patch(
+                "builder",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({ "secrets": [{ "name": "s2" }] })),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&patched.secrets).unwrap(),
+            json!([{ "name": "s1" }, { "name": "s2" }]),
+            "secrets merge by name"
+        );
+        api.create(
+            "serviceaccounts",
+            Some("default"),
+            json!({ "metadata": { "name": "other" } }),
+        );
+        let selected = sas
+            .list(&ListParams::default().fields("metadata.name=other"))
+            .await
+            .unwrap();
+        assert_eq!(names_of(&selected.items), ["other"]);
+        let gone = sas
+            .delete("builder", &DeleteParams::default())
+            .await
+            .unwrap()
+            .left()
+            .expect("the deleted ServiceAccount");
+        assert_eq!(gone.metadata.uid, created.metadata.uid);
+        assert_eq!(
+            status_of(sas.get("builder").await).message,
+            "serviceaccounts \"builder\" not found"
+        );
+    });
+}
+
+#[test]
+fn token_requests_issue_fresh_pod_bound_jwts_and_are_recorded() {
+    let api = ApiServer::start();
+    let (sa, pod) = service_account_and_pod(&api, "runner", "web");
+    let node_uid = uid_of(&api.get("nodes", None, "node-1").unwrap()).to_string();
+    run(async {
+        let sas: Api<ServiceAccount> = Api::namespaced(client(&api).await, "default");
+        let request = token_request(
+            &["vault", "https://example.com"],
+            Some(1200),
+            Some(("web", uid_of(&pod))),
+        );
+        let issued = sas
+            .create_token_request("runner", &PostParams::default(), &request)
+            .await
+            .unwrap();
+        assert_eq!(api.requests().last().unwrap().status, 201);
+        assert_eq!(
+            api.requests().last().unwrap().path,
+            "/api/v1/namespaces/default/serviceaccounts/runner/token"
+        );
+
+        // The spec is echoed, the metadata names the service account.
+        assert_eq!(issued.spec, request.spec);
+        assert_eq!(issued.metadata.name.as_deref(), Some("runner"));
+        assert_eq!(issued.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(issued.metadata.uid.as_deref(), Some(uid_of(&sa)));
+        let status = issued.status.unwrap();
+        let token = status.token.unwrap();
+        let claims = jwt_claims(&token);
+        assert_eq!(claims["aud"], json!(["vault", "https://example.com"]));
+        assert_eq!(claims["sub"], "system:serviceaccount:default:runner");
+        let (iat, exp) = (
+            claims["iat"].as_i64().unwrap(),
+            claims["exp"].as_i64().unwrap(),
+        );
+        assert_eq!(exp - iat, 1200);
+        assert_eq!(claims["nbf"], claims["iat"]);
+        let now = jiff::Timestamp::now().as_second();
+        assert!((now - 5..=now).contains(&iat), "iat {iat}, now {now}");
+        let expires = status.expiration_timestamp.unwrap().0.as_second();
+        assert_eq!(
+            expires, exp,
+            "status.expirationTimestamp is the token's exp"
+        );
+        assert_eq!(
+            claims["kubernetes.io"],
+            json!({
+                "namespace": "default",
+                "serviceaccount": { "name": "runner", "uid": uid_of(&sa) },
+                "pod": { "name": "web", "uid": uid_of(&pod) },
+                "node": { "name": "node-1", "uid": node_uid },
+            })
+        );
+        assert!(claims["jti"].as_str().is_some_and(|j| j.len() == 36));
+        assert_eq!(api.verify_token(&token), Some(claims.clone()));
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        assert_eq!(api.verify_token(&forged), None);
+
+        // Each request gets a new token.
+        let again = sas
+            .create_token_request("runner", &PostParams::default(), &request)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .token
+            .unwrap();
+        assert_ne!(again, token);
+        let again_claims = jwt_claims(&again);
+        assert_ne!(again_claims["jti"], claims["jti"]);
+        assert!(again_claims["iat"].as_i64().unwrap() >= iat);
+
+        let records = api.token_requests();
+        assert_eq!(records.len(), 2);
+        let first = &records[0];
+        assert_eq!(
+            (first.namespace.as_str(), first.service_account.as_str()),
+            ("default", "runner")
+        );
+        assert_eq!(first.service_account_uid, uid_of(&sa));
+        assert_eq!(first.audiences, ["vault", "https://example.com"]);
+        assert_eq!(first.expiration_seconds, 1200);
+        let bound = first.bound_pod().expect("bound to the pod");
+        assert_eq!(
+            (bound.name.as_str(), bound.uid.as_str()),
+            ("web", uid_of(&pod))
+        );
+        assert_eq!(first.issued_at.as_second(), iat);
+        assert_eq!(first.expiration_timestamp.as_second(), exp);
+        assert_eq!(
+            (first.token.as_str(), records[1].token.as_str()),
+            (token.as_str(), again.as_str())
+        );
+        assert_eq!(first.jti, claims["jti"].as_str().unwrap());
+    });
+}
+
+#[test]
+fn token_requests_default_to_an_hour_for_the_api_audience() {
+    let api = ApiServer::start();
+    let (_, pod) = service_account_and_pod(&api, "default", "p");
+    run(async {
+        let client = client(&api).await;
+        // A raw body with no kind, apiVersion, audiences or expiration.
+        let (code, body) = raw(
+            &client,
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts/default/token",
+            json!({ "spec": {} }),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(body["kind"], "TokenRequest");
+        assert_eq!(body["apiVersion"], "authentication.k8s.io/v1");
+        assert_eq!(
+            body["spec"],
+            json!({ "audiences": [API_AUDIENCE], "expirationSeconds": 3600 })
+        );
+        assert!(body["metadata"]["creationTimestamp"].is_string());
+        let claims = jwt_claims(body["status"]["token"].as_str().unwrap());
+        assert_eq!(claims["aud"], json!([API_AUDIENCE]));
+        assert_eq!(claims["iss"], API_AUDIENCE);
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            3600
+        );
+        assert!(claims["kubernetes.io"].get("pod").is_none());
+        let expires: jiff::Timestamp = body["status"]["expirationTimestamp"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(expires.as_second(), claims["exp"].as_i64().unwrap());
+        let record = &api.token_requests()[0];
+        assert_eq!(record.audiences, [API_AUDIENCE]);
+        assert_eq!(record.expiration_seconds, 3600);
+        assert!(record.bound.is_none());
+
+        // What the kubelet asks for kube-api-access volumes (3607 s, the API
+        // audience, bound to a pod) is valid for a year and warns after 3607 s.
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let projected = sas
+            .create_token_request(
+                "default",
+                &PostParams::default(),
+                &token_request(&[], Some(3607), Some(("p", uid_of(&pod)))),
+            )
+            .await
+            .unwrap();
+        let claims = jwt_claims(projected.status.as_ref().unwrap().token.as_ref().unwrap());
+        let iat = claims["iat"].as_i64().unwrap();
+        assert_eq!(claims["exp"].as_i64().unwrap() - iat, 365 * 24 * 3600);
+        assert_eq!(
+            claims["kubernetes.io"]["warnafter"].as_i64().unwrap() - iat,
+            3607
+        );
+        assert_eq!(
+            projected
+                .status
+                .unwrap()
+                .expiration_timestamp
+                .unwrap()
+                .0
+                .as_second()
+                - iat,
+            3607,
+            "the status still says the time asked for"
+        );
+    });
+}
+
+#[test]
+fn token_requests_are_refused_as_the_real_server_refuses_them() {
+    let api = ApiServer::start();
+    let (_, pod) = service_account_and_pod(&api, "runner", "web");
+    api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "metadata": { "name": "stranger" },
+            "spec": { "containers": [{ "name": "c", "image": "busybox" }] },
+        }),
+    );
+    run(async {
+        let client = client(&api).await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let ask = |sa: &'static str, request: TokenRequest| {
+            let sas = sas.clone();
+            async move {
+                status_of(
+                    sas.create_token_request(sa, &PostParams::default(), &request)
+                        .await,
+                )
+            }
+        };
+        let web = Some(("web", uid_of(&pod)));
+
+        // ValidateTokenRequest: 422, for a TokenRequest with no name.
+        let short = ask("runner", token_request(&[], Some(599), web)).await;
+        assert_eq!((short.code, short.reason.as_str()), (422, "Invalid"));
+        assert_eq!(
+            short.message,
+            "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: Invalid value: 599: may not specify a duration less than 10 minutes"
+        );
+        let details = short.details.unwrap();
+        assert_eq!(
+            (details.group.as_str(), details.kind.as_str()),
+            ("authentication.k8s.io", "TokenRequest")
+        );
+        assert_eq!(details.causes[0].field, "spec.expirationSeconds");
+        let long = ask("runner", token_request(&[], Some((1 << 32) + 1), web)).await;
+        assert_eq!(long.code, 422, "{}", long.message);
+        // Ten minutes is enough.
+        sas.create_token_request(
+            "runner",
+            &PostParams::default(),
+            &token_request(&[], Some(600), web),
+        )
+        .await
+        .unwrap();
+
+        let missing = ask("nobody", token_request(&[], None, None)).await;
+        assert_eq!(
+            (
+                missing.code,
+                missing.reason.as_str(),
+                missing.message.as_str()
+            ),
+            (404, "NotFound", "serviceaccounts \"nobody\" not found")
+        );
+        // The service account is looked up before the duration is checked.
+        assert_eq!(
+            ask("nobody", token_request(&[], Some(60), None)).await.code,
+            404
+        );
+
+        let no_pod = ask("runner", token_request(&[], None, Some(("gone", "u-1")))).await;
+        assert_eq!(
+            (no_pod.code, no_pod.message.as_str()),
+            (404, "pods \"gone\" not found")
+        );
+        let recreated = ask("runner", token_request(&[], None, Some(("web", "u-old")))).await;
+        assert_eq!(
+            (recreated.code, recreated.reason.as_str()),
+            (409, "Conflict")
+        );
+        assert_eq!(
+            recreated.message,
+            "Operation cannot be fulfilled on Pod \"web\": the UID in the bound object reference (u-old) does not match the UID in record. The object might have been deleted and then recreated"
+        );
+        let other_sa = ask("runner", token_request(&[], None, Some(("stranger", "")))).await;
+        assert_eq!(
+            (other_sa.code, other_sa.message.as_str()),
+            (400, "cannot bind token for serviceaccount \"runner\" to pod running with different serviceaccount name.")
+        );
+        let mut to_configmap = token_request(&[], None, web);
+        let reference = to_configmap
+            .spec
+            .as_mut()
+            .unwrap()
+            .bound_object_ref
+            .as_mut()
+            .unwrap();
+        reference.kind = Some("ConfigMap".into());
+        let unbindable = ask("runner", to_configmap).await;
+        assert_eq!(
+            (unbindable.code, unbindable.message.as_str()),
+            (
+                400,
+                "cannot bind token to object of type /v1, Kind=ConfigMap"
+            )
+        );
+        let mut renamed = token_request(&[], None, web);
+        renamed.metadata.name = Some("someone-else".into());
+        let renamed = ask("runner", renamed).await;
+        assert_eq!(
+            (renamed.code, renamed.message.as_str()),
+            (422, "TokenRequest.authentication.k8s.io \"runner\" is invalid: metadata.name: Invalid value: \"someone-else\": must match the service account name if specified")
+        );
+
+        // Raw requests: other verbs, bodies that do not decode, a missing namespace.
+        let path = "/api/v1/namespaces/default/serviceaccounts/runner/token";
+        assert_eq!(raw(&client, "GET", path, Value::Null).await.0, 405);
+        let (code, body) = raw(
+            &client,
+            "POST",
+            path,
+            json!({ "spec": { "expirationSeconds": "long" } }),
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (400, Some("BadRequest")),
+            "{body}"
+        );
+        let (code, body) = raw(
+            &client,
+            "POST",
+            path,
+            json!({ "apiVersion": "v1", "kind": "TokenRequest" }),
+        )
+        .await;
+        assert_eq!(code, 400, "{body}");
+        let (code, body) = raw(
+            &client,
+            "POST",
+            "/api/v1/namespaces/nowhere/serviceaccounts/runner/token",
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            (code, body["message"].as_str()),
+            (404, Some("namespaces \"nowhere\" not found"))
+        );
+
+        // Only the tokens issued are recorded; every request is in requests().
+        let issued = api.token_requests();
+        assert_eq!(issued.len(), 1, "{issued:?}");
+        assert_eq!(issued[0].expiration_seconds, 600);
+        let refused = api
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/token") && r.status >= 400)
+            .count();
+        assert_eq!(refused, 13);
+    });
 }

@@ -286,14 +286,17 @@ fn pod_using_unsupported_fields_is_failed_with_a_reason() {
     let (api, mut node) = join("unsupported_pod");
     let nn = node.name.clone();
     let mut pod = sleeper("vols", &nn);
-    pod["spec"]["volumes"] = json!([{"name": "v", "emptyDir": {}}]);
+    pod["spec"]["volumes"] = json!([{"name": "v", "nfs": {"server": "nfs.example", "path": "/"}}]);
     api.create("pods", Some("default"), pod);
     let p = node.wait_for("the pod Failed", default_wait(), || {
         let p = api.get("pods", Some("default"), "vols")?;
         (p["status"]["phase"] == "Failed").then_some(p)
     });
     assert_eq!(p["status"]["reason"], "UnsupportedPodSpec");
-    assert!(p["status"]["message"].as_str().unwrap().contains("volumes"));
+    assert!(p["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nfs volumes"));
     assert!(node.units("unitlet_default_vols_*").is_empty());
     // Deleting it needs no grace: nothing runs.
     api.delete("pods", Some("default"), "vols", Some(30));
@@ -863,5 +866,133 @@ fn a_new_image_in_the_pod_spec_replaces_the_container() {
                 .as_str()
                 .unwrap()
                 .contains("definition changed")));
+    node.stop_agent();
+}
+
+#[test]
+fn volumes_from_the_api_token_claim_and_updates() {
+    let (api, mut node) = join("api_volumes");
+    let nn = node.name.clone();
+    node.sh("mkdir -p /srv/pv1 && echo pv-data > /srv/pv1/hello");
+    api.create(
+        "serviceaccounts",
+        Some("default"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner"}}),
+    );
+    api.create(
+        "configmaps",
+        Some("default"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"k": "one"}}),
+    );
+    api.create(
+        "persistentvolumes",
+        None,
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv1"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "hostPath": {"path": "/srv/pv1", "type": "Directory"}}
+        }),
+    );
+    let claim = api.create(
+        "persistentvolumeclaims",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "claim1"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                     "volumeName": "pv1"}
+        }),
+    );
+    let mut pod = sleeper("vols", &nn);
+    pod["spec"]["serviceAccountName"] = json!("runner");
+    // What the ServiceAccount admission plugin adds to every pod.
+    pod["spec"]["volumes"] = json!([
+        {"name": "kube-api-access", "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"configMap": {"name": "cfg", "items": [{"key": "k", "path": "k"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ]}},
+        {"name": "conf", "configMap": {"name": "cfg"}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": "claim1"}}
+    ]);
+    let c = &mut pod["spec"]["containers"][0];
+    c["command"] = json!(["/bin/sh", "-c", "echo from-pod > /data/out; echo token=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token); echo ns=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace); echo pv=$(cat /data/hello); while :; do echo conf=$(cat /conf/k); sleep 0.5; done"]);
+    c["volumeMounts"] = json!([
+        {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true},
+        {"name": "conf", "mountPath": "/conf"},
+        {"name": "data", "mountPath": "/data"}
+    ]);
+    let created = api.create("pods", Some("default"), pod);
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    // The claim is not bound yet: the pod waits, with a FailedMount event.
+    node.wait_for(
+        "a FailedMount event for the unbound claim",
+        default_wait(),
+        || {
+            api.list("events", Some("default")).into_iter().find(|e| {
+                e["reason"] == "FailedMount"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("PVC is not bound"))
+            })
+        },
+    );
+    assert!(node.units("unitlet_default_vols_*").is_empty());
+    let mut bound = claim.clone();
+    bound["status"] = json!({"phase": "Bound"});
+    api.replace_status("persistentvolumeclaims", Some("default"), bound);
+    wait_api_phase(&api, &node, "vols", "Running");
+    let out = node.wait_output("vols", "c", "conf=one");
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+            .to_string()
+    };
+    assert_eq!(field("ns"), "default");
+    assert_eq!(field("pv"), "pv-data");
+    assert_eq!(node.sh("cat /srv/pv1/out").trim(), "from-pod");
+    // The token is one the API server issued for this pod and account.
+    let claims = api
+        .verify_token(&field("token"))
+        .expect("a token the server signed");
+    assert_eq!(
+        claims["sub"], "system:serviceaccount:default:runner",
+        "{claims}"
+    );
+    assert_eq!(
+        claims["kubernetes.io"]["pod"]["uid"],
+        uid.as_str(),
+        "{claims}"
+    );
+    let issued = api.token_requests();
+    assert_eq!(
+        issued.len(),
+        1,
+        "one token per pod and audience: {issued:?}"
+    );
+    assert_eq!(issued[0].expiration_seconds, 3607);
+    assert_eq!(issued[0].bound_pod().unwrap().name, "vols");
+
+    // A ConfigMap update reaches the running container without a restart.
+    let mut cm = api.get("configmaps", Some("default"), "cfg").unwrap();
+    cm["data"]["k"] = json!("two");
+    api.replace("configmaps", Some("default"), cm);
+    node.wait_output("vols", "c", "conf=two");
+    let p = api.get("pods", Some("default"), "vols").unwrap();
+    assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // Deleting the pod removes its volumes; the persistent data stays.
+    api.delete("pods", Some("default"), "vols", Some(1));
+    node.wait_for("the pod object to be removed", default_wait(), || {
+        api.get("pods", Some("default"), "vols")
+            .is_none()
+            .then_some(())
+    });
+    let left = node.sh(&format!("ls /var/lib/unitlet/pods/{uid} 2>&1 || true"));
+    assert!(left.contains("No such file"), "{left}");
+    assert_eq!(
+        node.sh("cat /srv/pv1/hello /srv/pv1/out"),
+        "pv-data\nfrom-pod\n"
+    );
     node.stop_agent();
 }

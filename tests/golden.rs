@@ -14,6 +14,8 @@ fn rendered_units_match_golden_files() {
         node_name: "node-a".into(),
         host_ip: "10.0.0.7".into(),
         allocatable: Default::default(),
+        pods_dir: "/var/lib/unitlet/pods".into(),
+        hardening: Default::default(),
     };
     let users = |uid: u32| {
         (uid == 0).then(|| HostUser {

@@ -365,3 +365,46 @@ fn unsupported_security_fields_are_refused() {
     let pods = node.pods();
     assert_eq!(pods.len(), 1, "only the valid pod is admitted: {pods:?}");
 }
+
+#[test]
+fn the_strict_hardening_profile_is_a_node_setting() {
+    let mut node = Node::boot("strict_hardening");
+    node.write_manifest(
+        "tmp.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: tmp}
+spec:
+  containers:
+  - name: plain
+    image: host
+    command: ["/bin/sh", "-c", "echo mine > /tmp/unitlet-strict && echo wrote && exec sleep infinity"]
+  - name: priv
+    image: host
+    command: ["/bin/sleep", "infinity"]
+    securityContext: {privileged: true}
+"#,
+    );
+    node.start_agent(&["--pod-hardening", "strict"]);
+    node.wait_pod("tmp", "running", |p| {
+        running(p, "plain") && running(p, "priv")
+    });
+    node.wait_logs(&["tmp", "-c", "plain"], "wrote\n");
+    let plain = node.unit_of("default", "tmp", "plain");
+    let props = node.show(
+        &plain,
+        &[
+            "PrivateTmp",
+            "ProtectKernelTunables",
+            "ProtectKernelModules",
+            "ProtectControlGroups",
+        ],
+    );
+    assert!(props.values().all(|v| v == "yes"), "{props:?}");
+    // The container's /tmp is its own.
+    assert!(node.sh_output("cat /tmp/unitlet-strict").stdout.is_empty());
+    // Privileged containers get no hardening.
+    let privileged = node.unit_of("default", "tmp", "priv");
+    assert_eq!(node.show_value(&privileged, "PrivateTmp"), "no");
+}

@@ -15,6 +15,8 @@ fn node() -> NodeFacts {
         node_name: "node-a".into(),
         host_ip: "10.0.0.7".into(),
         allocatable: Default::default(),
+        pods_dir: "/var/lib/unitlet/pods".into(),
+        hardening: Default::default(),
     }
 }
 

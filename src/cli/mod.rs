@@ -192,13 +192,42 @@ pub struct ReconcilerArgs {
     /// a bus match per queued job, so a burst of pods is fed to it in a window.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_starting: u32,
+    /// Host path prefixes hostPath volumes (and hostPath or local
+    /// PersistentVolumes) may use, comma-separated; unset allows any path,
+    /// as the kubelet does.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_host_paths: Vec<String>,
+    /// Hardening of every non-privileged container beyond its
+    /// securityContext: `default` (Kubernetes' capability set, no device
+    /// access) or `strict` (also a private /tmp, read-only kernel tunables
+    /// and cgroups, no module loading; slower mass starts).
+    #[arg(long, value_enum, default_value = "default")]
+    pub pod_hardening: HardeningArg,
+}
+
+/// `--pod-hardening` values (see [`crate::core::Hardening`]).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum HardeningArg {
+    /// Kubernetes' capability set, no device access.
+    Default,
+    /// Also private /tmp, read-only kernel tunables and cgroups.
+    Strict,
+}
+
+impl From<HardeningArg> for crate::core::Hardening {
+    fn from(h: HardeningArg) -> Self {
+        match h {
+            HardeningArg::Default => crate::core::Hardening::Default,
+            HardeningArg::Strict => crate::core::Hardening::Strict,
+        }
+    }
 }
 
 impl ReconcilerArgs {
     /// The reconciler's configuration for `node` (no status sink).
     fn config(&self, node: NodeFacts) -> Config {
         Config {
-            env_source: None,
+            objects: None,
             node,
             backoff: BackoffConfig {
                 base_us: self.backoff_base.as_micros() as u64,
@@ -208,6 +237,7 @@ impl ReconcilerArgs {
             workers: self.workers,
             max_starting: self.max_starting as usize,
             reports: None,
+            allowed_host_paths: self.allowed_host_paths.clone(),
         }
     }
 }
@@ -271,6 +301,14 @@ pub fn detect_host_ip() -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
+/// `<state dir>/pods`, absolute (units bind paths below it).
+fn pods_dir(state_dir: &std::path::Path) -> String {
+    std::path::absolute(state_dir.join("pods"))
+        .unwrap_or_else(|_| state_dir.join("pods"))
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn node_facts(state: &StateDir, root: &std::path::Path) -> NodeFacts {
     // The daemon records the facts it runs with; the CLI reuses them.
     let saved = std::fs::read(root.join("node.json"))
@@ -282,11 +320,15 @@ fn node_facts(state: &StateDir, root: &std::path::Path) -> NodeFacts {
             node_name,
             host_ip,
             allocatable: crate::host::allocatable(root),
+            pods_dir: pods_dir(root),
+            hardening: Default::default(),
         },
         None => NodeFacts {
             node_name: hostname(),
             host_ip: detect_host_ip(),
             allocatable: crate::host::allocatable(root),
+            pods_dir: pods_dir(root),
+            hardening: Default::default(),
         },
     }
 }
@@ -309,6 +351,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 node_name: node_name.unwrap_or_else(hostname),
                 host_ip: node_ip.unwrap_or_else(detect_host_ip),
                 allocatable: crate::host::allocatable(std::path::Path::new("/")),
+                pods_dir: pods_dir(&cli.state_dir),
+                hardening: Default::default(),
             };
             let name = file.to_string_lossy();
             let pod = parse_manifest(&bytes, &name, &node.node_name, name.ends_with(".json"))
@@ -436,6 +480,8 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         node_name: node_name.clone(),
         host_ip: node_ip.clone(),
         allocatable: Default::default(),
+        pods_dir: pods_dir(&state_dir),
+        hardening: args.reconciler.pod_hardening.into(),
     });
     let opts = crate::cluster::NodeOptions {
         kubeconfig: args.kubeconfig,
@@ -482,6 +528,8 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         node_name: args.node_name.unwrap_or_else(hostname),
         host_ip: args.node_ip.unwrap_or_else(detect_host_ip),
         allocatable: crate::host::allocatable(&state_dir),
+        pods_dir: pods_dir(&state_dir),
+        hardening: args.reconciler.pod_hardening.into(),
     };
     std::fs::write(
         state_dir.join("node.json"),
@@ -489,13 +537,16 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     )?;
     let sd = Systemd::connect().await?;
     tracing::info!(node = node.node_name, ip = node.host_ip, manifests = %manifests.display(), state = %state_dir.display(), "unitlet starting");
-    let cfg = args.reconciler.config(node.clone());
+    let mut cfg = args.reconciler.config(node.clone());
+    let objects = std::sync::Arc::new(crate::source::Objects::default());
+    cfg.objects = Some(objects.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let source = tokio::spawn(crate::source::watch(
         manifests,
         node.node_name.clone(),
         false,
         args.reconciler.relist,
+        Some(objects),
         tx,
     ));
     let runtime = tokio::spawn(Runtime::new(sd, state, cfg).run(rx));

@@ -143,10 +143,12 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         node_name: name.clone(),
         host_ip: opts.node_ip.clone(),
         allocatable: node::allocatable(&opts.config, &facts),
+        pods_dir: opts.runtime.node.pods_dir.clone(),
+        hardening: opts.runtime.node.hardening,
     };
     rcfg.reports = Some(reports_tx.clone());
     let refs = refs::RefCache::new(client.clone());
-    rcfg.env_source = Some(refs.clone());
+    rcfg.objects = Some(refs.clone());
 
     tokio::spawn(lease_loop(
         client.clone(),
@@ -165,7 +167,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
             let (dir, node, relist) = (dir.clone(), name.clone(), rcfg.relist);
             tokio::spawn(async move {
                 if let Err(e) =
-                    crate::source::watch(dir.clone(), node, true, relist, static_tx).await
+                    crate::source::watch(dir.clone(), node, true, relist, None, static_tx).await
                 {
                     // As a kubelet with a bad staticPodPath: say so, run the rest.
                     warn!(dir = %dir.display(), error = %e, "cannot watch the static pod directory");

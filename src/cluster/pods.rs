@@ -538,12 +538,12 @@ mod tests {
     #[test]
     fn unsupported_fields_are_refused_naming_pod_and_field() {
         let e = to_desired(&pod(
-            serde_json::json!({"spec": {"volumes": [{"name": "v", "emptyDir": {}}]}}),
+            serde_json::json!({"spec": {"volumes": [{"name": "v", "nfs": {"server": "s", "path": "/"}}]}}),
         ))
         .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("prod/web"), "{msg}");
-        assert!(msg.contains("volumes"), "{msg}");
+        assert!(msg.contains("spec.volumes[0].nfs"), "{msg}");
         let st = rejected_status(msg);
         assert_eq!(st.phase.as_deref(), Some("Failed"));
         assert_eq!(st.reason.as_deref(), Some("UnsupportedPodSpec"));

@@ -1,13 +1,22 @@
-//! The ConfigMaps and Secrets that bound pods' env names, kept current by
-//! one watch per object (`fieldSelector=metadata.name=…`), as the kubelet's
-//! watch-based manager does: started when the first pod names an object,
-//! stopped when the last such pod is gone. The node never lists or watches
-//! all ConfigMaps or Secrets of the cluster.
+//! The ConfigMaps, Secrets and PersistentVolumeClaims that bound pods name
+//! (in env or volumes), and the PersistentVolumes those claims are bound
+//! to, kept current by one watch per object (`fieldSelector=metadata.name=…`),
+//! as the kubelet's watch-based manager does: started when the first pod
+//! names an object, stopped when the last such pod is gone. The node never
+//! lists or watches all such objects of the cluster. Service account tokens
+//! are asked for with TokenRequest, bound to the pod.
 
-use crate::core::envref::{config_map_data, secret_data, Lookup, ObjectData, ObjectRef, RefKind};
-use crate::runtime::EnvSource;
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use crate::core::envref::{
+    claim_data, config_map_data, secret_data, volume_data, Lookup, ObjectData, ObjectRef, RefKind,
+    CLAIM_VOLUME,
+};
+use crate::core::volume::TokenRef;
+use crate::objects::{IssuedToken, ObjectSource, TokenFor};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, ServiceAccount,
+};
 use kube::api::Api;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
@@ -27,6 +36,8 @@ struct Entry {
 /// The watched objects, as last seen.
 pub struct RefCache {
     client: kube::Client,
+    /// Itself, to start the watch of a claim's volume on first lookup.
+    me: Weak<RefCache>,
     entries: Mutex<HashMap<Key, Entry>>,
     changes: watch::Sender<u64>,
 }
@@ -34,8 +45,9 @@ pub struct RefCache {
 impl RefCache {
     /// A cache watching nothing yet.
     pub fn new(client: kube::Client) -> Arc<Self> {
-        Arc::new(RefCache {
+        Arc::new_cyclic(|me| RefCache {
             client,
+            me: me.clone(),
             entries: Mutex::default(),
             changes: watch::channel(0).0,
         })
@@ -43,8 +55,30 @@ impl RefCache {
 
     /// Watches exactly the objects in `wanted`: starts the new ones'
     /// watches, stops those no pod names any more.
-    pub fn set_wanted(self: &Arc<Self>, wanted: HashSet<Key>) {
+    pub fn set_wanted(self: &Arc<Self>, mut wanted: HashSet<Key>) {
         let mut entries = self.entries.lock().unwrap();
+        // A wanted claim's volume stays watched (its watch starts at the
+        // first lookup, once the claim says which volume it is).
+        let volumes: Vec<Key> = wanted
+            .iter()
+            .filter(|k| k.1.kind == RefKind::PersistentVolumeClaim)
+            .filter_map(|k| match &entries.get(k)?.lookup {
+                Lookup::Found(d) => {
+                    Some(String::from_utf8_lossy(d.data.get(CLAIM_VOLUME)?).into_owned())
+                }
+                _ => None,
+            })
+            .map(|name| {
+                (
+                    String::new(),
+                    ObjectRef {
+                        kind: RefKind::PersistentVolume,
+                        name,
+                    },
+                )
+            })
+            .collect();
+        wanted.extend(volumes);
         entries.retain(|k, e| {
             let keep = wanted.contains(k);
             if !keep {
@@ -58,10 +92,17 @@ impl RefCache {
             keep
         });
         for key in wanted {
+            self.start(&mut entries, key);
+        }
+    }
+
+    /// Starts watching `key` unless it is watched already.
+    fn start(&self, entries: &mut HashMap<Key, Entry>, key: Key) {
+        {
             if entries.contains_key(&key) {
-                continue;
+                return;
             }
-            let me = Arc::downgrade(self);
+            let me = self.me.clone();
             let (ns, r) = (&key.0, &key.1);
             let fields = format!("metadata.name={}", r.name);
             let task = match r.kind {
@@ -78,6 +119,20 @@ impl RefCache {
                     Api::<Secret>::namespaced(self.client.clone(), ns),
                     fields,
                     secret_data,
+                )),
+                RefKind::PersistentVolumeClaim => tokio::spawn(watch_object(
+                    me,
+                    key.clone(),
+                    Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns),
+                    fields,
+                    claim_data,
+                )),
+                RefKind::PersistentVolume => tokio::spawn(watch_object(
+                    me,
+                    key.clone(),
+                    Api::<PersistentVolume>::all(self.client.clone()),
+                    fields,
+                    volume_data,
                 )),
             };
             entries.insert(
@@ -118,18 +173,77 @@ impl RefCache {
     }
 }
 
-impl EnvSource for RefCache {
+impl ObjectSource for RefCache {
     fn lookup(&self, namespace: &str, r: &ObjectRef) -> Lookup {
-        self.entries
-            .lock()
-            .unwrap()
-            .get(&(namespace.to_string(), r.clone()))
-            .map(|e| e.lookup.clone())
-            .unwrap_or(Lookup::Pending)
+        let ns = match r.kind {
+            RefKind::PersistentVolume => String::new(),
+            _ => namespace.to_string(),
+        };
+        let key = (ns, r.clone());
+        let mut entries = self.entries.lock().unwrap();
+        if let Some(e) = entries.get(&key) {
+            return e.lookup.clone();
+        }
+        // A claim's volume is known only once the claim is read.
+        if r.kind == RefKind::PersistentVolume {
+            self.start(&mut entries, key);
+        }
+        Lookup::Pending
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    fn request_token(
+        &self,
+        for_pod: TokenFor,
+        token: TokenRef,
+    ) -> BoxFuture<'static, Result<IssuedToken, String>> {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &for_pod.namespace);
+        async move {
+            let req = TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    // Empty: the API server's own audience.
+                    audiences: Some(if token.audience.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![token.audience.clone()]
+                    }),
+                    expiration_seconds: Some(token.expiration_seconds),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(for_pod.pod.clone()),
+                        uid: Some(for_pod.pod_uid.clone()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let what = format!(
+                "cannot get a token for service account {}/{}",
+                for_pod.namespace, for_pod.service_account
+            );
+            let got = api
+                .create_token_request(&for_pod.service_account, &Default::default(), &req)
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            let status = got
+                .status
+                .ok_or_else(|| format!("{what}: the reply has no status"))?;
+            match (status.token, status.expiration_timestamp) {
+                (Some(token), Some(exp)) => Ok(IssuedToken {
+                    token,
+                    expires_unix: exp.0.as_second(),
+                }),
+                _ => Err(format!("{what}: the reply has no token or expiration")),
+            }
+        }
+        .boxed()
     }
 }
 
@@ -183,6 +297,18 @@ pub fn wanted<'a>(pods: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Pod
             .chain(&spec.containers)
         {
             for r in crate::core::envref::references(c) {
+                out.insert((ns.clone(), r));
+            }
+        }
+        for v in spec.volumes.iter().flatten() {
+            for r in crate::core::volume::payload::references(v) {
+                out.insert((ns.clone(), r));
+            }
+            if let Some(c) = &v.persistent_volume_claim {
+                let r = ObjectRef {
+                    kind: RefKind::PersistentVolumeClaim,
+                    name: c.claim_name.clone(),
+                };
                 out.insert((ns.clone(), r));
             }
         }

@@ -24,7 +24,24 @@ pub enum RefKind {
     ConfigMap,
     /// A Secret (its `data`, decoded).
     Secret,
+    /// A PersistentVolumeClaim: `data` holds [`CLAIM_VOLUME`] and [`CLAIM_PHASE`].
+    PersistentVolumeClaim,
+    /// A PersistentVolume (cluster-scoped): `data` holds [`PV_PATH`] and
+    /// [`PV_SOURCE`] (`local` or `hostPath`; absent for other sources) and
+    /// [`PV_HOST_PATH_TYPE`].
+    PersistentVolume,
 }
+
+/// Key of a claim's `spec.volumeName` in its [`ObjectData`].
+pub const CLAIM_VOLUME: &str = "volumeName";
+/// Key of a claim's `status.phase`.
+pub const CLAIM_PHASE: &str = "phase";
+/// Key of a PersistentVolume's path (`local.path` or `hostPath.path`).
+pub const PV_PATH: &str = "path";
+/// Key of the kind of a PersistentVolume's source (`local`, `hostPath`).
+pub const PV_SOURCE: &str = "source";
+/// Key of a hostPath PersistentVolume's `hostPath.type`.
+pub const PV_HOST_PATH_TYPE: &str = "type";
 
 impl RefKind {
     /// The kubelet's word for the kind in error messages (`configmap "x" not found`).
@@ -32,6 +49,8 @@ impl RefKind {
         match self {
             RefKind::ConfigMap => "configmap",
             RefKind::Secret => "secret",
+            RefKind::PersistentVolumeClaim => "persistentvolumeclaim",
+            RefKind::PersistentVolume => "persistentvolume",
         }
     }
 
@@ -40,6 +59,8 @@ impl RefKind {
         match self {
             RefKind::ConfigMap => "ConfigMap",
             RefKind::Secret => "Secret",
+            RefKind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            RefKind::PersistentVolume => "PersistentVolume",
         }
     }
 }
@@ -153,6 +174,47 @@ pub fn secret_data(s: &k8s_openapi::api::core::v1::Secret) -> ObjectData {
             .flatten()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect(),
+        binary: BTreeMap::new(),
+    }
+}
+
+/// What unitlet reads of a PersistentVolumeClaim: the volume it is bound
+/// to and its phase.
+pub fn claim_data(c: &k8s_openapi::api::core::v1::PersistentVolumeClaim) -> ObjectData {
+    let mut data = BTreeMap::new();
+    if let Some(v) = c.spec.as_ref().and_then(|s| s.volume_name.clone()) {
+        data.insert(CLAIM_VOLUME.to_string(), v.into_bytes());
+    }
+    if let Some(p) = c.status.as_ref().and_then(|s| s.phase.clone()) {
+        data.insert(CLAIM_PHASE.to_string(), p.into_bytes());
+    }
+    ObjectData {
+        data,
+        binary: BTreeMap::new(),
+    }
+}
+
+/// What unitlet reads of a PersistentVolume: its path, if it is a `local`
+/// or `hostPath` volume (the only kinds a node without storage plugins
+/// can mount).
+pub fn volume_data(v: &k8s_openapi::api::core::v1::PersistentVolume) -> ObjectData {
+    let mut data = BTreeMap::new();
+    let spec = v.spec.as_ref();
+    let mut put = |k: &str, v: &str| {
+        data.insert(k.to_string(), v.as_bytes().to_vec());
+    };
+    if let Some(l) = spec.and_then(|s| s.local.as_ref()) {
+        put(PV_SOURCE, "local");
+        put(PV_PATH, &l.path);
+    } else if let Some(h) = spec.and_then(|s| s.host_path.as_ref()) {
+        put(PV_SOURCE, "hostPath");
+        put(PV_PATH, &h.path);
+        if let Some(t) = &h.type_ {
+            put(PV_HOST_PATH_TYPE, t);
+        }
+    }
+    ObjectData {
+        data,
         binary: BTreeMap::new(),
     }
 }

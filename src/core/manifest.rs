@@ -93,14 +93,143 @@ pub fn pod_key(pod: &Pod) -> String {
     )
 }
 
-/// Parses one manifest file's bytes. `source` is the file path (part of the
-/// UID, as for kubelet static pods); `is_json` selects the JSON decoder.
+/// What one manifest file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    /// A Pod.
+    Pod(Box<StaticPod>),
+    /// A ConfigMap, Secret, PersistentVolumeClaim or PersistentVolume that
+    /// standalone pods may name (the directory stands in for the API).
+    Object {
+        /// Its namespace (empty for a PersistentVolume).
+        namespace: String,
+        /// Its kind and name.
+        r: super::envref::ObjectRef,
+        /// What unitlet reads of it.
+        data: super::envref::ObjectData,
+    },
+}
+
+/// The kinds a manifest file may hold besides Pod.
+const OBJECT_KINDS: [&str; 4] = [
+    "ConfigMap",
+    "Secret",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+];
+
+/// Parses one manifest file's bytes: a Pod, or an object pods may name.
+/// `source` is the file path (part of a pod's UID, as for kubelet static
+/// pods); `is_json` selects the JSON decoder.
+pub fn parse_document(
+    bytes: &[u8],
+    source: &str,
+    node_name: &str,
+    is_json: bool,
+) -> Result<Document, ManifestError> {
+    let value = decode_value(bytes, is_json)?;
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    if !OBJECT_KINDS.contains(&kind) {
+        return pod_from_value(value, source, node_name).map(|p| Document::Pod(Box::new(p)));
+    }
+    parse_object(value)
+}
+
+/// Decodes an object document, strictly, as the API server would.
+fn parse_object(value: Value) -> Result<Document, ManifestError> {
+    use super::envref::{
+        claim_data, config_map_data, secret_data, volume_data, ObjectRef, RefKind,
+    };
+    use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret};
+    fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+        value: &Value,
+    ) -> Result<T, ManifestError> {
+        let t: T = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            err(
+                if path == "." { String::new() } else { path },
+                e.into_inner().to_string(),
+            )
+        })?;
+        let back = serde_json::to_value(&t).expect("an API object serializes");
+        if let Some(path) = first_unknown(value, &back, String::new()) {
+            return Err(err(
+                path,
+                "unknown field; check its spelling and indentation",
+            ));
+        }
+        Ok(t)
+    }
+    if value.get("apiVersion").and_then(Value::as_str) != Some("v1") {
+        return Err(err("apiVersion", "use apiVersion: v1"));
+    }
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    let (meta, r_kind, data) = match kind {
+        "ConfigMap" => {
+            let o: ConfigMap = typed(&value)?;
+            (o.metadata.clone(), RefKind::ConfigMap, config_map_data(&o))
+        }
+        "Secret" => {
+            let mut o: Secret = typed(&value)?;
+            // The API server folds `stringData` into `data`.
+            for (k, v) in o.string_data.take().into_iter().flatten() {
+                o.data
+                    .get_or_insert_with(Default::default)
+                    .insert(k, k8s_openapi::ByteString(v.into_bytes()));
+            }
+            (o.metadata.clone(), RefKind::Secret, secret_data(&o))
+        }
+        "PersistentVolumeClaim" => {
+            let o: PersistentVolumeClaim = typed(&value)?;
+            let mut data = claim_data(&o);
+            // No controller binds claims here: one naming its volume is bound.
+            if data.data.contains_key(super::envref::CLAIM_VOLUME) {
+                data.data
+                    .insert(super::envref::CLAIM_PHASE.into(), b"Bound".to_vec());
+            }
+            (o.metadata.clone(), RefKind::PersistentVolumeClaim, data)
+        }
+        _ => {
+            let o: PersistentVolume = typed(&value)?;
+            (
+                o.metadata.clone(),
+                RefKind::PersistentVolume,
+                volume_data(&o),
+            )
+        }
+    };
+    let name = meta.name.clone().unwrap_or_default();
+    if !is_dns_subdomain(&name) {
+        return Err(err(
+            "metadata.name",
+            format!("{name:?} is not a valid name"),
+        ));
+    }
+    let namespace = if r_kind == RefKind::PersistentVolume {
+        String::new()
+    } else {
+        meta.namespace.clone().unwrap_or_else(|| "default".into())
+    };
+    Ok(Document::Object {
+        namespace,
+        r: ObjectRef { kind: r_kind, name },
+        data,
+    })
+}
+
+/// Parses one manifest file's bytes that must hold a Pod (see [`parse_document`]).
 pub fn parse_manifest(
     bytes: &[u8],
     source: &str,
     node_name: &str,
     is_json: bool,
 ) -> Result<StaticPod, ManifestError> {
+    let value = decode_value(bytes, is_json)?;
+    pod_from_value(value, source, node_name)
+}
+
+/// One document of a manifest file, as JSON.
+fn decode_value(bytes: &[u8], is_json: bool) -> Result<Value, ManifestError> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(err(
             "",
@@ -116,7 +245,12 @@ pub fn parse_manifest(
         serde_json::from_str(text).map_err(|e| err("", format!("invalid JSON: {e}")))?
     } else {
         let docs: Vec<Value> =
-            serde_saphyr::from_multiple(text).map_err(|e| err("", format!("invalid YAML: {e}")))?;
+            // YAML 1.1 octal (`defaultMode: 0400`), as kubectl reads it.
+            serde_saphyr::from_multiple_with_options(
+                text,
+                serde_saphyr::options! { legacy_octal_numbers: true },
+            )
+            .map_err(|e| err("", format!("invalid YAML: {e}")))?;
         let mut docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
         match docs.len() {
             0 => return Err(err("", "manifest is empty; it must hold exactly one Pod")),
@@ -129,6 +263,11 @@ pub fn parse_manifest(
             }
         }
     };
+    Ok(value)
+}
+
+/// A static pod from a decoded manifest document.
+fn pod_from_value(value: Value, source: &str, node_name: &str) -> Result<StaticPod, ManifestError> {
     let canonical = serde_json::to_vec(&value).expect("a JSON value serializes");
     let context = error_context(&value);
     let mut pod = decode_pod(value).map_err(context)?;
@@ -139,7 +278,9 @@ pub fn parse_manifest(
         .clone();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let key = format!("{namespace}/{name}");
-    validate(&pod).map_err(|mut e| {
+    // ConfigMaps and Secrets come from the same directory in standalone
+    // mode; a cluster node refuses them in static pods (`node_static_pod`).
+    validate_with(&pod, true).map_err(|mut e| {
         e.pod.get_or_insert(key.clone());
         e
     })?;
@@ -198,6 +339,10 @@ pub fn node_static_pod(mut p: StaticPod, node_name: &str) -> Result<StaticPod, M
         e.pod = Some(p.key());
         return Err(e);
     }
+    validate_with(&p.pod, false).map_err(|mut e| {
+        e.pod = Some(p.key());
+        e
+    })?;
     p.pod.metadata.name = Some(name);
     Ok(p)
 }
@@ -252,7 +397,7 @@ fn decode_pod(value: Value) -> Result<Pod, ManifestError> {
         Some(other) => {
             return Err(err(
                 "kind",
-                format!("{other:?} is not supported; each manifest holds one kind: Pod"),
+                format!("{other:?} is not supported; a manifest holds one Pod, ConfigMap, Secret, PersistentVolumeClaim or PersistentVolume"),
             ))
         }
         None => return Err(err("kind", "missing; use kind: Pod")),
@@ -305,7 +450,7 @@ fn first_unknown(input: &Value, typed: &Value, path: String) -> Option<String> {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -349,6 +494,9 @@ pub fn field_ref_supported(path: &str) -> bool {
     ) || ((path.starts_with("metadata.labels['") || path.starts_with("metadata.annotations['"))
         && path.ends_with("']"))
 }
+
+/// Why a static pod of a cluster node may not name API objects.
+const NO_API_OBJECTS: &str = "a static pod of a cluster node may not name ConfigMaps, Secrets, service account tokens or PersistentVolumeClaims (the API server refuses its mirror pod, as for any kubelet)";
 
 fn unsupported(field: String, what: &str) -> ManifestError {
     err(
@@ -429,10 +577,6 @@ pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> 
     }
     for (field, present) in [
         (
-            "spec.volumes",
-            spec.volumes.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
-        (
             "spec.ephemeralContainers",
             spec.ephemeral_containers
                 .as_ref()
@@ -463,6 +607,20 @@ pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> 
     if let Some(sc) = &spec.security_context {
         validate_pod_security(sc)?;
     }
+    super::volume::validate_volumes(spec).map_err(|(f, m)| err(f, m))?;
+    if !api_objects {
+        for (i, v) in spec.volumes.iter().flatten().enumerate() {
+            let uses = !super::volume::payload::references(v).is_empty()
+                || !super::volume::payload::token_refs(v).is_empty()
+                || v.persistent_volume_claim.is_some();
+            if uses {
+                return Err(err(
+                    format!("spec.volumes[{i}]"),
+                    format!("{NO_API_OBJECTS}; use emptyDir, hostPath or downwardAPI volumes"),
+                ));
+            }
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     let inits = spec
         .init_containers
@@ -475,7 +633,7 @@ pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> 
         let idx = counters.entry(list).or_insert(0usize);
         let base = format!("{list}[{idx}]");
         *idx += 1;
-        validate_container(&base, c, list == "spec.initContainers", api_objects).map_err(
+        validate_container(&base, spec, c, list == "spec.initContainers", api_objects).map_err(
             |mut e| {
                 if !c.name.is_empty() {
                     e.container.get_or_insert(c.name.clone());
@@ -695,6 +853,7 @@ fn validate_container_security(base: &str, sc: &SecurityContext) -> Result<(), M
 
 fn validate_container(
     base: &str,
+    pod_spec: &k8s_openapi::api::core::v1::PodSpec,
     c: &Container,
     init: bool,
     api_objects: bool,
@@ -755,7 +914,7 @@ fn validate_container(
     for (i, f) in c.env_from.iter().flatten().enumerate() {
         let field = format!("{base}.envFrom[{i}]");
         if !api_objects {
-            return Err(err(field, "envFrom needs ConfigMaps or Secrets, which only cluster mode (unitlet node) has; use env with value"));
+            return Err(err(field, format!("{NO_API_OBJECTS}; use env with value")));
         }
         let names = [
             f.config_map_ref.as_ref().map(|r| ("configMapRef", &r.name)),
@@ -836,6 +995,8 @@ fn validate_container(
         node_name: String::new(),
         host_ip: "127.0.0.1".into(),
         allocatable: Default::default(),
+        pods_dir: "/var/lib/unitlet/pods".into(),
+        hardening: Default::default(),
     };
     super::probe::container_probes(&probe_pod, &probe_node, c)
         .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
@@ -849,10 +1010,6 @@ fn validate_container(
         .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
     for (field, present) in [
         (
-            "volumeMounts",
-            c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
-        (
             "volumeDevices",
             c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()),
         ),
@@ -863,6 +1020,7 @@ fn validate_container(
             return Err(unsupported(format!("{base}.{field}"), field));
         }
     }
+    super::volume::validate_mounts(pod_spec, c, base).map_err(|(f, m)| err(f, m))?;
     if !init && c.restart_policy.is_some() {
         return Err(err(
             format!("{base}.restartPolicy"),
@@ -963,7 +1121,10 @@ fn validate_env(field: &str, e: &EnvVar, api_objects: bool) -> Result<usize, Man
                 .map(|r| ("secretKeyRef", &r.name, &r.key)))
         {
             if !api_objects {
-                return Err(err(format!("{field}.valueFrom"), "ConfigMap and Secret references need cluster mode (unitlet node); standalone pods can use value or fieldRef"));
+                return Err(err(
+                    format!("{field}.valueFrom"),
+                    format!("{NO_API_OBJECTS}; use value or fieldRef"),
+                ));
             }
             if !is_dns_subdomain(name) {
                 return Err(err(
@@ -1167,13 +1328,122 @@ mod tests {
     }
 
     #[test]
+    fn volumes_are_checked_and_octal_modes_read_as_kubectl_does() {
+        let with = |vols: &str, mounts: &str| {
+            parse(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: v}}\nspec:\n  volumes:\n{vols}  containers:\n  - name: c\n    image: host\n    command: [/bin/true]\n    volumeMounts:\n{mounts}"
+            ))
+        };
+        let ok = with(
+            "  - {name: s, secret: {secretName: x, defaultMode: 0400}}\n",
+            "    - {name: s, mountPath: /s}\n",
+        )
+        .unwrap();
+        let vols = ok.pod.spec.unwrap().volumes.unwrap();
+        assert_eq!(vols[0].secret.as_ref().unwrap().default_mode, Some(0o400));
+        for (vols, mounts, field) in [
+            (
+                "  - {name: nf, nfs: {server: s, path: /}}\n",
+                "    - {name: nf, mountPath: /n}\n",
+                "spec.volumes[0].nfs",
+            ),
+            (
+                "  - {name: e, emptyDir: {}}\n",
+                "    - {name: other, mountPath: /e}\n",
+                "spec.containers[0].volumeMounts[0].name",
+            ),
+            (
+                "  - {name: e, emptyDir: {}}\n",
+                "    - {name: e, mountPath: /e, subPath: a/../../b}\n",
+                "spec.containers[0].volumeMounts[0].subPath",
+            ),
+            (
+                "  - {name: e, emptyDir: {}}\n",
+                "    - {name: e, mountPath: /}\n",
+                "spec.containers[0].volumeMounts[0].mountPath",
+            ),
+            (
+                "  - {name: e, emptyDir: {}}\n",
+                "    - {name: e, mountPath: /proc/x}\n",
+                "spec.containers[0].volumeMounts[0].mountPath",
+            ),
+            (
+                "  - {name: e, emptyDir: {}}\n  - {name: e, emptyDir: {}}\n",
+                "    - {name: e, mountPath: /e}\n",
+                "spec.volumes[1].name",
+            ),
+            (
+                "  - {name: h, hostPath: {path: relative}}\n",
+                "    - {name: h, mountPath: /h}\n",
+                "spec.volumes[0].hostPath.path",
+            ),
+            (
+                "  - {name: h, hostPath: {path: /x, type: Fifo}}\n",
+                "    - {name: h, mountPath: /h}\n",
+                "spec.volumes[0].hostPath.type",
+            ),
+            (
+                "  - {name: m, emptyDir: {medium: HugePages}}\n",
+                "    - {name: m, mountPath: /m}\n",
+                "spec.volumes[0].emptyDir.medium",
+            ),
+            (
+                "  - {name: c, configMap: {name: x, items: [{key: k, path: ../k}]}}\n",
+                "    - {name: c, mountPath: /c}\n",
+                "spec.volumes[0].configMap.items[0].path",
+            ),
+        ] {
+            let e = with(vols, mounts).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        // A cluster node's static pods may not name API objects.
+        let p = with(
+            "  - {name: c, configMap: {name: x}}\n",
+            "    - {name: c, mountPath: /c}\n",
+        )
+        .unwrap();
+        let e = node_static_pod(p, "n1").unwrap_err();
+        assert_eq!(e.field, "spec.volumes[0]", "{e}");
+    }
+
+    #[test]
+    fn object_documents_are_read_as_the_api_server_stores_them() {
+        use super::super::envref::RefKind;
+        let doc = |y: &str| parse_document(y.as_bytes(), "/m/o.yaml", "n", false);
+        let Document::Object { namespace, r, data } = doc(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ns}\ndata: {a: aGk=}\nstringData: {b: there}\n",
+        )
+        .unwrap() else {
+            panic!("not an object")
+        };
+        assert_eq!(
+            (namespace.as_str(), r.kind, r.name.as_str()),
+            ("ns", RefKind::Secret, "s")
+        );
+        assert_eq!(data.data["a"], b"hi");
+        assert_eq!(data.data["b"], b"there");
+        let Document::Object { data, .. } = doc(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec: {volumeName: pv}\n",
+        )
+        .unwrap() else {
+            panic!("not an object")
+        };
+        assert_eq!(data.data["phase"], b"Bound");
+        let e =
+            doc("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\ndatta: {}\n")
+                .unwrap_err();
+        assert_eq!(e.field, "datta");
+        assert!(matches!(doc(OK).unwrap(), Document::Pod(_)));
+    }
+
+    #[test]
     fn several_documents_are_refused() {
         let e = parse(&format!("{OK}---\n{OK}")).unwrap_err();
         assert!(e.message.contains("2 documents"));
     }
 
     #[test]
-    fn api_objects_in_env_only_from_the_api_server() {
+    fn api_objects_only_outside_a_cluster_node_s_static_pods() {
         let pod = |env: &str| -> Pod {
             let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: ns\n  uid: u\nspec:\n  containers:\n  - name: c\n    image: host\n    command: [/bin/true]\n{env}");
             serde_saphyr::from_str(&yaml).unwrap()
@@ -1182,7 +1452,10 @@ mod tests {
         let from = pod("    envFrom:\n    - secretRef: {name: s}\n      prefix: S_\n");
         for p in [&key_ref, &from] {
             let e = validate(p).unwrap_err();
-            assert!(e.to_string().contains("cluster mode"), "{e}");
+            assert!(
+                e.to_string().contains("static pod of a cluster node"),
+                "{e}"
+            );
             validate_with(p, true).unwrap();
         }
         let bad_prefix = pod("    envFrom:\n    - secretRef: {name: s}\n      prefix: a-b\n");

@@ -26,6 +26,28 @@ pub struct NodeFacts {
     /// What pods may use of the node: a container without a limit reads
     /// this as its limit through the downward API (`resourceFieldRef`).
     pub allocatable: Allocatable,
+    /// Where each pod's directory (`<pods_dir>/<uid>`) lives, absolute:
+    /// `<state dir>/pods`. Volume directories are made below it and
+    /// containers' units bind them.
+    pub pods_dir: String,
+    /// The hardening every non-privileged container gets beyond its
+    /// securityContext (the node's `--pod-hardening`).
+    pub hardening: Hardening,
+}
+
+/// unitlet's hardening profiles for pods (see the README).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hardening {
+    /// What a container runtime gives a container by default: Kubernetes'
+    /// capability set and no device access (`DevicePolicy=closed`). Costs
+    /// systemd nothing at start.
+    #[default]
+    Default,
+    /// Also a private `/tmp`, read-only kernel tunables and cgroup tree,
+    /// and no kernel module loading: each unit then gets a mount namespace
+    /// of its own, which makes mass starts markedly slower.
+    Strict,
 }
 
 /// A node's allocatable resources.

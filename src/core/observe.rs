@@ -800,6 +800,8 @@ mod tests {
             node_name: "n".into(),
             host_ip: "10.0.0.1".into(),
             allocatable: Default::default(),
+            pods_dir: "/var/lib/unitlet/pods".into(),
+            hardening: Default::default(),
         }
     }
 

@@ -439,6 +439,8 @@ mod tests {
             node_name: "n".into(),
             host_ip: "10.0.0.5".into(),
             allocatable: Default::default(),
+            pods_dir: "/var/lib/unitlet/pods".into(),
+            hardening: Default::default(),
         }
     }
 

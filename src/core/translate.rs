@@ -69,6 +69,9 @@ pub struct ContainerPlan {
     /// which keeps running (restarted whatever the pod's policy) and lets
     /// the next init container start once it has started.
     pub sidecar: bool,
+    /// Its volume mounts, bound by the unit; those with a `subPath` are
+    /// pinned by the agent before the unit is created.
+    pub mounts: Vec<super::volume::Mount>,
 }
 
 /// A root-only environment file for one container.
@@ -90,7 +93,7 @@ pub fn env_file_path(uid: &str, container: &str) -> String {
 }
 
 /// Everything a pod becomes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PodPlan {
     /// The pod slice's name. Nobody creates it: systemd loads a slice that
     /// has no unit file implicitly when a unit names it in `Slice=`, so the
@@ -103,6 +106,8 @@ pub struct PodPlan {
     pub init: Vec<ContainerPlan>,
     /// App containers, started together.
     pub containers: Vec<ContainerPlan>,
+    /// The pod's volumes, which the agent prepares before any container starts.
+    pub volumes: Vec<super::volume::PodVolume>,
 }
 
 impl PodPlan {
@@ -496,6 +501,7 @@ fn container_plan(
         probes: Vec::new(),
         hooks: Default::default(),
         sidecar: c.restart_policy.as_deref() == Some("Always"),
+        mounts: Vec::new(),
     };
     if let Some(w) = image_waiting(&image) {
         return waiting(w, refs);
@@ -568,6 +574,16 @@ fn container_plan(
         .chain(c.args.iter().flatten())
         .map(|a| expand(a, defined))
         .collect();
+    let mounts = match super::volume::container_mounts(pod, c, &defined, &node.pods_dir) {
+        Ok(m) => m,
+        Err(message) => {
+            let w = Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message,
+            };
+            return waiting(w, refs);
+        }
+    };
 
     // Dropping privileges with setpriv (from the argv, not a shell) works for
     // any numeric id, as in Kubernetes; systemd's User= needs a passwd entry
@@ -659,7 +675,8 @@ fn container_plan(
     if let Some(f) = &env_file {
         props.push(Property::EnvironmentFile(f.path.clone()));
     }
-    security_properties(pod, c, caps, setpriv, &mut props);
+    props.extend(super::volume::mount_properties(&mounts));
+    security_properties(pod, node, c, caps, setpriv, &mut props);
     ContainerPlan {
         name: c.name.clone(),
         image,
@@ -677,6 +694,7 @@ fn container_plan(
         hooks: super::probe::container_hooks(pod, node, c).unwrap_or_default(),
         // Only init containers may set it (validated).
         sidecar: c.restart_policy.as_deref() == Some("Always"),
+        mounts,
     }
 }
 
@@ -816,6 +834,7 @@ fn run_as_non_root_error(pod: &Pod, c: &Container, run_as_user: Option<u32>) -> 
 /// bounding set keeps what setpriv needs and setpriv drops it itself.
 fn security_properties(
     pod: &Pod,
+    node: &NodeFacts,
     c: &Container,
     caps: Option<u64>,
     setpriv: bool,
@@ -859,12 +878,20 @@ fn security_properties(
         });
         props.push(Property::SystemCallErrorNumber(EPERM));
     }
-    // Not by default: read-only kernel tunables and cgroup tree
-    // (`ReadOnlyPaths=`, `ProtectControlGroups=`). Each makes systemd set up
-    // a mount namespace per unit, which at 100 pods starting at once made
-    // every start take seconds (measured with unitlet-bench).
+    // Not by default: a private /tmp, read-only kernel tunables and cgroup
+    // tree. Each makes systemd set up a mount namespace per unit, which at
+    // 100 pods starting at once made every start take seconds (measured
+    // with unitlet-bench); a node opts in with `--pod-hardening strict`.
     if !privileged {
         props.push(Property::DevicePolicy("closed".into()));
+        if node.hardening == super::Hardening::Strict {
+            props.extend([
+                Property::PrivateTmp(true),
+                Property::ProtectKernelTunables(true),
+                Property::ProtectKernelModules(true),
+                Property::ProtectControlGroups(true),
+            ]);
+        }
     }
 }
 
@@ -902,6 +929,7 @@ pub fn translate(
         slice,
         init: spec.init_containers.iter().flatten().map(plan).collect(),
         containers: spec.containers.iter().map(plan).collect(),
+        volumes: super::volume::pod_volumes(pod, &node.pods_dir),
     }
 }
 
@@ -915,6 +943,8 @@ mod tests {
             node_name: "node1".into(),
             host_ip: "10.1.2.3".into(),
             allocatable: Default::default(),
+            pods_dir: "/var/lib/unitlet/pods".into(),
+            hardening: Default::default(),
         }
     }
 

@@ -78,6 +78,21 @@ pub enum Property {
     /// `DevicePolicy` (s): `closed` allows only the standard pseudo devices
     /// (`/dev/null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx`, `pts`).
     DevicePolicy(String),
+    /// `PrivateTmp` (b): a `/tmp` and `/var/tmp` of the unit's own.
+    PrivateTmp(bool),
+    /// `ProtectKernelTunables` (b): `/proc/sys` and friends read-only.
+    ProtectKernelTunables(bool),
+    /// `ProtectKernelModules` (b): no module loading.
+    ProtectKernelModules(bool),
+    /// `BindPaths` (a(ssbt)): `(host path, path in the unit)` pairs,
+    /// recursive, bound in the unit's own mount namespace. A missing
+    /// source fails the start (the agent made them all beforehand).
+    BindPaths(Vec<(String, String)>),
+    /// `BindReadOnlyPaths` (a(ssbt)): as [`Property::BindPaths`], read-only.
+    BindReadOnlyPaths(Vec<(String, String)>),
+    /// `DeviceAllow` (a(ss)): `(device node, "r"/"rw")` pairs the unit may
+    /// use despite `DevicePolicy=closed`.
+    DeviceAllow(Vec<(String, String)>),
 }
 
 /// Linux capability names without `CAP_`, indexed by capability number
@@ -196,6 +211,21 @@ impl Property {
             .map(|k| (*k, yes_no(*b)))
             .collect(),
             Delegate(b) => vec![("Delegate", yes_no(*b))],
+            PrivateTmp(b) => vec![("PrivateTmp", yes_no(*b))],
+            ProtectKernelTunables(b) => vec![("ProtectKernelTunables", yes_no(*b))],
+            ProtectKernelModules(b) => vec![("ProtectKernelModules", yes_no(*b))],
+            BindPaths(binds) => binds
+                .iter()
+                .map(|(s, d)| ("BindPaths", quote_word(&format!("{s}:{d}"))))
+                .collect(),
+            BindReadOnlyPaths(binds) => binds
+                .iter()
+                .map(|(s, d)| ("BindReadOnlyPaths", quote_word(&format!("{s}:{d}"))))
+                .collect(),
+            DeviceAllow(devs) => devs
+                .iter()
+                .map(|(p, a)| ("DeviceAllow", format!("{} {a}", quote_word(p))))
+                .collect(),
             CapabilityBoundingSet(mask) => {
                 vec![("CapabilityBoundingSet", capability_names(*mask).join(" "))]
             }

@@ -11,7 +11,7 @@ pub mod probes;
 pub mod queue;
 
 use crate::core::backoff::BackoffConfig;
-use crate::core::envref::{Lookup, ObjectRef, Resolved};
+use crate::core::envref::Resolved;
 use crate::core::manifest::{pod_key, StaticPod};
 use crate::core::names;
 use crate::core::observe::{self, instance, ContainerRecord, Instance, ProbeRecord, UnitSnapshot};
@@ -20,10 +20,13 @@ use crate::core::translate::{
     container_with, translate, ContainerPlan, EnvFile, HostUser, PodPlan, SECRET_ENV_DIR,
 };
 use crate::core::unit::UnitSpec;
+use crate::core::volume::PayloadError;
 use crate::core::NodeFacts;
+use crate::objects::ObjectSource;
 use crate::state::{PodRecord, StateDir};
 use crate::systemd::{apply_changes, serial_after, Systemd, UnitEvent};
 use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use queue::WorkQueue;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -49,26 +52,12 @@ pub struct Config {
     /// mode writes them to the API server); `None` in standalone mode, where
     /// `unitlet pods` derives status on demand.
     pub reports: Option<mpsc::UnboundedSender<PodReport>>,
-    /// Where the ConfigMaps and Secrets named in containers' env are looked
-    /// up (cluster mode); `None` in standalone mode, which refuses pods
-    /// that name any.
-    pub env_source: Option<Arc<dyn EnvSource>>,
-}
-
-/// The ConfigMaps and Secrets containers' env names, as some source (the
-/// API server's, through watches) knows them now.
-pub trait EnvSource: Send + Sync {
-    /// Object `r` in `namespace`, now.
-    fn lookup(&self, namespace: &str, r: &ObjectRef) -> Lookup;
-    /// Bumped whenever an object the source watches changes, so
-    /// containers waiting for one are tried again.
-    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
-}
-
-impl std::fmt::Debug for dyn EnvSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EnvSource")
-    }
+    /// Where the ConfigMaps, Secrets, claims and tokens pods name come
+    /// from (the API server, or the manifest directory); `None` where there
+    /// is none (pods naming objects then wait with an error).
+    pub objects: Option<Arc<dyn ObjectSource>>,
+    /// Host path prefixes volumes may use (empty: any).
+    pub allowed_host_paths: Vec<String>,
 }
 
 /// One probe of one container instance, for [`Runtime::probe_loop`].
@@ -240,6 +229,11 @@ struct Memo {
     post_started: HashSet<String>,
     /// Sidecar instances stopped because the regular containers are done.
     sidecars_stopped: HashSet<String>,
+    /// Every volume of the pod was ready once: containers may start.
+    /// Later failures to refresh files leave them alone (kubelet rule).
+    volumes_ready: bool,
+    /// The last `FailedMount` message reported.
+    mount_error: Option<String>,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
@@ -330,6 +324,8 @@ struct Shared {
     started_us: u64,
     /// Probe tasks and results, by (pod UID, container).
     probing: Mutex<HashMap<(String, String), Probing>>,
+    /// The pods' volumes.
+    volumes: crate::volumes::Volumes,
 }
 
 /// The probes of one running container instance.
@@ -357,8 +353,11 @@ impl Runtime {
     /// Creates the reconciler; call [`Runtime::run`] to start it.
     pub fn new(sd: Systemd, state: StateDir, cfg: Config) -> Self {
         let window = cfg.max_starting.max(1);
+        let volumes =
+            crate::volumes::Volumes::new(cfg.objects.clone(), cfg.allowed_host_paths.clone());
         Runtime {
             shared: Arc::new(Shared {
+                volumes,
                 sd,
                 state,
                 cfg,
@@ -406,12 +405,15 @@ impl Runtime {
             }
             warn!("systemd signal stream ended; relying on relist");
         });
-        if let Some(source) = s.cfg.env_source.clone() {
+        let mut feeds = vec![s.volumes.changes()];
+        if let Some(source) = &s.cfg.objects {
+            feeds.push(source.changes());
+        }
+        for mut changes in feeds {
             let me = self.clone();
             tokio::spawn(async move {
-                let mut changes = source.changes();
                 while changes.changed().await.is_ok() {
-                    me.retry_env_waiters();
+                    me.retry_object_users();
                 }
             });
         }
@@ -1006,6 +1008,14 @@ impl Runtime {
         for unit in loaded {
             let _ = s.sd.reset_failed(&unit).await;
         }
+        if let Err(e) = s.volumes.teardown(&s.cfg.node.pods_dir, uid) {
+            warn!(
+                uid,
+                error = e,
+                "cannot remove the pod's volumes; will retry"
+            );
+            return self.schedule(uid, now_us() + CREATE_RETRY_US);
+        }
         if let Err(e) = s.state.remove_pod(uid) {
             return warn!(error = %e, "cannot forget stopped pod; will retry");
         }
@@ -1044,12 +1054,13 @@ impl Runtime {
     /// Starts what should run, restarts what may restart, and reports status.
     async fn drive(&self, uid: &str) {
         let s = &self.shared;
-        let (plan, policy, mut records, units, mut memo) = {
+        let (plan, policy, mut records, units, mut memo, pod) = {
             let inner = s.inner.lock().unwrap();
             let Some(e) = inner.pods.get(uid) else { return };
             if e.terminating {
                 return;
             }
+            let pod = (!e.plan.volumes.is_empty()).then(|| e.rec.pod.clone());
             let units: HashMap<String, UnitSnapshot> = e
                 .plan
                 .unit_names()
@@ -1068,7 +1079,12 @@ impl Runtime {
                 e.containers.clone(),
                 units,
                 e.memo.clone(),
+                pod,
             )
+        };
+        let volumes_ready = match &pod {
+            Some(pod) => self.sync_volumes(uid, pod, &plan, &mut memo),
+            None => true,
         };
         let now = now_us();
         let mut pass = Pass {
@@ -1089,8 +1105,9 @@ impl Runtime {
         };
         // Init containers, one at a time, each to success; a sidecar only
         // until it has started, then it keeps running beside the rest.
-        let mut inits_done = true;
-        for c in &plan.init {
+        // Nothing starts before the pod's volumes are ready.
+        let mut inits_done = volumes_ready;
+        for c in plan.init.iter().filter(|_| volumes_ready) {
             let rec = records.entry(c.name.clone()).or_default();
             let step = self
                 .step(
@@ -1213,6 +1230,37 @@ impl Runtime {
             );
             e.last_summary = summary;
         }
+    }
+
+    /// Prepares the pod's volumes and refreshes their files; whether its
+    /// containers may start. A failure is reported once per message as a
+    /// `FailedMount` event, and the pod is tried again.
+    fn sync_volumes(&self, uid: &str, pod: &Pod, plan: &PodPlan, memo: &mut Memo) -> bool {
+        let s = &self.shared;
+        match s.volumes.sync(pod, &plan.volumes, &s.cfg.node) {
+            Ok(()) => {
+                memo.volumes_ready = true;
+                memo.mount_error = None;
+            }
+            Err(PayloadError::Pending) => self.schedule(uid, now_us() + ENV_PENDING_RETRY_US),
+            Err(PayloadError::Failed(msg)) => {
+                if memo.mount_error.as_deref() != Some(msg.as_str()) {
+                    warn!(pod = pod_key(pod), uid, error = msg, "volume not ready");
+                    self.report(PodReport::Event {
+                        uid: uid.to_string(),
+                        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                        name: pod.metadata.name.clone().unwrap_or_default(),
+                        field_path: None,
+                        warning: true,
+                        reason: "FailedMount",
+                        message: msg.clone(),
+                    });
+                    memo.mount_error = Some(msg);
+                }
+                self.schedule(uid, now_us() + CREATE_RETRY_US);
+            }
+        }
+        memo.volumes_ready
     }
 
     /// Advances one container; returns where it stands.
@@ -1604,11 +1652,14 @@ impl Runtime {
     /// kubelet resolves them at each container creation, restarts
     /// included), with its environment file written.
     fn prepare<'a>(&self, uid: &str, c: &ContainerPlan, spec: &'a UnitSpec) -> Prepared<'a> {
+        if let Err(msg) = self.shared.volumes.pin(&c.name, &c.mounts) {
+            return Prepared::Failed(msg);
+        }
         if c.refs.is_empty() {
             return Prepared::Ready(Cow::Borrowed(spec), Vec::new());
         }
         let s = &self.shared;
-        let Some(source) = &s.cfg.env_source else {
+        let Some(source) = &s.cfg.objects else {
             return Prepared::Failed(
                 "ConfigMaps and Secrets in env need cluster mode (unitlet node)".into(),
             );
@@ -2026,16 +2077,25 @@ impl Runtime {
         self.schedule(uid, now_us() + CREATE_RETRY_US);
     }
 
-    /// Queues every pod with a container whose env names ConfigMaps or Secrets.
-    fn retry_env_waiters(&self) {
+    /// Queues every pod that names API objects (in env or volumes), so
+    /// waiting containers are tried again and volume files refreshed.
+    fn retry_object_users(&self) {
         let s = &self.shared;
         let inner = s.inner.lock().unwrap();
         for (uid, e) in &inner.pods {
-            if e.plan
-                .init
-                .iter()
-                .chain(&e.plan.containers)
-                .any(|c| !c.refs.is_empty())
+            let names_objects = e.plan.volumes.iter().any(|v| {
+                !matches!(
+                    v.kind,
+                    crate::core::volume::VolumeKind::EmptyDir { .. }
+                        | crate::core::volume::VolumeKind::HostPath { .. }
+                )
+            });
+            if names_objects
+                || e.plan
+                    .init
+                    .iter()
+                    .chain(&e.plan.containers)
+                    .any(|c| !c.refs.is_empty())
             {
                 s.pods_q.add(uid);
             }

@@ -304,11 +304,8 @@ async fn exec(sd: &Systemd, unit: &str, argv: &[String], timeout: Duration) -> R
     cmd.args(&args)
         .env_clear()
         .envs(exec_env(&ctx))
-        .current_dir(if ctx.working_directory.is_empty() {
-            "/"
-        } else {
-            ctx.working_directory.as_str()
-        })
+        // The gate enters the working directory, in the unit's namespace.
+        .current_dir("/")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -365,21 +362,54 @@ async fn exec(sd: &Systemd, unit: &str, argv: &[String], timeout: Duration) -> R
 /// (`exec "$@"`, so the argv passes unchanged): the agent moves it into the
 /// container's cgroup first, so nothing the command runs starts outside.
 /// (systemd moves a process only once it exists, and a gate in the child
-/// before exec would block the spawn, which waits for the exec.)
-const GATE: [&str; 4] = ["/bin/sh", "-c", "read -r _; exec \"$@\"", "unitlet-exec"];
+/// before exec would block the spawn, which waits for the exec.) It also
+/// enters the unit's working directory, given as its first argument: that
+/// directory may exist only in the unit's mount namespace (a volume).
+const GATE: [&str; 4] = [
+    "/bin/sh",
+    "-c",
+    "read -r _; cd -- \"$1\" || exit 126; shift; exec \"$@\"",
+    "unitlet-exec",
+];
 
 /// The program and arguments for a command in the container's context:
-/// the unit's own privilege drop (`setpriv … --`), then the [`GATE`],
-/// then `argv`.
+/// into the unit's mount namespace, where its volumes are (`nsenter`,
+/// with the unit's working directory there), then the unit's own
+/// privilege drop (`setpriv … --`, with `--no-new-privs` when the unit
+/// has it), then the [`GATE`], then `argv`.
 pub fn exec_argv(ctx: &ExecContext, argv: &[String]) -> (String, Vec<String>) {
     let stored: Vec<String> = ctx.exec_argv.iter().map(|a| a.replace("$$", "$")).collect();
     let mut full: Vec<String> = Vec::new();
+    if ctx.main_pid > 0 {
+        full.extend([
+            "/usr/bin/nsenter".to_string(),
+            format!("--target={}", ctx.main_pid),
+            "--mount".into(),
+            "--".into(),
+        ]);
+    }
+    let mut setpriv: Vec<String> = Vec::new();
     if stored.first().is_some_and(|p| p.ends_with("/setpriv")) {
         if let Some(end) = stored.iter().position(|a| a == "--") {
-            full.extend_from_slice(&stored[..=end]);
+            setpriv.extend_from_slice(&stored[..end]);
         }
     }
+    if ctx.no_new_privileges {
+        if setpriv.is_empty() {
+            setpriv.push("/usr/bin/setpriv".into());
+        }
+        setpriv.push("--no-new-privs".into());
+    }
+    if !setpriv.is_empty() {
+        full.extend(setpriv);
+        full.push("--".into());
+    }
     full.extend(GATE.iter().map(|s| s.to_string()));
+    full.push(if ctx.working_directory.is_empty() {
+        "/".into()
+    } else {
+        ctx.working_directory.trim_start_matches('-').to_string()
+    });
     full.extend_from_slice(argv);
     let program = full.remove(0);
     (program, full)
@@ -490,6 +520,8 @@ mod tests {
             environment: vec!["HOME=/".into(), "A=1".into(), "A=2".into()],
             environment_files: vec![],
             working_directory: "/srv".into(),
+            main_pid: 0,
+            no_new_privileges: false,
             exec_argv: [
                 "/usr/bin/setpriv",
                 "--reuid=1000",
@@ -510,7 +542,7 @@ mod tests {
             .map(str::to_string)
             .to_vec();
         want.extend(gate.clone());
-        want.extend(["cat".to_string(), "/tmp/x".into()]);
+        want.extend(["/srv".to_string(), "cat".into(), "/tmp/x".into()]);
         assert_eq!(a, want);
         let plain = ExecContext {
             exec_argv: vec!["/bin/app".into()],
@@ -518,7 +550,34 @@ mod tests {
         };
         let (p, a) = exec_argv(&plain, &["true".into()]);
         assert_eq!(p, "/bin/sh");
-        assert_eq!(a[2..], ["unitlet-exec".to_string(), "true".into()]);
+        assert_eq!(
+            a[2..],
+            ["unitlet-exec".to_string(), "/srv".into(), "true".into()]
+        );
+        // Running, with NoNewPrivileges: into its mount namespace, in its
+        // working directory there, with no_new_privs.
+        let running = ExecContext {
+            main_pid: 42,
+            no_new_privileges: true,
+            working_directory: "/data".into(),
+            ..plain.clone()
+        };
+        let (p, a) = exec_argv(&running, &["true".into()]);
+        assert_eq!(p, "/usr/bin/nsenter");
+        assert_eq!(
+            a[..6],
+            [
+                "--target=42",
+                "--mount",
+                "--",
+                "/usr/bin/setpriv",
+                "--no-new-privs",
+                "--"
+            ]
+        );
+        let mut want = GATE.map(str::to_string).to_vec();
+        want.extend(["/data".to_string(), "true".into()]);
+        assert_eq!(a[6..], want);
         assert_eq!(
             exec_env(&ctx),
             [

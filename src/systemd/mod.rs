@@ -104,6 +104,11 @@ pub struct ExecContext {
     pub working_directory: String,
     /// The argv of the first `ExecStart=` command, as stored (with `$$`).
     pub exec_argv: Vec<String>,
+    /// `MainPID` (0 when not running): a command "in the container" enters
+    /// its mount namespace, where the unit's volumes are.
+    pub main_pid: u32,
+    /// `NoNewPrivileges=`.
+    pub no_new_privileges: bool,
 }
 
 /// A change systemd signalled about a unit. `serial` is the signal's
@@ -349,6 +354,12 @@ impl Systemd {
         }
         if let Some(v) = get("WorkingDirectory") {
             ctx.working_directory = String::try_from(v).unwrap_or_default();
+        }
+        if let Some(v) = get("MainPID") {
+            ctx.main_pid = u32::try_from(v).unwrap_or_default();
+        }
+        if let Some(v) = get("NoNewPrivileges") {
+            ctx.no_new_privileges = bool::try_from(v).unwrap_or_default();
         }
         if let Some(v) = get("ExecStart") {
             type Cmd = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);

@@ -65,6 +65,18 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
                 out.push(("ProtectControlGroups", Value::from(*b)))
             }
             Property::DevicePolicy(s) => out.push(("DevicePolicy", Value::from(s.clone()))),
+            Property::PrivateTmp(b) => out.push(("PrivateTmp", Value::from(*b))),
+            Property::ProtectKernelTunables(b) => {
+                out.push(("ProtectKernelTunables", Value::from(*b)))
+            }
+            Property::ProtectKernelModules(b) => {
+                out.push(("ProtectKernelModules", Value::from(*b)))
+            }
+            Property::BindPaths(binds) => out.push(("BindPaths", bind_value(binds))),
+            Property::BindReadOnlyPaths(binds) => {
+                out.push(("BindReadOnlyPaths", bind_value(binds)))
+            }
+            Property::DeviceAllow(devs) => out.push(("DeviceAllow", Value::from(devs.clone()))),
             Property::Accounting(b) => {
                 for k in [
                     "CPUAccounting",
@@ -78,6 +90,19 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
         }
     }
     out
+}
+
+/// `MS_REC`: what the unit-file spelling `rbind` (the default) sends.
+const MS_REC: u64 = 16384;
+
+/// `(source, destination, ignore a missing source, mount flags)` entries.
+fn bind_value(binds: &[(String, String)]) -> Value<'static> {
+    Value::from(
+        binds
+            .iter()
+            .map(|(s, d)| (s.clone(), d.clone(), false, MS_REC))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn string(all: &HashMap<String, OwnedValue>, key: &str) -> String {

@@ -17,8 +17,19 @@
 //!   one) or with a bearer token (any token); with neither it gets 401. A
 //!   client certificate from another CA fails the TLS handshake.
 //! - core/v1 pods (with `/status`), nodes (with `/status`), namespaces,
-//!   events, configmaps and secrets, and coordination.k8s.io/v1 leases;
-//!   `/version` and minimal discovery (`/api`, `/apis`, resource lists).
+//!   events, configmaps, secrets, serviceaccounts, persistentvolumes and
+//!   persistentvolumeclaims (both with `/status`), and coordination.k8s.io/v1
+//!   leases; `/version` and minimal discovery (`/api`, `/apis`, resource
+//!   lists).
+//! - the TokenRequest subresource, `POST
+//!   /api/v1/namespaces/<ns>/serviceaccounts/<name>/token`, with the real
+//!   server's checks (the service account, and a bound Pod, Secret or Node,
+//!   must exist; a bound pod must run as that service account; a bound
+//!   object's uid must match; at least ten minutes), defaults (an hour;
+//!   the audience [`API_AUDIENCE`]) and claims, in a JWT signed with
+//!   HMAC-SHA256 under a key made at start ([`ApiServer::verify_token`]
+//!   checks one). Every token issued is recorded
+//!   ([`ApiServer::token_requests`]).
 //! - get, list (label and field selectors, `limit`/`continue` over a
 //!   snapshot), watch, create (POST), update (PUT), patch (JSON merge,
 //!   strategic merge, JSON patch) and delete.
@@ -35,10 +46,14 @@
 //! Table and PartialObjectMetadata responses (406), deletecollection (405),
 //! `/binding`, `/eviction`, `/log` and other subresources (404),
 //! managedFields, admission plugins other than NamespaceLifecycle (so no
-//! service-account token volume or default tolerations on pods), and the
-//! controllers: no scheduler binds pods, no garbage collector acts on
-//! propagation policies, no namespace controller empties and removes a
-//! deleted namespace (it stays Terminating).
+//! service account, token volume or default tolerations on pods: a pod has
+//! the `spec.serviceAccountName` it was created with, and a token bound to
+//! it needs that name; no `kubernetes.io/pv-protection` or
+//! `kubernetes.io/pvc-protection` finalizers), and the controllers: no
+//! scheduler binds pods, no garbage collector acts on propagation policies,
+//! no namespace controller empties and removes a deleted namespace (it stays
+//! Terminating), no service account controller makes the `default` service
+//! accounts, no volume controller binds claims to volumes.
 //!
 //! Mind that kube-rs's default client retries 429, 503 and 504 answers (up
 //! to 15 times, backing off up to minutes, honouring `Retry-After`): through
@@ -52,6 +67,7 @@ mod select;
 mod status;
 mod store;
 mod tls;
+mod token;
 
 use serde_json::Value;
 use std::future::{Future, IntoFuture};
@@ -76,6 +92,48 @@ pub struct Recorded {
     /// Who the caller was: the common name of its client certificate (HTTPS
     /// only), or None (a bearer token, or plain HTTP).
     pub user: Option<String>,
+}
+
+/// The audience (and issuer) of the tokens the server issues: what a
+/// TokenRequest without audiences gets, the server's `--api-audiences`.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc";
+
+/// An object a token is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundObject {
+    /// `Pod`, `Secret` or `Node`.
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// One token the server issued (a TokenRequest that succeeded).
+#[derive(Debug, Clone)]
+pub struct TokenRequestRecord {
+    pub namespace: String,
+    pub service_account: String,
+    pub service_account_uid: String,
+    /// As issued: the requested ones, or [`API_AUDIENCE`].
+    pub audiences: Vec<String>,
+    /// `spec.expirationSeconds`, as requested or defaulted (3600).
+    pub expiration_seconds: i64,
+    /// What `spec.boundObjectRef` named, as stored (its uid is the object's).
+    pub bound: Option<BoundObject>,
+    /// When it was issued (`iat`), in whole seconds.
+    pub issued_at: jiff::Timestamp,
+    /// `status.expirationTimestamp`: `issued_at` plus `expiration_seconds`.
+    pub expiration_timestamp: jiff::Timestamp,
+    /// `status.token`.
+    pub token: String,
+    /// The token's `jti` claim, unique to each token.
+    pub jti: String,
+}
+
+impl TokenRequestRecord {
+    /// The pod the token is bound to, if it is bound to one.
+    pub fn bound_pod(&self) -> Option<&BoundObject> {
+        self.bound.as_ref().filter(|b| b.kind == "Pod")
+    }
 }
 
 /// State shared by the server thread and the handle.
@@ -353,6 +411,18 @@ impl ApiServer {
     /// Every HTTP request seen so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
+    }
+
+    /// Every token issued so far (TokenRequests that succeeded), in order.
+    /// Refused TokenRequests show in [`ApiServer::requests`] only.
+    pub fn token_requests(&self) -> Vec<TokenRequestRecord> {
+        self.shared.lock().token_requests.clone()
+    }
+
+    /// The claims of `token` if this server signed it (whatever its expiry
+    /// and whether its objects still exist), else None.
+    pub fn verify_token(&self, token: &str) -> Option<Value> {
+        token::verify(&self.shared.lock().token_key, token)
     }
 }
 

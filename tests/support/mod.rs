@@ -510,6 +510,19 @@ impl Node {
         )
     }
 
+    /// Waits until the logs of `container` of `default/pod` contain `want`
+    /// (a container that keeps printing), and returns them.
+    pub fn wait_output(&self, pod: &str, container: &str, want: &str) -> String {
+        self.wait_for(
+            &format!("{pod}/{container} to print {want:?}"),
+            default_wait(),
+            || {
+                let (out, _, ok) = self.logs(&[pod, "-c", container]);
+                (ok && out.contains(want)).then_some(out)
+            },
+        )
+    }
+
     /// Polls `unitlet logs ARGS` until its stdout equals `want` (the journal
     /// receives a container's output asynchronously).
     pub fn wait_logs(&self, args: &[&str], want: &str) -> String {

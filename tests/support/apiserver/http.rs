@@ -1,4 +1,5 @@
-//! The HTTP side: authentication, the REST paths of core/v1 and
+//! The HTTP side: authentication, the REST paths of core/v1 (with the
+//! `serviceaccounts/<name>/token` subresource) and
 //! coordination.k8s.io/v1, the verbs on them, content types, and watch
 //! streams (chunked, one JSON event per line, flushed as it happens).
 
@@ -7,6 +8,7 @@ use super::patch::PATCH_TYPES;
 use super::select::Selector;
 use super::status::{ApiError, FieldError};
 use super::store::{self, DeleteOptions, ListQuery};
+use super::token;
 use super::{Recorded, Shared};
 use axum::body::{Body, Bytes};
 use axum::extract::connect_info::{ConnectInfo, Connected};
@@ -151,6 +153,8 @@ enum Target<'a> {
     Collection(Option<&'a str>),
     /// An object, with `/status` or not.
     Object(Option<&'a str>, &'a str, bool),
+    /// The `token` subresource of a ServiceAccount (namespace, name).
+    Token(&'a str, &'a str),
 }
 
 fn target<'a>(group: &str, rest: &[&'a str]) -> Option<(&'static Kind, Target<'a>)> {
@@ -163,6 +167,9 @@ fn target<'a>(group: &str, rest: &[&'a str]) -> Option<(&'static Kind, Target<'a
         }
         ["namespaces", ns, plural, name] => {
             (namespaced(plural)?, Target::Object(Some(ns), name, false))
+        }
+        ["namespaces", ns, "serviceaccounts", name, "token"] if group.is_empty() => {
+            (namespaced("serviceaccounts")?, Target::Token(ns, name))
         }
         ["namespaces", ns, plural, name, "status"] => (
             namespaced(plural).filter(|k| k.has_status)?,
@@ -272,6 +279,17 @@ fn resource_list(group: &str) -> Value {
                 "namespaced": k.namespaced,
                 "kind": k.kind,
                 "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if k.kind == "ServiceAccount" {
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
             }));
         }
     }
@@ -385,6 +403,11 @@ fn resource(
                 .lock()
                 .patch(kind, ns, name, status, content_type, req.body)?;
             Ok(json_response(200, &obj))
+        }
+        Target::Token(ns, name) if *method == Method::POST => {
+            let body = json_body(req)?;
+            let issued = token::create(&mut shared.lock(), ns, name, body)?;
+            Ok(json_response(201, &issued))
         }
         Target::Object(ns, name, false) if *method == Method::DELETE => {
             let opts = delete_options(req, &q)?;

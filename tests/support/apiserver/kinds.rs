@@ -44,7 +44,7 @@ const META: [(&str, &str, &str); 2] = [
 ];
 
 /// Everything served. Flags from the strategies and storage of each kind.
-pub static KINDS: [Kind; 7] = [
+pub static KINDS: [Kind; 10] = [
     Kind {
         plural: "pods",
         kind: "Pod",
@@ -178,6 +178,54 @@ pub static KINDS: [Kind; 7] = [
         decode: typed::<k8s_openapi::api::core::v1::Secret>,
     },
     Kind {
+        plural: "serviceaccounts",
+        kind: "ServiceAccount",
+        group: "",
+        api_version: "v1",
+        namespaced: true,
+        has_status: false,
+        graceful_delete: false,
+        create_on_update: false,
+        unconditional_update: true,
+        returns_deleted: true,
+        label_names: false,
+        fields: &META,
+        decode: typed::<k8s_openapi::api::core::v1::ServiceAccount>,
+    },
+    // pkg/registry/core/persistentvolume/strategy.go
+    Kind {
+        plural: "persistentvolumes",
+        kind: "PersistentVolume",
+        group: "",
+        api_version: "v1",
+        namespaced: false,
+        has_status: true,
+        graceful_delete: false,
+        create_on_update: false,
+        unconditional_update: true,
+        returns_deleted: true,
+        label_names: false,
+        // PersistentVolumeToSelectableFields ("name" is a bug kept for compatibility)
+        fields: &[META[0], ("name", "/metadata/name", "")],
+        decode: typed::<k8s_openapi::api::core::v1::PersistentVolume>,
+    },
+    // pkg/registry/core/persistentvolumeclaim/strategy.go
+    Kind {
+        plural: "persistentvolumeclaims",
+        kind: "PersistentVolumeClaim",
+        group: "",
+        api_version: "v1",
+        namespaced: true,
+        has_status: true,
+        graceful_delete: false,
+        create_on_update: false,
+        unconditional_update: true,
+        returns_deleted: true,
+        label_names: false,
+        fields: &[META[0], META[1], ("name", "/metadata/name", "")],
+        decode: typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    },
+    Kind {
         plural: "leases",
         kind: "Lease",
         group: "coordination.k8s.io",
@@ -297,6 +345,24 @@ impl Kind {
                     obj["status"]["allocatable"] = cap;
                 }
             }
+            // SetDefaults_PersistentVolume and SetDefaults_HostPathVolumeSource.
+            "PersistentVolume" if obj.is_object() => {
+                default_object(obj, "/spec");
+                default_object(obj, "/status");
+                default_str(obj, "/status/phase", "Pending");
+                default_str(obj, "/spec/persistentVolumeReclaimPolicy", "Retain");
+                default_str(obj, "/spec/volumeMode", "Filesystem");
+                if obj.pointer("/spec/hostPath").is_some_and(Value::is_object) {
+                    default_str(obj, "/spec/hostPath/type", "");
+                }
+            }
+            // SetDefaults_PersistentVolumeClaim and SetDefaults_PersistentVolumeClaimSpec.
+            "PersistentVolumeClaim" if obj.is_object() => {
+                default_object(obj, "/spec");
+                default_object(obj, "/status");
+                default_str(obj, "/status/phase", "Pending");
+                default_str(obj, "/spec/volumeMode", "Filesystem");
+            }
             _ => {}
         }
     }
@@ -321,7 +387,36 @@ impl Kind {
                     obj["spec"]["finalizers"] = Value::Array(fins);
                 }
             }
+            // The status is cleared; with PersistentVolumeLastPhaseTransitionTime
+            // (GA, locked on) a new volume is Pending since now.
+            "PersistentVolume" => {
+                obj["status"] = json!({ "phase": "Pending", "lastPhaseTransitionTime": now() });
+            }
+            // The status is cleared, and defaulting on read makes it Pending.
+            "PersistentVolumeClaim" => obj["status"] = json!({ "phase": "Pending" }),
+            "ServiceAccount" => clean_secret_references(obj),
             _ => {}
+        }
+    }
+
+    /// PrepareForUpdate of a write to `/status`, once the new status is in
+    /// place (the status strategies).
+    pub fn prepare_for_status_update(&self, new: &mut Value, old: &Value) {
+        if self.kind == "PersistentVolume" {
+            // A phase change without a new transition time gets now; no
+            // change keeps the old time unless the writer set one.
+            let phase = |o: &Value| o.pointer("/status/phase").cloned();
+            let old_time = old.pointer("/status/lastPhaseTransitionTime").cloned();
+            let new_time = new.pointer("/status/lastPhaseTransitionTime").cloned();
+            if phase(new) == phase(old) {
+                if new_time.is_none() {
+                    if let Some(t) = old_time {
+                        new["status"]["lastPhaseTransitionTime"] = t;
+                    }
+                }
+            } else if new_time.is_none() || new_time == old_time {
+                new["status"]["lastPhaseTransitionTime"] = now();
+            }
         }
     }
 
@@ -344,6 +439,9 @@ impl Kind {
                 (None, None) => {}
             }
         }
+        if self.kind == "ServiceAccount" {
+            clean_secret_references(new);
+        }
         if self.kind == "Pod" && new.get("spec") != old.get("spec") {
             let generation = old
                 .pointer("/metadata/generation")
@@ -363,10 +461,17 @@ impl Kind {
     /// Validation of an update to the object itself (not `/status`).
     pub fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
         let mut errs = validate_meta(self, new);
-        if self.kind == "Pod" {
-            errs.extend(pod_spec_update(new, old));
-        } else {
-            errs.extend(self.validate_body(new));
+        match self.kind {
+            "Pod" => errs.extend(pod_spec_update(new, old)),
+            "PersistentVolume" => {
+                errs.extend(self.validate_body(new));
+                errs.extend(pv_update(new, old));
+            }
+            "PersistentVolumeClaim" => {
+                errs.extend(self.validate_body(new));
+                errs.extend(pvc_update(new, old));
+            }
+            _ => errs.extend(self.validate_body(new)),
         }
         errs
     }
@@ -402,6 +507,8 @@ impl Kind {
             "Event" => validate_event(obj),
             "ConfigMap" => validate_keys(obj, &["data", "binaryData"]),
             "Secret" => validate_keys(obj, &["data"]),
+            "PersistentVolume" => validate_pv(obj),
+            "PersistentVolumeClaim" => validate_pvc(obj),
             _ => vec![],
         }
     }
@@ -436,6 +543,40 @@ fn default_str(obj: &mut Value, pointer: &str, value: &str) {
         };
         if let Some(Value::Object(m)) = parent {
             m.insert(key.to_string(), json!(value));
+        }
+    }
+}
+
+fn default_object(obj: &mut Value, pointer: &str) {
+    if obj.pointer(pointer).is_none_or(Value::is_null) {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let parent = if parent.is_empty() {
+            Some(&mut *obj)
+        } else {
+            obj.pointer_mut(parent)
+        };
+        if let Some(Value::Object(m)) = parent {
+            m.insert(key.to_string(), json!({}));
+        }
+    }
+}
+
+/// metav1.Now, as JSON.
+fn now() -> Value {
+    json!(jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string())
+}
+
+/// cleanSecretReferences: a ServiceAccount's `secrets` keep only their names.
+fn clean_secret_references(sa: &mut Value) {
+    if let Some(Value::Array(secrets)) = sa.get_mut("secrets") {
+        for s in secrets.iter_mut() {
+            let name = s.get("name").cloned();
+            *s = match name {
+                Some(n) => json!({ "name": n }),
+                None => json!({}),
+            };
         }
     }
 }
@@ -914,6 +1055,396 @@ fn validate_keys(obj: &Value, maps: &[&str]) -> Vec<FieldError> {
             }
             seen.push(key);
         }
+    }
+    errs
+}
+
+// ----- persistent volumes and claims (pkg/apis/core/validation) -----
+
+const ACCESS_MODES: &[&str] = &[
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOnce",
+    "ReadWriteOncePod",
+];
+const RECLAIM_POLICIES: &[&str] = &["Delete", "Recycle", "Retain"];
+const VOLUME_MODES: &[&str] = &["Block", "Filesystem"];
+const HOST_PATH_TYPES: &[&str] = &[
+    "",
+    "BlockDevice",
+    "CharDevice",
+    "Directory",
+    "DirectoryOrCreate",
+    "File",
+    "FileOrCreate",
+    "Socket",
+];
+
+/// The PersistentVolumeSource members, as (JSON key, the field an error
+/// names: ValidatePersistentVolumeSpec's own spelling).
+const PV_SOURCES: &[(&str, &str)] = &[
+    ("hostPath", "hostPath"),
+    ("gcePersistentDisk", "gcePersistentDisk"),
+    ("awsElasticBlockStore", "awsElasticBlockStore"),
+    ("glusterfs", "glusterfs"),
+    ("flocker", "flocker"),
+    ("nfs", "nfs"),
+    ("rbd", "rbd"),
+    ("quobyte", "quobyte"),
+    ("cephfs", "cephFS"),
+    ("iscsi", "iscsi"),
+    ("cinder", "cinder"),
+    ("fc", "fc"),
+    ("flexVolume", "flexVolume"),
+    ("azureFile", "azureFile"),
+    ("vsphereVolume", "vsphereVolume"),
+    ("photonPersistentDisk", "photonPersistentDisk"),
+    ("portworxVolume", "portworxVolume"),
+    ("azureDisk", "azureDisk"),
+    ("scaleIO", "scaleIO"),
+    ("local", "local"),
+    ("storageos", "storageos"),
+    ("csi", "csi"),
+];
+
+fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+    obj.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The access modes of a PV or PVC spec: supported values, and
+/// ReadWriteOncePod alone.
+fn access_mode_errors(spec: &Value, required: &str) -> Vec<FieldError> {
+    let mut errs = vec![];
+    let modes: Vec<&str> = spec["accessModes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m.as_str().unwrap_or(""))
+        .collect();
+    if modes.is_empty() {
+        errs.push(FieldError::required("spec.accessModes", required));
+    }
+    let (mut rwop, mut other) = (false, false);
+    for mode in &modes {
+        if !ACCESS_MODES.contains(mode) {
+            errs.push(FieldError::not_supported(
+                "spec.accessModes",
+                json!(mode),
+                ACCESS_MODES,
+            ));
+        } else if *mode == "ReadWriteOncePod" {
+            rwop = true;
+        } else {
+            other = true;
+        }
+    }
+    if rwop && other {
+        errs.push(FieldError::forbidden(
+            "spec.accessModes",
+            "may not use ReadWriteOncePod with other access modes",
+        ));
+    }
+    errs
+}
+
+/// ValidatePositiveQuantityValue.
+fn positive_quantity(value: &Value, field: &str) -> Vec<FieldError> {
+    let text = value.as_str().unwrap_or("");
+    if quantity(text).is_some_and(|q| q <= 0.0) {
+        vec![FieldError::invalid(
+            field,
+            json!(text),
+            "must be greater than zero",
+        )]
+    } else {
+        vec![]
+    }
+}
+
+/// validatePathNoBacksteps.
+fn no_backsteps(path: &str, field: &str) -> Vec<FieldError> {
+    if path.split('/').any(|part| part == "..") {
+        vec![FieldError::invalid(
+            field,
+            json!(path),
+            "must not contain '..'",
+        )]
+    } else {
+        vec![]
+    }
+}
+
+/// ValidatePersistentVolumeSpec, for a PersistentVolume object: access
+/// modes, capacity, reclaim policy, exactly one volume source and the
+/// sources a node mounts itself (hostPath, local, nfs, csi), volume mode.
+fn validate_pv(pv: &Value) -> Vec<FieldError> {
+    let spec = &pv["spec"];
+    let mut errs = access_mode_errors(spec, "");
+    let capacity = spec["capacity"].as_object().cloned().unwrap_or_default();
+    if capacity.is_empty() {
+        errs.push(FieldError::required("spec.capacity", ""));
+    }
+    if !capacity.contains_key("storage") || capacity.len() > 1 {
+        errs.push(FieldError::not_supported(
+            "spec.capacity",
+            Value::Object(capacity.clone()),
+            &["storage"],
+        ));
+    }
+    for (resource, value) in &capacity {
+        errs.extend(positive_quantity(
+            value,
+            &format!("spec.capacity[{resource}]"),
+        ));
+    }
+    if let Some(p) = spec["persistentVolumeReclaimPolicy"]
+        .as_str()
+        .filter(|p| !p.is_empty() && !RECLAIM_POLICIES.contains(p))
+    {
+        errs.push(FieldError::not_supported(
+            "spec.persistentVolumeReclaimPolicy",
+            json!(p),
+            RECLAIM_POLICIES,
+        ));
+    }
+    // validateVolumeNodeAffinity
+    let affinity = spec.get("nodeAffinity").filter(|a| !a.is_null());
+    if let Some(a) = affinity {
+        match a.get("required").filter(|r| !r.is_null()) {
+            None => errs.push(FieldError::required(
+                "spec.nodeAffinity.required",
+                "must specify required node constraints",
+            )),
+            Some(r) if r["nodeSelectorTerms"].as_array().is_none_or(Vec::is_empty) => {
+                errs.push(FieldError::required(
+                    "spec.nodeAffinity.required.nodeSelectorTerms",
+                    "must have at least one node selector term",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut sources = 0;
+    for (key, field) in PV_SOURCES {
+        let Some(source) = spec.get(*key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        // flexVolume is counted without the check (as upstream).
+        if sources > 0 && *key != "flexVolume" {
+            errs.push(FieldError::forbidden(
+                format!("spec.{field}"),
+                "may not specify more than 1 volume type",
+            ));
+            continue;
+        }
+        sources += 1;
+        match *key {
+            "hostPath" => {
+                let path = str_at(source, "/path");
+                if path.is_empty() {
+                    errs.push(FieldError::required("spec.hostPath.path", ""));
+                } else {
+                    errs.extend(no_backsteps(path, "spec.hostPath.path"));
+                    let t = str_at(source, "/type");
+                    if !HOST_PATH_TYPES.contains(&t) {
+                        errs.push(FieldError::not_supported(
+                            "spec.hostPath.type",
+                            json!(t),
+                            HOST_PATH_TYPES,
+                        ));
+                    }
+                }
+            }
+            "local" => {
+                let path = str_at(source, "/path");
+                if path.is_empty() {
+                    errs.push(FieldError::required("spec.local.path", ""));
+                } else {
+                    errs.extend(no_backsteps(path, "spec.local.path"));
+                }
+                if affinity.is_none() {
+                    errs.push(FieldError::required(
+                        "spec.nodeAffinity",
+                        "Local volume requires node affinity",
+                    ));
+                }
+            }
+            "nfs" => {
+                if str_at(source, "/server").is_empty() {
+                    errs.push(FieldError::required("spec.nfs.server", ""));
+                }
+                let path = str_at(source, "/path");
+                if path.is_empty() {
+                    errs.push(FieldError::required("spec.nfs.path", ""));
+                } else if !path.starts_with('/') {
+                    errs.push(FieldError::invalid(
+                        "spec.nfs.path",
+                        json!(path),
+                        "must be an absolute path",
+                    ));
+                }
+            }
+            "csi" => {
+                if str_at(source, "/driver").is_empty() {
+                    errs.push(FieldError::required("spec.csi.driver", ""));
+                }
+                if str_at(source, "/volumeHandle").is_empty() {
+                    errs.push(FieldError::required("spec.csi.volumeHandle", ""));
+                }
+            }
+            _ => {}
+        }
+    }
+    if sources == 0 {
+        errs.push(FieldError::required("spec", "must specify a volume type"));
+    }
+    let host_root = spec["hostPath"]["path"]
+        .as_str()
+        .is_some_and(|p| p.trim_end_matches('/').is_empty() && !p.is_empty());
+    if host_root && spec["persistentVolumeReclaimPolicy"] == "Recycle" {
+        errs.push(FieldError::forbidden(
+            "spec.persistentVolumeReclaimPolicy",
+            "may not be 'recycle' for a hostPath mount of '/'",
+        ));
+    }
+    if let Some(m) = spec["volumeMode"]
+        .as_str()
+        .filter(|m| !VOLUME_MODES.contains(m))
+    {
+        errs.push(FieldError::not_supported(
+            "spec.volumeMode",
+            json!(m),
+            VOLUME_MODES,
+        ));
+    }
+    errs
+}
+
+/// ValidatePersistentVolumeUpdate: the volume source and the volume mode
+/// are immutable.
+fn pv_update(new: &Value, old: &Value) -> Vec<FieldError> {
+    let mut errs = vec![];
+    let source = |pv: &Value| -> Vec<(&str, Value)> {
+        PV_SOURCES
+            .iter()
+            .filter_map(|(key, _)| {
+                pv["spec"]
+                    .get(*key)
+                    .filter(|v| !v.is_null())
+                    .map(|v| (*key, v.clone()))
+            })
+            .collect()
+    };
+    if source(new) != source(old) {
+        errs.push(FieldError::forbidden(
+            "spec.persistentvolumesource",
+            "spec.persistentvolumesource is immutable after creation",
+        ));
+    }
+    if new["spec"]["volumeMode"] != old["spec"]["volumeMode"] {
+        errs.push(FieldError::immutable(
+            "volumeMode",
+            new["spec"]["volumeMode"].clone(),
+        ));
+    }
+    errs
+}
+
+/// ValidatePersistentVolumeClaimSpec: access modes, a positive storage
+/// request, volume mode.
+fn validate_pvc(pvc: &Value) -> Vec<FieldError> {
+    let spec = &pvc["spec"];
+    let mut errs = access_mode_errors(spec, "at least 1 access mode is required");
+    match spec.pointer("/resources/requests/storage") {
+        None => errs.push(FieldError::required("spec.resources[storage]", "")),
+        Some(q) => errs.extend(positive_quantity(q, "spec.resources[storage]")),
+    }
+    if let Some(m) = spec["volumeMode"]
+        .as_str()
+        .filter(|m| !VOLUME_MODES.contains(m))
+    {
+        errs.push(FieldError::not_supported(
+            "spec.volumeMode",
+            json!(m),
+            VOLUME_MODES,
+        ));
+    }
+    errs
+}
+
+/// ValidatePersistentVolumeClaimUpdate: a claim's spec is immutable but for
+/// binding it to a volume once (`volumeName`), setting a storage class it
+/// had none of, and the storage request of a bound claim, which may grow
+/// (or shrink back, but not to or below `status.capacity`).
+fn pvc_update(new: &Value, old: &Value) -> Vec<FieldError> {
+    let mut errs = vec![];
+    let (mut n, mut o) = (new["spec"].clone(), old["spec"].clone());
+    let set = |spec: &mut Value, key: &str, value: Option<Value>| {
+        if let Some(m) = spec.as_object_mut() {
+            match value {
+                Some(v) => m.insert(key.to_string(), v),
+                None => m.remove(key),
+            };
+        }
+    };
+    if str_at(&o, "/volumeName").is_empty() {
+        set(&mut o, "volumeName", n.get("volumeName").cloned());
+    }
+    const BETA_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
+    let old_annotation = old
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(BETA_CLASS))
+        .and_then(Value::as_str);
+    let new_class = n.get("storageClassName").and_then(Value::as_str);
+    // validateStorageClassUpgradeFromNil
+    let class_from_nil = o.get("storageClassName").is_none()
+        && new_class.is_some()
+        && (old_annotation.is_none() || old_annotation == new_class);
+    if class_from_nil {
+        set(&mut n, "storageClassName", None);
+    }
+    let bound = new.pointer("/status/phase").and_then(Value::as_str) == Some("Bound");
+    if bound && n.pointer("/resources/requests").is_some() {
+        if let Some(q) = o.pointer("/resources/requests/storage").cloned() {
+            n["resources"]["requests"]["storage"] = q;
+        }
+    }
+    set(
+        &mut n,
+        "volumeAttributesClassName",
+        o.get("volumeAttributesClassName").cloned(),
+    );
+    if n != o {
+        errs.push(FieldError::forbidden(
+            "spec",
+            "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+        ));
+    }
+    let size = |pvc: &Value, pointer: &str| {
+        pvc.pointer(pointer)
+            .and_then(Value::as_str)
+            .and_then(quantity)
+    };
+    let (new_size, old_size) = (
+        size(new, "/spec/resources/requests/storage"),
+        size(old, "/spec/resources/requests/storage"),
+    );
+    // RecoverVolumeExpansionFailure (GA): shrinking is refused only to or
+    // below what the volume already has.
+    if let (Some(n), Some(o)) = (new_size, old_size) {
+        let capacity = size(old, "/status/capacity/storage").unwrap_or(0.0);
+        if n < o && n <= capacity {
+            errs.push(FieldError::forbidden(
+                "spec.resources.requests.storage",
+                "field can not be less than status.capacity",
+            ));
+        }
+    }
+    if new["spec"]["volumeMode"] != old["spec"]["volumeMode"] {
+        errs.push(FieldError::immutable(
+            "volumeMode",
+            new["spec"]["volumeMode"].clone(),
+        ));
     }
     errs
 }

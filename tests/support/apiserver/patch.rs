@@ -81,6 +81,11 @@ const LIST_STRATEGIES: &[(&str, &str, Option<&str>)] = &[
     ("Node", "status.addresses", Some("type")),
     // NamespaceStatus
     ("Namespace", "status.conditions", Some("type")),
+    // ServiceAccount (imagePullSecrets is atomic)
+    ("ServiceAccount", "secrets", Some("name")),
+    // PersistentVolumeClaimStatus (PersistentVolumeSpec and
+    // PersistentVolumeClaimSpec lists are atomic)
+    ("PersistentVolumeClaim", "status.conditions", Some("type")),
 ];
 
 /// How a list at `path` of `kind` merges: Some(Some(key)), Some(None) for a

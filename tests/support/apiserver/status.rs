@@ -340,7 +340,7 @@ impl ApiError {
 }
 
 /// The `Status` a successful DELETE answers for kinds whose storage does not
-/// return the deleted object (everything here but pods): registry.Store's
+/// return the deleted object (see `Kind::returns_deleted`): registry.Store's
 /// finalizeDelete.
 pub fn delete_success(kind: &Kind, name: &str, uid: &str) -> Value {
     let mut d = details(kind, name);

@@ -11,7 +11,7 @@ use super::kinds::{by_plural, Kind};
 use super::patch;
 use super::select::Selector;
 use super::status::{self, ApiError, FieldError};
-use super::Recorded;
+use super::{Recorded, TokenRequestRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Read;
@@ -70,6 +70,10 @@ pub struct Store {
     /// (requests left to fail, HTTP code) for `fail_next`.
     pub fail: (usize, u16),
     pub requests: Vec<Recorded>,
+    /// The key that signs service account tokens (HMAC-SHA256), made at start.
+    pub token_key: [u8; 32],
+    /// Every token issued, in order.
+    pub token_requests: Vec<TokenRequestRecord>,
 }
 
 /// The namespaces a new cluster has.
@@ -108,7 +112,7 @@ fn now() -> jiff::Timestamp {
 }
 
 /// metav1.Time: RFC 3339 in seconds.
-fn timestamp(t: jiff::Timestamp) -> Value {
+pub fn timestamp(t: jiff::Timestamp) -> Value {
     json!(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
@@ -116,7 +120,7 @@ fn parse_time(v: Option<&Value>) -> Option<jiff::Timestamp> {
     v?.as_str()?.parse().ok()
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -125,7 +129,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A random (version 4) UUID, as the server gives every object.
-fn uuid_v4() -> String {
+pub fn uuid_v4() -> String {
     let mut b = random_bytes::<16>();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -191,6 +195,8 @@ impl Store {
             epoch: 0,
             fail: (0, 0),
             requests: vec![],
+            token_key: random_bytes::<32>(),
+            token_requests: vec![],
         };
         for ns in INITIAL_NAMESPACES {
             store
@@ -277,17 +283,26 @@ impl Store {
             _ => {}
         }
         if creating {
-            let namespaces = by_plural("namespaces");
-            match self.objects.get(&key(namespaces, None, ns)) {
-                None => return Err(ApiError::not_found(namespaces, ns)),
-                Some(n) if meta(n, "deletionTimestamp").is_some() => {
-                    let why = format!("unable to create new content in namespace {ns} because it is being terminated");
-                    return Err(ApiError::forbidden(kind, meta_str(obj, "name"), &why));
-                }
-                Some(_) => {}
-            }
+            self.admit_create_in(kind, ns, meta_str(obj, "name"))?;
         }
         Ok(())
+    }
+
+    /// The NamespaceLifecycle admission plugin on a create (of an object or
+    /// a subresource) of `kind` named `name` in namespace `ns`: the namespace
+    /// must exist and not be terminating.
+    pub fn admit_create_in(&self, kind: &Kind, ns: &str, name: &str) -> Result<(), ApiError> {
+        let namespaces = by_plural("namespaces");
+        match self.objects.get(&key(namespaces, None, ns)) {
+            None => Err(ApiError::not_found(namespaces, ns)),
+            Some(n) if meta(n, "deletionTimestamp").is_some() => {
+                let why = format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                );
+                Err(ApiError::forbidden(kind, name, &why))
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     /// POST: decode, default, admit, then `create_object`.
@@ -459,6 +474,7 @@ impl Store {
                 }
             }
             new["status"] = st;
+            kind.prepare_for_status_update(&mut new, &old);
             errs.extend(kind.validate_status_update(&new, &old));
             new
         } else {
