@@ -210,3 +210,58 @@ fn grpc_health_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) 
     });
     (port, serving)
 }
+
+/// A probe that does not answer within `timeoutSeconds` fails: a liveness
+/// exec probe that hangs kills and restarts the container, and the hung
+/// command does not outlive its timeout.
+#[test]
+fn timing_out_liveness_probe_restarts_the_container() {
+    let mut node = Node::boot("probe_timeout");
+    node.write_manifest(
+        "slow.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: slow}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: host
+    command: [/bin/sleep, infinity]
+    livenessProbe:
+      periodSeconds: 1
+      timeoutSeconds: 1
+      failureThreshold: 2
+      exec: {command: [/bin/sleep, "30"]}
+"#,
+    );
+    node.start_agent(&[]);
+    let pod = node.wait_pod("slow", "restarted after its probe timed out", |p| {
+        restarts(p, "c") >= 1
+    });
+    assert_eq!(
+        cstatus(&pod, "c")["lastState"]["terminated"]["exitCode"],
+        143,
+        "{pod}"
+    );
+    let failures: Vec<_> = node
+        .agent_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "probe failed")
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .any(|l| l["error"].as_str().is_some_and(|e| e.contains("timed out"))),
+        "{failures:?}"
+    );
+    // The timed-out commands were killed, not left running in the cgroup:
+    // at most the one probe now in flight is there.
+    let unit = node.unit_of("default", "slow", "c");
+    let tasks = node.sh(&format!(
+        "systemctl show -P ControlGroup {unit} | xargs -I{{}} cat /sys/fs/cgroup{{}}/cgroup.procs /sys/fs/cgroup/unified{{}}/cgroup.procs 2>/dev/null | sort -u | xargs -r ps -o args= -p || true"
+    ));
+    assert!(tasks.matches("sleep 30").count() <= 1, "{tasks}");
+    node.stop_agent();
+}
