@@ -193,8 +193,11 @@ pub struct Mount {
     pub read_only: bool,
     /// Set for a `subPath`/`subPathExpr` mount.
     pub sub_path: Option<SubPath>,
-    /// A hostPath of type `BlockDevice`/`CharDevice`: the unit may use the
-    /// device (`DeviceAllow=`), which the default `DevicePolicy=closed` forbids.
+    /// A hostPath of type `BlockDevice`/`CharDevice` under `/dev`: the unit
+    /// may use the device (`DeviceAllow=`), which the default
+    /// `DevicePolicy=closed` forbids. (systemd takes only device paths
+    /// under `/dev` there; a device node elsewhere is mounted but stays
+    /// closed.)
     pub device: bool,
 }
 
@@ -244,7 +247,8 @@ pub fn container_mounts(
                     ..
                 }
             );
-        let device = matches!(&v.kind, VolumeKind::HostPath { type_: Some(t) } if t == "BlockDevice" || t == "CharDevice");
+        let device = v.dir.starts_with("/dev/")
+            && matches!(&v.kind, VolumeKind::HostPath { type_: Some(t) } if t == "BlockDevice" || t == "CharDevice");
         let (source, sub_path) = match sub.filter(|p| !p.is_empty()) {
             None => (v.dir.clone(), None),
             Some(path) => (
@@ -457,4 +461,84 @@ pub fn validate_mounts(spec: &PodSpec, c: &Container, at: &str) -> Result<(), (S
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pod(volumes: serde_json::Value, mounts: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u-1"},
+            "spec": {"volumes": volumes, "containers": [{
+                "name": "c", "image": "host",
+                "env": [{"name": "SUB", "value": "a/b"}],
+                "volumeMounts": mounts
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn mounts_bind_the_volume_or_its_pinned_sub_path() {
+        let p = pod(
+            serde_json::json!([
+                {"name": "e", "emptyDir": {}},
+                {"name": "cm", "configMap": {"name": "x"}},
+                {"name": "h", "hostPath": {"path": "/dev/sdb", "type": "BlockDevice"}},
+                {"name": "c", "persistentVolumeClaim": {"claimName": "cl", "readOnly": true}}
+            ]),
+            serde_json::json!([
+                {"name": "e", "mountPath": "/e"},
+                {"name": "cm", "mountPath": "/cm"},
+                {"name": "h", "mountPath": "/dev/x"},
+                {"name": "c", "mountPath": "/c", "subPathExpr": "$(SUB)/d"}
+            ]),
+        );
+        let env = |n: &str| (n == "SUB").then(|| "a/b".to_string());
+        let m = container_mounts(&p, &p.spec.as_ref().unwrap().containers[0], &env, "/s").unwrap();
+        assert_eq!(m[0].source, "/s/u-1/volumes/kubernetes.io~empty-dir/e");
+        assert!(!m[0].read_only);
+        assert!(m[1].read_only, "payload volumes are read-only");
+        assert!(m[2].device && m[2].source == "/dev/sdb");
+        assert!(m[3].read_only, "a read-only claim");
+        assert_eq!(m[3].source, "/s/u-1/volume-subpaths/c/c/3");
+        assert_eq!(
+            m[3].sub_path,
+            Some(SubPath {
+                volume_dir: "/s/u-1/volumes/kubernetes.io~local-volume/c".into(),
+                path: "a/b/d".into()
+            })
+        );
+        let props = mount_properties(&m);
+        assert!(props.contains(&Property::DeviceAllow(vec![(
+            "/dev/sdb".into(),
+            "rw".into()
+        )])));
+    }
+
+    proptest! {
+        /// Whatever a subPathExpr expands to, a mount binds only the
+        /// volume's directory or a pin below the pod's directory, and an
+        /// expansion that would climb out is an error.
+        #[test]
+        fn sub_paths_never_leave_the_pod(parts in proptest::collection::vec("[a-z.]{1,3}|\\.\\.|\\$\\(SUB\\)|/", 1..6)) {
+            let expr: String = parts.concat();
+            let p = pod(
+                serde_json::json!([{"name": "e", "emptyDir": {}}]),
+                serde_json::json!([{"name": "e", "mountPath": "/e", "subPathExpr": expr}]),
+            );
+            let env = |n: &str| (n == "SUB").then(|| "../up".to_string());
+            match container_mounts(&p, &p.spec.as_ref().unwrap().containers[0], &env, "/s") {
+                Ok(m) => {
+                    prop_assert!(m[0].source.starts_with("/s/u-1/"));
+                    if let Some(sp) = &m[0].sub_path {
+                        prop_assert!(is_descending(&sp.path));
+                    }
+                }
+                Err(e) => prop_assert!(e.contains("failed to prepare subPath")),
+            }
+        }
+    }
 }
