@@ -402,6 +402,20 @@ spec:
     assert_eq!(lines[3], "v=1", "the subPath mount keeps its file: {after}");
     let pod = node.pod("default", "files").unwrap();
     assert_eq!(restarts(&pod, "c"), 0);
+
+    // A new agent (after kill -9) takes the volumes as they are: nothing
+    // mounted twice, nothing restarted, and updates still arrive.
+    node.kill_agent_9();
+    node.start_agent_synced(&[]);
+    node.write_manifest(
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {app.conf: \"v=3\"}\n",
+    );
+    node.wait_output("files", "c", "now=v=3");
+    let mounts = node.sh(&format!("grep -c ' {sec} ' /proc/self/mountinfo"));
+    assert_eq!(mounts.trim(), "1", "the secret tmpfs is mounted once");
+    let pod = node.pod("default", "files").unwrap();
+    assert_eq!(restarts(&pod, "c"), 0);
 }
 
 #[test]
