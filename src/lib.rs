@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod core;
 pub mod host;
 pub mod journal;
+pub mod kubelet;
 pub mod objects;
 pub mod runtime;
 pub mod sandbox;
