@@ -15,6 +15,11 @@
 //! once to print. Reading goes through `journalctl -o json`, which handles
 //! rotation and journal file formats.
 
+use crate::core::names;
+use crate::core::observe::{instance, Instance};
+use crate::podview::PodView;
+use crate::systemd::Systemd;
+use futures_util::StreamExt;
 use serde_json::Value;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -29,6 +34,152 @@ pub enum JournalError {
     /// Writing the output failed.
     #[error("writing logs: {0}")]
     Write(#[source] std::io::Error),
+}
+
+/// Which lines of which container: `unitlet logs` and the kubelet API's
+/// `containerLogs` both ask this way.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Container name (default: the first app container).
+    pub container: Option<String>,
+    /// Follow.
+    pub follow: bool,
+    /// Last N lines.
+    pub tail: Option<u64>,
+    /// Only lines at or after this time (µs since the epoch).
+    pub since_us: Option<u64>,
+    /// Prefix timestamps.
+    pub timestamps: bool,
+    /// The previous instance.
+    pub previous: bool,
+}
+
+/// Why a container's logs cannot be read: the kubelet answers the first
+/// with 404 and the second with 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// No such container in the pod.
+    #[error("{0}")]
+    NotFound(String),
+    /// The container has no such instance (not started, no previous one).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn waiting_reason(view: &PodView, name: &str) -> String {
+    let all = view
+        .status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(view.status.init_container_statuses.iter().flatten());
+    all.filter(|c| c.name == name)
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+        .unwrap_or_else(|| "ContainerCreating".into())
+}
+
+/// What to read for `opts` of one container of `view` (default: the first
+/// app container), as the kubelet picks the instance: the running one, or
+/// with `previous` the one before it.
+pub fn container_query(view: &PodView, opts: &LogOptions) -> Result<LogQuery, LogError> {
+    let pod_name = view.rec.pod.metadata.name.clone().unwrap_or_default();
+    let all: Vec<_> = view.plan.containers.iter().chain(&view.plan.init).collect();
+    let c = match &opts.container {
+        Some(name) => all.iter().find(|c| &c.name == name).ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+            LogError::NotFound(format!(
+                "container {name:?} is not valid for pod {pod_name:?}; choose one of: [{}]",
+                names.join(" ")
+            ))
+        })?,
+        None => view
+            .plan
+            .containers
+            .first()
+            .ok_or_else(|| LogError::NotFound(format!("pod {pod_name:?} has no containers")))?,
+    };
+    let unit = view.units.get(&c.unit);
+    let record = view.records.get(&c.name).cloned().unwrap_or_default();
+    let invocation = if opts.previous {
+        record.previous_invocation.clone().ok_or_else(|| {
+            LogError::Unavailable(format!(
+                "previous terminated container {:?} in pod {pod_name:?} not found",
+                c.name
+            ))
+        })?
+    } else {
+        match unit
+            .map(|u| u.invocation_id.clone())
+            .filter(|i| !i.is_empty())
+        {
+            Some(i) => i,
+            None => {
+                return Err(LogError::Unavailable(format!(
+                    "container {:?} in pod {pod_name:?} is waiting to start: {}",
+                    c.name,
+                    waiting_reason(view, &c.name)
+                )))
+            }
+        }
+    };
+    // Main PIDs of the current and the previous instance, where known (see
+    // `LogQuery::main_pids`).
+    let mut main_pids = Vec::new();
+    if let Some(u) = unit.filter(|u| !u.invocation_id.is_empty()) {
+        main_pids.push((u.invocation_id.clone(), u.exec_main_pid));
+    }
+    if let (Some(prev), Some(t)) = (&record.previous_invocation, &record.last_termination) {
+        if t.container_id == format!("systemd://{prev}") {
+            main_pids.push((prev.clone(), t.pid));
+        }
+    }
+    // Read from a little before the instance started, so that systemd's
+    // message about starting it is read too.
+    let started_us = if opts.previous {
+        record
+            .last_termination
+            .as_ref()
+            .filter(|t| t.container_id == format!("systemd://{invocation}"))
+            .map(|t| t.started_us)
+    } else {
+        unit.map(|u| u.exec_main_start_us)
+    };
+    let read_from_us = started_us
+        .filter(|&s| s > 0)
+        .map(|s| s.saturating_sub(10_000_000));
+    let running = matches!(instance(unit), Instance::Running { invocation: ref inv, .. } if *inv == invocation);
+    Ok(LogQuery {
+        unit: c.unit.clone(),
+        invocation,
+        main_pids,
+        read_from_us,
+        tail: opts.tail,
+        since_us: opts.since_us,
+        timestamps: opts.timestamps,
+        follow: opts.follow && running && !opts.previous,
+    })
+}
+
+/// Resolves when a followed instance stops (never, when not following),
+/// as `kubectl logs -f` ends with the container.
+pub async fn until_instance_ends(sd: &Systemd, q: &LogQuery) {
+    if !q.follow {
+        return std::future::pending().await;
+    }
+    let Ok(stream) = sd.watch(vec![names::unit_object_path(&q.unit)]).await else {
+        return std::future::pending().await;
+    };
+    let mut stream = Box::pin(stream);
+    loop {
+        let snap = sd.snapshot(&q.unit).await.ok().flatten();
+        if !matches!(instance(snap.as_ref()), Instance::Running { invocation: ref inv, .. } if *inv == q.invocation)
+        {
+            return;
+        }
+        if stream.next().await.is_none() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// What to read.

@@ -16,6 +16,7 @@ pub mod host;
 pub mod journal;
 pub mod kubelet;
 pub mod objects;
+pub mod podview;
 pub mod runtime;
 pub mod sandbox;
 pub mod source;

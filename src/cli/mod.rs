@@ -164,9 +164,35 @@ pub struct NodeArgs {
     /// InternalIP to publish, also every pod's IP (default: config file, else the default route's address).
     #[arg(long)]
     pub node_ip: Option<String>,
-    /// Kubelet API port to publish (default: config file, else 10250).
+    /// Kubelet API port to serve and publish (default: config file, else 10250).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: std::net::IpAddr,
+    /// The kubelet API's serving certificate (PEM).
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Serve the kubelet API with a self-signed certificate made at start
+    /// (API servers that verify kubelets refuse it).
+    #[arg(long, conflicts_with = "tls_cert_file")]
+    pub self_signed_serving_cert: bool,
+    /// CA bundle that client certificates are verified against; a verified
+    /// certificate authenticates as its CN, with its O as groups.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Let requests with no credentials in, as system:anonymous (then authorized as such).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub anonymous_auth: bool,
+    /// Authenticate bearer tokens with TokenReview.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub authentication_token_webhook: bool,
+    /// Authorize with SubjectAccessReview (Webhook) or allow every authenticated request.
+    #[arg(long, value_enum, default_value = "Webhook")]
+    pub authorization_mode: AuthzModeArg,
     /// Reconciler settings.
     #[command(flatten)]
     pub reconciler: ReconcilerArgs,
@@ -203,6 +229,17 @@ pub struct ReconcilerArgs {
     /// and cgroups, no module loading; slower mass starts).
     #[arg(long, value_enum, default_value = "default")]
     pub pod_hardening: HardeningArg,
+}
+
+/// `--authorization-mode` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuthzModeArg {
+    /// SubjectAccessReview on nodes/<node> with the kubelet's attributes.
+    #[value(name = "Webhook")]
+    Webhook,
+    /// Every authenticated request.
+    #[value(name = "AlwaysAllow")]
+    AlwaysAllow,
 }
 
 /// `--pod-hardening` values (see [`crate::core::Hardening`]).
@@ -429,7 +466,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .map(logs::parse_duration)
                 .transpose()
-                .map_err(anyhow::Error::msg)?;
+                .map_err(anyhow::Error::msg)?
+                .map(|d| crate::runtime::now_us().saturating_sub(d));
             logs::run(
                 &sd,
                 &view,
@@ -483,12 +521,32 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         pods_dir: pods_dir(&state_dir),
         hardening: args.reconciler.pod_hardening.into(),
     });
+    let cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(crate::kubelet::server::ServingCert::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ if args.self_signed_serving_cert => Some(crate::kubelet::server::ServingCert::SelfSigned),
+        _ => None,
+    };
+    let kubelet_api = cert.map(|cert| crate::kubelet::KubeletApi {
+        address: args.address,
+        cert,
+        client_ca: args.client_ca_file.clone(),
+        anonymous: args.anonymous_auth,
+        token_webhook: args.authentication_token_webhook,
+        mode: match args.authorization_mode {
+            AuthzModeArg::Webhook => crate::kubelet::auth::Mode::Webhook,
+            AuthzModeArg::AlwaysAllow => crate::kubelet::auth::Mode::AlwaysAllow,
+        },
+    });
     let opts = crate::cluster::NodeOptions {
         kubeconfig: args.kubeconfig,
         config,
         node_name,
         node_ip,
         runtime,
+        kubelet_api,
     };
     spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

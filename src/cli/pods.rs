@@ -1,92 +1,10 @@
 //! `unitlet pods`: status straight from systemd and the state directory, so
 //! it answers the same whether or not the daemon is running.
 
-use crate::core::names;
-use crate::core::observe::{self, UnitSnapshot};
-use crate::core::translate::{translate, PodPlan};
-use crate::core::NodeFacts;
-use crate::runtime::{lookup_user, now_us};
-use crate::state::{PodRecord, StateDir};
-use crate::systemd::{Systemd, SystemdError};
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use std::collections::HashMap;
+use crate::runtime::now_us;
+use k8s_openapi::api::core::v1::PodStatus;
 
-/// One admitted pod with its plan and live status.
-pub struct PodView {
-    /// What was admitted.
-    pub rec: PodRecord,
-    /// Its units.
-    pub plan: PodPlan,
-    /// Live unit state, by unit name.
-    pub units: HashMap<String, UnitSnapshot>,
-    /// The agent's container records.
-    pub records: HashMap<String, observe::ContainerRecord>,
-    /// Computed status.
-    pub status: PodStatus,
-}
-
-/// Reads every admitted pod and computes its status (one listing, then one GetAll per loaded unit, in parallel).
-pub async fn collect(
-    sd: &Systemd,
-    state: &StateDir,
-    node: &NodeFacts,
-) -> Result<Vec<PodView>, SystemdError> {
-    let (recs, _) = state.load_pods();
-    let listing = sd.list(&names::UNIT_PATTERNS).await?;
-    let loaded: std::collections::HashSet<String> = listing.into_iter().map(|r| r.name).collect();
-    let plans: Vec<(PodRecord, PodPlan)> = recs
-        .into_iter()
-        .map(|r| {
-            let p = translate(&r.pod, node, &lookup_user);
-            (r, p)
-        })
-        .collect();
-    let wanted: Vec<String> = plans
-        .iter()
-        .flat_map(|(_, p)| p.unit_names().map(str::to_string).collect::<Vec<_>>())
-        .filter(|u| loaded.contains(u))
-        .collect();
-    let snaps: Vec<(String, Option<UnitSnapshot>)> = futures_util::stream::iter(wanted)
-        .map(|u| async move {
-            let s = sd.snapshot(&u).await.ok().flatten();
-            (u, s)
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let all: HashMap<String, UnitSnapshot> = snaps
-        .into_iter()
-        .filter_map(|(u, s)| s.map(|s| (u, s)))
-        .collect();
-    let now = now_us();
-    Ok(plans
-        .into_iter()
-        .map(|(rec, plan)| {
-            let units: HashMap<String, UnitSnapshot> = plan
-                .unit_names()
-                .filter_map(|u| all.get(u).map(|s| (u.to_string(), s.clone())))
-                .collect();
-            let records = state.load_containers(rec.uid());
-            let status = observe::observe(
-                &rec.pod,
-                &plan,
-                node,
-                &units,
-                &records,
-                rec.admitted_us,
-                now,
-            );
-            PodView {
-                rec,
-                plan,
-                units,
-                records,
-                status,
-            }
-        })
-        .collect())
-}
+pub use crate::podview::{collect, with_status, PodView};
 
 /// A one-line summary used for change logging: `Running 2/2 restarts=0 (c1 running, c2 running)`.
 pub fn summary(status: &PodStatus) -> String {
@@ -184,13 +102,6 @@ pub fn human_duration(us: u64) -> String {
         10800..=86399 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
     }
-}
-
-/// The pod as `kubectl get -o json` prints it.
-pub fn with_status(v: &PodView) -> Pod {
-    let mut pod = v.rec.pod.clone();
-    pod.status = Some(v.status.clone());
-    pod
 }
 
 /// Renders the table.

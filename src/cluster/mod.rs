@@ -76,6 +76,9 @@ pub struct NodeOptions {
     pub node_ip: String,
     /// Reconciler settings other than node facts and reports.
     pub runtime: RuntimeConfig,
+    /// The kubelet API, if it is to be served (a serving certificate was
+    /// configured); its port is the one published.
+    pub kubelet_api: Option<crate::kubelet::KubeletApi>,
 }
 
 /// A client for the API server, from `kubeconfig` (else the usual search),
@@ -217,7 +220,35 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         reports_rx,
         events_tx.clone(),
     ));
-    let runtime = tokio::spawn(Runtime::new(sd, state, rcfg).run(desired_rx));
+    let runtime = Runtime::new(sd, state, rcfg);
+    if let Some(api) = opts.kubelet_api.clone() {
+        let auth = crate::kubelet::auth::Auth::new(
+            Some(client.clone()),
+            &name,
+            api.anonymous,
+            api.token_webhook,
+            api.mode,
+        );
+        let cfg = crate::kubelet::server::Config {
+            listen: std::net::SocketAddr::new(api.address, opts.config.port),
+            cert: api.cert.clone(),
+            client_ca: api.client_ca.clone(),
+            anonymous: api.anonymous,
+            token_webhook: api.token_webhook,
+            mode: api.mode,
+            node_name: name.clone(),
+            node_ip: opts.node_ip.clone(),
+        };
+        let rt = runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::kubelet::server::serve(cfg, rt, auth).await {
+                tracing::error!(error = e, "the kubelet API is not served: kubectl logs, exec and top will not work on this node");
+            }
+        });
+    } else {
+        warn!("no serving certificate configured (--tls-cert-file/--tls-private-key-file, or --self-signed-serving-cert): the kubelet API is not served, so kubectl logs, exec and top will not work on this node");
+    }
+    let runtime = tokio::spawn(runtime.run(desired_rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     match runtime.await {
         Ok(r) => r.map_err(ClusterError::from),

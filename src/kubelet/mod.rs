@@ -2,6 +2,26 @@
 //! proxies `kubectl logs/exec/attach/port-forward` to, and what
 //! metrics-server scrapes for `kubectl top`.
 
+pub mod auth;
+pub mod logs;
+pub mod server;
 pub mod spdy;
 pub mod stats;
 pub mod ws;
+
+/// How a node serves the kubelet API (the command line's choices).
+#[derive(Debug, Clone)]
+pub struct KubeletApi {
+    /// `--address`.
+    pub address: std::net::IpAddr,
+    /// The serving certificate.
+    pub cert: server::ServingCert,
+    /// `--client-ca-file`.
+    pub client_ca: Option<std::path::PathBuf>,
+    /// `--anonymous-auth`.
+    pub anonymous: bool,
+    /// `--authentication-token-webhook`.
+    pub token_webhook: bool,
+    /// `--authorization-mode`.
+    pub mode: auth::Mode,
+}

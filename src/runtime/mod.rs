@@ -371,6 +371,47 @@ impl Runtime {
         }
     }
 
+    /// The admitted pods as this agent knows them now (no systemd calls):
+    /// what the kubelet API answers from.
+    pub fn pod_views(&self) -> Vec<crate::podview::PodView> {
+        let s = &self.shared;
+        let inner = s.inner.lock().unwrap();
+        let now = now_us();
+        inner
+            .pods
+            .values()
+            .map(|e| {
+                let units: HashMap<String, UnitSnapshot> = e
+                    .plan
+                    .unit_names()
+                    .filter_map(|u| inner.units.get(u).map(|x| (u.to_string(), x.clone())))
+                    .collect();
+                let status = observe::observe(
+                    &e.rec.pod,
+                    &e.plan,
+                    &s.cfg.node,
+                    &units,
+                    &e.containers,
+                    e.rec.admitted_us,
+                    now,
+                );
+                crate::podview::PodView {
+                    rec: e.rec.clone(),
+                    plan: e.plan.clone(),
+                    units,
+                    records: e.containers.clone(),
+                    status,
+                }
+            })
+            .collect()
+    }
+
+    /// The systemd connection (the kubelet API reads the journal and runs
+    /// commands in units through it).
+    pub fn systemd(&self) -> &Systemd {
+        &self.shared.sd
+    }
+
     /// Adopts existing state, then reconciles forever, taking desired pod sets from `desired`.
     pub async fn run(
         self,

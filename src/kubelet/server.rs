@@ -1,0 +1,276 @@
+//! The HTTPS listener: TLS with optional client certificates, bounded
+//! connections and header reads, authentication and authorization before
+//! any handler runs, and the routes.
+
+use super::auth::{cert_user, Auth, Refusal, User};
+use super::logs;
+use crate::runtime::Runtime;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::rustls;
+use tracing::{debug, info, warn};
+
+/// A response body: whole, or streamed (logs, follow).
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A whole body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(full(msg.into()))
+        .expect("static response parts")
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum ServingCert {
+    /// `--tls-cert-file` and `--tls-private-key-file` (PEM).
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate made at start (an explicit opt-in: API
+    /// servers that verify kubelets will refuse it).
+    SelfSigned,
+}
+
+/// The kubelet API's settings, with the kubelet's flag names where there are.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address (`--address`, default 0.0.0.0) and port (`--port`).
+    pub listen: SocketAddr,
+    /// Serving certificate.
+    pub cert: ServingCert,
+    /// `--client-ca-file`: client certificates verified against it
+    /// authenticate as CN/O.
+    pub client_ca: Option<PathBuf>,
+    /// `--anonymous-auth` (default false here; the kubelet's is true,
+    /// which kubeadm and every hardening guide turn off).
+    pub anonymous: bool,
+    /// `--authentication-token-webhook`.
+    pub token_webhook: bool,
+    /// `--authorization-mode`.
+    pub mode: super::auth::Mode,
+    /// The node's name (the SubjectAccessReview's object) and addresses
+    /// (the self-signed certificate's SANs).
+    pub node_name: String,
+    /// The node's IP.
+    pub node_ip: String,
+}
+
+/// Most connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 1024;
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers must arrive within this (slow clients).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key) = match &cfg.cert {
+        ServingCert::Files { cert, key } => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("--tls-cert-file {}: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("--tls-cert-file {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("--tls-private-key-file {}: {e}", key.display()))?;
+            (certs, key)
+        }
+        ServingCert::SelfSigned => {
+            let mut params =
+                rcgen::CertificateParams::new(vec![cfg.node_name.clone(), cfg.node_ip.clone()])
+                    .map_err(|e| format!("self-signed certificate: {e}"))?;
+            params.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                format!("system:node:{}", cfg.node_name),
+            );
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "system:nodes");
+            let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+            let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+            (
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?,
+            )
+        }
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &cfg.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?;
+            }
+            // As the kubelet: ask for a certificate, accept connections
+            // without one (bearer tokens), refuse a bad one.
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("serving certificate: {e}"))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// What handlers need.
+pub struct State {
+    /// The reconciler (pods, units).
+    pub runtime: Runtime,
+    /// Authentication and authorization.
+    pub auth: Auth,
+    /// Settings.
+    pub cfg: Config,
+}
+
+/// Serves the kubelet API until the process ends. Errors only if it cannot
+/// start (certificate, port).
+pub async fn serve(cfg: Config, runtime: Runtime, auth: Auth) -> Result<(), String> {
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cfg)?));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("kubelet API: cannot listen on {}: {e}", cfg.listen))?;
+    info!(address = %cfg.listen, "kubelet API listening");
+    let state = Arc::new(State { runtime, auth, cfg });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "kubelet API: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, state) = (tls.clone(), state.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| cert_user(c.as_ref()));
+            let user = Arc::new(user);
+            let svc = hyper::service::service_fn(move |req| {
+                let (state, user) = (state.clone(), user.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(state, &user, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .max_concurrent_streams(256);
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "kubelet API connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(state: Arc<State>, cert: &Option<User>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().as_str().to_string();
+    let authz = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let user = match state.auth.authenticate(cert.as_ref(), authz).await {
+        Ok(u) => u,
+        Err(_) => return text(StatusCode::UNAUTHORIZED, "Unauthorized"),
+    };
+    if let Err(r) = state.auth.authorize(&user, &method, &path).await {
+        let msg = match r {
+            Refusal::Forbidden(m) => m,
+            Refusal::Unauthorized => "Unauthorized".into(),
+        };
+        debug!(
+            user = user.name,
+            method, path, "kubelet API request refused"
+        );
+        return text(StatusCode::FORBIDDEN, msg);
+    }
+    route(&state, req, &method, &path).await
+}
+
+async fn route(state: &State, req: Request<Incoming>, method: &str, path: &str) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["healthz"]) => text(StatusCode::OK, "ok"),
+        ("GET", ["pods"]) => pods(state),
+        ("GET", ["containerLogs", ns, pod, container]) => {
+            logs::handle(state, ns, pod, container, req.uri().query().unwrap_or("")).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// `GET /pods`: the pods this node runs, as a v1 PodList.
+fn pods(state: &State) -> Response<Body> {
+    let items: Vec<k8s_openapi::api::core::v1::Pod> = state
+        .runtime
+        .pod_views()
+        .iter()
+        .map(crate::podview::with_status)
+        .collect();
+    let list = serde_json::json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {},
+        "items": items,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(serde_json::to_vec(&list).unwrap_or_default()))
+        .expect("static response parts")
+}
