@@ -15,6 +15,7 @@ pub mod core;
 pub mod host;
 pub mod journal;
 pub mod kubelet;
+pub mod metrics;
 pub mod objects;
 pub mod podview;
 pub mod runtime;

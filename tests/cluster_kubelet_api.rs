@@ -61,7 +61,7 @@ fn call(node: &Node, port: u16, pki: Option<&Pki>, path: &str) -> (u16, String) 
         .map(|p| format!("--cert {} --key {}", p.cert, p.key))
         .unwrap_or_default();
     let out = node.sh(&format!(
-        "curl -sk --max-time 20 {creds} -o /tmp/body -w '%{{http_code}}' 'https://127.0.0.1:{port}{path}'; echo; cat /tmp/body"
+        "rm -f /tmp/body; curl -sk --max-time 20 {creds} -o /tmp/body -w '%{{http_code}}' 'https://127.0.0.1:{port}{path}'; echo; cat /tmp/body 2>/dev/null; true"
     ));
     let (code, body) = out.split_once('\n').unwrap_or((&out, ""));
     (code.trim().parse().unwrap_or(0), body.to_string())
@@ -176,6 +176,20 @@ fn logs_pods_and_healthz_over_tls_with_client_certificates() {
         .find(|p| p["metadata"]["name"] == "talker")
         .expect("talker listed");
     assert_eq!(item["status"]["phase"], "Running");
+
+    // The agent's own metrics.
+    let (code, body) = get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("unitlet_pods{phase=\"Running\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("unitlet_reconcile_duration_seconds_count "),
+        "{body}"
+    );
+    assert!(body.contains("unitlet_api_errors_total "), "{body}");
+    assert!(body.contains("unitlet_dbus_errors_total "), "{body}");
 
     // No credentials: 401, and nothing else about the node.
     assert_eq!(

@@ -111,7 +111,17 @@ async fn client(
     Ok(kube::client::ClientBuilder::try_from(cfg)
         .map_err(|e| err(&e))?
         .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
+        .with_layer(&tower::util::MapResultLayer::new(count_api_errors))
         .build())
+}
+
+/// Counts requests the API server failed (5xx, 429) or never answered.
+fn count_api_errors<B, E>(r: Result<hyper::Response<B>, E>) -> Result<hyper::Response<B>, E> {
+    match &r {
+        Ok(resp) if !(resp.status().is_server_error() || resp.status().as_u16() == 429) => {}
+        _ => crate::metrics::api_error(),
+    }
+    r
 }
 
 /// Runs the node until the process is asked to stop.

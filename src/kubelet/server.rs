@@ -248,6 +248,18 @@ async fn route(state: &State, req: Request<Incoming>, method: &str, path: &str) 
     match (method, parts.as_slice()) {
         ("GET", ["healthz"]) => text(StatusCode::OK, "ok"),
         ("GET", ["pods"]) => pods(state),
+        ("GET", ["metrics"]) => {
+            let mut by_phase: std::collections::BTreeMap<String, usize> = Default::default();
+            for v in state.runtime.pod_views() {
+                let phase = v.status.phase.clone().unwrap_or_else(|| "Pending".into());
+                *by_phase.entry(phase).or_default() += 1;
+            }
+            let pods: Vec<(String, usize)> = by_phase.into_iter().collect();
+            Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(full(crate::metrics::render(&pods)))
+                .expect("static response parts")
+        }
         ("GET", ["containerLogs", ns, pod, container]) => {
             logs::handle(state, ns, pod, container, req.uri().query().unwrap_or("")).await
         }

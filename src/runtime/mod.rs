@@ -759,6 +759,12 @@ impl Runtime {
 
     /// One reconcile pass for one pod.
     async fn sync(&self, uid: &str) {
+        let started = Instant::now();
+        self.sync_pass(uid).await;
+        crate::metrics::reconciled(started.elapsed());
+    }
+
+    async fn sync_pass(&self, uid: &str) {
         let s = &self.shared;
         let (desired, admitted, conflict) = {
             let inner = s.inner.lock().unwrap();

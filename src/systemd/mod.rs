@@ -250,10 +250,12 @@ impl Systemd {
             .start_transient_unit(&spec.name, "fail", &borrowed, &[])
             .await
             .map(drop)
-            .map_err(|source| SystemdError::Unit {
-                op: "create",
-                unit: spec.name.clone(),
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "create",
+                    unit: spec.name.clone(),
+                    source,
+                })
             })
     }
 
@@ -263,10 +265,12 @@ impl Systemd {
             .start_unit(unit, "replace")
             .await
             .map(drop)
-            .map_err(|source| SystemdError::Unit {
-                op: "start",
-                unit: unit.into(),
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "start",
+                    unit: unit.into(),
+                    source,
+                })
             })
     }
 
@@ -276,10 +280,12 @@ impl Systemd {
             .restart_unit(unit, "replace")
             .await
             .map(drop)
-            .map_err(|source| SystemdError::Unit {
-                op: "restart",
-                unit: unit.into(),
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "restart",
+                    unit: unit.into(),
+                    source,
+                })
             })
     }
 
@@ -289,10 +295,12 @@ impl Systemd {
             .stop_unit(unit, "replace")
             .await
             .map(drop)
-            .map_err(|source| SystemdError::Unit {
-                op: "stop",
-                unit: unit.into(),
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "stop",
+                    unit: unit.into(),
+                    source,
+                })
             })
     }
 
@@ -301,10 +309,12 @@ impl Systemd {
         self.manager
             .reset_failed_unit(unit)
             .await
-            .map_err(|source| SystemdError::Unit {
-                op: "reset-failed",
-                unit: unit.into(),
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "reset-failed",
+                    unit: unit.into(),
+                    source,
+                })
             })
     }
 
@@ -313,10 +323,12 @@ impl Systemd {
         self.manager
             .kill_unit(unit, "all", signal)
             .await
-            .map_err(|source| SystemdError::Unit {
-                op: "kill",
-                unit: unit.into(),
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "kill",
+                    unit: unit.into(),
+                    source,
+                })
             })
     }
 
@@ -325,10 +337,12 @@ impl Systemd {
         self.manager
             .attach_processes_to_unit(unit, "", &[pid])
             .await
-            .map_err(|source| SystemdError::Unit {
-                op: "attach a process to",
-                unit: unit.into(),
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "attach a process to",
+                    unit: unit.into(),
+                    source,
+                })
             })
     }
 
@@ -375,9 +389,11 @@ impl Systemd {
     /// systemd's version (`Manager.Version`); also a cheap check that
     /// systemd answers.
     pub async fn version(&self) -> Result<String, SystemdError> {
-        let map_err = |source| SystemdError::Manager {
-            op: "read version",
-            source,
+        let map_err = |source| {
+            crate::metrics::dbus_error(SystemdError::Manager {
+                op: "read version",
+                source,
+            })
         };
         let reply = self
             .conn
@@ -400,9 +416,11 @@ impl Systemd {
             .manager
             .list_units_by_patterns(&[], patterns)
             .await
-            .map_err(|source| SystemdError::Manager {
-                op: "list units",
-                source,
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Manager {
+                    op: "list units",
+                    source,
+                })
             })?;
         Ok(rows
             .into_iter()
@@ -440,10 +458,12 @@ impl Systemd {
         interface: &str,
     ) -> Result<(u32, HashMap<String, OwnedValue>), SystemdError> {
         let path = crate::core::names::unit_object_path(unit);
-        let map_err = |source| SystemdError::Unit {
-            op: "read",
-            unit: unit.into(),
-            source,
+        let map_err = |source| {
+            crate::metrics::dbus_error(SystemdError::Unit {
+                op: "read",
+                unit: unit.into(),
+                source,
+            })
         };
         let reply = self
             .conn
@@ -475,9 +495,11 @@ impl Systemd {
         prefixes: Vec<String>,
         name_prefixes: Vec<String>,
     ) -> Result<impl Stream<Item = UnitEvent> + use<>, SystemdError> {
-        let map_err = |source| SystemdError::Manager {
-            op: "subscribe",
-            source,
+        let map_err = |source| {
+            crate::metrics::dbus_error(SystemdError::Manager {
+                op: "subscribe",
+                source,
+            })
         };
         // Reading starts before the rules are added, so nothing is missed.
         let stream = zbus::MessageStream::from(&self.conn);
