@@ -378,6 +378,24 @@ const GATE: [&str; 4] = [
 /// privilege drop (`setpriv … --`, with `--no-new-privs` when the unit
 /// has it), then the [`GATE`], then `argv`.
 pub fn exec_argv(ctx: &ExecContext, argv: &[String]) -> (String, Vec<String>) {
+    exec_context_argv(ctx, argv, false)
+}
+
+/// The same gate, reading fd 3 instead of stdin (which then belongs to
+/// the command: `kubectl exec -i`); fd 3 is closed before the command runs.
+const GATE_FD3: [&str; 4] = [
+    "/bin/sh",
+    "-c",
+    "read -r _ <&3; exec 3<&-; cd -- \"$1\" || exit 126; shift; exec \"$@\"",
+    "unitlet-exec",
+];
+
+/// [`exec_argv`], with the gate on fd 3 when `gate_fd3`.
+pub fn exec_context_argv(
+    ctx: &ExecContext,
+    argv: &[String],
+    gate_fd3: bool,
+) -> (String, Vec<String>) {
     let stored: Vec<String> = ctx.exec_argv.iter().map(|a| a.replace("$$", "$")).collect();
     let mut full: Vec<String> = Vec::new();
     if ctx.main_pid > 0 {
@@ -404,7 +422,8 @@ pub fn exec_argv(ctx: &ExecContext, argv: &[String]) -> (String, Vec<String>) {
         full.extend(setpriv);
         full.push("--".into());
     }
-    full.extend(GATE.iter().map(|s| s.to_string()));
+    let gate = if gate_fd3 { GATE_FD3 } else { GATE };
+    full.extend(gate.iter().map(|s| s.to_string()));
     full.push(if ctx.working_directory.is_empty() {
         "/".into()
     } else {
