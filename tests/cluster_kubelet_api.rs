@@ -177,6 +177,42 @@ fn logs_pods_and_healthz_over_tls_with_client_certificates() {
         .expect("talker listed");
     assert_eq!(item["status"]["phase"], "Running");
 
+    // Usage, as metrics-server and `kubectl top` read it.
+    let (code, body) = get("/stats/summary");
+    assert_eq!(code, 200, "{body}");
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["node"]["nodeName"], nn.as_str());
+    let talker = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "talker")
+        .unwrap_or_else(|| panic!("talker in {summary}"));
+    assert_eq!(talker["podRef"]["namespace"], "default");
+    assert_eq!(talker["containers"][0]["name"], "c");
+    // The node's usage is read from the root control group. (A sandbox
+    // node's systemd gets no CPU or memory controller for its units on this
+    // cgroup-v1 host, so per-container numbers are absent here; the readers
+    // are tested against cgroup trees in src/kubelet/stats.rs.)
+    assert!(
+        summary["node"]["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
+        "{summary}"
+    );
+    assert!(
+        summary["node"]["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "{summary}"
+    );
+    let (code, body) = get("/metrics/resource");
+    assert_eq!(code, 200);
+    assert!(body.contains("\nnode_cpu_usage_seconds_total "), "{body}");
+    assert!(body.contains("\nnode_memory_working_set_bytes "), "{body}");
+    assert!(
+        body.contains(
+            "container_start_time_seconds{container=\"c\",namespace=\"default\",pod=\"talker\"}"
+        ),
+        "{body}"
+    );
+
     // The agent's own metrics.
     let (code, body) = get("/metrics");
     assert_eq!(code, 200);

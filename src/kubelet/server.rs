@@ -156,6 +156,118 @@ pub struct State {
     pub auth: Auth,
     /// Settings.
     pub cfg: Config,
+    /// CPU counters of earlier scrapes, for `usageNanoCores`.
+    pub rates: std::sync::Mutex<super::stats::Rates>,
+}
+
+/// The control group of a slice: systemd nests `a-b-c.slice` as
+/// `/a.slice/a-b.slice/a-b-c.slice`.
+pub fn slice_cgroup(slice: &str) -> String {
+    let stem = slice.strip_suffix(".slice").unwrap_or(slice);
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    path
+}
+
+fn timestamp_us(us: u64) -> Option<jiff::Timestamp> {
+    (us > 0)
+        .then(|| jiff::Timestamp::from_microsecond(us as i64).ok())
+        .flatten()
+}
+
+/// Reads the node's and every running container's usage (blocking file
+/// reads: run off the async threads).
+fn samples(
+    views: &[crate::podview::PodView],
+    node_name: &str,
+) -> (super::stats::NodeSample, Vec<super::stats::PodSample>) {
+    use super::stats::{CgroupReader, ContainerSample, NodeSample, PodSample};
+    use crate::core::observe::{instance, Instance};
+    let reader = CgroupReader::detect(std::path::Path::new("/"));
+    let root = reader.node();
+    let node = NodeSample {
+        node_name: node_name.to_string(),
+        start_time: reader.boot_time(),
+        cpu: root.cpu_sample(),
+        memory: root.memory_sample(),
+    };
+    let pods = views
+        .iter()
+        .map(|v| {
+            let slice = slice_cgroup(&v.plan.slice);
+            let usage = reader.read(&slice);
+            let containers = v
+                .plan
+                .init
+                .iter()
+                .chain(&v.plan.containers)
+                .filter_map(|c| {
+                    let snap = v.units.get(&c.unit)?;
+                    if !matches!(instance(Some(snap)), Instance::Running { .. }) {
+                        return None;
+                    }
+                    let u = reader.read(&format!("{slice}/{}", c.unit));
+                    Some(ContainerSample {
+                        name: c.name.clone(),
+                        start_time: timestamp_us(snap.exec_main_start_us),
+                        cpu: u.cpu_sample(),
+                        memory: u.memory_sample(),
+                    })
+                })
+                .collect();
+            let meta = &v.rec.pod.metadata;
+            PodSample {
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+                uid: meta.uid.clone().unwrap_or_default(),
+                start_time: timestamp_us(v.rec.admitted_us),
+                containers,
+                cpu: usage.cpu_sample(),
+                memory: usage.memory_sample(),
+            }
+        })
+        .collect();
+    (node, pods)
+}
+
+/// `GET /stats/summary` and `GET /metrics/resource`.
+async fn stats(state: &State, metrics: bool) -> Response<Body> {
+    let views = state.runtime.pod_views();
+    let node_name = state.cfg.node_name.clone();
+    let Ok((mut node, mut pods)) =
+        tokio::task::spawn_blocking(move || samples(&views, &node_name)).await
+    else {
+        return if metrics {
+            Response::builder()
+                .header("content-type", super::stats::RESOURCE_METRICS_CONTENT_TYPE)
+                .body(full(super::stats::resource_metrics_failed()))
+                .expect("static response parts")
+        } else {
+            text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read usage")
+        };
+    };
+    if metrics {
+        return Response::builder()
+            .header("content-type", super::stats::RESOURCE_METRICS_CONTENT_TYPE)
+            .body(full(super::stats::resource_metrics(&node, &pods)))
+            .expect("static response parts");
+    }
+    state.rates.lock().unwrap().fill(&mut node, &mut pods);
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(
+            serde_json::to_vec(&super::stats::summary_json(&node, &pods)).unwrap_or_default(),
+        ))
+        .expect("static response parts")
 }
 
 /// Serves the kubelet API until the process ends. Errors only if it cannot
@@ -166,7 +278,12 @@ pub async fn serve(cfg: Config, runtime: Runtime, auth: Auth) -> Result<(), Stri
         .await
         .map_err(|e| format!("kubelet API: cannot listen on {}: {e}", cfg.listen))?;
     info!(address = %cfg.listen, "kubelet API listening");
-    let state = Arc::new(State { runtime, auth, cfg });
+    let state = Arc::new(State {
+        runtime,
+        auth,
+        cfg,
+        rates: Default::default(),
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = slots.clone().acquire_owned().await.expect("never closed");
@@ -248,6 +365,8 @@ async fn route(state: &State, req: Request<Incoming>, method: &str, path: &str) 
     match (method, parts.as_slice()) {
         ("GET", ["healthz"]) => text(StatusCode::OK, "ok"),
         ("GET", ["pods"]) => pods(state),
+        ("GET", ["stats", "summary"]) => stats(state, false).await,
+        ("GET", ["metrics", "resource"]) => stats(state, true).await,
         ("GET", ["metrics"]) => {
             let mut by_phase: std::collections::BTreeMap<String, usize> = Default::default();
             for v in state.runtime.pod_views() {
@@ -285,4 +404,16 @@ fn pods(state: &State) -> Response<Body> {
         .header("content-type", "application/json")
         .body(full(serde_json::to_vec(&list).unwrap_or_default()))
         .expect("static response parts")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slices_nest_by_dash() {
+        assert_eq!(
+            super::slice_cgroup("unitlet-3-podab.slice"),
+            "/unitlet.slice/unitlet-3.slice/unitlet-3-podab.slice"
+        );
+        assert_eq!(super::slice_cgroup("a.slice"), "/a.slice");
+    }
 }
