@@ -239,3 +239,244 @@ fn logs_pods_and_healthz_over_tls_with_client_certificates() {
     assert_eq!(get("/nothing/here").0, 404);
     node.stop_agent();
 }
+
+/// Accepts any server certificate (the node's is self-signed here).
+#[derive(Debug)]
+struct AnyServer;
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+        _: &tokio_rustls::rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        Ok(tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        Ok(tokio_rustls::rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        tokio_rustls::rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One exec over the WebSocket channel protocol (v5): what arrived on
+/// stdout, stderr and the error channel, after sending `stdin` and the
+/// close signal.
+async fn ws_exec(port: u16, pki: &Pki, query: &str, stdin: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    ws_exec_sized(port, pki, query, stdin, None).await
+}
+
+/// [`ws_exec`], sending a terminal size first when given.
+async fn ws_exec_sized(
+    port: u16,
+    pki: &Pki,
+    query: &str,
+    stdin: &[u8],
+    size: Option<(u16, u16)>,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_rustls::rustls;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_file_iter(&pki.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&pki.key).unwrap()
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer))
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut req = format!("wss://localhost:{port}/exec/default/talker/c?{query}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "v5.channel.k8s.io"
+    );
+    if let Some((w, h)) = size {
+        let mut m = vec![4u8];
+        m.extend_from_slice(format!("{{\"Width\":{w},\"Height\":{h}}}").as_bytes());
+        ws.send(Message::binary(m)).await.unwrap();
+    }
+    if !stdin.is_empty() {
+        let mut m = vec![0u8];
+        m.extend_from_slice(stdin);
+        ws.send(Message::binary(m)).await.unwrap();
+        // v5: close stdin.
+        ws.send(Message::binary(vec![255u8, 0])).await.unwrap();
+    }
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Binary(b) = m {
+            if b.is_empty() {
+                continue;
+            }
+            match b[0] {
+                1 => out.extend_from_slice(&b[1..]),
+                2 => err.extend_from_slice(&b[1..]),
+                3 => status.extend_from_slice(&b[1..]),
+                _ => {}
+            }
+        }
+    }
+    (out, err, status)
+}
+
+#[test]
+fn exec_runs_in_the_container_over_websocket() {
+    let api = ApiServer::start();
+    let mut node = Node::boot("kubelet_api_exec");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    let pki = client_pki(
+        &node,
+        "apiserver",
+        "kube-apiserver-kubelet-client",
+        "system:masters",
+    );
+    let port = free_port();
+    let port_s = port.to_string();
+    node.start_node_agent(
+        &kc,
+        &[
+            "--port",
+            &port_s,
+            "--self-signed-serving-cert",
+            "--client-ca-file",
+            &pki.ca,
+            "--authorization-mode",
+            "AlwaysAllow",
+        ],
+    );
+    let nn = node.name.clone();
+    api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "talker", "namespace": "default"},
+            "spec": {"nodeName": nn,
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "containers": [{
+                "name": "c", "image": "host",
+                "env": [{"name": "GREETING", "value": "hi"}],
+                "workingDir": "/data",
+                "securityContext": {"runAsUser": 4321},
+                "volumeMounts": [{"name": "v", "mountPath": "/data"}],
+                "command": ["/bin/sh", "-c", "echo inside > /data/mark; exec sleep infinity"]
+            }]}
+        }),
+    );
+    node.wait_for("the pod running", default_wait(), || {
+        let p = api.get("pods", Some("default"), "talker")?;
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The container's user, environment, directory and volume; stdout and
+    // stderr apart; success as a Status.
+    let (out, err, status) = rt.block_on(ws_exec(
+        port,
+        &pki,
+        "command=/bin/sh&command=-c&command=id+-u;+echo+%24GREETING;+pwd;+cat+mark;+echo+oops+%3E%262&stdout=1&stderr=1",
+        b"",
+    ));
+    assert_eq!(String::from_utf8_lossy(&out), "4321\nhi\n/data\ninside\n");
+    assert_eq!(String::from_utf8_lossy(&err), "oops\n");
+    let st: Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(st["status"], "Success", "{st}");
+    // Input reaches the command; a non-zero exit is NonZeroExitCode with the code.
+    let (out, _, status) = rt.block_on(ws_exec(
+        port,
+        &pki,
+        "command=/bin/sh&command=-c&command=cat;+exit+3&stdin=1&stdout=1",
+        b"typed\n",
+    ));
+    assert_eq!(String::from_utf8_lossy(&out), "typed\n");
+    let st: Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(st["reason"], "NonZeroExitCode", "{st}");
+    assert_eq!(st["details"]["causes"][0]["message"], "3", "{st}");
+    // A terminal: the command sees a tty of the size the client sent.
+    let (out, _, status) = rt.block_on(ws_exec_sized(
+        port,
+        &pki,
+        "command=/bin/sh&command=-c&command=sleep+1;+test+-t+0+%26%26+stty+size&stdin=1&stdout=1&tty=1",
+        b"",
+        Some((100, 30)),
+    ));
+    assert_eq!(String::from_utf8_lossy(&out), "30 100\r\n");
+    let st: Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(st["status"], "Success", "{st}");
+    // A command that does not exist does not report success.
+    let (_, _, status) = rt.block_on(ws_exec(
+        port,
+        &pki,
+        "command=/no/such/program&stdout=1&stderr=1",
+        b"",
+    ));
+    let st: Value = serde_json::from_slice(&status).unwrap();
+    assert_ne!(st["status"], "Success", "{st}");
+    // Unknown container: 404; no stream asked for: 400.
+    assert_eq!(
+        call(
+            &node,
+            port,
+            Some(&pki),
+            "/exec/default/talker/nope?command=ls&stdout=1"
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        call(&node, port, Some(&pki), "/exec/default/talker/c?command=ls").0,
+        400
+    );
+    node.stop_agent();
+}

@@ -234,6 +234,9 @@ pub async fn run(sd: &Systemd, unit: &str, p: &Params, mut streams: Streams) -> 
         Ok(c) => c,
         Err(e) => return Outcome::Failed(format!("failed to run {:?}: {e}", p.command)),
     };
+    // The parent's copies of the child's ends: a terminal's master reads
+    // EOF (EIO) only once every copy of its slave is closed.
+    drop(cmd);
     drop(gate_r);
     if let Some(pid) = child.id() {
         if let Err(e) = sd.attach(unit, pid).await {
@@ -245,19 +248,20 @@ pub async fn run(sd: &Systemd, unit: &str, p: &Params, mut streams: Streams) -> 
     drop(gate_w);
 
     let mut tasks = Vec::new();
+    let mut resizer = None;
     if let Some(m) = master {
         let (Ok(r), Ok(w)) = (m.try_clone(), m.try_clone()) else {
             return Outcome::Failed("cannot use the terminal".into());
         };
         if let Some(mut resize) = streams.resize.take() {
             let fd = m.try_clone().ok();
-            tasks.push(tokio::spawn(async move {
+            // Not waited for: the client's resize stream outlives the command.
+            resizer = Some(tokio::spawn(async move {
                 while let Some(s) = resize.recv().await {
                     if let Some(fd) = &fd {
                         set_size(fd, s);
                     }
                 }
-                Ok(())
             }));
         }
         let reader = tokio::fs::File::from_std(std::fs::File::from(r));
@@ -281,6 +285,9 @@ pub async fn run(sd: &Systemd, unit: &str, p: &Params, mut streams: Streams) -> 
         }
     }
     let status = child.wait().await;
+    if let Some(r) = resizer {
+        r.abort();
+    }
     // Output still in the pipes reaches the caller before the status.
     for t in tasks {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;

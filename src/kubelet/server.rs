@@ -365,6 +365,9 @@ async fn route(state: &State, req: Request<Incoming>, method: &str, path: &str) 
     match (method, parts.as_slice()) {
         ("GET", ["healthz"]) => text(StatusCode::OK, "ok"),
         ("GET", ["pods"]) => pods(state),
+        ("GET" | "POST", ["exec", ns, pod, container]) => {
+            exec(state, req, ns, pod, container).await
+        }
         ("GET", ["stats", "summary"]) => stats(state, false).await,
         ("GET", ["metrics", "resource"]) => stats(state, true).await,
         ("GET", ["metrics"]) => {
@@ -384,6 +387,160 @@ async fn route(state: &State, req: Request<Incoming>, method: &str, path: &str) 
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
+}
+
+/// The unit of a running container, or the kubelet's answer.
+fn running_unit(
+    state: &State,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String, Response<Body>> {
+    use crate::core::observe::{instance, Instance};
+    let view = state
+        .runtime
+        .pod_views()
+        .into_iter()
+        .filter(|v| {
+            v.rec.pod.metadata.namespace.as_deref() == Some(ns)
+                && v.rec.pod.metadata.name.as_deref() == Some(pod)
+        })
+        .max_by_key(|v| v.rec.admitted_us)
+        .ok_or_else(|| {
+            text(
+                StatusCode::NOT_FOUND,
+                format!("pod \"{pod}\" does not exist"),
+            )
+        })?;
+    let c = view
+        .plan
+        .init
+        .iter()
+        .chain(&view.plan.containers)
+        .find(|c| c.name == container)
+        .ok_or_else(|| {
+            text(
+                StatusCode::NOT_FOUND,
+                format!("container \"{container}\" not found in pod \"{pod}\""),
+            )
+        })?;
+    match instance(view.units.get(&c.unit)) {
+        Instance::Running { .. } => Ok(c.unit.clone()),
+        _ => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running"),
+        )),
+    }
+}
+
+/// `/exec/{ns}/{pod}/{container}`: the command over a WebSocket (the
+/// channel protocol) or SPDY, its exit reported as a Status.
+async fn exec(
+    state: &State,
+    req: Request<Incoming>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Response<Body> {
+    use super::ws;
+    let params = match super::exec::parse(req.uri().query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    if params.command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "you must specify a command");
+    }
+    let unit = match running_unit(state, ns, pod, container) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if !ws::is_websocket_request(&req) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade: an exec request must upgrade to a WebSocket (v4.channel.k8s.io or v5.channel.k8s.io)",
+        );
+    }
+    let (head, protocol) = match ws::negotiate(&req, ws::EXEC_PROTOCOLS) {
+        Ok(x) => x,
+        Err(resp) => return resp.map(full),
+    };
+    let sd = state.runtime.systemd().clone();
+    tokio::spawn(async move {
+        let io = match hyper::upgrade::on(req).await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => return debug!(error = %e, "exec upgrade failed"),
+        };
+        let layout = ws::exec_layout(params.stdin, params.stdout, params.stderr);
+        let mut conn = ws::channels(io, protocol, &layout, ws::Config::default()).await;
+        let _ = conn.send_exec_ready().await;
+        let resize_reader = conn.reader(ws::RESIZE);
+        let resize = match (params.tty, resize_reader) {
+            (true, Some(r)) => Some(resize_channel(r)),
+            _ => None,
+        };
+        let streams = super::exec::Streams {
+            stdin: conn
+                .reader(ws::STDIN)
+                .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            stdout: conn
+                .writer(ws::STDOUT)
+                .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+            stderr: conn
+                .writer(ws::STDERR)
+                .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+            resize,
+        };
+        let outcome = super::exec::run(&sd, &unit, &params, streams).await;
+        if protocol.has_status() {
+            let _ = conn
+                .send(
+                    ws::ERROR,
+                    &super::exec::status_json(&params.command, &outcome),
+                )
+                .await;
+        } else if outcome != super::exec::Outcome::Exited(0) {
+            let _ = conn
+                .send(ws::ERROR, format!("{outcome:?}").as_bytes())
+                .await;
+        }
+        conn.close().await;
+    });
+    head.map(|()| full(Bytes::new()))
+}
+
+/// Terminal sizes read from a resize stream: one JSON object per message
+/// or line.
+fn resize_channel(
+    mut r: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+) -> tokio::sync::mpsc::Receiver<super::exec::Size> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = match r.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > 64 * 1024 {
+                return;
+            }
+            // Objects arrive whole or split; take every complete one.
+            let mut de =
+                serde_json::Deserializer::from_slice(&buf).into_iter::<super::exec::Size>();
+            let mut used = 0;
+            while let Some(Ok(size)) = de.next() {
+                used = de.byte_offset();
+                if tx.send(size).await.is_err() {
+                    return;
+                }
+            }
+            buf.drain(..used);
+        }
+    });
+    rx
 }
 
 /// `GET /pods`: the pods this node runs, as a v1 PodList.
