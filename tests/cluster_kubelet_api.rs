@@ -329,18 +329,23 @@ async fn ws_exec_sized(
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let mut req = format!("wss://localhost:{port}/exec/default/talker/c?{query}")
+    let path = if query.starts_with('/') {
+        query.to_string()
+    } else {
+        format!("/exec/default/talker/c?{query}")
+    };
+    let mut req = format!("wss://localhost:{port}{path}")
         .into_client_request()
         .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "v5.channel.k8s.io".parse().unwrap(),
-    );
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
-    assert_eq!(
-        resp.headers()["sec-websocket-protocol"],
+    let proto = if path.starts_with("/portForward") {
+        "v4.channel.k8s.io"
+    } else {
         "v5.channel.k8s.io"
-    );
+    };
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], proto);
     if let Some((w, h)) = size {
         let mut m = vec![4u8];
         m.extend_from_slice(format!("{{\"Width\":{w},\"Height\":{h}}}").as_bytes());
@@ -350,19 +355,25 @@ async fn ws_exec_sized(
         let mut m = vec![0u8];
         m.extend_from_slice(stdin);
         ws.send(Message::binary(m)).await.unwrap();
-        // v5: close stdin.
-        ws.send(Message::binary(vec![255u8, 0])).await.unwrap();
+        // v5: close stdin (port-forward's v4 has no such signal).
+        if proto.starts_with("v5") {
+            ws.send(Message::binary(vec![255u8, 0])).await.unwrap();
+        }
     }
     let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
-    while let Some(Ok(m)) = ws.next().await {
+    // Attach and port-forward run until the client leaves: read for a while.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
         if let Message::Binary(b) = m {
             if b.is_empty() {
                 continue;
             }
-            match b[0] {
-                1 => out.extend_from_slice(&b[1..]),
-                2 => err.extend_from_slice(&b[1..]),
-                3 => status.extend_from_slice(&b[1..]),
+            // Port-forward: data on 0, errors on 1; exec: stdout 1,
+            // stderr 2, status 3.
+            match (proto.starts_with("v4"), b[0]) {
+                (true, 0) | (false, 1) => out.extend_from_slice(&b[1..]),
+                (true, 1) | (false, 2) => err.extend_from_slice(&b[1..]),
+                (false, 3) => status.extend_from_slice(&b[1..]),
                 _ => {}
             }
         }
@@ -384,6 +395,7 @@ fn exec_runs_in_the_container_over_websocket() {
     );
     let port = free_port();
     let port_s = port.to_string();
+    let web_port = free_port();
     node.start_node_agent(
         &kc,
         &[
@@ -412,6 +424,12 @@ fn exec_runs_in_the_container_over_websocket() {
                 "securityContext": {"runAsUser": 4321},
                 "volumeMounts": [{"name": "v", "mountPath": "/data"}],
                 "command": ["/bin/sh", "-c", "echo inside > /data/mark; exec sleep infinity"]
+            }, {
+                "name": "ticker", "image": "host",
+                "command": ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo tick$i; sleep 0.2; done"]
+            }, {
+                "name": "web", "image": "host",
+                "command": ["/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1", web_port.to_string()]
             }]}
         }),
     );
@@ -463,6 +481,39 @@ fn exec_runs_in_the_container_over_websocket() {
     ));
     let st: Value = serde_json::from_slice(&status).unwrap();
     assert_ne!(st["status"], "Success", "{st}");
+    // Attach: the container's output from now on, on stdout.
+    let (out, _, _) = rt.block_on(ws_exec(
+        port,
+        &pki,
+        "/attach/default/talker/ticker?stdout=1",
+        b"",
+    ));
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let ticks: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick")?.parse().ok())
+        .collect();
+    assert!(ticks.len() >= 5, "{text:?}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{text:?}");
+    // Port-forward: a request to the pod's port over the data channel.
+    node.wait_for("the web container to listen", default_wait(), || {
+        std::net::TcpStream::connect(("127.0.0.1", web_port)).ok()
+    });
+    let (out, errors, _) = rt.block_on(ws_exec(
+        port,
+        &pki,
+        &format!("/portForward/default/talker?ports={web_port}"),
+        b"GET / HTTP/1.0\r\n\r\n",
+    ));
+    let text = String::from_utf8_lossy(&out);
+    // The server first names the port (little-endian), then the bytes flow.
+    assert_eq!(out[..2], web_port.to_le_bytes());
+    assert!(text.contains("HTTP/1.0 200 OK"), "{text}");
+    assert_eq!(
+        errors,
+        web_port.to_le_bytes(),
+        "only the port on the error channel"
+    );
     // Unknown container: 404; no stream asked for: 400.
     assert_eq!(
         call(

@@ -368,6 +368,10 @@ async fn route(state: &State, req: Request<Incoming>, method: &str, path: &str) 
         ("GET" | "POST", ["exec", ns, pod, container]) => {
             exec(state, req, ns, pod, container).await
         }
+        ("GET" | "POST", ["attach", ns, pod, container]) => {
+            attach(state, req, ns, pod, container).await
+        }
+        ("GET" | "POST", ["portForward", ns, pod]) => port_forward(state, req, ns, pod).await,
         ("GET", ["stats", "summary"]) => stats(state, false).await,
         ("GET", ["metrics", "resource"]) => stats(state, true).await,
         ("GET", ["metrics"]) => {
@@ -502,6 +506,187 @@ async fn exec(
             let _ = conn
                 .send(ws::ERROR, format!("{outcome:?}").as_bytes())
                 .await;
+        }
+        conn.close().await;
+    });
+    head.map(|()| full(Bytes::new()))
+}
+
+/// `/attach/{ns}/{pod}/{container}`: the container's output from now on
+/// (its journal, followed) until it stops. A unit's stdout and stderr are
+/// one journal stream, so everything arrives on stdout; a unit has no
+/// stdin or terminal to attach to (pods asking for them are refused).
+async fn attach(
+    state: &State,
+    req: Request<Incoming>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Response<Body> {
+    use super::ws;
+    let params = match super::exec::parse(req.uri().query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    if params.stdin || params.tty {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} has no stdin or terminal to attach to (unitlet runs containers with stdin: false and tty: false)"),
+        );
+    }
+    if let Err(r) = running_unit(state, ns, pod, container) {
+        return r;
+    }
+    let Some(view) = state.runtime.pod_views().into_iter().find(|v| {
+        v.rec.pod.metadata.namespace.as_deref() == Some(ns)
+            && v.rec.pod.metadata.name.as_deref() == Some(pod)
+    }) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" does not exist"),
+        );
+    };
+    let opts = crate::journal::LogOptions {
+        container: Some(container.to_string()),
+        follow: true,
+        tail: Some(0),
+        ..Default::default()
+    };
+    let q = match crate::journal::container_query(&view, &opts) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if !ws::is_websocket_request(&req) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade: an attach request must upgrade to a WebSocket",
+        );
+    }
+    let (head, protocol) = match ws::negotiate(&req, ws::EXEC_PROTOCOLS) {
+        Ok(x) => x,
+        Err(resp) => return resp.map(full),
+    };
+    let sd = state.runtime.systemd().clone();
+    tokio::spawn(async move {
+        let io = match hyper::upgrade::on(req).await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => return debug!(error = %e, "attach upgrade failed"),
+        };
+        let layout = ws::exec_layout(false, params.stdout, params.stderr);
+        let mut conn = ws::channels(io, protocol, &layout, ws::Config::default()).await;
+        let _ = conn.send_exec_ready().await;
+        drop(conn.reader(ws::RESIZE));
+        if let Some(mut out) = conn.writer(ws::STDOUT).or_else(|| conn.writer(ws::STDERR)) {
+            let stop = crate::journal::until_instance_ends(&sd, &q);
+            tokio::select! {
+                r = crate::journal::stream(&q, &mut out, stop) => {
+                    if let Err(e) = r {
+                        debug!(error = %e, "attach stream ended");
+                    }
+                }
+                _ = conn.closed() => {}
+            }
+        }
+        if protocol.has_status() {
+            let ok = super::exec::status_json(&[], &super::exec::Outcome::Exited(0));
+            let _ = conn.send(ws::ERROR, &ok).await;
+        }
+        conn.close().await;
+    });
+    head.map(|()| full(Bytes::new()))
+}
+
+/// `/portForward/{ns}/{pod}?ports=…`: each port's data channel spliced to
+/// that port on the pod's network (the host's: pods share it), errors on
+/// the port's error channel.
+async fn port_forward(
+    state: &State,
+    req: Request<Incoming>,
+    ns: &str,
+    pod: &str,
+) -> Response<Body> {
+    use super::ws;
+    if !state.runtime.pod_views().iter().any(|v| {
+        v.rec.pod.metadata.namespace.as_deref() == Some(ns)
+            && v.rec.pod.metadata.name.as_deref() == Some(pod)
+    }) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" does not exist"),
+        );
+    }
+    let mut ports: Vec<u16> = Vec::new();
+    for (k, v) in super::logs::query_pairs(req.uri().query().unwrap_or("")) {
+        if k == "ports" || k == "port" {
+            for p in v.split(',').filter(|p| !p.is_empty()) {
+                match p.trim().parse::<u16>() {
+                    Ok(n) if n > 0 => ports.push(n),
+                    _ => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            format!("invalid port {p:?}: must be 1 to 65535"),
+                        )
+                    }
+                }
+            }
+        }
+    }
+    if ports.is_empty() || ports.len() > 127 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "query parameter \"port\" is required (1 to 127 ports)",
+        );
+    }
+    if !ws::is_websocket_request(&req) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade: a port-forward request must upgrade to a WebSocket",
+        );
+    }
+    let (head, protocol) = match ws::negotiate(&req, ws::PORT_FORWARD_PROTOCOLS) {
+        Ok(x) => x,
+        Err(resp) => return resp.map(full),
+    };
+    let pod = pod.to_string();
+    tokio::spawn(async move {
+        let io = match hyper::upgrade::on(req).await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => return debug!(error = %e, "port-forward upgrade failed"),
+        };
+        let layout = ws::port_forward_layout(ports.len());
+        let mut conn = ws::channels(io, protocol, &layout, ws::Config::default()).await;
+        let _ = conn.send_port_prefixes(&ports).await;
+        let mut tasks = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let (data, err) = ((2 * i) as u8, (2 * i + 1) as u8);
+            let (Some(mut from_client), Some(mut to_client)) =
+                (conn.reader(data), conn.writer(data))
+            else {
+                continue;
+            };
+            let mut errors = conn.writer(err);
+            let (port, pod) = (*port, pod.clone());
+            tasks.push(tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(tcp) => {
+                        let (mut r, mut w) = tcp.into_split();
+                        let up = tokio::io::copy(&mut from_client, &mut w);
+                        let down = tokio::io::copy(&mut r, &mut to_client);
+                        let _ = tokio::join!(up, down);
+                    }
+                    Err(e) => {
+                        if let Some(w) = errors.as_mut() {
+                            let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+                            let _ = w.write_all(msg.as_bytes()).await;
+                            let _ = w.flush().await;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
         }
         conn.close().await;
     });
