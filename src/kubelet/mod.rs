@@ -8,6 +8,7 @@ pub mod logs;
 pub mod server;
 pub mod spdy;
 pub mod stats;
+pub mod streams;
 pub mod ws;
 
 /// How a node serves the kubelet API (the command line's choices).

@@ -458,10 +458,13 @@ async fn exec(
         Ok(u) => u,
         Err(r) => return r,
     };
+    if super::streams::is_spdy_request(&req) {
+        return spdy_exec(state, req, unit, params, None);
+    }
     if !ws::is_websocket_request(&req) {
         return text(
             StatusCode::BAD_REQUEST,
-            "unable to upgrade: an exec request must upgrade to a WebSocket (v4.channel.k8s.io or v5.channel.k8s.io)",
+            "unable to upgrade: an exec request must upgrade to SPDY/3.1 or a WebSocket (v4.channel.k8s.io or v5.channel.k8s.io)",
         );
     }
     let (head, protocol) = match ws::negotiate(&req, ws::EXEC_PROTOCOLS) {
@@ -556,10 +559,14 @@ async fn attach(
         Ok(q) => q,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if super::streams::is_spdy_request(&req) {
+        let unit = q.unit.clone();
+        return spdy_exec(state, req, unit, params, Some(q));
+    }
     if !ws::is_websocket_request(&req) {
         return text(
             StatusCode::BAD_REQUEST,
-            "unable to upgrade: an attach request must upgrade to a WebSocket",
+            "unable to upgrade: an attach request must upgrade to SPDY/3.1 or a WebSocket",
         );
     }
     let (head, protocol) = match ws::negotiate(&req, ws::EXEC_PROTOCOLS) {
@@ -637,10 +644,27 @@ async fn port_forward(
             "query parameter \"port\" is required (1 to 127 ports)",
         );
     }
+    if super::streams::is_spdy_request(&req) {
+        let (head, _) =
+            match super::streams::spdy_negotiate(&req, &[super::streams::PORT_FORWARD_PROTOCOL]) {
+                Ok(x) => x,
+                Err(resp) => return resp.map(full),
+            };
+        let pod = pod.to_string();
+        tokio::spawn(async move {
+            let io = match hyper::upgrade::on(req).await {
+                Ok(u) => TokioIo::new(u),
+                Err(e) => return debug!(error = %e, "port-forward upgrade failed"),
+            };
+            let (conn, incoming) = super::spdy::serve(io, super::spdy::Config::default());
+            super::streams::port_forward(conn, incoming, pod).await;
+        });
+        return super::streams::head(head);
+    }
     if !ws::is_websocket_request(&req) {
         return text(
             StatusCode::BAD_REQUEST,
-            "unable to upgrade: a port-forward request must upgrade to a WebSocket",
+            "unable to upgrade: a port-forward request must upgrade to SPDY/3.1 or a WebSocket",
         );
     }
     let (head, protocol) = match ws::negotiate(&req, ws::PORT_FORWARD_PROTOCOLS) {
@@ -691,6 +715,90 @@ async fn port_forward(
         conn.close().await;
     });
     head.map(|()| full(Bytes::new()))
+}
+
+/// Exec (or, with `attach`, attach) over SPDY: negotiate, upgrade, wait
+/// for the client's streams, run, report the Status on the error stream.
+fn spdy_exec(
+    state: &State,
+    req: Request<Incoming>,
+    unit: String,
+    params: super::exec::Params,
+    attach: Option<crate::journal::LogQuery>,
+) -> Response<Body> {
+    use super::streams;
+    let (head, _) = match streams::spdy_negotiate(&req, &streams::EXEC_PROTOCOLS) {
+        Ok(x) => x,
+        Err(resp) => return resp.map(full),
+    };
+    let sd = state.runtime.systemd().clone();
+    tokio::spawn(async move {
+        let io = match hyper::upgrade::on(req).await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => return debug!(error = %e, "exec upgrade failed"),
+        };
+        let (conn, mut incoming) = super::spdy::serve(io, super::spdy::Config::default());
+        let got = match streams::remote_streams(
+            &mut incoming,
+            params.stdin,
+            params.stdout,
+            params.stderr,
+            params.tty,
+        )
+        .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                debug!(error = e, "exec streams");
+                conn.close();
+                return;
+            }
+        };
+        let outcome = match &attach {
+            Some(q) => {
+                if let Some(out) = got.stdout.clone().or_else(|| got.stderr.clone()) {
+                    let mut out = out;
+                    let stop = crate::journal::until_instance_ends(&sd, q);
+                    if let Err(e) = crate::journal::stream(q, &mut out, stop).await {
+                        debug!(error = %e, "attach stream ended");
+                    }
+                }
+                super::exec::Outcome::Exited(0)
+            }
+            None => {
+                let boxed_r = |s: &Option<streams::Shared>| {
+                    s.clone()
+                        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)
+                };
+                let boxed_w = |s: &Option<streams::Shared>| {
+                    s.clone()
+                        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>)
+                };
+                let io = super::exec::Streams {
+                    stdin: boxed_r(&got.stdin),
+                    stdout: boxed_w(&got.stdout),
+                    stderr: boxed_w(&got.stderr),
+                    resize: got
+                        .resize
+                        .clone()
+                        .filter(|_| params.tty)
+                        .map(resize_channel),
+                };
+                super::exec::run(&sd, &unit, &params, io).await
+            }
+        };
+        if let Some(e) = &got.error {
+            use tokio::io::AsyncWriteExt;
+            let mut e = e.clone();
+            let _ = e
+                .write_all(&super::exec::status_json(&params.command, &outcome))
+                .await;
+        }
+        let all = [got.error, got.stdout, got.stderr, got.stdin, got.resize];
+        streams::finish(all.into_iter().flatten().collect()).await;
+        conn.close();
+    });
+    streams::head(head)
 }
 
 /// Terminal sizes read from a resize stream: one JSON object per message
