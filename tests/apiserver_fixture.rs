@@ -2463,3 +2463,1332 @@ fn token_requests_are_refused_as_the_real_server_refuses_them() {
         assert_eq!(refused, 13);
     });
 }
+
+// ----- TokenReview and SubjectAccessReview -----
+
+/// POSTs a TokenReview for `token` (with `audiences` unless empty): the
+/// HTTP status and the answer's status.
+async fn review_token(client: &Client, token: &str, audiences: &[&str]) -> (u16, Value) {
+    let mut spec = json!({ "token": token });
+    if !audiences.is_empty() {
+        spec["audiences"] = json!(audiences);
+    }
+    let (code, body) = raw(
+        client,
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec }),
+    )
+    .await;
+    if code == 201 {
+        assert_eq!(body["kind"], "TokenReview", "{body}");
+        assert_eq!(body["spec"]["token"], token, "the spec is echoed");
+    }
+    (code, body["status"].clone())
+}
+
+#[test]
+fn token_reviews_authenticate_issued_tokens_as_the_real_server() {
+    let api = ApiServer::start();
+    let (sa, pod) = service_account_and_pod(&api, "runner", "web");
+    let node_uid = uid_of(&api.get("nodes", None, "node-1").unwrap()).to_string();
+    run(async {
+        let client = client(&api).await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let issue = |audiences: &'static [&'static str]| {
+            let sas = sas.clone();
+            let uid = uid_of(&pod).to_string();
+            async move {
+                sas.create_token_request(
+                    "runner",
+                    &PostParams::default(),
+                    &token_request(audiences, None, Some(("web", &uid))),
+                )
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .token
+                .unwrap()
+            }
+        };
+        let token = issue(&[]).await;
+        let jti = jwt_claims(&token)["jti"].as_str().unwrap().to_string();
+
+        // Valid: the service account user, with the bound pod and its node.
+        let (code, status) = review_token(&client, &token, &[]).await;
+        assert_eq!(code, 201);
+        assert_eq!(
+            status,
+            json!({
+                "authenticated": true,
+                "user": {
+                    "username": "system:serviceaccount:default:runner",
+                    "uid": uid_of(&sa),
+                    "groups": [
+                        "system:serviceaccounts",
+                        "system:serviceaccounts:default",
+                        "system:authenticated",
+                    ],
+                    "extra": {
+                        "authentication.kubernetes.io/credential-id": [format!("JTI={jti}")],
+                        "authentication.kubernetes.io/node-name": ["node-1"],
+                        "authentication.kubernetes.io/node-uid": [node_uid],
+                        "authentication.kubernetes.io/pod-name": ["web"],
+                        "authentication.kubernetes.io/pod-uid": [uid_of(&pod)],
+                    },
+                },
+                "audiences": [API_AUDIENCE],
+            })
+        );
+        let reviews = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/apis/authentication.k8s.io/v1/tokenreviews")
+            .count();
+        assert_eq!(reviews, 1);
+
+        // Audiences: the review's must meet the token's.
+        let vault = issue(&["vault", "https://example.com"]).await;
+        let (_, status) = review_token(&client, &vault, &["vault", "other"]).await;
+        assert_eq!(status["authenticated"], true);
+        assert_eq!(status["audiences"], json!(["vault"]));
+        let (_, status) = review_token(&client, &vault, &[]).await;
+        assert_eq!(
+            status,
+            json!({
+                "user": {},
+                "error": "[invalid bearer token, token audiences [\"vault\" \"https://example.com\"] is invalid for the target audiences [\"https://kubernetes.default.svc\"]]",
+            })
+        );
+        let (_, status) = review_token(&client, &token, &["vault"]).await;
+        assert_eq!(
+            status["error"],
+            "[invalid bearer token, token audiences [\"https://kubernetes.default.svc\"] is invalid for the target audiences [\"vault\"]]"
+        );
+
+        // Expiry, with the minute of leeway the real server allows.
+        let claims = api.verify_token(&token).unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        let at = |exp: i64| {
+            let mut c = claims.clone();
+            c["exp"] = json!(exp);
+            c["iat"] = json!(exp - 3600);
+            c["nbf"] = json!(exp - 3600);
+            api.sign_token_claims(&c)
+        };
+        let (_, status) = review_token(&client, &at(now - 30), &[]).await;
+        assert_eq!(status["authenticated"], true, "{status}");
+        let (_, status) = review_token(&client, &at(now - 90), &[]).await;
+        assert_eq!(
+            status,
+            json!({ "user": {}, "error": "[invalid bearer token, service account token has expired]" })
+        );
+        let mut future = claims.clone();
+        future["nbf"] = json!(now + 600);
+        let (_, status) = review_token(&client, &api.sign_token_claims(&future), &[]).await;
+        assert_eq!(
+            status["error"],
+            "[invalid bearer token, service account token is not valid yet]"
+        );
+
+        // Garbage and forgeries.
+        let (code, status) = review_token(&client, "garbage", &[]).await;
+        assert_eq!(code, 201);
+        assert_eq!(
+            status,
+            json!({ "user": {}, "error": "invalid bearer token" })
+        );
+        let forged = format!("{}x", &token[..token.len() - 2]);
+        let (_, status) = review_token(&client, &forged, &[]).await;
+        assert_eq!(
+            status["error"],
+            "[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]"
+        );
+        let (code, body) = raw(
+            &client,
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            json!({ "spec": {} }),
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str(), body["message"].as_str()),
+            (
+                400,
+                Some("BadRequest"),
+                Some("token is required for TokenReview in authentication")
+            )
+        );
+        assert_eq!(
+            raw(
+                &client,
+                "GET",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                Value::Null
+            )
+            .await
+            .0,
+            405
+        );
+
+        // The bound pod, recreated: the uid no longer matches.
+        api.delete("pods", Some("default"), "web", Some(0));
+        let (_, status) = review_token(&client, &token, &[]).await;
+        assert_eq!(
+            status["error"],
+            "[invalid bearer token, service account token has been invalidated]"
+        );
+        let again = api.create(
+            "pods",
+            Some("default"),
+            json!({
+                "metadata": { "name": "web" },
+                "spec": {
+                    "serviceAccountName": "runner",
+                    "nodeName": "node-1",
+                    "containers": [{ "name": "c", "image": "busybox" }],
+                },
+            }),
+        );
+        let (_, status) = review_token(&client, &token, &[]).await;
+        assert_eq!(
+            status["error"],
+            format!(
+                "[invalid bearer token, pod UID ({}) does not match service account pod ref claim ({})]",
+                uid_of(&again),
+                uid_of(&pod)
+            )
+        );
+
+        // Static tokens: audience-agnostic, for the API server's audience only.
+        api.add_static_token("s3cr3t", "alice", &["devs"]);
+        let (_, status) = review_token(&client, "s3cr3t", &[]).await;
+        assert_eq!(
+            status,
+            json!({
+                "authenticated": true,
+                "user": { "username": "alice", "groups": ["devs", "system:authenticated"] },
+                "audiences": [API_AUDIENCE],
+            })
+        );
+        let (_, status) = review_token(&client, "s3cr3t", &["vault"]).await;
+        assert_eq!(
+            status,
+            json!({ "user": {}, "error": "invalid bearer token" })
+        );
+    });
+}
+
+/// POSTs a SubjectAccessReview with `spec`: the HTTP status and the body.
+async fn review_access(client: &Client, spec: Value) -> (u16, Value) {
+    raw(
+        client,
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        json!({ "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec }),
+    )
+    .await
+}
+
+#[test]
+fn subject_access_reviews_follow_masters_and_the_rules_added() {
+    let api = ApiServer::start();
+    api.allow("alice", "get", "nodes/proxy");
+    api.allow("group:metrics", "get", "nodes/*");
+    api.allow("bob", "*", "/metrics");
+    run(async {
+        let client = client(&api).await;
+        let nodes = |verb: &str, sub: &str| json!({ "verb": verb, "resource": "nodes", "subresource": sub, "name": "node-1" });
+
+        let (code, body) = review_access(
+            &client,
+            json!({ "user": "root", "groups": ["system:masters"], "resourceAttributes": nodes("create", "proxy") }),
+        )
+        .await;
+        assert_eq!(code, 201);
+        assert_eq!(body["kind"], "SubjectAccessReview");
+        assert_eq!(
+            body["status"],
+            json!({ "allowed": true }),
+            "no reason from the privileged group authorizer"
+        );
+
+        let (_, body) = review_access(
+            &client,
+            json!({ "user": "alice", "groups": ["system:authenticated"], "resourceAttributes": nodes("get", "proxy") }),
+        )
+        .await;
+        assert_eq!(
+            body["status"],
+            json!({
+                "allowed": true,
+                "reason": "RBAC: allowed by ClusterRoleBinding \"unitlet-test:allow:1\" of ClusterRole \"unitlet-test:allow:1\" to User \"alice\"",
+            })
+        );
+        // Another verb, another subresource, another user: no opinion.
+        for spec in [
+            json!({ "user": "alice", "resourceAttributes": nodes("create", "proxy") }),
+            json!({ "user": "alice", "resourceAttributes": nodes("get", "stats") }),
+            json!({ "user": "carol", "resourceAttributes": nodes("get", "proxy") }),
+            json!({ "user": "alice", "resourceAttributes": { "verb": "get", "resource": "nodes", "subresource": "proxy", "group": "apps" } }),
+        ] {
+            let (code, body) = review_access(&client, spec.clone()).await;
+            assert_eq!(code, 201);
+            assert_eq!(body["status"], json!({ "allowed": false }), "{spec}");
+        }
+        let (_, body) = review_access(
+            &client,
+            json!({ "user": "dave", "groups": ["metrics"], "resourceAttributes": nodes("get", "metrics") }),
+        )
+        .await;
+        assert_eq!(body["status"]["allowed"], true);
+        assert!(
+            body["status"]["reason"]
+                .as_str()
+                .unwrap()
+                .ends_with("to Group \"metrics\""),
+            "{body}"
+        );
+        let (_, body) = review_access(
+            &client,
+            json!({ "user": "dave", "groups": ["metrics"], "resourceAttributes": { "verb": "get", "resource": "nodes" } }),
+        )
+        .await;
+        assert_eq!(
+            body["status"]["allowed"], false,
+            "nodes/* is about subresources"
+        );
+        let (_, body) = review_access(
+            &client,
+            json!({ "user": "bob", "nonResourceAttributes": { "path": "/metrics", "verb": "get" } }),
+        )
+        .await;
+        assert_eq!(body["status"]["allowed"], true);
+
+        // Validation, as ValidateSubjectAccessReview words it.
+        let (code, body) = review_access(&client, json!({ "user": "x" })).await;
+        assert_eq!((code, body["reason"].as_str()), (422, Some("Invalid")));
+        assert_eq!(
+            body["message"],
+            "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified"
+        );
+        let (code, body) = review_access(
+            &client,
+            json!({ "resourceAttributes": nodes("get", "proxy") }),
+        )
+        .await;
+        assert_eq!(code, 422);
+        assert_eq!(
+            body["message"],
+            "SubjectAccessReview.authorization.k8s.io \"\" is invalid: spec.user: Invalid value: \"\": at least one of user or group must be specified"
+        );
+
+        // Every review answered is recorded, spec and status.
+        let reviews = api.access_reviews();
+        assert_eq!(reviews.len(), 9);
+        assert_eq!(
+            reviews[1]["spec"],
+            json!({
+                "user": "alice",
+                "groups": ["system:authenticated"],
+                "resourceAttributes": { "verb": "get", "resource": "nodes", "subresource": "proxy", "name": "node-1" },
+            })
+        );
+        assert_eq!(reviews[1]["status"]["allowed"], true);
+    });
+}
+
+// ----- a fake kubelet, for the kubelet routes -----
+
+type KubeletBody =
+    http_body_util::combinators::BoxBody<hyper::body::Bytes, std::convert::Infallible>;
+
+/// One request a fake kubelet received.
+#[derive(Debug, Clone)]
+struct KubeletHit {
+    method: String,
+    path: String,
+    query: String,
+    headers: axum::http::HeaderMap,
+    /// The CN and O of the client certificate that was presented.
+    client: (String, String),
+}
+
+/// An HTTPS server on 127.0.0.1 standing in for a kubelet: its serving
+/// certificate comes from a CA of its own ([`FakeKubelet::ca_pem`]); it
+/// requires a client certificate from the CA it is given (a kubelet's
+/// `--client-ca-file`), and records who presented it. What it answers
+/// depends on the path (see `kubelet_answer`).
+struct FakeKubelet {
+    port: u16,
+    ca_pem: String,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<KubeletHit>>>,
+    /// Lets a followed log go on past its first line.
+    release: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeKubelet {
+    fn start(client_ca_pem: &str) -> FakeKubelet {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "fake-kubelet-ca");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let serving = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(client_ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![serving.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(std::sync::Mutex::new(vec![]));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let (h, r) = (hits.clone(), release.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (acceptor, hits, release) = (acceptor.clone(), h.clone(), r.clone());
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+                            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+                            let first = |mut it: Box<
+                                dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>,
+                            >| {
+                                it.next()
+                                    .and_then(|a| a.as_str().ok())
+                                    .unwrap_or("")
+                                    .to_string()
+                            };
+                            let client = (
+                                first(Box::new(cert.subject().iter_common_name())),
+                                first(Box::new(cert.subject().iter_organization())),
+                            );
+                            let service = hyper::service::service_fn(move |req| {
+                                kubelet_answer(req, client.clone(), hits.clone(), release.clone())
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                .with_upgrades()
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        FakeKubelet {
+            port,
+            ca_pem: ca_cert.pem(),
+            hits,
+            release,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    fn hits(&self) -> Vec<KubeletHit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    fn last(&self) -> KubeletHit {
+        self.hits().pop().expect("the kubelet saw no request")
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn full(code: u16, text: &str) -> hyper::Response<KubeletBody> {
+    use http_body_util::BodyExt;
+    hyper::Response::builder()
+        .status(code)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(
+            http_body_util::Full::new(hyper::body::Bytes::from(text.to_string()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+/// The fake kubelet's answers. `/containerLogs/<ns>/<pod>/<container>` by
+/// container: `waiting` 400, `gone` 404, `boom` 500, `denied` 403, else the
+/// logs (for `solo/c` with `follow=true`: `line 1`, then, once released,
+/// `line 2`).
+/// `/exec`, `/attach` and `/portForward` upgrade (container `refuse`: 403,
+/// `plain`: 200) and then write `hello\n` and echo what they read.
+/// `/stats/summary` is JSON; anything else 404.
+async fn kubelet_answer(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    client: (String, String),
+    hits: std::sync::Arc<std::sync::Mutex<Vec<KubeletHit>>>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+) -> Result<hyper::Response<KubeletBody>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    hits.lock().unwrap().push(KubeletHit {
+        method: req.method().to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        headers: req.headers().clone(),
+        client,
+    });
+    let last = path.rsplit('/').next().unwrap_or("").to_string();
+    if path.starts_with("/containerLogs/") {
+        return Ok(match last.as_str() {
+            "waiting" => full(
+                400,
+                "container \"waiting\" in pod \"multi\" is waiting to start: ContainerCreating",
+            ),
+            "gone" => full(404, "container not found"),
+            "boom" => full(500, "boom"),
+            "denied" => full(
+                403,
+                "Forbidden (user=someone, verb=get, resource=nodes, subresource(s)=[log])",
+            ),
+            _ if query.contains("follow=true") && path.ends_with("/solo/c") => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<hyper::body::Bytes>(4);
+                tokio::spawn(async move {
+                    let _ = tx.send(hyper::body::Bytes::from("line 1\n")).await;
+                    release.notified().await;
+                    let _ = tx.send(hyper::body::Bytes::from("line 2\n")).await;
+                });
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|b| {
+                        (
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)),
+                            rx,
+                        )
+                    })
+                });
+                hyper::Response::builder()
+                    .header("content-type", "text/plain")
+                    .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+                    .unwrap()
+            }
+            c => full(200, &format!("hello from {c}\n")),
+        });
+    }
+    let streaming = ["/exec/", "/attach/", "/portForward/"]
+        .iter()
+        .any(|p| path.starts_with(p));
+    if streaming {
+        match last.as_str() {
+            "refuse" => return Ok(full(403, "exec refused")),
+            "plain" => return Ok(full(200, "not upgraded")),
+            _ => {}
+        }
+        let Some(upgrade) = req.headers().get("upgrade").cloned() else {
+            return Ok(full(400, "Upgrade request required"));
+        };
+        let mut answer = hyper::Response::builder()
+            .status(101)
+            .header("connection", "Upgrade")
+            .header("upgrade", upgrade);
+        if let Some(v) = req.headers().get("x-stream-protocol-version") {
+            answer = answer.header("x-stream-protocol-version", v);
+        }
+        if let Some(key) = req.headers().get("sec-websocket-key") {
+            answer = answer.header(
+                "sec-websocket-accept",
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            );
+        }
+        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+            answer = answer.header("sec-websocket-protocol", p);
+        }
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on.await else { return };
+            let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+            let _ = w.write_all(b"hello\n").await;
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+        return Ok(answer
+            .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+            .unwrap());
+    }
+    if path == "/stats/summary" {
+        let mut r = full(200, "{\"node\":{\"nodeName\":\"node-1\"}}");
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r.headers_mut()
+            .insert("access-control-allow-origin", "*".parse().unwrap());
+        return Ok(r);
+    }
+    Ok(full(404, "404 page not found\n"))
+}
+
+/// Node `name`, its kubelet at 127.0.0.1:`port` (an InternalIP) behind a
+/// Hostname that does not resolve (listed first, as kubelets list it).
+fn node_at(api: &ApiServer, name: &str, port: u16) {
+    api.create("nodes", None, json!({ "metadata": { "name": name } }));
+    let mut node = api.get("nodes", None, name).unwrap();
+    node["status"] = json!({
+        "addresses": [
+            { "type": "Hostname", "address": format!("{name}.invalid") },
+            { "type": "InternalIP", "address": "127.0.0.1" },
+        ],
+        "daemonEndpoints": { "kubeletEndpoint": { "Port": port } },
+    });
+    api.replace_status("nodes", None, node);
+}
+
+/// A pod in `default` on `node` (None: not scheduled) with these containers.
+fn pod_on(api: &ApiServer, name: &str, node: Option<&str>, init: &[&str], containers: &[&str]) {
+    let list = |names: &[&str]| -> Vec<Value> {
+        names
+            .iter()
+            .map(|n| json!({ "name": n, "image": "busybox" }))
+            .collect()
+    };
+    let mut pod = json!({
+        "metadata": { "name": name },
+        "spec": { "containers": list(containers) },
+    });
+    if !init.is_empty() {
+        pod["spec"]["initContainers"] = json!(list(init));
+    }
+    if let Some(node) = node {
+        pod["spec"]["nodeName"] = json!(node);
+    }
+    api.create("pods", Some("default"), pod);
+}
+
+/// `GET path` through `client`: status, Content-Type and body text.
+async fn get_text(client: &Client, path: &str) -> (u16, String, String) {
+    let request = axum::http::Request::get(path)
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    let code = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        code,
+        content_type,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[test]
+fn pod_logs_come_from_the_kubelet_through_the_api_servers_kubelet_client() {
+    let api = ApiServer::start();
+    let kubelet = FakeKubelet::start(&api.kubelet_client_ca_pem());
+    node_at(&api, "node-1", kubelet.port);
+    pod_on(&api, "solo", Some("node-1"), &[], &["c"]);
+    pod_on(
+        &api,
+        "multi",
+        Some("node-1"),
+        &["init"],
+        &["c", "waiting", "gone", "boom", "denied"],
+    );
+    pod_on(&api, "unscheduled", None, &[], &["c"]);
+    pod_on(&api, "astray", Some("ghost"), &[], &["c"]);
+    let log = |pod: &str, query: &str| format!("/api/v1/namespaces/default/pods/{pod}/log{query}");
+    run(async {
+        let client = client_without_retries(&api).await;
+
+        // The default address types try the Hostname first; it does not resolve.
+        let (code, body) = raw(&client, "GET", &log("solo", ""), Value::Null).await;
+        assert_eq!(code, 500, "{body}");
+        assert!(
+            body.get("reason").is_none(),
+            "a Go error, no reason: {body}"
+        );
+        let message = body["message"].as_str().unwrap();
+        let url = format!(
+            "https://node-1.invalid:{}/containerLogs/default/solo/c",
+            kubelet.port
+        );
+        assert!(
+            message.starts_with(&format!("Get \"{url}\": dial tcp: lookup node-1.invalid")),
+            "{message}"
+        );
+        let record = api.requests().pop().unwrap();
+        let sent = record.proxy.expect("the attempt is recorded");
+        assert_eq!((sent.host.as_str(), sent.status), ("node-1.invalid", None));
+        assert!(sent.error.is_some());
+        assert!(kubelet.hits().is_empty());
+        api.set_kubelet_preferred_address_types(&["InternalIP"]);
+
+        // The options, re-encoded in order; the client certificate kubeadm gives.
+        let (code, content_type, text) = get_text(
+            &client,
+            &log(
+                "solo",
+                "?timestamps=true&tailLines=10&sinceSeconds=5&limitBytes=100&previous=0&follow=false&pretty=1",
+            ),
+        )
+        .await;
+        assert_eq!(
+            (code, content_type.as_str(), text.as_str()),
+            (200, "text/plain", "hello from c\n")
+        );
+        let hit = kubelet.last();
+        assert_eq!(hit.method, "GET");
+        assert_eq!(hit.path, "/containerLogs/default/solo/c");
+        assert_eq!(
+            hit.query,
+            "limitBytes=100&sinceSeconds=5&tailLines=10&timestamps=true"
+        );
+        assert_eq!(
+            hit.client,
+            (
+                "kube-apiserver-kubelet-client".to_string(),
+                "system:masters".to_string()
+            )
+        );
+        assert!(
+            hit.headers.get("authorization").is_none(),
+            "a fresh request"
+        );
+        assert_eq!(
+            hit.headers.get("host").unwrap(),
+            format!("127.0.0.1:{}", kubelet.port).as_str()
+        );
+        let record = api.requests().pop().unwrap();
+        assert_eq!(
+            (record.path.as_str(), record.status),
+            ("/api/v1/namespaces/default/pods/solo/log", 200)
+        );
+        assert_eq!(
+            record.proxy,
+            Some(support::apiserver::Proxied {
+                method: "GET".into(),
+                scheme: "https".into(),
+                host: "127.0.0.1".into(),
+                port: kubelet.port,
+                path: "/containerLogs/default/solo/c".into(),
+                query: "limitBytes=100&sinceSeconds=5&tailLines=10&timestamps=true".into(),
+                status: Some(200),
+                error: None,
+                upgraded: false,
+            })
+        );
+        let (code, _, _) = get_text(
+            &client,
+            &log(
+                "multi",
+                "?container=init&sinceTime=2024-01-02T03:04:05.678%2B01:00&follow",
+            ),
+        )
+        .await;
+        assert_eq!(code, 200);
+        let hit = kubelet.last();
+        assert_eq!(hit.path, "/containerLogs/default/multi/init");
+        assert_eq!(hit.query, "follow=true&sinceTime=2024-01-02T02%3A04%3A05Z");
+
+        // Refused before any kubelet is asked, in the real server's words.
+        let before = kubelet.hits().len();
+        let cases = [
+            (log("multi", ""), 400, "a container name must be specified for pod multi, choose one of: [init c waiting gone boom denied]"),
+            (log("multi", "?container=nope"), 400, "container nope is not valid for pod multi"),
+            (log("solo", "?tailLines=-1"), 422, "PodLogOptions \"solo\" is invalid: tailLines: Invalid value: -1: must be greater than or equal to 0"),
+            (log("solo", "?sinceSeconds=0"), 422, "PodLogOptions \"solo\" is invalid: sinceSeconds: Invalid value: 0: must be greater than 0"),
+            (log("solo", "?sinceSeconds=5&sinceTime=2024-01-01T00:00:00Z"), 422, "PodLogOptions \"solo\" is invalid: : Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified"),
+            (log("solo", "?tailLines=ten"), 400, "strconv.ParseInt: parsing \"ten\": invalid syntax"),
+            (log("nope", ""), 404, "pods \"nope\" not found"),
+            (log("astray", ""), 404, "nodes \"ghost\" not found"),
+        ];
+        for (path, want_code, want) in cases {
+            let (code, body) = raw(&client, "GET", &path, Value::Null).await;
+            assert_eq!(
+                (code, body["message"].as_str()),
+                (want_code, Some(want)),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            raw(&client, "POST", &log("solo", ""), json!({})).await.0,
+            405
+        );
+        let (code, content_type, text) = get_text(&client, &log("unscheduled", "")).await;
+        assert_eq!((code, content_type.as_str(), text.as_str()), (204, "", ""));
+        assert_eq!(
+            kubelet.hits().len(),
+            before,
+            "none of these reached the kubelet"
+        );
+
+        // The kubelet's errors, as GenericHttpResponseChecker turns them into Status.
+        let (code, body) = raw(
+            &client,
+            "GET",
+            &log("multi", "?container=waiting"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str(), body["message"].as_str()),
+            (
+                400,
+                Some("BadRequest"),
+                Some(
+                    "container \"waiting\" in pod \"multi\" is waiting to start: ContainerCreating"
+                )
+            )
+        );
+        let (code, body) = raw(
+            &client,
+            "GET",
+            &log("multi", "?container=gone"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            body,
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "the server could not find the requested resource ( pods/log multi)",
+                "reason": "NotFound",
+                "details": { "name": "multi", "kind": "pods/log" },
+                "code": 404,
+            })
+        );
+        assert_eq!(code, 404);
+        let (code, body) = raw(
+            &client,
+            "GET",
+            &log("multi", "?container=boom"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str(), body["message"].as_str()),
+            (
+                500,
+                Some("InternalError"),
+                Some("Internal error occurred: boom")
+            )
+        );
+        let (code, body) = raw(
+            &client,
+            "GET",
+            &log("multi", "?container=denied"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str(), body["message"].as_str()),
+            (403, Some("Forbidden"), Some("Forbidden (user=someone, verb=get, resource=nodes, subresource(s)=[log]) ( pods/log multi)"))
+        );
+        assert_eq!(
+            api.requests().pop().unwrap().proxy.unwrap().status,
+            Some(403)
+        );
+
+        // Following: each chunk is passed on as it comes.
+        let request = axum::http::Request::get(log("solo", "?follow=true"))
+            .body(kube::client::Body::empty())
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), client.send(request))
+            .await
+            .expect("the answer starts while the kubelet still streams")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_body_util::BodyExt::frame(&mut body),
+        )
+        .await
+        .expect("the first line arrives while the kubelet still streams")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+        assert_eq!(&first[..], b"line 1\n");
+        assert_eq!(kubelet.last().query, "follow=true");
+        kubelet.release.notify_one();
+        let rest = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_body_util::BodyExt::collect(body),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+        assert_eq!(&rest[..], b"line 2\n");
+
+        // --kubelet-certificate-authority: the kubelet's certificate is checked.
+        api.set_kubelet_ca(&api.kubelet_client_ca_pem());
+        let (code, body) = raw(&client, "GET", &log("solo", ""), Value::Null).await;
+        assert_eq!(code, 500);
+        assert_eq!(
+            body["message"],
+            format!("Get \"https://127.0.0.1:{}/containerLogs/default/solo/c\": tls: failed to verify certificate: x509: certificate signed by unknown authority", kubelet.port)
+        );
+        let (code, _, _) =
+            get_text(&client, &log("solo", "?insecureSkipTLSVerifyBackend=true")).await;
+        assert_eq!(code, 200, "the one option that skips the check");
+        api.set_kubelet_ca(&kubelet.ca_pem);
+        let (code, _, text) = get_text(&client, &log("solo", "")).await;
+        assert_eq!((code, text.as_str()), (200, "hello from c\n"));
+    });
+}
+
+/// Sends `head` (a request without its final blank line) on a new
+/// connection to `api`: the answer's head, and the connection with what
+/// was read after the head.
+async fn raw_upgrade(api: &ApiServer, head: &str) -> (String, tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api.url().strip_prefix("http://").unwrap().to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!("{head}Host: {addr}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before an answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let rest = buf.split_off(end);
+    (
+        String::from_utf8(buf).unwrap().to_ascii_lowercase(),
+        tcp,
+        rest,
+    )
+}
+
+/// Reads from `tcp` until `want` bytes (counting `have`) arrived.
+async fn read_exactly(tcp: &mut tokio::net::TcpStream, mut have: Vec<u8>, want: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    while have.len() < want {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("more bytes")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&have));
+        have.extend_from_slice(&chunk[..n]);
+    }
+    have
+}
+
+#[test]
+fn exec_attach_and_port_forward_upgrades_are_spliced_through_to_the_kubelet() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = ApiServer::start();
+    let kubelet = FakeKubelet::start(&api.kubelet_client_ca_pem());
+    node_at(&api, "node-1", kubelet.port);
+    api.set_kubelet_preferred_address_types(&["InternalIP"]);
+    pod_on(&api, "solo", Some("node-1"), &[], &["c"]);
+    pod_on(
+        &api,
+        "multi",
+        Some("node-1"),
+        &[],
+        &["a", "refuse", "plain"],
+    );
+    pod_on(&api, "unscheduled", None, &[], &["c"]);
+    run(async {
+        // SPDY exec, as kubectl sends it: POST, the protocols it speaks.
+        let (head, mut tcp, rest) = raw_upgrade(
+            &api,
+            "POST /api/v1/namespaces/default/pods/solo/exec?command=sh&command=-c&command=echo%20hi&stdin=true&stdout=1&stderr=false&tty=0&container=c HTTP/1.1\r\n\
+             Authorization: Bearer secret\r\n\
+             Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+             X-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: v3.channel.k8s.io\r\n\
+             Content-Length: 0\r\n",
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: spdy/3.1"), "{head}");
+        assert!(
+            head.contains("x-stream-protocol-version: v4.channel.k8s.io"),
+            "{head}"
+        );
+        // The kubelet writes first; then both directions.
+        let hello = read_exactly(&mut tcp, rest, 6).await;
+        assert_eq!(&hello, b"hello\n");
+        tcp.write_all(b"ping").await.unwrap();
+        assert_eq!(read_exactly(&mut tcp, vec![], 4).await, b"ping");
+        tcp.write_all(&[0, 1, 2, 255]).await.unwrap();
+        assert_eq!(read_exactly(&mut tcp, vec![], 4).await, [0, 1, 2, 255]);
+        let hit = kubelet.last();
+        assert_eq!(
+            (hit.method.as_str(), hit.path.as_str()),
+            ("POST", "/exec/default/solo/c")
+        );
+        assert_eq!(
+            hit.query,
+            "command=sh&command=-c&command=echo+hi&stdin=1&stdout=1"
+        );
+        assert_eq!(hit.client.0, "kube-apiserver-kubelet-client");
+        assert!(
+            hit.headers.get("authorization").is_none(),
+            "the token stays with the API server"
+        );
+        assert_eq!(hit.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
+        assert_eq!(
+            hit.headers
+                .get_all("x-stream-protocol-version")
+                .iter()
+                .count(),
+            2
+        );
+        let record = api.requests().pop().unwrap();
+        assert_eq!(record.status, 101);
+        let sent = record.proxy.unwrap();
+        assert!(sent.upgraded);
+        assert_eq!(
+            (sent.path.as_str(), sent.status),
+            ("/exec/default/solo/c", Some(101))
+        );
+        // The client leaves: the kubelet's side ends too, and with it the
+        // client's connection.
+        tcp.shutdown().await.unwrap();
+        let mut tail = vec![];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut tail))
+            .await
+            .expect("the connection closes")
+            .unwrap();
+
+        // WebSocket port-forward: the query's ports become the kubelet's `port`.
+        let (head, mut tcp, rest) = raw_upgrade(
+            &api,
+            "GET /api/v1/namespaces/default/pods/solo/portforward?ports=8080,9090 HTTP/1.1\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n",
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        assert!(
+            head.contains("sec-websocket-protocol: v4.channel.k8s.io"),
+            "{head}"
+        );
+        assert_eq!(read_exactly(&mut tcp, rest, 6).await, b"hello\n");
+        let hit = kubelet.last();
+        assert_eq!(
+            (hit.method.as_str(), hit.path.as_str()),
+            ("GET", "/portForward/default/solo")
+        );
+        assert_eq!(hit.query, "port=8080%2C9090");
+        assert_eq!(
+            hit.headers.get("sec-websocket-key").unwrap(),
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        drop(tcp);
+
+        // Attach with the container of a one-container pod defaulted.
+        let (head, _tcp, _) = raw_upgrade(
+            &api,
+            "GET /api/v1/namespaces/default/pods/solo/attach?stdout=true&tty=true HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        let hit = kubelet.last();
+        assert_eq!(
+            (hit.path.as_str(), hit.query.as_str()),
+            ("/attach/default/solo/c", "stdout=1&tty=1")
+        );
+
+        // A kubelet's error answer is passed through as it is.
+        let (head, mut tcp, rest) = raw_upgrade(
+            &api,
+            "POST /api/v1/namespaces/default/pods/multi/exec?container=refuse&command=true HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 403"), "{head}");
+        assert!(head.contains("content-type: text/plain"), "{head}");
+        let mut body = rest;
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut body))
+            .await
+            .expect("closed after the answer")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&body).contains("exec refused"),
+            "{body:?}"
+        );
+        assert_eq!(api.requests().pop().unwrap().status, 403);
+
+        let client = client_without_retries(&api).await;
+        let exec = |query: &str| format!("/api/v1/namespaces/default/pods/{query}");
+        let before = kubelet.hits().len();
+        // A success that is not an upgrade is the proxy's error.
+        let (head, mut tcp, rest) = raw_upgrade(
+            &api,
+            "POST /api/v1/namespaces/default/pods/multi/exec?container=plain&command=true HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 500"), "{head}");
+        let body = read_exactly(&mut tcp, rest, 10).await;
+        let _ = body;
+        let record = api.requests().pop().unwrap();
+        assert_eq!(record.proxy.unwrap().status, Some(200));
+        let (code, body) = raw(
+            &client,
+            "POST",
+            &exec("multi/exec?container=plain"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, body["message"].as_str()),
+            (400, Some("Upgrade request required")),
+            "not an upgrade: refused before the kubelet is asked"
+        );
+        assert_eq!(kubelet.hits().len(), before + 1);
+        for (path, want) in [
+            (
+                "multi/exec?command=true",
+                "a container name must be specified for pod multi, choose one of: [a refuse plain]",
+            ),
+            (
+                "multi/attach?container=z",
+                "container z is not valid for pod multi",
+            ),
+            (
+                "unscheduled/exec?command=true",
+                "pod unscheduled does not have a host assigned",
+            ),
+            (
+                "unscheduled/portforward?ports=80",
+                "pod unscheduled does not have a host assigned",
+            ),
+            (
+                "solo/portforward?ports=http",
+                "cannot convert to []int32: strconv.ParseUint: parsing \"http\": invalid syntax",
+            ),
+        ] {
+            let (code, body) = raw(&client, "POST", &exec(path), Value::Null).await;
+            assert_eq!(
+                (code, body["message"].as_str()),
+                (400, Some(want)),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            raw(&client, "PUT", &exec("solo/exec"), json!({})).await.0,
+            405
+        );
+        assert_eq!(kubelet.hits().len(), before + 1);
+    });
+}
+
+#[test]
+fn node_proxy_reaches_the_kubelet_and_passes_its_answers_through() {
+    let api = ApiServer::start_tls();
+    assert_eq!(
+        api.kubelet_client_ca_pem(),
+        api.ca_pem().unwrap(),
+        "kubeadm's one CA"
+    );
+    let kubelet = FakeKubelet::start(&api.kubelet_client_ca_pem());
+    node_at(&api, "node-1", kubelet.port);
+    api.set_kubelet_preferred_address_types(&["InternalIP"]);
+    // A node whose kubelet is not listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    node_at(&api, "node-2", closed_port);
+    run(async {
+        let client = client_without_retries(&api).await;
+        let summary = "/api/v1/nodes/node-1/proxy/stats/summary?only_cpu_and_memory=true";
+
+        // The real server does not proxy to loopback addresses.
+        let (code, body) = raw(&client, "GET", summary, Value::Null).await;
+        assert_eq!(
+            (code, body["message"].as_str()),
+            (400, Some("address not allowed"))
+        );
+        assert!(kubelet.hits().is_empty());
+        api.set_node_proxy_allows_loopback(true);
+
+        let (code, content_type, text) = get_text(&client, summary).await;
+        assert_eq!(
+            (code, content_type.as_str(), text.as_str()),
+            (
+                200,
+                "application/json",
+                "{\"node\":{\"nodeName\":\"node-1\"}}"
+            )
+        );
+        let hit = kubelet.last();
+        assert_eq!(
+            (hit.method.as_str(), hit.path.as_str(), hit.query.as_str()),
+            ("GET", "/stats/summary", "only_cpu_and_memory=true")
+        );
+        assert_eq!(
+            hit.client,
+            (
+                "kube-apiserver-kubelet-client".to_string(),
+                "system:masters".to_string()
+            )
+        );
+        assert!(hit.headers.get("authorization").is_none());
+        assert_eq!(
+            hit.headers.get("x-forwarded-uri").unwrap(),
+            "/api/v1/nodes/node-1/proxy/stats/summary"
+        );
+        assert!(hit.headers.get("x-forwarded-for").is_some());
+        let sent = api.proxied_requests().pop().unwrap();
+        assert_eq!(
+            (sent.path.as_str(), sent.query.as_str(), sent.status),
+            ("/stats/summary", "only_cpu_and_memory=true", Some(200))
+        );
+
+        // Any answer passes through as it is, not as a Status.
+        let (code, content_type, text) =
+            get_text(&client, "/api/v1/nodes/node-1/proxy/no/such/thing/").await;
+        assert_eq!(
+            (code, content_type.as_str(), text.as_str()),
+            (404, "text/plain; charset=utf-8", "404 page not found\n")
+        );
+        assert_eq!(kubelet.last().path, "/no/such/thing/");
+        let (code, body) = raw(
+            &client,
+            "POST",
+            "/api/v1/nodes/node-1/proxy/a/../stats/summary",
+            json!({"x": 1}),
+        )
+        .await;
+        assert_eq!(
+            (code, body["node"]["nodeName"].as_str()),
+            (200, Some("node-1"))
+        );
+        let hit = kubelet.last();
+        assert_eq!(
+            (hit.method.as_str(), hit.path.as_str()),
+            ("POST", "/stats/summary")
+        );
+
+        // An empty path is redirected; unknown and unreachable nodes.
+        let request = axum::http::Request::get("/api/v1/nodes/node-1/proxy?x=1")
+            .body(kube::client::Body::empty())
+            .unwrap();
+        let response = client.send(request).await.unwrap();
+        assert_eq!(response.status(), 301);
+        assert_eq!(
+            response.headers().get("location").unwrap(),
+            "/api/v1/nodes/node-1/proxy/?x=1"
+        );
+        let (code, body) = raw(
+            &client,
+            "GET",
+            "/api/v1/nodes/ghost/proxy/stats/summary",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, body["message"].as_str()),
+            (404, Some("nodes \"ghost\" not found"))
+        );
+        let (code, body) = raw(
+            &client,
+            "GET",
+            "/api/v1/nodes/node-2/proxy/stats/summary",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str(), body["message"].as_str()),
+            (
+                503,
+                Some("ServiceUnavailable"),
+                Some(format!("error trying to reach service: dial tcp 127.0.0.1:{closed_port}: connect: connection refused").as_str())
+            )
+        );
+        let (code, body) = raw(
+            &client,
+            "GET",
+            "/api/v1/nodes/ftp:node-1:21/proxy/",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (code, body["message"].as_str()),
+            (400, Some("invalid node request \"ftp:node-1:21\""))
+        );
+    });
+}

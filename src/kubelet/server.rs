@@ -399,7 +399,7 @@ fn running_unit(
     ns: &str,
     pod: &str,
     container: &str,
-) -> Result<String, Response<Body>> {
+) -> Result<String, Box<Response<Body>>> {
     use crate::core::observe::{instance, Instance};
     let view = state
         .runtime
@@ -411,10 +411,10 @@ fn running_unit(
         })
         .max_by_key(|v| v.rec.admitted_us)
         .ok_or_else(|| {
-            text(
+            Box::new(text(
                 StatusCode::NOT_FOUND,
                 format!("pod \"{pod}\" does not exist"),
-            )
+            ))
         })?;
     let c = view
         .plan
@@ -423,17 +423,17 @@ fn running_unit(
         .chain(&view.plan.containers)
         .find(|c| c.name == container)
         .ok_or_else(|| {
-            text(
+            Box::new(text(
                 StatusCode::NOT_FOUND,
                 format!("container \"{container}\" not found in pod \"{pod}\""),
-            )
+            ))
         })?;
     match instance(view.units.get(&c.unit)) {
         Instance::Running { .. } => Ok(c.unit.clone()),
-        _ => Err(text(
+        _ => Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             format!("container {container} is not running"),
-        )),
+        ))),
     }
 }
 
@@ -456,7 +456,7 @@ async fn exec(
     }
     let unit = match running_unit(state, ns, pod, container) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if super::streams::is_spdy_request(&req) {
         return spdy_exec(state, req, unit, params, None);
@@ -538,7 +538,7 @@ async fn attach(
         );
     }
     if let Err(r) = running_unit(state, ns, pod, container) {
-        return r;
+        return *r;
     }
     let Some(view) = state.runtime.pod_views().into_iter().find(|v| {
         v.rec.pod.metadata.namespace.as_deref() == Some(ns)
@@ -648,7 +648,7 @@ async fn port_forward(
         let (head, _) =
             match super::streams::spdy_negotiate(&req, &[super::streams::PORT_FORWARD_PROTOCOL]) {
                 Ok(x) => x,
-                Err(resp) => return resp.map(full),
+                Err(resp) => return (*resp).map(full),
             };
         let pod = pod.to_string();
         tokio::spawn(async move {
@@ -729,7 +729,7 @@ fn spdy_exec(
     use super::streams;
     let (head, _) = match streams::spdy_negotiate(&req, &streams::EXEC_PROTOCOLS) {
         Ok(x) => x,
-        Err(resp) => return resp.map(full),
+        Err(resp) => return (*resp).map(full),
     };
     let sd = state.runtime.systemd().clone();
     tokio::spawn(async move {

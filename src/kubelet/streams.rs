@@ -42,7 +42,7 @@ pub fn is_spdy_request<B>(req: &Request<B>) -> bool {
 pub fn spdy_negotiate<B>(
     req: &Request<B>,
     supported: &[&str],
-) -> Result<(Response<()>, String), Response<String>> {
+) -> Result<(Response<()>, String), Box<Response<String>>> {
     let offered: Vec<String> = req
         .headers()
         .get_all("x-stream-protocol-version")
@@ -68,7 +68,7 @@ pub fn spdy_negotiate<B>(
                     .append("x-accepted-stream-protocol-versions", v);
             }
         }
-        return Err(resp);
+        return Err(Box::new(resp));
     };
     let resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

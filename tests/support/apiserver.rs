@@ -30,6 +30,19 @@
 //!   HMAC-SHA256 under a key made at start ([`ApiServer::verify_token`]
 //!   checks one). Every token issued is recorded
 //!   ([`ApiServer::token_requests`]).
+//! - TokenReview and SubjectAccessReview (review.rs), for kubelets that
+//!   delegate authentication and authorization: this server's service
+//!   account tokens and tokens a test registers
+//!   ([`ApiServer::add_static_token`]) authenticate; `system:masters` and
+//!   the rules a test adds ([`ApiServer::allow`]) authorize; every review
+//!   answered is recorded ([`ApiServer::access_reviews`]).
+//! - the kubelet routes (kubelet.rs): `pods/<name>/log`, `exec`, `attach`,
+//!   `portforward` and `nodes/<name>/proxy/...`, sent on to the pod's node
+//!   as the real server sends them, as its kubelet client (a client
+//!   certificate for `kube-apiserver-kubelet-client` in `system:masters`
+//!   from the CA [`ApiServer::kubelet_client_ca_pem`]); upgrades (SPDY,
+//!   WebSocket) are spliced through byte for byte. What was sent to a node
+//!   is in [`Recorded::proxy`].
 //! - get, list (label and field selectors, `limit`/`continue` over a
 //!   snapshot), watch, create (POST), update (PUT), patch (JSON merge,
 //!   strategic merge, JSON patch) and delete.
@@ -44,7 +57,7 @@
 //! Left out on purpose (and refused rather than faked where a client could
 //! ask for them): server-side apply and dry runs (415 and 400), protobuf,
 //! Table and PartialObjectMetadata responses (406), deletecollection (405),
-//! `/binding`, `/eviction`, `/log` and other subresources (404),
+//! `/binding`, `/eviction`, `pods/<name>/proxy` and other subresources (404),
 //! managedFields, admission plugins other than NamespaceLifecycle (so no
 //! service account, token volume or default tolerations on pods: a pod has
 //! the `spec.serviceAccountName` it was created with, and a token bound to
@@ -62,7 +75,9 @@
 
 mod http;
 mod kinds;
+mod kubelet;
 mod patch;
+mod review;
 mod select;
 mod status;
 mod store;
@@ -92,11 +107,44 @@ pub struct Recorded {
     /// Who the caller was: the common name of its client certificate (HTTPS
     /// only), or None (a bearer token, or plain HTTP).
     pub user: Option<String>,
+    /// For the kubelet routes (`pods/<name>/log`, `exec`, `attach`,
+    /// `portforward`, `nodes/<name>/proxy/...`): what the server sent to the
+    /// node, if it got that far (not when the request was refused first).
+    pub proxy: Option<Proxied>,
+}
+
+/// A request the server sent to a node on a client's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxied {
+    pub method: String,
+    /// `https` (the kubelet), or what a `nodes/scheme:name:port/proxy` asked.
+    pub scheme: String,
+    /// The node address used (by the preferred address types).
+    pub host: String,
+    pub port: u16,
+    /// The path on the node: `/containerLogs/<ns>/<pod>/<container>`,
+    /// `/exec/...`, `/attach/...`, `/portForward/<ns>/<pod>`, `/stats/summary`.
+    pub path: String,
+    /// The query as sent: re-encoded from the options for the pod routes
+    /// (keys sorted, as url.Values.Encode), passed through for node proxy.
+    pub query: String,
+    /// The node's HTTP status; None when no answer came.
+    pub status: Option<u16>,
+    /// Why no answer came (dial, TLS or protocol failure), in Go's words
+    /// where the real server shows them.
+    pub error: Option<String>,
+    /// Whether the node answered 101 and the connections were spliced.
+    pub upgraded: bool,
 }
 
 /// The audience (and issuer) of the tokens the server issues: what a
 /// TokenRequest without audiences gets, the server's `--api-audiences`.
 pub const API_AUDIENCE: &str = "https://kubernetes.default.svc";
+
+/// The subject of the client certificate the server presents to kubelets
+/// (kubeadm's apiserver-kubelet-client): CN, then O.
+pub const KUBELET_CLIENT_NAME: &str = "kube-apiserver-kubelet-client";
+pub const KUBELET_CLIENT_GROUP: &str = "system:masters";
 
 /// An object a token is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +189,10 @@ struct Shared {
     store: Mutex<Store>,
     /// Bumped after every change of `store`; watches wait on it.
     changed: tokio::sync::watch::Sender<u64>,
+    /// The kubelet client certificate and key (PEM).
+    kubelet_client: (String, String),
+    /// The CA that signed it (PEM).
+    kubelet_client_ca: String,
 }
 
 impl Shared {
@@ -189,9 +241,22 @@ impl ApiServer {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let addr = listener.local_addr().unwrap();
+        // kubeadm signs apiserver-kubelet-client with the cluster CA; a plain
+        // HTTP server gets a CA of its own for it.
+        let own;
+        let signer = match &pki {
+            Some(pki) => pki,
+            None => {
+                own = tls::Pki::new();
+                &own
+            }
+        };
+        let issued = signer.issue_client(KUBELET_CLIENT_NAME, KUBELET_CLIENT_GROUP);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new()),
             changed: tokio::sync::watch::channel(0).0,
+            kubelet_client: (issued.cert_pem, issued.key_pem),
+            kubelet_client_ca: signer.ca_pem().to_string(),
         });
         let app = http::router(shared.clone()).into_make_service_with_connect_info::<http::Peer>();
         let acceptor = pki.as_ref().map(tls::Pki::acceptor);
@@ -423,6 +488,100 @@ impl ApiServer {
     /// and whether its objects still exist), else None.
     pub fn verify_token(&self, token: &str) -> Option<Value> {
         token::verify(&self.shared.lock().token_key, token)
+    }
+
+    /// A token with exactly these claims, signed as the server signs the
+    /// tokens it issues: for tokens a TokenRequest cannot make (expired,
+    /// not yet valid, bound to a stale uid). Take the claims of an issued
+    /// token ([`ApiServer::verify_token`]) and change what the test needs.
+    pub fn sign_token_claims(&self, claims: &Value) -> String {
+        token::sign(&self.shared.lock().token_key, claims)
+    }
+
+    // ----- authentication and authorization for kubelets -----
+
+    /// Registers a bearer token for `user` in `groups`, as a line of
+    /// `--token-auth-file` would (no uid). TokenReviews authenticate it
+    /// (adding `system:authenticated`) when they accept the API server's
+    /// audience. The server's own authentication is unchanged: over HTTPS it
+    /// takes any bearer token anyway.
+    pub fn add_static_token(&self, token: &str, user: &str, groups: &[&str]) {
+        self.with_store(|st| {
+            st.static_tokens.retain(|t| t.token != token);
+            st.static_tokens.push(review::StaticToken {
+                token: token.to_string(),
+                user: user.to_string(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            });
+        });
+    }
+
+    /// Allows `subject` (a user name, or `group:<name>`) to `verb` (`get`,
+    /// `create`, …, or `*`) on `resource`, as a ClusterRole with that one
+    /// rule bound by a ClusterRoleBinding would: `resource` is `nodes`,
+    /// `nodes/proxy` (a subresource), `*/proxy`, `*`, `leases.coordination.k8s.io`
+    /// (a group after the first dot; none is the core group), a
+    /// non-resource URL starting with `/` (`/metrics`, `/logs/*`), or
+    /// `nodes/*`, this fixture's shorthand for every subresource of nodes
+    /// (RBAC itself has no such wildcard: a real ClusterRole lists them).
+    /// Members of `system:masters` need no rule.
+    pub fn allow(&self, subject: &str, verb: &str, resource: &str) {
+        self.with_store(|st| {
+            let rule = review::Rule::parse(st.rules.len() + 1, subject, verb, resource);
+            st.rules.push(rule);
+        });
+    }
+
+    /// Every SubjectAccessReview answered, in order, as answered (spec and
+    /// status); refused ones (422) are not here.
+    pub fn access_reviews(&self) -> Vec<Value> {
+        self.shared.lock().access_reviews.clone()
+    }
+
+    // ----- the kubelet client -----
+
+    /// The CA of the client certificate the server presents to kubelets
+    /// (PEM): what a node's `--client-ca-file` must trust. For
+    /// [`ApiServer::start_tls`] it is [`ApiServer::ca_pem`], as kubeadm
+    /// signs both with the cluster CA.
+    pub fn kubelet_client_ca_pem(&self) -> String {
+        self.shared.kubelet_client_ca.clone()
+    }
+
+    /// `--kubelet-preferred-address-types`: which of a Node's
+    /// `status.addresses` the server connects to, first type found first.
+    /// The default is the real server's (Hostname, InternalDNS, InternalIP,
+    /// ExternalDNS, ExternalIP); a Hostname rarely resolves in tests.
+    pub fn set_kubelet_preferred_address_types(&self, types: &[&str]) {
+        self.with_store(|st| {
+            st.kubelet_address_types = types.iter().map(|t| t.to_string()).collect();
+        });
+    }
+
+    /// `--kubelet-certificate-authority`: from now on kubelets' serving
+    /// certificates must chain to this CA (PEM) and name the address
+    /// connected to. Without it (the default) they are not checked.
+    pub fn set_kubelet_ca(&self, pem: &str) {
+        self.with_store(|st| st.kubelet_ca = Some(pem.to_string()));
+    }
+
+    /// The real server refuses `nodes/<name>/proxy` to a node whose address
+    /// is not global unicast (400 `address not allowed`), so test nodes on
+    /// 127.0.0.1 cannot be reached that way; `true` lets loopback addresses
+    /// through (the log, exec, attach and port-forward routes never check).
+    pub fn set_node_proxy_allows_loopback(&self, allowed: bool) {
+        self.with_store(|st| st.node_proxy_loopback = allowed);
+    }
+
+    /// What the server sent to nodes, in order: [`Recorded::proxy`] of
+    /// every request that got that far.
+    pub fn proxied_requests(&self) -> Vec<Proxied> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter_map(|r| r.proxy.clone())
+            .collect()
     }
 }
 

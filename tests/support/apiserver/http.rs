@@ -1,10 +1,13 @@
 //! The HTTP side: authentication, the REST paths of core/v1 (with the
 //! `serviceaccounts/<name>/token` subresource) and
 //! coordination.k8s.io/v1, the verbs on them, content types, and watch
-//! streams (chunked, one JSON event per line, flushed as it happens).
+//! streams (chunked, one JSON event per line, flushed as it happens); the
+//! review APIs (review.rs) and the kubelet routes (kubelet.rs).
 
 use super::kinds::{self, Kind, KINDS};
+use super::kubelet::{self, WEBSOCKET_BEARER_PREFIX};
 use super::patch::PATCH_TYPES;
+use super::review;
 use super::select::Selector;
 use super::status::{ApiError, FieldError};
 use super::store::{self, DeleteOptions, ListQuery};
@@ -15,8 +18,11 @@ use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -41,22 +47,40 @@ pub struct Peer {
     /// The common name of the client certificate the CA signed, if the
     /// client presented one.
     pub user: Option<String>,
+    /// The client's address (X-Forwarded-For of proxied requests).
+    pub addr: Option<SocketAddr>,
 }
 
 /// Plain HTTP: no TLS, no client certificate.
 impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
         Peer {
             tls: false,
             user: None,
+            addr: Some(*stream.remote_addr()),
         }
     }
 }
 
+/// wsstream.IsWebSocketRequest: an upgrade to `websocket`.
+fn is_websocket(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("upgrade"));
+    upgrade
+        && headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
 /// Whether a request is authenticated: over HTTPS, by a client certificate
-/// (see [`Peer`]) or by a bearer token, any token (the apiserver's union of
-/// authenticators, x509 first); over plain HTTP, always, like the insecure
-/// port servers once had.
+/// (see [`Peer`]), by a bearer token (any token) or by a WebSocket's
+/// `base64url.bearer.authorization.k8s.io.<token>` subprotocol next to
+/// another one (the apiserver's union of authenticators, x509 first); over
+/// plain HTTP, always, like the insecure port servers once had.
 fn authenticated(peer: &Peer, headers: &HeaderMap) -> bool {
     let bearer = || {
         headers
@@ -65,7 +89,21 @@ fn authenticated(peer: &Peer, headers: &HeaderMap) -> bool {
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|token| !token.trim().is_empty())
     };
-    !peer.tls || peer.user.is_some() || bearer()
+    let websocket = || {
+        let protocols: Vec<&str> = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let token = protocols.iter().find_map(|p| {
+            p.strip_prefix(WEBSOCKET_BEARER_PREFIX)
+                .and_then(|t| URL_SAFE_NO_PAD.decode(t).ok())
+        });
+        is_websocket(headers) && token.is_some_and(|t| !t.is_empty()) && protocols.len() > 1
+    };
+    !peer.tls || peer.user.is_some() || bearer() || websocket()
 }
 
 /// Every request: record it, authenticate it, apply injected faults, serve
@@ -73,11 +111,22 @@ fn authenticated(peer: &Peer, headers: &HeaderMap) -> bool {
 async fn handle(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let (method, uri, headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(&ApiError::bad_request(format!(
+                "reading the request body: {e}"
+            )))
+        }
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -90,6 +139,7 @@ async fn handle(
         body: serde_json::from_slice(&body).ok(),
         status: 0,
         user: peer.user.clone(),
+        proxy: None,
     };
     // Authentication comes first in kube-apiserver's handler chain: a
     // refused request reaches no later filter, so it takes no injected fault.
@@ -113,9 +163,22 @@ async fn handle(
         content_type: content_type.as_deref(),
         body: &body,
     };
-    let response = match fault {
-        Some(e) => error_response(&e),
-        None => route(&shared, &request).unwrap_or_else(|e| error_response(&e)),
+    let response = match (fault, kubelet::route(uri.path())) {
+        (Some(e), _) => error_response(&e),
+        (None, Some(to)) => {
+            let req = kubelet::ProxyRequest {
+                method: method.clone(),
+                path: uri.path().to_string(),
+                query: uri.query().unwrap_or("").to_string(),
+                headers: headers.clone(),
+                body: body.clone(),
+                upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            };
+            let (response, sent) = kubelet::serve(shared.clone(), to, req, &peer).await;
+            record.proxy = sent;
+            response
+        }
+        (None, None) => route(&shared, &request).unwrap_or_else(|e| error_response(&e)),
     };
     record.status = response.status().as_u16();
     shared.lock().requests.push(record);
@@ -139,7 +202,7 @@ fn json_response(code: u16, body: &Value) -> Response {
         .unwrap()
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub fn error_response(e: &ApiError) -> Response {
     let mut r = json_response(e.code, &e.to_status());
     if let Some(secs) = e.retry_after {
         r.headers_mut().insert(header::RETRY_AFTER, secs.into());
@@ -207,22 +270,57 @@ fn route(shared: &Arc<Shared>, req: &Request) -> Result<Response, ApiError> {
         ["apis"] => get(json!({
             "kind": "APIGroupList",
             "apiVersion": "v1",
-            "groups": [group_info("coordination.k8s.io")],
+            "groups": GROUPS.map(group_info),
         })),
-        ["apis", "coordination.k8s.io"] => {
-            let mut group = group_info("coordination.k8s.io");
+        ["apis", group] if GROUPS.contains(group) => {
+            let mut group = group_info(group);
             group["kind"] = json!("APIGroup");
             group["apiVersion"] = json!("v1");
             get(group)
         }
         ["api", "v1"] => get(resource_list("")),
-        ["apis", "coordination.k8s.io", "v1"] => get(resource_list("coordination.k8s.io")),
+        ["apis", group, "v1"] if GROUPS.contains(group) => get(resource_list(group)),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => {
+            create_only(req, |body| review::token_review(&shared.lock(), body))
+        }
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => {
+            create_only(req, |body| {
+                review::subject_access_review(&mut shared.lock(), body)
+            })
+        }
         ["api", "v1", rest @ ..] => resource(shared, req, "", rest),
         ["apis", "coordination.k8s.io", "v1", rest @ ..] => {
             resource(shared, req, "coordination.k8s.io", rest)
         }
         _ => Err(ApiError::path_not_found()),
     }
+}
+
+/// The API groups served besides core/v1.
+const GROUPS: [&str; 3] = [
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "coordination.k8s.io",
+];
+
+/// A review: POST only, JSON in, the answered review out with 201.
+fn create_only(
+    req: &Request,
+    review: impl FnOnce(Value) -> Result<Value, ApiError>,
+) -> Result<Response, ApiError> {
+    if *req.method != Method::POST {
+        return Err(ApiError::method_not_allowed());
+    }
+    let q: HashMap<String, String> = Query::try_from_uri(req.uri)
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if q.contains_key("dryRun") {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the test API server",
+        ));
+    }
+    let body = json_body(req)?;
+    Ok(json_response(201, &review(body)?))
 }
 
 /// JSON is all the fixture serves: no protobuf, no Table or
@@ -261,6 +359,15 @@ fn group_info(group: &str) -> Value {
 
 fn resource_list(group: &str) -> Value {
     let mut resources = vec![];
+    let review = |plural: &str, kind: &str| json!({ "name": plural, "singularName": kind.to_lowercase(), "namespaced": false, "kind": kind, "verbs": ["create"] });
+    match group {
+        "authentication.k8s.io" => resources.push(review("tokenreviews", "TokenReview")),
+        "authorization.k8s.io" => {
+            resources.push(review("subjectaccessreviews", "SubjectAccessReview"))
+        }
+        _ => {}
+    }
+    let sub = |name: &str, namespaced: bool, kind: &str, verbs: &[&str]| json!({ "name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs });
     for k in KINDS.iter().filter(|k| k.group == group) {
         let verbs = [
             "create", "delete", "get", "list", "patch", "update", "watch",
@@ -280,6 +387,30 @@ fn resource_list(group: &str) -> Value {
                 "kind": k.kind,
                 "verbs": ["get", "patch", "update"],
             }));
+        }
+        if k.kind == "Pod" {
+            resources.push(sub(
+                "pods/attach",
+                true,
+                "PodAttachOptions",
+                &["create", "get"],
+            ));
+            resources.push(sub("pods/exec", true, "PodExecOptions", &["create", "get"]));
+            resources.push(sub("pods/log", true, "Pod", &["get"]));
+            resources.push(sub(
+                "pods/portforward",
+                true,
+                "PodPortForwardOptions",
+                &["create", "get"],
+            ));
+        }
+        if k.kind == "Node" {
+            resources.push(sub(
+                "nodes/proxy",
+                false,
+                "NodeProxyOptions",
+                &["create", "delete", "get", "patch", "update"],
+            ));
         }
         if k.kind == "ServiceAccount" {
             resources.push(json!({

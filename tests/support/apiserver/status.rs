@@ -100,6 +100,13 @@ impl FieldError {
     }
 }
 
+/// Go's `%q` of a string, as far as messages need it: Rust's `{:?}` (the
+/// two differ only in how some control and non-printing characters are
+/// escaped).
+pub fn go_quote(s: &str) -> String {
+    format!("{s:?}")
+}
+
 /// How field.Error prints a value: strings quoted, numbers bare.
 fn go_value(v: &Value) -> String {
     match v {
@@ -280,6 +287,87 @@ impl ApiError {
             "NotAcceptable",
             "only application/json is served by the test API server",
         )
+    }
+
+    /// An error that is not a `Status` (a Go `error` from a registry or a
+    /// transport): responsewriters' ErrorToAPIStatus makes it a 500 with no
+    /// reason (StatusReasonUnknown is "") and the error's text.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(500, "", message)
+    }
+
+    /// errors.NewServiceUnavailable.
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+
+    /// errors.NewGenericServerResponse(code, "", resource, name, body, 0,
+    /// false), as GenericHttpResponseChecker makes one of a kubelet's error
+    /// answer: the message for the code (the server's own words only for 403,
+    /// 406, 415 and other 5xx), then ` ( <resource> <name>)` (the empty verb
+    /// leaves two spaces).
+    pub fn generic_server_response(code: u16, resource: &str, name: &str, body: &str) -> Self {
+        let (reason, message) = match code {
+            409 => ("Conflict", "the server reported a conflict".to_string()),
+            404 => (
+                "NotFound",
+                "the server could not find the requested resource".to_string(),
+            ),
+            400 => (
+                "BadRequest",
+                "the server rejected our request for an unknown reason".to_string(),
+            ),
+            401 => (
+                "Unauthorized",
+                "the server has asked for the client to provide credentials".to_string(),
+            ),
+            403 => ("Forbidden", body.to_string()),
+            406 => (
+                "NotAcceptable",
+                if body.is_empty() || body == "unknown" {
+                    "the server was unable to respond with a content type that the client supports"
+                        .to_string()
+                } else {
+                    body.to_string()
+                },
+            ),
+            415 => ("UnsupportedMediaType", body.to_string()),
+            405 => (
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource".to_string(),
+            ),
+            422 => (
+                "Invalid",
+                "the server rejected our request due to an error in our request".to_string(),
+            ),
+            503 => (
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request".to_string(),
+            ),
+            504 => (
+                "Timeout",
+                "the server was unable to return a response in the time allotted, but may still be processing the request".to_string(),
+            ),
+            429 => (
+                "TooManyRequests",
+                "the server has received too many requests and has asked us to try again later"
+                    .to_string(),
+            ),
+            c if c >= 500 => (
+                "InternalError",
+                format!(
+                    "an error on the server ({}) has prevented the request from succeeding",
+                    go_quote(body)
+                ),
+            ),
+            c => (
+                "",
+                format!("the server responded with the status code {c} but did not return more information"),
+            ),
+        };
+        let mut e = Self::new(code, reason, format!("{message} ( {resource} {name})"));
+        e.details = Some(json!({ "name": name, "kind": resource }));
+        e
     }
 
     /// What `fail_next` and `set_available(false)` answer: a Status for `code`

@@ -11,6 +11,7 @@ use super::kinds::{by_plural, Kind};
 use super::patch;
 use super::select::Selector;
 use super::status::{self, ApiError, FieldError};
+use super::{kubelet, review};
 use super::{Recorded, TokenRequestRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -74,6 +75,20 @@ pub struct Store {
     pub token_key: [u8; 32],
     /// Every token issued, in order.
     pub token_requests: Vec<TokenRequestRecord>,
+    /// Tokens a test registered, as `--token-auth-file` lines would.
+    pub static_tokens: Vec<review::StaticToken>,
+    /// The authorization policy besides `system:masters`, in order added.
+    pub rules: Vec<review::Rule>,
+    /// Every SubjectAccessReview answered, as answered.
+    pub access_reviews: Vec<Value>,
+    /// `--kubelet-preferred-address-types`.
+    pub kubelet_address_types: Vec<String>,
+    /// `--kubelet-certificate-authority` (PEM): verify kubelets' serving
+    /// certificates against it; None: do not verify them.
+    pub kubelet_ca: Option<String>,
+    /// Let `nodes/<name>/proxy` reach nodes at loopback addresses, which the
+    /// real server refuses.
+    pub node_proxy_loopback: bool,
 }
 
 /// The namespaces a new cluster has.
@@ -197,6 +212,15 @@ impl Store {
             requests: vec![],
             token_key: random_bytes::<32>(),
             token_requests: vec![],
+            static_tokens: vec![],
+            rules: vec![],
+            access_reviews: vec![],
+            kubelet_address_types: kubelet::DEFAULT_ADDRESS_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            kubelet_ca: None,
+            node_proxy_loopback: false,
         };
         for ns in INITIAL_NAMESPACES {
             store

@@ -216,7 +216,11 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
             .and_then(|chain| chain.first())
             .and_then(|leaf| common_name(leaf))
             .filter(|cn| !cn.is_empty());
-        Peer { tls: true, user }
+        Peer {
+            tls: true,
+            user,
+            addr: Some(*stream.remote_addr()),
+        }
     }
 }
 
