@@ -531,3 +531,178 @@ fn exec_runs_in_the_container_over_websocket() {
     );
     node.stop_agent();
 }
+
+/// Debian's kubectl 1.20 (SPDY to the API server), which `.ci/run` unpacks.
+const KUBECTL: &str = "/opt/kubernetes-client/usr/bin/kubectl";
+
+/// kubectl against the test API server, which proxies to the node's
+/// kubelet API as a real API server does.
+fn kubectl(kc: &std::path::Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    assert!(
+        std::path::Path::new(KUBECTL).exists(),
+        "{KUBECTL} is missing: run .ci/run, or apt-get download kubernetes-client && dpkg-deb -x kubernetes-client_*.deb /opt/kubernetes-client"
+    );
+    let mut child = std::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(kc)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn kubectl_logs_exec_and_port_forward_through_the_api_server_with_webhook_auth() {
+    let api = ApiServer::start();
+    api.set_kubelet_preferred_address_types(&["InternalIP"]);
+    let mut node = Node::boot("kubelet_api_kubectl");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    std::fs::write(
+        node.dir.join("kubelet-client-ca.pem"),
+        api.kubelet_client_ca_pem(),
+    )
+    .unwrap();
+    let ca = node.path("kubelet-client-ca.pem");
+    let port = free_port();
+    let port_s = port.to_string();
+    let web_port = free_port();
+    // Default authorization: SubjectAccessReview against the API server.
+    node.start_node_agent(
+        &kc,
+        &[
+            "--port",
+            &port_s,
+            "--self-signed-serving-cert",
+            "--client-ca-file",
+            &ca,
+        ],
+    );
+    let nn = node.name.clone();
+    api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "talker", "namespace": "default"},
+            "spec": {"nodeName": nn, "containers": [{
+                "name": "c", "image": "host",
+                "command": ["/bin/sh", "-c", "echo hello-from-c; exec /usr/bin/python3 -m http.server --bind 127.0.0.1 $PORT"],
+                "env": [{"name": "PORT", "value": web_port.to_string()}]
+            }]}
+        }),
+    );
+    node.wait_for("the pod running", default_wait(), || {
+        let p = api.get("pods", Some("default"), "talker")?;
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    let kcp = kc.as_path();
+    // kubectl logs.
+    let out = node.wait_for("kubectl logs", default_wait(), || {
+        let o = kubectl(kcp, &["logs", "talker"], b"");
+        (o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hello-from-c"))
+            .then_some(o)
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some("hello-from-c")
+    );
+    // kubectl exec over SPDY: output, input, and the exit code.
+    let o = kubectl(
+        kcp,
+        &[
+            "exec",
+            "talker",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        b"",
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).lines().next(),
+        Some("err")
+    );
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let o = kubectl(
+        kcp,
+        &["exec", "-i", "talker", "--", "/bin/cat"],
+        b"typed input\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "typed input\n");
+    // The API server's identity was checked with a SubjectAccessReview
+    // carrying the kubelet's attributes.
+    let reviews = api.access_reviews();
+    assert!(
+        reviews.iter().any(|r| {
+            let a = &r["spec"]["resourceAttributes"];
+            a["resource"] == "nodes"
+                && a["subresource"] == "proxy"
+                && a["name"] == nn.as_str()
+                && a["verb"] == "create"
+        }),
+        "{reviews:?}"
+    );
+    // kubectl port-forward over SPDY.
+    let local = free_port();
+    let mut pf = std::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(kcp)
+        .args(["port-forward", "pod/talker", &format!("{local}:{web_port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let got = node.try_wait_for(default_wait(), || {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{local}/"),
+            ])
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&o.stdout).into_owned();
+        body.contains("Directory listing").then_some(body)
+    });
+    let _ = pf.kill();
+    let pf_out = pf.wait_with_output().unwrap();
+    assert!(
+        got.is_some(),
+        "no page through port-forward: {}\n{}\nproxied: {:?}",
+        String::from_utf8_lossy(&pf_out.stdout),
+        String::from_utf8_lossy(&pf_out.stderr),
+        api.proxied_requests()
+    );
+
+    // Bearer tokens: TokenReview, then SubjectAccessReview.
+    api.add_static_token("reader-token", "reader", &["readers"]);
+    api.add_static_token("nobody-token", "nobody", &[]);
+    api.allow("reader", "get", "nodes/stats");
+    let bearer = |token: &str, path: &str| -> u16 {
+        node.sh(&format!(
+            "curl -sk --max-time 10 -o /dev/null -w '%{{http_code}}' -H 'Authorization: Bearer {token}' 'https://127.0.0.1:{port}{path}'"
+        ))
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    };
+    assert_eq!(bearer("reader-token", "/stats/summary"), 200);
+    assert_eq!(
+        bearer("reader-token", "/pods"),
+        403,
+        "not allowed nodes/pods or nodes/proxy"
+    );
+    assert_eq!(bearer("nobody-token", "/stats/summary"), 403);
+    assert_eq!(bearer("made-up", "/stats/summary"), 401);
+    node.stop_agent();
+}

@@ -622,6 +622,24 @@ async fn port_forward(
             format!("pod \"{pod}\" does not exist"),
         );
     }
+    // Over SPDY the ports come with each stream (`port` header).
+    if super::streams::is_spdy_request(&req) {
+        let (head, _) =
+            match super::streams::spdy_negotiate(&req, &[super::streams::PORT_FORWARD_PROTOCOL]) {
+                Ok(x) => x,
+                Err(resp) => return (*resp).map(full),
+            };
+        let pod = pod.to_string();
+        tokio::spawn(async move {
+            let io = match hyper::upgrade::on(req).await {
+                Ok(u) => TokioIo::new(u),
+                Err(e) => return debug!(error = %e, "port-forward upgrade failed"),
+            };
+            let (conn, incoming) = super::spdy::serve(io, super::spdy::Config::default());
+            super::streams::port_forward(conn, incoming, pod).await;
+        });
+        return super::streams::head(head);
+    }
     let mut ports: Vec<u16> = Vec::new();
     for (k, v) in super::logs::query_pairs(req.uri().query().unwrap_or("")) {
         if k == "ports" || k == "port" {
@@ -643,23 +661,6 @@ async fn port_forward(
             StatusCode::BAD_REQUEST,
             "query parameter \"port\" is required (1 to 127 ports)",
         );
-    }
-    if super::streams::is_spdy_request(&req) {
-        let (head, _) =
-            match super::streams::spdy_negotiate(&req, &[super::streams::PORT_FORWARD_PROTOCOL]) {
-                Ok(x) => x,
-                Err(resp) => return (*resp).map(full),
-            };
-        let pod = pod.to_string();
-        tokio::spawn(async move {
-            let io = match hyper::upgrade::on(req).await {
-                Ok(u) => TokioIo::new(u),
-                Err(e) => return debug!(error = %e, "port-forward upgrade failed"),
-            };
-            let (conn, incoming) = super::spdy::serve(io, super::spdy::Config::default());
-            super::streams::port_forward(conn, incoming, pod).await;
-        });
-        return super::streams::head(head);
     }
     if !ws::is_websocket_request(&req) {
         return text(
