@@ -467,52 +467,7 @@ async fn exec(
             "unable to upgrade: an exec request must upgrade to SPDY/3.1 or a WebSocket (v4.channel.k8s.io or v5.channel.k8s.io)",
         );
     }
-    let (head, protocol) = match ws::negotiate(&req, ws::EXEC_PROTOCOLS) {
-        Ok(x) => x,
-        Err(resp) => return resp.map(full),
-    };
-    let sd = state.runtime.systemd().clone();
-    tokio::spawn(async move {
-        let io = match hyper::upgrade::on(req).await {
-            Ok(u) => TokioIo::new(u),
-            Err(e) => return debug!(error = %e, "exec upgrade failed"),
-        };
-        let layout = ws::exec_layout(params.stdin, params.stdout, params.stderr);
-        let mut conn = ws::channels(io, protocol, &layout, ws::Config::default()).await;
-        let _ = conn.send_exec_ready().await;
-        let resize_reader = conn.reader(ws::RESIZE);
-        let resize = match (params.tty, resize_reader) {
-            (true, Some(r)) => Some(resize_channel(r)),
-            _ => None,
-        };
-        let streams = super::exec::Streams {
-            stdin: conn
-                .reader(ws::STDIN)
-                .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            stdout: conn
-                .writer(ws::STDOUT)
-                .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
-            stderr: conn
-                .writer(ws::STDERR)
-                .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
-            resize,
-        };
-        let outcome = super::exec::run(&sd, &unit, &params, streams).await;
-        if protocol.has_status() {
-            let _ = conn
-                .send(
-                    ws::ERROR,
-                    &super::exec::status_json(&params.command, &outcome),
-                )
-                .await;
-        } else if outcome != super::exec::Outcome::Exited(0) {
-            let _ = conn
-                .send(ws::ERROR, format!("{outcome:?}").as_bytes())
-                .await;
-        }
-        conn.close().await;
-    });
-    head.map(|()| full(Bytes::new()))
+    ws_exec(state, req, unit, params, None)
 }
 
 /// `/attach/{ns}/{pod}/{container}`: the container's output from now on
@@ -569,6 +524,20 @@ async fn attach(
             "unable to upgrade: an attach request must upgrade to SPDY/3.1 or a WebSocket",
         );
     }
+    let unit = q.unit.clone();
+    ws_exec(state, req, unit, params, Some(q))
+}
+
+/// Exec (or, with `attach`, attach) over a WebSocket: negotiate, upgrade,
+/// run, report the Status on the error channel (v4 and later).
+fn ws_exec(
+    state: &State,
+    req: Request<Incoming>,
+    unit: String,
+    params: super::exec::Params,
+    attach: Option<crate::journal::LogQuery>,
+) -> Response<Body> {
+    use super::ws;
     let (head, protocol) = match ws::negotiate(&req, ws::EXEC_PROTOCOLS) {
         Ok(x) => x,
         Err(resp) => return resp.map(full),
@@ -577,26 +546,53 @@ async fn attach(
     tokio::spawn(async move {
         let io = match hyper::upgrade::on(req).await {
             Ok(u) => TokioIo::new(u),
-            Err(e) => return debug!(error = %e, "attach upgrade failed"),
+            Err(e) => return debug!(error = %e, "exec upgrade failed"),
         };
-        let layout = ws::exec_layout(false, params.stdout, params.stderr);
+        let layout = ws::exec_layout(params.stdin, params.stdout, params.stderr);
         let mut conn = ws::channels(io, protocol, &layout, ws::Config::default()).await;
         let _ = conn.send_exec_ready().await;
-        drop(conn.reader(ws::RESIZE));
-        if let Some(mut out) = conn.writer(ws::STDOUT).or_else(|| conn.writer(ws::STDERR)) {
-            let stop = crate::journal::until_instance_ends(&sd, &q);
-            tokio::select! {
-                r = crate::journal::stream(&q, &mut out, stop) => {
-                    if let Err(e) = r {
-                        debug!(error = %e, "attach stream ended");
+        let resize = match (params.tty, conn.reader(ws::RESIZE)) {
+            (true, Some(r)) => Some(resize_channel(r)),
+            _ => None,
+        };
+        let outcome = match &attach {
+            Some(q) => {
+                if let Some(mut out) = conn.writer(ws::STDOUT).or_else(|| conn.writer(ws::STDERR)) {
+                    let stop = crate::journal::until_instance_ends(&sd, q);
+                    tokio::select! {
+                        r = crate::journal::stream(q, &mut out, stop) => {
+                            if let Err(e) = r {
+                                debug!(error = %e, "attach stream ended");
+                            }
+                        }
+                        _ = conn.closed() => {}
                     }
                 }
-                _ = conn.closed() => {}
+                super::exec::Outcome::Exited(0)
             }
-        }
+            None => {
+                let streams = super::exec::Streams {
+                    stdin: conn
+                        .reader(ws::STDIN)
+                        .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                    stdout: conn
+                        .writer(ws::STDOUT)
+                        .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+                    stderr: conn
+                        .writer(ws::STDERR)
+                        .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+                    resize,
+                };
+                super::exec::run(&sd, &unit, &params, streams).await
+            }
+        };
         if protocol.has_status() {
-            let ok = super::exec::status_json(&[], &super::exec::Outcome::Exited(0));
-            let _ = conn.send(ws::ERROR, &ok).await;
+            let status = super::exec::status_json(&params.command, &outcome);
+            let _ = conn.send(ws::ERROR, &status).await;
+        } else if outcome != super::exec::Outcome::Exited(0) {
+            let _ = conn
+                .send(ws::ERROR, format!("{outcome:?}").as_bytes())
+                .await;
         }
         conn.close().await;
     });
