@@ -706,3 +706,110 @@ fn kubectl_logs_exec_and_port_forward_through_the_api_server_with_webhook_auth()
     assert_eq!(bearer("made-up", "/stats/summary"), 401);
     node.stop_agent();
 }
+
+#[test]
+fn hostile_clients_neither_crash_the_agent_nor_touch_pods() {
+    use std::io::{Read, Write};
+    let api = ApiServer::start();
+    let mut node = Node::boot("kubelet_api_hostile");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    let pki = client_pki(
+        &node,
+        "apiserver",
+        "kube-apiserver-kubelet-client",
+        "system:masters",
+    );
+    let port = free_port();
+    let port_s = port.to_string();
+    node.start_node_agent(
+        &kc,
+        &[
+            "--port",
+            &port_s,
+            "--self-signed-serving-cert",
+            "--client-ca-file",
+            &pki.ca,
+            "--authorization-mode",
+            "AlwaysAllow",
+        ],
+    );
+    let nn = node.name.clone();
+    api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "steady", "namespace": "default"},
+            "spec": {"nodeName": nn, "containers": [{
+                "name": "c", "image": "host", "command": ["/bin/sleep", "infinity"]
+            }]}
+        }),
+    );
+    node.wait_for("the pod running", default_wait(), || {
+        let p = api.get("pods", Some("default"), "steady")?;
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    let unit = node.unit_of("default", "steady", "c");
+    let pid_before = node.show_value(&unit, "MainPID");
+    // Not TLS at all, and a TLS client that stops mid-handshake.
+    for junk in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff][..],
+        &[0u8; 4096][..],
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = s.write_all(junk);
+        s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+    }
+    // Many connections at once.
+    let held: Vec<_> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    // Huge headers, an unknown SPDY protocol, and garbage after a SPDY
+    // upgrade.
+    std::fs::write(
+        node.dir.join("big-header"),
+        format!("X-Big: {}\n", "x".repeat(200 * 1024)),
+    )
+    .unwrap();
+    let code = node
+        .sh(&format!(
+            "curl -sk --max-time 20 --cert {} --key {} -o /dev/null -w '%{{http_code}}' -H @{} https://127.0.0.1:{port}/healthz || true",
+            pki.cert,
+            pki.key,
+            node.path("big-header")
+        ))
+        .trim()
+        .to_string();
+    assert_ne!(code, "200", "a 200 KiB header is refused");
+    let refused = node.sh(&format!(
+        "curl -sk --http1.1 --max-time 20 --cert {} --key {} -o /dev/null -w '%{{http_code}}' -X POST -H 'Connection: Upgrade' -H 'Upgrade: SPDY/3.1' -H 'X-Stream-Protocol-Version: v1.channel.k8s.io' 'https://127.0.0.1:{port}/exec/default/steady/c?command=true&stdout=1'",
+        pki.cert, pki.key
+    ));
+    assert_eq!(refused.trim(), "403");
+    // Garbage frames on an upgraded connection: the agent drops it.
+    let garbage = node.sh_output(&format!(
+        "(printf 'POST /exec/default/steady/c?command=true&stdout=1 HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: SPDY/3.1\\r\\nX-Stream-Protocol-Version: v4.channel.k8s.io\\r\\n\\r\\n'; sleep 1; head -c 65536 /dev/urandom; sleep 2) | timeout 20 openssl s_client -quiet -connect 127.0.0.1:{port} -cert {} -key {} 2>/dev/null | head -c 200 | od -c | head -3",
+        pki.cert, pki.key
+    ));
+    assert!(
+        String::from_utf8_lossy(&garbage.stdout).contains("1   0   1"),
+        "the upgrade was answered 101 before the garbage: {garbage:?}"
+    );
+    drop(held);
+    // The agent still answers, and the pod never noticed.
+    node.wait_for("the kubelet API to answer again", default_wait(), || {
+        (call(&node, port, Some(&pki), "/healthz") == (200, "ok".to_string())).then_some(())
+    });
+    assert_eq!(node.show_value(&unit, "MainPID"), pid_before);
+    assert_eq!(
+        api.get("pods", Some("default"), "steady").unwrap()["status"]["containerStatuses"][0]
+            ["restartCount"],
+        0
+    );
+    node.stop_agent();
+}
