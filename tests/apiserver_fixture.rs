@@ -3792,3 +3792,699 @@ fn node_proxy_reaches_the_kubelet_and_passes_its_answers_through() {
         );
     });
 }
+
+// ----- certificate signing requests -----
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+
+const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
+
+/// A PEM CSR from a new key: CN and O, and SANs (IP addresses are parsed
+/// as such, the rest are DNS names).
+fn csr_pem(cn: &str, org: &str, sans: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    dn.push(rcgen::DnType::OrganizationName, org);
+    params.distinguished_name = dn;
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+fn csr_object(name: &str, pem: &str, signer: &str, usages: &[&str]) -> CertificateSigningRequest {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "request": b64(pem.as_bytes()),
+            "signerName": signer,
+            "usages": usages,
+            // The server fills these from the requester, whatever is sent.
+            "username": "mallory",
+            "groups": ["system:masters"],
+        },
+    }))
+    .unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn serving_csr(name: &str, node: &str) -> CertificateSigningRequest {
+    let pem = csr_pem(
+        &format!("system:node:{node}"),
+        "system:nodes",
+        &[&format!("{node}.example"), "10.0.0.1"],
+    );
+    csr_object(
+        name,
+        &pem,
+        KUBELET_SERVING,
+        &["digital signature", "server auth"],
+    )
+}
+
+/// The 422 causes of a refused call, as (field, reason, message).
+fn causes(s: &kube::core::Status) -> Vec<(String, String, String)> {
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+    s.details
+        .as_ref()
+        .unwrap()
+        .causes
+        .iter()
+        .map(|c| (c.field.clone(), c.reason.clone(), c.message.clone()))
+        .collect()
+}
+
+fn condition_types(csr: &CertificateSigningRequest) -> Vec<(String, String)> {
+    csr.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .map(|c| (c.type_.clone(), c.reason.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn csrs_record_the_requester_and_are_validated_as_the_real_server_validates_them() {
+    let api = ApiServer::start_tls();
+    let (_, kubeconfig) =
+        kubeconfig_from(|p| api.write_kubeconfig_client_cert(p, "system:node:n1"));
+    run(async {
+        let client = client_from(kubeconfig).await;
+        let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+        let mut sent = serving_csr("serving-n1", "n1");
+        sent.status = Some(Default::default());
+        let created = csrs.create(&PostParams::default(), &sent).await.unwrap();
+        let spec = &created.spec;
+        assert_eq!(spec.username.as_deref(), Some("system:node:n1"));
+        assert_eq!(
+            spec.groups.as_deref(),
+            Some(
+                &[
+                    "system:nodes".to_string(),
+                    "system:authenticated".to_string()
+                ][..]
+            )
+        );
+        assert_eq!(spec.request, sent.spec.request);
+        assert!(condition_types(&created).is_empty());
+        assert!(created.status.unwrap().certificate.is_none());
+        let got = csrs.get("serving-n1").await.unwrap();
+        assert_eq!(got.spec.signer_name, KUBELET_SERVING);
+
+        // Field selectors: metadata.name and spec.signerName.
+        let other = csr_object(
+            "client-n1",
+            &csr_pem("system:node:n1", "system:nodes", &[]),
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &["client auth"],
+        );
+        csrs.create(&PostParams::default(), &other).await.unwrap();
+        let listed = |items: Vec<CertificateSigningRequest>| -> Vec<String> {
+            items
+                .into_iter()
+                .map(|c| c.metadata.name.unwrap())
+                .collect()
+        };
+        let by_signer = ListParams::default().fields(&format!("spec.signerName={KUBELET_SERVING}"));
+        assert_eq!(
+            listed(csrs.list(&by_signer).await.unwrap().items),
+            ["serving-n1"]
+        );
+        let by_name = ListParams::default().fields("metadata.name=client-n1");
+        assert_eq!(
+            listed(csrs.list(&by_name).await.unwrap().items),
+            ["client-n1"]
+        );
+
+        // spec.request: a PEM CERTIFICATE REQUEST whose signature verifies.
+        let pem = csr_pem("system:node:n1", "system:nodes", &["n1.example"]);
+        let bad = csr_object(
+            "bad-pem",
+            "not a PEM block",
+            KUBELET_SERVING,
+            &["server auth"],
+        );
+        let refused = status_of(csrs.create(&PostParams::default(), &bad).await);
+        let c = causes(&refused);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(
+            (c[0].0.as_str(), c[0].1.as_str()),
+            ("spec.request", "FieldValueInvalid")
+        );
+        assert!(
+            c[0].2
+                .starts_with("Invalid value: []byte{0x6e, 0x6f, 0x74,"),
+            "{c:?}"
+        );
+        assert!(
+            c[0].2
+                .ends_with(": PEM block type must be CERTIFICATE REQUEST"),
+            "{c:?}"
+        );
+        let cert_pem = rcgen::CertificateParams::new(vec!["x.example".to_string()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        let not_a_request = csr_object("a-cert", &cert_pem, KUBELET_SERVING, &["server auth"]);
+        let c = causes(&status_of(
+            csrs.create(&PostParams::default(), &not_a_request).await,
+        ));
+        assert!(
+            c[0].2
+                .ends_with("PEM block type must be CERTIFICATE REQUEST"),
+            "{c:?}"
+        );
+        // A flipped bit in the signature: it no longer verifies.
+        let mut der = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let tampered = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            b64(&der)
+        );
+        let tampered = csr_object("tampered", &tampered, KUBELET_SERVING, &["server auth"]);
+        let c = causes(&status_of(
+            csrs.create(&PostParams::default(), &tampered).await,
+        ));
+        assert_eq!(c[0].0, "spec.request");
+        assert!(
+            c[0].2.ends_with(": x509: ECDSA verification failure"),
+            "{c:?}"
+        );
+
+        // spec.signerName: required (left out, or empty) and well-formed.
+        let (code, body) = raw(
+            &client,
+            "POST",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            json!({ "metadata": { "name": "no-signer" }, "spec": { "request": b64(pem.as_bytes()), "usages": ["server auth"] } }),
+        )
+        .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(body["details"]["causes"][0]["field"], "spec.signerName");
+        assert_eq!(body["details"]["causes"][0]["reason"], "FieldValueRequired");
+        assert_eq!(
+            body["message"],
+            "CertificateSigningRequest.certificates.k8s.io \"no-signer\" is invalid: spec.signerName: Required value"
+        );
+        let empty = csr_object("empty-signer", &pem, "", &["server auth"]);
+        let c = causes(&status_of(
+            csrs.create(&PostParams::default(), &empty).await,
+        ));
+        assert_eq!(
+            c,
+            [(
+                "spec.signerName".into(),
+                "FieldValueRequired".into(),
+                "Required value".into()
+            )]
+        );
+        for (signer, message) in [
+            ("kubelet-serving", "Invalid value: \"kubelet-serving\": must be a fully qualified domain and path of the form 'example.com/signer-name'"),
+            ("example/signer", "Invalid value: \"example\": should be a domain with at least two segments separated by dots"),
+            ("kubernetes.io/legacy-unknown", "Invalid value: \"kubernetes.io/legacy-unknown\": the legacy signerName is not allowed via this API version"),
+        ] {
+            let bad = csr_object("bad-signer", &pem, signer, &["server auth"]);
+            let c = causes(&status_of(csrs.create(&PostParams::default(), &bad).await));
+            assert_eq!(c, [("spec.signerName".into(), "FieldValueInvalid".into(), message.into())], "{signer}");
+        }
+
+        // spec.usages: required, known, once each.
+        let none = csr_object("no-usages", &pem, KUBELET_SERVING, &[]);
+        let c = causes(&status_of(csrs.create(&PostParams::default(), &none).await));
+        assert_eq!(
+            c,
+            [(
+                "spec.usages".into(),
+                "FieldValueRequired".into(),
+                "Required value".into()
+            )]
+        );
+        let odd = csr_object(
+            "odd-usages",
+            &pem,
+            KUBELET_SERVING,
+            &["server auth", "serving", "server auth"],
+        );
+        let c = causes(&status_of(csrs.create(&PostParams::default(), &odd).await));
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(
+            (c[0].0.as_str(), c[0].1.as_str()),
+            ("spec.usages[1]", "FieldValueNotSupported")
+        );
+        assert!(
+            c[0].2.starts_with(
+                "Unsupported value: \"serving\": supported values: \"any\", \"cert sign\""
+            ),
+            "{c:?}"
+        );
+        assert_eq!(
+            c[1],
+            (
+                "spec.usages[2]".into(),
+                "FieldValueDuplicate".into(),
+                "Duplicate value: \"server auth\"".into()
+            )
+        );
+
+        // spec.expirationSeconds: at least ten minutes.
+        let mut short = serving_csr("short", "n1");
+        short.spec.expiration_seconds = Some(599);
+        let c = causes(&status_of(
+            csrs.create(&PostParams::default(), &short).await,
+        ));
+        assert_eq!(
+            c,
+            [(
+                "spec.expirationSeconds".into(),
+                "FieldValueInvalid".into(),
+                "Invalid value: 599: may not specify a duration less than 600 seconds (10 minutes)"
+                    .into(),
+            )]
+        );
+        short.spec.expiration_seconds = Some(600);
+        csrs.create(&PostParams::default(), &short).await.unwrap();
+
+        // Discovery names the subresources.
+        let (code, list) = raw(&client, "GET", "/apis/certificates.k8s.io/v1", Value::Null).await;
+        assert_eq!(code, 200);
+        let names: Vec<&str> = list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "certificatesigningrequests",
+                "certificatesigningrequests/status",
+                "certificatesigningrequests/approval"
+            ]
+        );
+    });
+    let stored: Vec<String> = api
+        .csrs()
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored, ["client-n1", "serving-n1", "short"]);
+}
+
+#[test]
+fn approval_and_status_are_written_only_through_their_subresources() {
+    let api = ApiServer::start();
+    run(async {
+        let client = client(&api).await;
+        let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+        let created = csrs
+            .create(&PostParams::default(), &serving_csr("n1", "n1"))
+            .await
+            .unwrap();
+        // Plain HTTP: the fixture gives the caller no identity.
+        assert_eq!(created.spec.username, None);
+        assert_eq!(created.spec.groups, None);
+
+        // The object itself: spec and status stay.
+        let mut changed = created.clone();
+        changed.spec.usages = Some(vec!["client auth".into()]);
+        changed.status = Some(
+            serde_json::from_value(
+                json!({ "conditions": [{ "type": "Approved", "status": "True" }] }),
+            )
+            .unwrap(),
+        );
+        changed.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
+        let replaced = csrs
+            .replace("n1", &PostParams::default(), &changed)
+            .await
+            .unwrap();
+        assert_eq!(replaced.spec, created.spec);
+        assert!(condition_types(&replaced).is_empty());
+        assert_eq!(replaced.metadata.labels, changed.metadata.labels);
+
+        // /status may not add approval conditions.
+        let (code, body) = raw(
+            &client,
+            "PUT",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/n1/status",
+            json!({ "metadata": { "name": "n1" }, "spec": serde_json::to_value(&created.spec).unwrap(), "status": { "conditions": [{ "type": "Approved", "status": "True" }] } }),
+        )
+        .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(
+            body["details"]["causes"][0]["message"],
+            "Forbidden: updates may not add a condition of type \"Approved\""
+        );
+
+        // /approval: Approved and Denied exclude each other; True only.
+        let approval = |conditions: Value| json!({ "metadata": { "name": "n1" }, "spec": serde_json::to_value(&created.spec).unwrap(), "status": { "conditions": conditions } });
+        let (code, body) = raw(
+            &client,
+            "PUT",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/n1/approval",
+            approval(json!([{ "type": "Approved", "status": "True" }, { "type": "Denied", "status": "True" }])),
+        )
+        .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(
+            body["details"]["causes"][0]["field"],
+            "status.conditions[1].type"
+        );
+        assert_eq!(
+            body["details"]["causes"][0]["message"],
+            "Invalid value: \"Denied\": Approved and Denied conditions are mutually exclusive"
+        );
+        let (code, body) = raw(
+            &client,
+            "PUT",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/n1/approval",
+            approval(json!([{ "type": "Approved", "status": "False" }])),
+        )
+        .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(
+            body["details"]["causes"][0]["message"],
+            "Unsupported value: \"False\": supported values: \"True\""
+        );
+
+        // A certificate may not come with the request, nor through the object.
+        let ca = rcgen::CertificateParams::new(vec!["n1.example".to_string()]).unwrap();
+        let cert = ca
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        let (code, body) = raw(
+            &client,
+            "PUT",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/n1/approval",
+            json!({ "metadata": { "name": "n1" }, "spec": serde_json::to_value(&created.spec).unwrap(), "status": { "certificate": b64(cert.as_bytes()), "conditions": [{ "type": "Approved", "status": "True", "reason": "ByTest", "message": "approved" }] } }),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body["status"].get("certificate").is_none(), "{body}");
+        let approved: CertificateSigningRequest = serde_json::from_value(body).unwrap();
+        let cond = &approved
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            (cond.type_.as_str(), cond.status.as_str()),
+            ("Approved", "True")
+        );
+        assert_eq!(cond.reason.as_deref(), Some("ByTest"));
+        assert!(cond.last_update_time.is_some() && cond.last_transition_time.is_some());
+
+        // /status may not remove or change the approval.
+        let (code, body) = raw(
+            &client,
+            "PUT",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/n1/approval",
+            approval(json!([])),
+        )
+        .await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(
+            body["details"]["causes"][0]["message"],
+            "Forbidden: updates may not remove a condition of type \"Approved\""
+        );
+
+        // /status: a certificate must be PEM CERTIFICATE blocks, and once set
+        // it stays.
+        let mut status = approved.clone();
+        status.status.as_mut().unwrap().certificate =
+            Some(k8s_openapi::ByteString(b"junk".to_vec()));
+        let c = causes(&status_of(
+            csrs.replace_status("n1", &PostParams::default(), &status)
+                .await,
+        ));
+        assert_eq!(c, [("status.certificate".into(), "FieldValueInvalid".into(), "Invalid value: \"<certificate data>\": must contain at least one CERTIFICATE PEM block".into())]);
+        status.status.as_mut().unwrap().certificate =
+            Some(k8s_openapi::ByteString(cert.clone().into_bytes()));
+        let signed = csrs
+            .replace_status("n1", &PostParams::default(), &status)
+            .await
+            .unwrap();
+        assert_eq!(
+            signed
+                .status
+                .as_ref()
+                .unwrap()
+                .certificate
+                .as_ref()
+                .unwrap()
+                .0,
+            cert.as_bytes()
+        );
+        assert_eq!(
+            condition_types(&signed),
+            [("Approved".to_string(), "ByTest".to_string())]
+        );
+        let other = ca
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        status.metadata.resource_version = signed.metadata.resource_version.clone();
+        status.status.as_mut().unwrap().certificate =
+            Some(k8s_openapi::ByteString(other.into_bytes()));
+        let c = causes(&status_of(
+            csrs.replace_status("n1", &PostParams::default(), &status)
+                .await,
+        ));
+        assert_eq!(
+            c,
+            [(
+                "status.certificate".into(),
+                "FieldValueForbidden".into(),
+                "Forbidden: updates may not modify existing certificate content".into()
+            )]
+        );
+
+        // As upstream (ValidateCertificateSigningRequestStatusUpdate), the
+        // API does not tie status.certificate to the approval: signers only
+        // sign approved requests, the server does not check.
+        csrs.create(&PostParams::default(), &serving_csr("pending", "n1"))
+            .await
+            .unwrap();
+        let mut pending = csrs.get("pending").await.unwrap();
+        pending.status =
+            Some(serde_json::from_value(json!({ "certificate": b64(cert.as_bytes()) })).unwrap());
+        let set = csrs
+            .replace_status("pending", &PostParams::default(), &pending)
+            .await
+            .unwrap();
+        assert!(condition_types(&set).is_empty());
+
+        // Deletion answers a Status.
+        csrs.delete("pending", &DeleteParams::default())
+            .await
+            .unwrap();
+        assert_eq!(status_of(csrs.get("pending").await).code, 404);
+    });
+}
+
+/// The certificate of a CSR once it has one, watching for it.
+async fn wait_for_certificate(
+    csrs: &Api<CertificateSigningRequest>,
+    name: &str,
+) -> CertificateSigningRequest {
+    let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let mut stream = csrs.watch(&params, "0").await.unwrap().boxed();
+    loop {
+        match next(&mut stream, 10).await.expect("watch ended").unwrap() {
+            WatchEvent::Added(c) | WatchEvent::Modified(c)
+                if c.status.as_ref().is_some_and(|s| s.certificate.is_some()) =>
+            {
+                return c
+            }
+            WatchEvent::Error(e) => panic!("watch error {e:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The signature and name checks a TLS client makes: the certificate
+/// chains to `ca_pem` and is valid now for `name` as a server.
+fn verify_serving(ca_pem: &str, cert_der: &[u8], name: &str) -> Result<(), String> {
+    use tokio_rustls::rustls::client::danger::ServerCertVerifier;
+    use tokio_rustls::rustls::client::WebPkiServerVerifier;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::RootCertStore;
+    let ca = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+        .unwrap()
+        .1
+        .contents;
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(ca)).unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+            .build()
+            .unwrap();
+    verifier
+        .verify_server_cert(
+            &CertificateDer::from(cert_der.to_vec()),
+            &[],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn auto_sign_approves_and_signs_kubelet_serving_requests_with_the_fixture_ca() {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let api = ApiServer::start_tls();
+    let (_, kubeconfig) =
+        kubeconfig_from(|p| api.write_kubeconfig_client_cert(p, "system:node:n1"));
+    let lifetime = Duration::from_secs(3 * 3600);
+    run(async {
+        let csrs: Api<CertificateSigningRequest> = Api::all(client_from(kubeconfig).await);
+        // One request before the signer starts, the others after.
+        csrs.create(&PostParams::default(), &serving_csr("before", "n1"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(condition_types(&csrs.get("before").await.unwrap()).is_empty());
+        api.auto_sign_kubelet_serving(lifetime);
+        let before = wait_for_certificate(&csrs, "before").await;
+        assert_eq!(
+            condition_types(&before),
+            [("Approved".to_string(), "AutoApproved".to_string())]
+        );
+
+        let start = jiff::Timestamp::now().as_second();
+        let mut shorter = serving_csr("shorter", "n1");
+        shorter.spec.expiration_seconds = Some(3600);
+        csrs.create(&PostParams::default(), &serving_csr("after", "n1"))
+            .await
+            .unwrap();
+        csrs.create(&PostParams::default(), &shorter).await.unwrap();
+        let after = wait_for_certificate(&csrs, "after").await;
+        let shorter = wait_for_certificate(&csrs, "shorter").await;
+
+        let ca_pem = api.kubelet_serving_ca_pem();
+        assert_ne!(Some(ca_pem.clone()), api.ca_pem());
+        let ca_der = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&ca_der).unwrap();
+        for (csr, ttl) in [(&after, lifetime.as_secs() as i64), (&shorter, 3600)] {
+            let pem = &csr.status.as_ref().unwrap().certificate.as_ref().unwrap().0;
+            let der = x509_parser::pem::parse_x509_pem(pem).unwrap().1.contents;
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+            let cn: Vec<_> = cert
+                .subject()
+                .iter_common_name()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            let o: Vec<_> = cert
+                .subject()
+                .iter_organization()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            assert_eq!((cn, o), (vec!["system:node:n1"], vec!["system:nodes"]));
+            let mut sans = vec![];
+            for ext in cert.extensions() {
+                if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                    for n in &san.general_names {
+                        sans.push(match n {
+                            GeneralName::DNSName(d) => d.to_string(),
+                            GeneralName::IPAddress(ip) => format!("{ip:?}"),
+                            other => panic!("unexpected SAN {other:?}"),
+                        });
+                    }
+                }
+            }
+            assert_eq!(sans, ["n1.example", "[10, 0, 0, 1]"]);
+            let eku = cert.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.server_auth && !eku.client_auth);
+            let validity = cert.validity();
+            let (from, to) = (
+                validity.not_before.timestamp(),
+                validity.not_after.timestamp(),
+            );
+            assert!((from - start).abs() <= 5, "not before {from}, now {start}");
+            assert_eq!(to - from, ttl);
+            assert_eq!(cert.issuer(), ca.subject());
+            verify_serving(&ca_pem, &der, "n1.example").unwrap();
+            verify_serving(&ca_pem, &der, "10.0.0.1").unwrap();
+            assert!(verify_serving(&ca_pem, &der, "n2.example").is_err());
+            assert!(verify_serving(&api.ca_pem().unwrap(), &der, "n1.example").is_err());
+        }
+
+        // Anything but a node's serving request is denied, and not signed.
+        let wrong_cn = csr_object(
+            "wrong-cn",
+            &csr_pem("n1", "system:nodes", &["n1.example"]),
+            KUBELET_SERVING,
+            &["digital signature", "server auth"],
+        );
+        let client_usage = csr_object(
+            "client-usage",
+            &csr_pem("system:node:n1", "system:nodes", &["n1.example"]),
+            KUBELET_SERVING,
+            &["client auth", "server auth"],
+        );
+        let other_signer = csr_object(
+            "other-signer",
+            &csr_pem("n1", "x", &["n1.example"]),
+            "example.com/signer",
+            &["server auth"],
+        );
+        for csr in [&wrong_cn, &client_usage, &other_signer] {
+            csrs.create(&PostParams::default(), csr).await.unwrap();
+        }
+        let params = WatchParams::default().fields("metadata.name=client-usage");
+        let mut stream = csrs.watch(&params, "0").await.unwrap().boxed();
+        loop {
+            if let WatchEvent::Added(c) | WatchEvent::Modified(c) =
+                next(&mut stream, 10).await.unwrap().unwrap()
+            {
+                if !condition_types(&c).is_empty() {
+                    break;
+                }
+            }
+        }
+        for (name, expected) in [
+            (
+                "wrong-cn",
+                vec![("Denied".to_string(), "AutoDenied".to_string())],
+            ),
+            (
+                "client-usage",
+                vec![("Denied".to_string(), "AutoDenied".to_string())],
+            ),
+            ("other-signer", vec![]),
+        ] {
+            let c = csrs.get(name).await.unwrap();
+            assert_eq!(condition_types(&c), expected, "{name}");
+            assert!(c.status.unwrap().certificate.is_none(), "{name}");
+        }
+        let denied = csrs.get("wrong-cn").await.unwrap();
+        let message = denied.status.unwrap().conditions.unwrap()[0]
+            .message
+            .clone()
+            .unwrap();
+        assert_eq!(
+            message,
+            "subject common name does not begin with system:node:"
+        );
+    });
+    assert_eq!(api.csrs().len(), 6);
+}

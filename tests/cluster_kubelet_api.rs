@@ -813,3 +813,74 @@ fn hostile_clients_neither_crash_the_agent_nor_touch_pods() {
     );
     node.stop_agent();
 }
+
+#[test]
+fn the_serving_certificate_comes_from_a_csr_and_is_renewed() {
+    let api = ApiServer::start();
+    api.set_kubelet_preferred_address_types(&["InternalIP"]);
+    // The cluster approves and signs kubelet-serving CSRs, for 20 s each.
+    api.auto_sign_kubelet_serving(std::time::Duration::from_secs(20));
+    let mut node = Node::boot("kubelet_api_csr");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    std::fs::write(node.dir.join("client-ca.pem"), api.kubelet_client_ca_pem()).unwrap();
+    std::fs::write(
+        node.dir.join("serving-ca.pem"),
+        api.kubelet_serving_ca_pem(),
+    )
+    .unwrap();
+    let (client_ca, serving_ca) = (node.path("client-ca.pem"), node.path("serving-ca.pem"));
+    let port = free_port();
+    let port_s = port.to_string();
+    node.start_node_agent(
+        &kc,
+        &[
+            "--port",
+            &port_s,
+            "--rotate-server-certificates",
+            "--client-ca-file",
+            &client_ca,
+        ],
+    );
+    let nn = node.name.clone();
+    let ip = node.wait_for("the node's InternalIP", default_wait(), || {
+        let n = api.get("nodes", None, &nn)?;
+        n["status"]["addresses"]
+            .as_array()?
+            .iter()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str().map(str::to_string))
+    });
+    // The served certificate verifies against the cluster's signer for the
+    // node's address (curl checks the SAN), and names the node.
+    let serial = |node: &Node| -> Option<String> {
+        let out = node.sh_output(&format!(
+            "curl -s --max-time 5 --cacert {serving_ca} -o /dev/null -w '%{{http_code}}' https://{ip}:{port}/healthz && echo | openssl s_client -connect {ip}:{port} 2>/dev/null | openssl x509 -noout -serial -subject"
+        ));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.starts_with("401") && text.contains("system:node:"))
+            .then_some(text)
+    };
+    let first = node.wait_for("a CSR-signed serving certificate", default_wait(), || {
+        serial(&node)
+    });
+    assert!(
+        first.contains(&format!("CN = system:node:{nn}"))
+            || first.contains(&format!("CN=system:node:{nn}")),
+        "{first}"
+    );
+    let csrs = api.csrs();
+    assert_eq!(
+        csrs[0]["spec"]["signerName"],
+        "kubernetes.io/kubelet-serving"
+    );
+    // Renewed before it expires: a new serial, still verifying.
+    let second = node.wait_for(
+        "a renewed certificate",
+        std::time::Duration::from_secs(40),
+        || serial(&node).filter(|s| *s != first),
+    );
+    assert_ne!(first, second);
+    assert!(api.csrs().len() >= 2);
+    node.stop_agent();
+}

@@ -180,6 +180,10 @@ pub struct NodeArgs {
     /// (API servers that verify kubelets refuse it).
     #[arg(long, conflicts_with = "tls_cert_file")]
     pub self_signed_serving_cert: bool,
+    /// Get the serving certificate from the cluster (a kubernetes.io/kubelet-serving
+    /// CSR, which an approver must approve) and renew it before it expires.
+    #[arg(long, conflicts_with_all = ["tls_cert_file", "self_signed_serving_cert"])]
+    pub rotate_server_certificates: bool,
     /// CA bundle that client certificates are verified against; a verified
     /// certificate authenticates as its CN, with its O as groups.
     #[arg(long)]
@@ -526,6 +530,9 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
             cert: cert.clone(),
             key: key.clone(),
         }),
+        _ if args.rotate_server_certificates => {
+            Some(crate::kubelet::server::ServingCert::FromCluster)
+        }
         _ if args.self_signed_serving_cert => Some(crate::kubelet::server::ServingCert::SelfSigned),
         _ => None,
     };

@@ -230,6 +230,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         reports_rx,
         events_tx.clone(),
     ));
+    let pki = state.root().join("pki");
     let runtime = Runtime::new(sd, state, rcfg);
     if let Some(api) = opts.kubelet_api.clone() {
         let auth = crate::kubelet::auth::Auth::new(
@@ -250,7 +251,16 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
             node_ip: opts.node_ip.clone(),
         };
         let rt = runtime.clone();
+        let client = client.clone();
         tokio::spawn(async move {
+            let mut cfg = cfg;
+            if matches!(cfg.cert, crate::kubelet::server::ServingCert::FromCluster) {
+                let addresses = vec![cfg.node_ip.clone(), cfg.node_name.clone()];
+                let r =
+                    crate::kubelet::cert::bootstrap(client, cfg.node_name.clone(), addresses, pki)
+                        .await;
+                cfg.cert = crate::kubelet::server::ServingCert::Rotating(r);
+            }
             if let Err(e) = crate::kubelet::server::serve(cfg, rt, auth).await {
                 tracing::error!(error = e, "the kubelet API is not served: kubectl logs, exec and top will not work on this node");
             }

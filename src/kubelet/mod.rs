@@ -3,6 +3,7 @@
 //! metrics-server scrapes for `kubectl top`.
 
 pub mod auth;
+pub mod cert;
 pub mod exec;
 pub mod logs;
 pub mod server;

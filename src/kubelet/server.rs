@@ -46,6 +46,11 @@ pub enum ServingCert {
     /// A self-signed certificate made at start (an explicit opt-in: API
     /// servers that verify kubelets will refuse it).
     SelfSigned,
+    /// `--rotate-server-certificates`: from a `kubelet-serving` CSR,
+    /// renewed before it expires (see [`super::cert`]).
+    FromCluster,
+    /// The certificate [`super::cert::bootstrap`] keeps current.
+    Rotating(Arc<super::cert::Rotating>),
 }
 
 /// The kubelet API's settings, with the kubelet's flag names where there are.
@@ -86,6 +91,10 @@ fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, String> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (certs, key) = match &cfg.cert {
+        ServingCert::FromCluster => {
+            return Err("the serving certificate from the cluster is not there yet".into())
+        }
+        ServingCert::Rotating(_) => (Vec::new(), None),
         ServingCert::Files { cert, key } => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .map_err(|e| format!("--tls-cert-file {}: {e}", cert.display()))?
@@ -93,7 +102,7 @@ fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, String> {
                 .map_err(|e| format!("--tls-cert-file {}: {e}", cert.display()))?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| format!("--tls-private-key-file {}: {e}", key.display()))?;
-            (certs, key)
+            (certs, Some(key))
         }
         ServingCert::SelfSigned => {
             let mut params =
@@ -110,7 +119,7 @@ fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, String> {
             let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
             (
                 vec![cert.der().clone()],
-                PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?,
+                Some(PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?),
             )
         }
     };
@@ -141,9 +150,13 @@ fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut tls = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("serving certificate: {e}"))?;
+    let mut tls = match (&cfg.cert, key) {
+        (ServingCert::Rotating(r), _) => builder.with_cert_resolver(r.clone()),
+        (_, Some(key)) => builder
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("serving certificate: {e}"))?,
+        (_, None) => return Err("no serving certificate".into()),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tls)
 }

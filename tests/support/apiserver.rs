@@ -21,6 +21,15 @@
 //!   persistentvolumeclaims (both with `/status`), and coordination.k8s.io/v1
 //!   leases; `/version` and minimal discovery (`/api`, `/apis`, resource
 //!   lists).
+//! - certificates.k8s.io/v1 certificatesigningrequests (csr.rs), with
+//!   `/status` and `/approval`, the real validation (a request that parses
+//!   and verifies, signer name, usages, `expirationSeconds` of at least 600)
+//!   and the requester's identity in `spec.username`/`groups`/`uid` (a
+//!   client certificate's CN and organizations, or a bearer token a
+//!   TokenReview would take; plain HTTP callers have none); and, once a
+//!   test asks for it ([`ApiServer::auto_sign_kubelet_serving`]), an
+//!   approver and signer for `kubernetes.io/kubelet-serving` with a CA of
+//!   its own ([`ApiServer::kubelet_serving_ca_pem`]).
 //! - the TokenRequest subresource, `POST
 //!   /api/v1/namespaces/<ns>/serviceaccounts/<name>/token`, with the real
 //!   server's checks (the service account, and a bound Pod, Secret or Node,
@@ -73,6 +82,7 @@
 //! it, [`ApiServer::fail_next`] shows as a delay and an outage from
 //! [`ApiServer::set_available`] as slow calls rather than errors.
 
+mod csr;
 mod http;
 mod kinds;
 mod kubelet;
@@ -90,7 +100,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use store::{DeleteOptions, Store};
+use store::{DeleteOptions, Store, Sub};
 
 /// One HTTP request the server saw.
 #[derive(Debug, Clone)]
@@ -193,6 +203,11 @@ struct Shared {
     kubelet_client: (String, String),
     /// The CA that signed it (PEM).
     kubelet_client_ca: String,
+    /// The CA of the `kubernetes.io/kubelet-serving` signer.
+    kubelet_serving: tls::Pki,
+    /// The lifetime of the certificates the kubelet-serving signer issues,
+    /// once [`ApiServer::auto_sign_kubelet_serving`] started it.
+    auto_sign: Mutex<Option<std::time::Duration>>,
 }
 
 impl Shared {
@@ -218,6 +233,8 @@ pub struct ApiServer {
     pki: Option<tls::Pki>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The server's runtime, for the fixture's controllers.
+    runtime: tokio::runtime::Handle,
 }
 
 impl ApiServer {
@@ -257,7 +274,10 @@ impl ApiServer {
             changed: tokio::sync::watch::channel(0).0,
             kubelet_client: (issued.cert_pem, issued.key_pem),
             kubelet_client_ca: signer.ca_pem().to_string(),
+            kubelet_serving: tls::Pki::new(),
+            auto_sign: Mutex::new(None),
         });
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let app = http::router(shared.clone()).into_make_service_with_connect_info::<http::Peer>();
         let acceptor = pki.as_ref().map(tls::Pki::acceptor);
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
@@ -269,6 +289,7 @@ impl ApiServer {
                     .enable_all()
                     .build()
                     .expect("tokio runtime for the test API server");
+                let _ = handle_tx.send(rt.handle().clone());
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                     let served: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
@@ -287,12 +308,14 @@ impl ApiServer {
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));
             })
             .expect("spawn the test API server thread");
+        let runtime = handle_rx.recv().expect("the test API server's runtime");
         ApiServer {
             shared,
             addr,
             pki,
             shutdown: Some(shutdown),
             thread: Some(thread),
+            runtime,
         }
     }
 
@@ -406,15 +429,21 @@ impl ApiServer {
     /// Updates an object as a PUT to it would (not its status). The name
     /// comes from the object. Panics with the server's message if refused.
     pub fn replace(&self, resource: &str, namespace: Option<&str>, obj: Value) -> Value {
-        self.put(resource, namespace, obj, false)
+        self.put(resource, namespace, obj, Sub::Main)
     }
 
     /// Updates an object's status as a PUT to `/status` would.
     pub fn replace_status(&self, resource: &str, namespace: Option<&str>, obj: Value) -> Value {
-        self.put(resource, namespace, obj, true)
+        self.put(resource, namespace, obj, Sub::Status)
     }
 
-    fn put(&self, resource: &str, namespace: Option<&str>, obj: Value, status: bool) -> Value {
+    /// Updates a CertificateSigningRequest's conditions as a PUT to
+    /// `/approval` would.
+    pub fn replace_approval(&self, obj: Value) -> Value {
+        self.put("certificatesigningrequests", None, obj, Sub::Approval)
+    }
+
+    fn put(&self, resource: &str, namespace: Option<&str>, obj: Value, sub: Sub) -> Value {
         let kind = kinds::by_plural(resource);
         let ns = Self::namespace_of(resource, namespace, &obj).map(str::to_string);
         let name = obj
@@ -422,7 +451,7 @@ impl ApiServer {
             .and_then(Value::as_str)
             .expect("metadata.name")
             .to_string();
-        self.with_store(|st| st.update(kind, ns.as_deref(), &name, status, obj))
+        self.with_store(|st| st.update(kind, ns.as_deref(), &name, sub, obj))
             .map(|(obj, _)| obj)
             .unwrap_or_else(|e| panic!("replace {resource} {name}: {}", e.message))
     }
@@ -582,6 +611,71 @@ impl ApiServer {
             .iter()
             .filter_map(|r| r.proxy.clone())
             .collect()
+    }
+}
+
+impl ApiServer {
+    // ----- certificate signing requests -----
+
+    /// The CertificateSigningRequests, ordered by name.
+    pub fn csrs(&self) -> Vec<Value> {
+        self.list("certificatesigningrequests", None)
+    }
+
+    /// The CA (PEM) of the `kubernetes.io/kubelet-serving` signer that
+    /// [`ApiServer::auto_sign_kubelet_serving`] runs: a CA of its own, not
+    /// [`ApiServer::ca_pem`].
+    pub fn kubelet_serving_ca_pem(&self) -> String {
+        self.shared.kubelet_serving.ca_pem().to_string()
+    }
+
+    /// Plays kube-controller-manager's approver and signer for
+    /// `kubernetes.io/kubelet-serving` from now on, for existing and later
+    /// CSRs (on the server's runtime, after every change): a request with
+    /// CN `system:node:<name>`, O `system:nodes` only, DNS or IP subject
+    /// alternative names only (at least one), and usages among `digital
+    /// signature`, `key encipherment` and `server auth` (which it must
+    /// have) is Approved (reason `AutoApproved`) and then gets a
+    /// certificate from [`ApiServer::kubelet_serving_ca_pem`] with its
+    /// subject and SANs, serverAuth, valid from now for `lifetime` (or
+    /// `spec.expirationSeconds` if shorter); any other is Denied (reason
+    /// `AutoDenied`, the message says why). An approved request (by anyone)
+    /// the signer will not sign gets a `Failed` condition. Calling it again
+    /// changes the lifetime.
+    pub fn auto_sign_kubelet_serving(&self, lifetime: std::time::Duration) {
+        let first = {
+            let mut current = self
+                .shared
+                .auto_sign
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let first = current.is_none();
+            *current = Some(lifetime);
+            first
+        };
+        if !first {
+            return;
+        }
+        let shared = self.shared.clone();
+        let mut changed = shared.changed.subscribe();
+        self.runtime.spawn(async move {
+            loop {
+                changed.borrow_and_update();
+                let lifetime = shared
+                    .auto_sign
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .unwrap_or_default();
+                let wrote =
+                    csr::auto_sign_pass(&mut shared.lock(), &shared.kubelet_serving, lifetime);
+                if wrote {
+                    shared.notify();
+                }
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
 

@@ -10,7 +10,7 @@ use super::patch::PATCH_TYPES;
 use super::review;
 use super::select::Selector;
 use super::status::{ApiError, FieldError};
-use super::store::{self, DeleteOptions, ListQuery};
+use super::store::{self, DeleteOptions, ListQuery, Store, Sub};
 use super::token;
 use super::{Recorded, Shared};
 use axum::body::{Body, Bytes};
@@ -47,6 +47,8 @@ pub struct Peer {
     /// The common name of the client certificate the CA signed, if the
     /// client presented one.
     pub user: Option<String>,
+    /// The organizations of that certificate's subject: the user's groups.
+    pub groups: Vec<String>,
     /// The client's address (X-Forwarded-For of proxied requests).
     pub addr: Option<SocketAddr>,
 }
@@ -57,6 +59,7 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Pee
         Peer {
             tls: false,
             user: None,
+            groups: vec![],
             addr: Some(*stream.remote_addr()),
         }
     }
@@ -104,6 +107,28 @@ fn authenticated(peer: &Peer, headers: &HeaderMap) -> bool {
         is_websocket(headers) && token.is_some_and(|t| !t.is_empty()) && protocols.len() > 1
     };
     !peer.tls || peer.user.is_some() || bearer() || websocket()
+}
+
+/// The requester's UserInfo (JSON: username, uid, groups), as the
+/// authenticators and AuthenticatedGroupAdder make it: a client
+/// certificate's CN and organizations, or the user of a bearer token that a
+/// TokenReview would authenticate (a static token, a service account token
+/// of this server). Any other bearer token, and every plain HTTP request,
+/// has no identity here (the fixture takes them without authenticating).
+fn caller(st: &Store, peer: &Peer, headers: &HeaderMap) -> Option<Value> {
+    if let Some(name) = &peer.user {
+        let mut groups = peer.groups.clone();
+        groups.push("system:authenticated".into());
+        return Some(json!({ "username": name, "groups": groups }));
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())?;
+    let review = review::token_review(st, json!({ "spec": { "token": token } })).ok()?;
+    (review["status"]["authenticated"] == true).then(|| review["status"]["user"].clone())
 }
 
 /// Every request: record it, authenticate it, apply injected faults, serve
@@ -157,6 +182,7 @@ async fn handle(
         }
     };
     let request = Request {
+        peer: &peer,
         method: &method,
         uri: &uri,
         headers: &headers,
@@ -187,6 +213,7 @@ async fn handle(
 }
 
 struct Request<'a> {
+    peer: &'a Peer,
     method: &'a Method,
     uri: &'a Uri,
     headers: &'a HeaderMap,
@@ -214,8 +241,8 @@ pub fn error_response(e: &ApiError) -> Response {
 enum Target<'a> {
     /// A collection, in a namespace or (None) across all of them.
     Collection(Option<&'a str>),
-    /// An object, with `/status` or not.
-    Object(Option<&'a str>, &'a str, bool),
+    /// An object, or its `/status` or `/approval`.
+    Object(Option<&'a str>, &'a str, Sub),
     /// The `token` subresource of a ServiceAccount (namespace, name).
     Token(&'a str, &'a str),
 }
@@ -228,20 +255,25 @@ fn target<'a>(group: &str, rest: &[&'a str]) -> Option<(&'static Kind, Target<'a
         ["namespaces", ns, plural] if plural != "status" && plural != "finalize" => {
             (namespaced(plural)?, Target::Collection(Some(ns)))
         }
-        ["namespaces", ns, plural, name] => {
-            (namespaced(plural)?, Target::Object(Some(ns), name, false))
-        }
+        ["namespaces", ns, plural, name] => (
+            namespaced(plural)?,
+            Target::Object(Some(ns), name, Sub::Main),
+        ),
         ["namespaces", ns, "serviceaccounts", name, "token"] if group.is_empty() => {
             (namespaced("serviceaccounts")?, Target::Token(ns, name))
         }
         ["namespaces", ns, plural, name, "status"] => (
             namespaced(plural).filter(|k| k.has_status)?,
-            Target::Object(Some(ns), name, true),
+            Target::Object(Some(ns), name, Sub::Status),
         ),
-        [plural, name] => (cluster(plural)?, Target::Object(None, name, false)),
+        [plural, name] => (cluster(plural)?, Target::Object(None, name, Sub::Main)),
         [plural, name, "status"] => (
             cluster(plural).filter(|k| k.has_status)?,
-            Target::Object(None, name, true),
+            Target::Object(None, name, Sub::Status),
+        ),
+        [plural, name, "approval"] => (
+            cluster(plural).filter(|k| k.kind == "CertificateSigningRequest")?,
+            Target::Object(None, name, Sub::Approval),
         ),
         _ => return None,
     })
@@ -292,14 +324,18 @@ fn route(shared: &Arc<Shared>, req: &Request) -> Result<Response, ApiError> {
         ["apis", "coordination.k8s.io", "v1", rest @ ..] => {
             resource(shared, req, "coordination.k8s.io", rest)
         }
+        ["apis", "certificates.k8s.io", "v1", rest @ ..] => {
+            resource(shared, req, "certificates.k8s.io", rest)
+        }
         _ => Err(ApiError::path_not_found()),
     }
 }
 
 /// The API groups served besides core/v1.
-const GROUPS: [&str; 3] = [
+const GROUPS: [&str; 4] = [
     "authentication.k8s.io",
     "authorization.k8s.io",
+    "certificates.k8s.io",
     "coordination.k8s.io",
 ];
 
@@ -387,6 +423,14 @@ fn resource_list(group: &str) -> Value {
                 "kind": k.kind,
                 "verbs": ["get", "patch", "update"],
             }));
+        }
+        if k.kind == "CertificateSigningRequest" {
+            resources.push(sub(
+                "certificatesigningrequests/approval",
+                false,
+                k.kind,
+                &["get", "patch", "update"],
+            ));
         }
         if k.kind == "Pod" {
             resources.push(sub(
@@ -508,18 +552,20 @@ fn resource(
         }
         Target::Collection(ns) if *method == Method::POST && ns.is_some() == kind.namespaced => {
             let body = json_body(req)?;
-            let created = shared.lock().create(kind, ns, body)?;
+            let mut st = shared.lock();
+            let user = caller(&st, req.peer, req.headers);
+            let created = st.create_as(kind, ns, body, user.as_ref())?;
             Ok(json_response(201, &created))
         }
         Target::Object(ns, name, _) if *method == Method::GET => {
             Ok(json_response(200, &shared.lock().get(kind, ns, name)?))
         }
-        Target::Object(ns, name, status) if *method == Method::PUT => {
+        Target::Object(ns, name, sub) if *method == Method::PUT => {
             let body = json_body(req)?;
-            let (obj, created) = shared.lock().update(kind, ns, name, status, body)?;
+            let (obj, created) = shared.lock().update(kind, ns, name, sub, body)?;
             Ok(json_response(if created { 201 } else { 200 }, &obj))
         }
-        Target::Object(ns, name, status) if *method == Method::PATCH => {
+        Target::Object(ns, name, sub) if *method == Method::PATCH => {
             let content_type = req
                 .content_type
                 .unwrap_or("")
@@ -532,7 +578,7 @@ fn resource(
             }
             let obj = shared
                 .lock()
-                .patch(kind, ns, name, status, content_type, req.body)?;
+                .patch(kind, ns, name, sub, content_type, req.body)?;
             Ok(json_response(200, &obj))
         }
         Target::Token(ns, name) if *method == Method::POST => {
@@ -540,7 +586,7 @@ fn resource(
             let issued = token::create(&mut shared.lock(), ns, name, body)?;
             Ok(json_response(201, &issued))
         }
-        Target::Object(ns, name, false) if *method == Method::DELETE => {
+        Target::Object(ns, name, Sub::Main) if *method == Method::DELETE => {
             let opts = delete_options(req, &q)?;
             Ok(json_response(
                 200,

@@ -7,6 +7,7 @@
 //! server decodes into Go structs: a wrongly typed field is a 400, a missing
 //! required one a 422, unknown fields are dropped.
 
+use super::csr;
 use super::status::{ApiError, FieldError};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Map, Value};
@@ -44,7 +45,7 @@ const META: [(&str, &str, &str); 2] = [
 ];
 
 /// Everything served. Flags from the strategies and storage of each kind.
-pub static KINDS: [Kind; 10] = [
+pub static KINDS: [Kind; 11] = [
     Kind {
         plural: "pods",
         kind: "Pod",
@@ -242,6 +243,24 @@ pub static KINDS: [Kind; 10] = [
         fields: &META,
         decode: typed::<k8s_openapi::api::coordination::v1::Lease>,
     },
+    // pkg/registry/certificates/certificates/strategy.go, with the
+    // `/status` and `/approval` subresources (csr.rs).
+    Kind {
+        plural: "certificatesigningrequests",
+        kind: "CertificateSigningRequest",
+        group: "certificates.k8s.io",
+        api_version: "certificates.k8s.io/v1",
+        namespaced: false,
+        has_status: true,
+        graceful_delete: false,
+        create_on_update: false,
+        unconditional_update: true,
+        returns_deleted: false,
+        label_names: false,
+        // SelectableFields: the object meta fields and spec.signerName.
+        fields: &[META[0], ("spec.signerName", "/spec/signerName", "")],
+        decode: typed::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>,
+    },
 ];
 
 /// The kind served at `/api/v1/<plural>` (group "") or `/apis/<group>/v1/<plural>`.
@@ -367,9 +386,11 @@ impl Kind {
         }
     }
 
-    /// PrepareForCreate: what the server sets on a new object.
-    pub fn prepare_for_create(&self, obj: &mut Value) {
+    /// PrepareForCreate: what the server sets on a new object; `user` is
+    /// the requester's UserInfo (JSON), if it has one.
+    pub fn prepare_for_create(&self, obj: &mut Value, user: Option<&Value>) {
         match self.kind {
+            "CertificateSigningRequest" => csr::prepare_for_create(obj, user),
             "Pod" => {
                 let qos = pod_qos(obj);
                 obj["status"] = json!({ "phase": "Pending", "qosClass": qos });
@@ -402,6 +423,9 @@ impl Kind {
     /// PrepareForUpdate of a write to `/status`, once the new status is in
     /// place (the status strategies).
     pub fn prepare_for_status_update(&self, new: &mut Value, old: &Value) {
+        if self.kind == "CertificateSigningRequest" {
+            csr::prepare_for_status_update(new, old);
+        }
         if self.kind == "PersistentVolume" {
             // A phase change without a new transition time gets now; no
             // change keeps the old time unless the writer set one.
@@ -420,10 +444,30 @@ impl Kind {
         }
     }
 
+    /// PrepareForUpdate of a write to `/approval` (CSRs): the object stays
+    /// as it was but for the conditions written.
+    pub fn prepare_for_approval_update(
+        &self,
+        new: &mut Value,
+        conditions: Option<Value>,
+        old: &Value,
+    ) {
+        csr::prepare_for_approval_update(new, conditions, old);
+    }
+
+    /// Validation of a write to `/approval`.
+    pub fn validate_approval_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        csr::validate_update(new, old, csr::Path::Approval)
+    }
+
     /// PrepareForUpdate of a write to the object itself (not `/status`).
     pub fn prepare_for_update(&self, new: &mut Value, old: &Value) {
         if self.has_status {
             set_or_remove(new, "status", old.get("status"));
+        }
+        if self.kind == "CertificateSigningRequest" {
+            // Certificate requests are immutable but through subresources.
+            set_or_remove(new, "spec", old.get("spec"));
         }
         if self.kind == "Namespace" {
             // Only the (unserved) /finalize subresource changes spec.finalizers.
@@ -471,6 +515,9 @@ impl Kind {
                 errs.extend(self.validate_body(new));
                 errs.extend(pvc_update(new, old));
             }
+            "CertificateSigningRequest" => {
+                errs.extend(csr::validate_update(new, old, csr::Path::Main))
+            }
             _ => errs.extend(self.validate_body(new)),
         }
         errs
@@ -478,6 +525,9 @@ impl Kind {
 
     /// Validation of a `/status` write (ValidatePodStatusUpdate and kin).
     pub fn validate_status_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        if self.kind == "CertificateSigningRequest" {
+            return csr::validate_update(new, old, csr::Path::Status);
+        }
         if self.kind != "Pod" {
             return vec![];
         }
@@ -509,6 +559,7 @@ impl Kind {
             "Secret" => validate_keys(obj, &["data"]),
             "PersistentVolume" => validate_pv(obj),
             "PersistentVolumeClaim" => validate_pvc(obj),
+            "CertificateSigningRequest" => csr::validate_create(obj),
             _ => vec![],
         }
     }
@@ -725,8 +776,8 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_label_chars)
 }
 
-const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+pub const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+pub const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
 /// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
 fn is_label_name_part(s: &str) -> bool {
@@ -761,6 +812,9 @@ fn validate_meta(kind: &Kind, obj: &Value) -> Vec<FieldError> {
             "metadata.name",
             "name or generateName is required",
         ));
+    } else if kind.kind == "CertificateSigningRequest" {
+        // ValidateCertificateRequestName: "We don't care what you call
+        // your certificate requests."
     } else if kind.label_names && !is_dns_label(name) {
         errs.push(FieldError::invalid("metadata.name", json!(name), LABEL_MSG));
     } else if !kind.label_names && !is_dns_subdomain(name) {

@@ -29,6 +29,9 @@ pub struct FieldError {
 pub enum FieldErrorKind {
     Required,
     Invalid(Value),
+    /// An invalid value printed as given (Go's `%#v` of a type JSON does
+    /// not show, such as `[]byte{0x2d, …}`).
+    InvalidShown(String),
     Forbidden,
     NotSupported(Value, &'static [&'static str]),
     Duplicate(Value),
@@ -40,6 +43,9 @@ impl FieldError {
     }
     pub fn invalid(field: impl Into<String>, value: Value, detail: &str) -> Self {
         Self::new(field, FieldErrorKind::Invalid(value), detail)
+    }
+    pub fn invalid_shown(field: impl Into<String>, shown: String, detail: &str) -> Self {
+        Self::new(field, FieldErrorKind::InvalidShown(shown), detail)
     }
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         Self::new(field, FieldErrorKind::Forbidden, detail)
@@ -69,7 +75,7 @@ impl FieldError {
     fn reason(&self) -> &'static str {
         match self.kind {
             FieldErrorKind::Required => "FieldValueRequired",
-            FieldErrorKind::Invalid(_) => "FieldValueInvalid",
+            FieldErrorKind::Invalid(_) | FieldErrorKind::InvalidShown(_) => "FieldValueInvalid",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
             FieldErrorKind::NotSupported(..) => "FieldValueNotSupported",
             FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
@@ -81,6 +87,7 @@ impl FieldError {
         let head = match &self.kind {
             FieldErrorKind::Required => "Required value".to_string(),
             FieldErrorKind::Invalid(v) => format!("Invalid value: {}", go_value(v)),
+            FieldErrorKind::InvalidShown(v) => format!("Invalid value: {v}"),
             FieldErrorKind::Forbidden => "Forbidden".to_string(),
             FieldErrorKind::NotSupported(v, allowed) => {
                 let quoted: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();

@@ -33,6 +33,17 @@ pub struct Change {
     pub prev: Option<Value>,
 }
 
+/// Which part of an object a write is to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sub {
+    /// The object itself.
+    Main,
+    /// `/status`.
+    Status,
+    /// `/approval` (CertificateSigningRequests): the conditions only.
+    Approval,
+}
+
 /// DeleteOptions, from the body and the `gracePeriodSeconds` parameter.
 #[derive(Debug, Default, Clone)]
 pub struct DeleteOptions {
@@ -336,17 +347,35 @@ impl Store {
         ns: Option<&str>,
         body: Value,
     ) -> Result<Value, ApiError> {
+        self.create_as(kind, ns, body, None)
+    }
+
+    /// A create by `user` (a `UserInfo` as JSON: username, uid, groups),
+    /// which strategies that record the requester (CSRs) read; None for a
+    /// caller without an identity.
+    pub fn create_as(
+        &mut self,
+        kind: &'static Kind,
+        ns: Option<&str>,
+        body: Value,
+        user: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let mut obj = kind.decode(body)?;
         kind.apply_defaults(&mut obj);
         self.admit_namespace(kind, ns, &mut obj, true)?;
-        self.create_object(kind, obj)
+        self.create_object(kind, obj, user)
     }
 
     /// rest.BeforeCreate and the storage create.
-    fn create_object(&mut self, kind: &'static Kind, mut obj: Value) -> Result<Value, ApiError> {
+    fn create_object(
+        &mut self,
+        kind: &'static Kind,
+        mut obj: Value,
+        user: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         meta_set(&mut obj, "deletionTimestamp", None);
         meta_set(&mut obj, "deletionGracePeriodSeconds", None);
-        kind.prepare_for_create(&mut obj);
+        kind.prepare_for_create(&mut obj, user);
         meta_set(&mut obj, "uid", Some(json!(uuid_v4())));
         meta_set(&mut obj, "creationTimestamp", Some(timestamp(now())));
         if meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty() {
@@ -382,7 +411,7 @@ impl Store {
         kind: &'static Kind,
         ns: Option<&str>,
         name: &str,
-        status: bool,
+        sub: Sub,
         body: Value,
     ) -> Result<(Value, bool), ApiError> {
         let mut obj = kind.decode(body)?;
@@ -391,15 +420,15 @@ impl Store {
         self.admit_namespace(kind, ns, &mut obj, false)?;
         let k = key(kind, ns, name);
         let Some(old) = self.objects.get(&k).cloned() else {
-            if kind.create_on_update && !status {
+            if kind.create_on_update && sub == Sub::Main {
                 meta_set(&mut obj, "resourceVersion", None);
                 self.admit_namespace(kind, ns, &mut obj, true)?;
-                return Ok((self.create_object(kind, obj)?, true));
+                return Ok((self.create_object(kind, obj, None)?, true));
             }
             return Err(ApiError::not_found(kind, name));
         };
         Ok((
-            self.update_object(kind, &k, obj, old, status, Verb::Put)?,
+            self.update_object(kind, &k, obj, old, sub, Verb::Put)?,
             false,
         ))
     }
@@ -410,7 +439,7 @@ impl Store {
         kind: &'static Kind,
         ns: Option<&str>,
         name: &str,
-        status: bool,
+        sub: Sub,
         content_type: &str,
         body: &[u8],
     ) -> Result<Value, ApiError> {
@@ -425,7 +454,7 @@ impl Store {
         kind.apply_defaults(&mut obj);
         check_name(&obj, name)?;
         self.admit_namespace(kind, ns, &mut obj, false)?;
-        self.update_object(kind, &k, obj, old, status, Verb::Patch)
+        self.update_object(kind, &k, obj, old, sub, Verb::Patch)
     }
 
     /// registry.Store.Update and rest.BeforeUpdate.
@@ -435,7 +464,7 @@ impl Store {
         k: &Key,
         mut obj: Value,
         old: Value,
-        status: bool,
+        sub: Sub,
         verb: Verb,
     ) -> Result<Value, ApiError> {
         let name = k.2.as_str();
@@ -488,7 +517,14 @@ impl Store {
             );
         }
         let mut errs = meta_update_errors(&obj, &old);
-        let new = if status {
+        let new = if sub == Sub::Approval {
+            // The /approval subresource: only the conditions change.
+            let mut new = old.clone();
+            let conditions = obj.pointer("/status/conditions").cloned();
+            kind.prepare_for_approval_update(&mut new, conditions, &old);
+            errs.extend(kind.validate_approval_update(&new, &old));
+            new
+        } else if sub == Sub::Status {
             // The /status subresource: only status changes.
             let mut new = old.clone();
             let mut st = obj.get("status").cloned().unwrap_or(json!({}));

@@ -111,6 +111,15 @@ impl Pki {
         }
     }
 
+    /// A certificate the CA signs for `public_key` with `params` (PEM).
+    pub fn sign(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<String, rcgen::Error> {
+        Ok(params.signed_by(public_key, &self.issuer)?.pem())
+    }
+
     /// The acceptor: TLS 1.2 or 1.3, HTTP/1.1 by ALPN (all axum serves
     /// here), client certificates optional but verified against the CA.
     pub fn acceptor(&self) -> TlsAcceptor {
@@ -211,20 +220,35 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
         let (_, connection) = stream.io().get_ref();
         // rustls only hands over a chain it verified against the CA.
-        let user = connection
+        let leaf = connection
             .peer_certificates()
-            .and_then(|chain| chain.first())
+            .and_then(|chain| chain.first());
+        let user = leaf
             .and_then(|leaf| common_name(leaf))
             .filter(|cn| !cn.is_empty());
         Peer {
             tls: true,
             user,
+            groups: leaf.map(|leaf| organizations(leaf)).unwrap_or_default(),
             addr: Some(*stream.remote_addr()),
         }
     }
 }
 
 // ----- reading a certificate's subject -----
+
+/// The organizations of a DER certificate's subject, in order: the groups
+/// of its user (CommonNameUserConversion).
+fn organizations(cert: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(cert) else {
+        return vec![];
+    };
+    cert.subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect()
+}
 
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
