@@ -166,18 +166,32 @@ pub async fn until_instance_ends(sd: &Systemd, q: &LogQuery) {
     if !q.follow {
         return std::future::pending().await;
     }
-    let Ok(stream) = sd.watch(vec![names::unit_object_path(&q.unit)]).await else {
-        return std::future::pending().await;
-    };
-    let mut stream = Box::pin(stream);
+    // The unit's signals wake this; a re-check every few seconds is the
+    // safety net for a watch that could not be set up or a lost signal.
+    let mut stream = sd
+        .watch(vec![names::unit_object_path(&q.unit)])
+        .await
+        .ok()
+        .map(Box::pin);
     loop {
         let snap = sd.snapshot(&q.unit).await.ok().flatten();
         if !matches!(instance(snap.as_ref()), Instance::Running { invocation: ref inv, .. } if *inv == q.invocation)
         {
             return;
         }
-        if stream.next().await.is_none() {
-            return std::future::pending().await;
+        let recheck = tokio::time::sleep(std::time::Duration::from_secs(3));
+        match stream.as_mut() {
+            Some(s) => {
+                tokio::select! {
+                    ev = s.next() => {
+                        if ev.is_none() {
+                            stream = None;
+                        }
+                    }
+                    _ = recheck => {}
+                }
+            }
+            None => recheck.await,
         }
     }
 }
