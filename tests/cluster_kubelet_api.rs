@@ -55,6 +55,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `unitlet node` serving the kubelet API on a free port with a
+/// self-signed certificate, client certificates from `ca`, and every
+/// authenticated request allowed; returns the port.
+fn start_with_self_signed_cert(node: &mut Node, kc: &std::path::Path, ca: &str) -> u16 {
+    let port = free_port();
+    let port_s = port.to_string();
+    node.start_node_agent(
+        kc,
+        &[
+            "--port",
+            &port_s,
+            "--self-signed-serving-cert",
+            "--client-ca-file",
+            ca,
+            "--authorization-mode",
+            "AlwaysAllow",
+        ],
+    );
+    port
+}
+
 /// `curl` against the node's kubelet API: (HTTP status, body).
 fn call(node: &Node, port: u16, pki: Option<&Pki>, path: &str) -> (u16, String) {
     let creds = pki
@@ -80,20 +101,7 @@ fn logs_pods_and_healthz_over_tls_with_client_certificates() {
         "system:masters",
     );
     let stranger = client_pki(&node, "other", "intruder", "system:masters");
-    let port = free_port();
-    let port_s = port.to_string();
-    node.start_node_agent(
-        &kc,
-        &[
-            "--port",
-            &port_s,
-            "--self-signed-serving-cert",
-            "--client-ca-file",
-            &masters.ca,
-            "--authorization-mode",
-            "AlwaysAllow",
-        ],
-    );
+    let port = start_with_self_signed_cert(&mut node, &kc, &masters.ca);
     let nn = node.name.clone();
     node.wait_for("the kubelet API to listen", default_wait(), || {
         (call(&node, port, Some(&masters), "/healthz") == (200, "ok".to_string())).then_some(())
@@ -393,21 +401,8 @@ fn exec_runs_in_the_container_over_websocket() {
         "kube-apiserver-kubelet-client",
         "system:masters",
     );
-    let port = free_port();
-    let port_s = port.to_string();
+    let port = start_with_self_signed_cert(&mut node, &kc, &pki.ca);
     let web_port = free_port();
-    node.start_node_agent(
-        &kc,
-        &[
-            "--port",
-            &port_s,
-            "--self-signed-serving-cert",
-            "--client-ca-file",
-            &pki.ca,
-            "--authorization-mode",
-            "AlwaysAllow",
-        ],
-    );
     let nn = node.name.clone();
     api.create(
         "pods",
@@ -720,20 +715,7 @@ fn hostile_clients_neither_crash_the_agent_nor_touch_pods() {
         "kube-apiserver-kubelet-client",
         "system:masters",
     );
-    let port = free_port();
-    let port_s = port.to_string();
-    node.start_node_agent(
-        &kc,
-        &[
-            "--port",
-            &port_s,
-            "--self-signed-serving-cert",
-            "--client-ca-file",
-            &pki.ca,
-            "--authorization-mode",
-            "AlwaysAllow",
-        ],
-    );
+    let port = start_with_self_signed_cert(&mut node, &kc, &pki.ca);
     let nn = node.name.clone();
     api.create(
         "pods",
