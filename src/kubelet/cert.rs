@@ -136,7 +136,9 @@ async fn request(
         .map_err(|e| format!("cannot create the CertificateSigningRequest: {e}"))?;
     let name = created.metadata.name.clone().unwrap_or_default();
     info!(csr = name, "asked for a serving certificate");
-    // Wait for the signer (the watch is a safety net over a short poll).
+    // Wait for the approver and signer: one GET of this one object a
+    // second, only while a certificate is outstanding (a watch would save
+    // little for a request that is answered once).
     loop {
         let got = api
             .get(&name)
