@@ -35,3 +35,14 @@ pub fn allocatable(state_dir: &Path) -> Allocatable {
         ephemeral_storage_bytes: storage_bytes(state_dir),
     }
 }
+
+/// Whether units here get control groups of their own for memory, cpu and
+/// pids; if not, logs once what is lost and returns it (cluster mode also
+/// puts it on the Node as a Warning event). A node inside a container or
+/// without delegated controllers would otherwise drop limits and usage
+/// without a word.
+pub fn cgroup_warning() -> Option<String> {
+    let lost = crate::kubelet::stats::CgroupSupport::detect(Path::new("/")).message()?;
+    tracing::warn!("{lost}");
+    Some(lost)
+}

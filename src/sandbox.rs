@@ -27,6 +27,10 @@ pub struct SandboxOptions {
     pub ro_binds: Vec<PathBuf>,
     /// Where systemd-nspawn's console output goes (default: discarded).
     pub console_log: Option<PathBuf>,
+    /// A network namespace to boot in (`ip netns add` makes them under
+    /// /run/netns), so the node has addresses of its own; default: the
+    /// host's network.
+    pub network_namespace: Option<PathBuf>,
 }
 
 /// A booted node. Powered off on drop.
@@ -95,6 +99,9 @@ impl Sandbox {
         }
         for b in &opts.ro_binds {
             cmd.arg(format!("--bind-ro={}", b.display()));
+        }
+        if let Some(ns) = &opts.network_namespace {
+            cmd.arg(format!("--network-namespace-path={}", ns.display()));
         }
         cmd.args(["-b", "systemd.firstboot=off"]);
         cmd.stdin(Stdio::null());

@@ -176,8 +176,10 @@ pub struct NodeArgs {
     /// Its private key (PEM).
     #[arg(long, requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
-    /// Serve the kubelet API with a self-signed certificate made at start
-    /// (API servers that verify kubelets refuse it).
+    /// Serve the kubelet API with a self-signed certificate kept in
+    /// `<state dir>/pki` (the default without --tls-cert-file or
+    /// --rotate-server-certificates, as the kubelet's; API servers that
+    /// verify kubelets refuse it).
     #[arg(long, conflicts_with = "tls_cert_file")]
     pub self_signed_serving_cert: bool,
     /// Get the serving certificate from the cluster (a kubernetes.io/kubelet-serving
@@ -185,7 +187,8 @@ pub struct NodeArgs {
     #[arg(long, conflicts_with_all = ["tls_cert_file", "self_signed_serving_cert"])]
     pub rotate_server_certificates: bool,
     /// CA bundle that client certificates are verified against; a verified
-    /// certificate authenticates as its CN, with its O as groups.
+    /// certificate authenticates as its CN, with its O as groups (default:
+    /// the kubeconfig's cluster CA, as kubeadm sets kubelets up).
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
     /// Let requests with no credentials in, as system:anonymous (then authorized as such).
@@ -526,17 +529,16 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         hardening: args.reconciler.pod_hardening.into(),
     });
     let cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
-        (Some(cert), Some(key)) => Some(crate::kubelet::server::ServingCert::Files {
+        (Some(cert), Some(key)) => crate::kubelet::server::ServingCert::Files {
             cert: cert.clone(),
             key: key.clone(),
-        }),
-        _ if args.rotate_server_certificates => {
-            Some(crate::kubelet::server::ServingCert::FromCluster)
-        }
-        _ if args.self_signed_serving_cert => Some(crate::kubelet::server::ServingCert::SelfSigned),
-        _ => None,
+        },
+        _ if args.rotate_server_certificates => crate::kubelet::server::ServingCert::FromCluster,
+        // As the kubelet: without a configured certificate, a self-signed
+        // one (`--self-signed-serving-cert` says so explicitly).
+        _ => crate::kubelet::server::ServingCert::SelfSigned,
     };
-    let kubelet_api = cert.map(|cert| crate::kubelet::KubeletApi {
+    let kubelet_api = Some(crate::kubelet::KubeletApi {
         address: args.address,
         cert,
         client_ca: args.client_ca_file.clone(),
@@ -589,6 +591,7 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         bail!("--manifests {}: not a directory", manifests.display());
     }
     let state = StateDir::open(&state_dir)?;
+    crate::host::cgroup_warning();
     let node = NodeFacts {
         node_name: args.node_name.unwrap_or_else(hostname),
         host_ip: args.node_ip.unwrap_or_else(detect_host_ip),

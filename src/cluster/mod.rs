@@ -85,11 +85,13 @@ pub struct NodeOptions {
 /// sending at most `burst` requests per `burst / qps` seconds: the API
 /// server's fairness would otherwise be this agent's only brake. 429 and
 /// 503/504 answers are retried with back-off by kube's own stack.
+/// Also returns the cluster CA the kubeconfig names (DER), if any: the
+/// kubelet API trusts client certificates it signed by default.
 async fn client(
     kubeconfig: &Option<PathBuf>,
     qps: u32,
     burst: u32,
-) -> Result<kube::Client, ClusterError> {
+) -> Result<(kube::Client, Vec<Vec<u8>>), ClusterError> {
     let err = |e: &dyn std::fmt::Display| ClusterError::Kubeconfig(e.to_string());
     let cfg = match kubeconfig {
         Some(path) => {
@@ -101,6 +103,7 @@ async fn client(
         None => kube::Config::infer().await.map_err(|e| err(&e))?,
     };
     let mut cfg = cfg;
+    let cluster_ca = cfg.root_cert.clone().unwrap_or_default();
     if cfg.cluster_url.scheme_str() == Some("http") && cfg.root_cert.is_none() {
         // A plain-HTTP server (`kubectl proxy`, a local test server) needs
         // no roots, and a host without a CA bundle must not fail for it.
@@ -108,11 +111,12 @@ async fn client(
     }
     let burst = burst.max(1);
     let window = Duration::from_secs_f64(f64::from(burst) / f64::from(qps.max(1)));
-    Ok(kube::client::ClientBuilder::try_from(cfg)
+    let client = kube::client::ClientBuilder::try_from(cfg)
         .map_err(|e| err(&e))?
         .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
         .with_layer(&tower::util::MapResultLayer::new(count_api_errors))
-        .build())
+        .build();
+    Ok((client, cluster_ca))
 }
 
 /// Counts requests the API server failed (5xx, 429) or never answered.
@@ -126,7 +130,8 @@ fn count_api_errors<B, E>(r: Result<hyper::Response<B>, E>) -> Result<hyper::Res
 
 /// Runs the node until the process is asked to stop.
 pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError> {
-    let client = client(&opts.kubeconfig, opts.config.api_qps, opts.config.api_burst).await?;
+    let (client, cluster_ca) =
+        client(&opts.kubeconfig, opts.config.api_qps, opts.config.api_burst).await?;
     let sd = Systemd::connect().await?;
     let version = sd.version().await?;
     let facts = node::read_host_facts(state.root(), version);
@@ -215,6 +220,14 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         "Starting",
         "Starting unitlet.".into(),
     ));
+    if let Some(lost) = crate::host::cgroup_warning() {
+        let _ = events_tx.send(node_event(
+            &name,
+            true,
+            "CgroupControllersUnavailable",
+            lost,
+        ));
+    }
     tokio::spawn(status_loop(
         client.clone(),
         sd.clone(),
@@ -243,12 +256,13 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         let cfg = crate::kubelet::server::Config {
             listen: std::net::SocketAddr::new(api.address, opts.config.port),
             cert: api.cert.clone(),
-            client_ca: api.client_ca.clone(),
+            client_ca: client_ca(api.client_ca.clone(), cluster_ca),
             anonymous: api.anonymous,
             token_webhook: api.token_webhook,
             mode: api.mode,
             node_name: name.clone(),
             node_ip: opts.node_ip.clone(),
+            cert_dir: pki.clone(),
         };
         let rt = runtime.clone();
         let client = client.clone();
@@ -265,8 +279,6 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
                 tracing::error!(error = e, "the kubelet API is not served: kubectl logs, exec and top will not work on this node");
             }
         });
-    } else {
-        warn!("no serving certificate configured (--tls-cert-file/--tls-private-key-file, or --self-signed-serving-cert): the kubelet API is not served, so kubectl logs, exec and top will not work on this node");
     }
     let runtime = tokio::spawn(runtime.run(desired_rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -275,6 +287,25 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         Err(e) => {
             warn!(error = %e, "reconciler stopped");
             Ok(())
+        }
+    }
+}
+
+/// Whose client certificates the kubelet API trusts: `--client-ca-file`,
+/// else the kubeconfig's cluster CA (the API server's kubelet client
+/// certificate is signed by it in kubeadm's setup), else nobody's, which
+/// the agent says at start since the API server's requests will then fail.
+fn client_ca(file: Option<PathBuf>, cluster_ca: Vec<Vec<u8>>) -> crate::kubelet::server::ClientCa {
+    use crate::kubelet::server::ClientCa;
+    match file {
+        Some(f) => ClientCa::File(f),
+        None if !cluster_ca.is_empty() => {
+            info!("the kubelet API trusts client certificates signed by the kubeconfig's cluster CA (--client-ca-file overrides)");
+            ClientCa::Kubeconfig(cluster_ca)
+        }
+        None => {
+            warn!("the kubeconfig names no cluster CA and no --client-ca-file is given: the kubelet API trusts no client certificate, so the API server's requests (kubectl logs, exec, port-forward) will be refused until --client-ca-file names the CA that signed its kubelet client certificate");
+            ClientCa::None
         }
     }
 }

@@ -34,6 +34,15 @@ impl rustls::server::ResolvesServerCert for Rotating {
     }
 }
 
+impl Rotating {
+    /// A certificate that never changes (files, self-signed).
+    pub fn fixed(ck: CertifiedKey) -> Arc<Rotating> {
+        Arc::new(Rotating {
+            current: RwLock::new(Arc::new(ck)),
+        })
+    }
+}
+
 /// A certificate with its key, as PEM, and when it is valid.
 struct Issued {
     cert_pem: String,
@@ -254,9 +263,164 @@ pub async fn bootstrap(
     rotating
 }
 
+/// Names of the self-signed certificate and key in the certificate
+/// directory: the kubelet's own (`--cert-dir`), so an admin finds them where
+/// they would look.
+const SELF_SIGNED: (&str, &str) = ("kubelet.crt", "kubelet.key");
+
+/// How long a self-signed certificate is made for (the kubelet's: a year).
+const SELF_SIGNED_DAYS: i64 = 365;
+
+/// Whether a certificate names every one of `addresses` as a SAN.
+fn names_all(cert_pem: &str, addresses: &[String]) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    let Ok(der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(san)) = x.subject_alternative_name() else {
+        return false;
+    };
+    use x509_parser::extensions::GeneralName;
+    addresses.iter().all(|a| {
+        san.value
+            .general_names
+            .iter()
+            .any(|g| match (g, a.parse::<std::net::IpAddr>()) {
+                (GeneralName::DNSName(d), Err(_)) => d.eq_ignore_ascii_case(a),
+                (GeneralName::IPAddress(b), Ok(std::net::IpAddr::V4(ip))) => *b == ip.octets(),
+                (GeneralName::IPAddress(b), Ok(std::net::IpAddr::V6(ip))) => *b == ip.octets(),
+                _ => false,
+            })
+    })
+}
+
+/// The serving certificate a kubelet makes for itself when none is
+/// configured: kept in `dir` and used again across restarts while it is
+/// valid for at least another day and still names every address (a new
+/// node name or IP gets a new one), so clients that pinned it keep working.
+pub fn self_signed(dir: &Path, node: &str, addresses: &[String]) -> Result<CertifiedKey, String> {
+    let (cert_path, key_path) = (dir.join(SELF_SIGNED.0), dir.join(SELF_SIGNED.1));
+    if let (Ok(cert), Ok(key)) = (
+        std::fs::read_to_string(&cert_path),
+        std::fs::read_to_string(&key_path),
+    ) {
+        match parse(&cert, &key) {
+            Ok((i, ck)) if i.not_after > now() + 86_400 && names_all(&cert, addresses) => {
+                return Ok(ck)
+            }
+            Ok(_) => {
+                info!(cert = %cert_path.display(), "the self-signed serving certificate is expiring or names other addresses; making a new one")
+            }
+            Err(e) => {
+                warn!(cert = %cert_path.display(), error = e, "cannot read the self-signed serving certificate; making a new one")
+            }
+        }
+    }
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    for a in addresses {
+        params
+            .subject_alt_names
+            .push(match a.parse::<std::net::IpAddr>() {
+                Ok(ip) => rcgen::SanType::IpAddress(ip),
+                Err(_) => rcgen::SanType::DnsName(
+                    a.clone()
+                        .try_into()
+                        .map_err(|e| format!("address {a}: {e:?}"))?,
+                ),
+            });
+    }
+    let (y, m, d) = day_at(now() - 86_400)?;
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = day_at(now() + SELF_SIGNED_DAYS * 86_400)?;
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+    write_private(dir, SELF_SIGNED.1, &key_pem)
+        .and_then(|()| write_private(dir, SELF_SIGNED.0, &cert_pem))
+        .map_err(|e| {
+            format!(
+                "cannot keep the self-signed certificate in {}: {e}",
+                dir.display()
+            )
+        })?;
+    info!(cert = %cert_path.display(), "made a self-signed serving certificate");
+    parse(&cert_pem, &key_pem).map(|(_, ck)| ck)
+}
+
+/// Midnight UTC of the day `secs` falls in, as rcgen takes dates.
+fn day_at(secs: i64) -> Result<(i32, u8, u8), String> {
+    let d = jiff::Timestamp::from_second(secs)
+        .map_err(|e| e.to_string())?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    Ok((i32::from(d.year()), d.month() as u8, d.day() as u8))
+}
+
+/// Writes `name` in `dir` (0700) as a 0600 file, atomically.
+fn write_private(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, dir.join(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_self_signed_certificate_is_kept_until_the_addresses_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let addrs = vec!["10.0.0.7".to_string(), "node-a".to_string()];
+        let first = self_signed(&pki, "node-a", &addrs).unwrap();
+        let pem = std::fs::read_to_string(pki.join("kubelet.crt")).unwrap();
+        assert!(names_all(&pem, &addrs));
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["kubelet.crt", "kubelet.key"] {
+            let mode = std::fs::metadata(pki.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let again = self_signed(&pki, "node-a", &addrs).unwrap();
+        assert_eq!(first.cert, again.cert, "reused across restarts");
+        let moved = vec!["10.0.0.8".to_string(), "node-a".to_string()];
+        let other = self_signed(&pki, "node-a", &moved).unwrap();
+        assert_ne!(
+            first.cert, other.cert,
+            "a new address gets a new certificate"
+        );
+        let pem = std::fs::read_to_string(pki.join("kubelet.crt")).unwrap();
+        assert!(names_all(&pem, &moved) && !names_all(&pem, &addrs));
+        std::fs::write(pki.join("kubelet.crt"), "garbage").unwrap();
+        assert!(
+            self_signed(&pki, "node-a", &moved).is_ok(),
+            "a broken file is replaced"
+        );
+    }
 
     #[test]
     fn renewal_falls_between_70_and_90_percent() {

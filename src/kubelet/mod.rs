@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cert;
 pub mod exec;
 pub mod logs;
+pub mod procstats;
 pub mod server;
 pub mod spdy;
 pub mod stats;
@@ -19,7 +20,7 @@ pub struct KubeletApi {
     pub address: std::net::IpAddr,
     /// The serving certificate.
     pub cert: server::ServingCert,
-    /// `--client-ca-file`.
+    /// `--client-ca-file`; without it, the kubeconfig's cluster CA.
     pub client_ca: Option<std::path::PathBuf>,
     /// `--anonymous-auth`.
     pub anonymous: bool,

@@ -60,9 +60,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Serving certificate.
     pub cert: ServingCert,
-    /// `--client-ca-file`: client certificates verified against it
-    /// authenticate as CN/O.
-    pub client_ca: Option<PathBuf>,
+    /// The CAs client certificates are verified against; a verified one
+    /// authenticates as CN/O.
+    pub client_ca: ClientCa,
     /// `--anonymous-auth` (default false here; the kubelet's is true,
     /// which kubeadm and every hardening guide turn off).
     pub anonymous: bool,
@@ -75,6 +75,21 @@ pub struct Config {
     pub node_name: String,
     /// The node's IP.
     pub node_ip: String,
+    /// Where a self-signed certificate is kept (the kubelet's `--cert-dir`).
+    pub cert_dir: PathBuf,
+}
+
+/// Whose client certificates the kubelet API trusts.
+#[derive(Debug, Clone)]
+pub enum ClientCa {
+    /// None: only bearer tokens (and anonymous, if allowed) authenticate.
+    None,
+    /// `--client-ca-file`.
+    File(PathBuf),
+    /// The cluster CA of the agent's kubeconfig (DER certificates), as
+    /// kubeadm sets kubelets up: the API server's kubelet client
+    /// certificate is signed by it.
+    Kubeconfig(Vec<Vec<u8>>),
 }
 
 /// Most connections served at once; more wait in the kernel's backlog.
@@ -105,60 +120,72 @@ fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, String> {
             (certs, Some(key))
         }
         ServingCert::SelfSigned => {
-            let mut params =
-                rcgen::CertificateParams::new(vec![cfg.node_name.clone(), cfg.node_ip.clone()])
-                    .map_err(|e| format!("self-signed certificate: {e}"))?;
-            params.distinguished_name.push(
-                rcgen::DnType::CommonName,
-                format!("system:node:{}", cfg.node_name),
+            let ck = super::cert::self_signed(
+                &cfg.cert_dir,
+                &cfg.node_name,
+                &[cfg.node_ip.clone(), cfg.node_name.clone()],
+            )?;
+            return finish(
+                builder_for(cfg, provider)?.with_cert_resolver(super::cert::Rotating::fixed(ck)),
             );
-            params
-                .distinguished_name
-                .push(rcgen::DnType::OrganizationName, "system:nodes");
-            let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-            let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-            (
-                vec![cert.der().clone()],
-                Some(PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?),
-            )
         }
     };
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = match &cfg.client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?
-            {
-                let c = c.map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?;
-            }
-            // As the kubelet: ask for a certificate, accept connections
-            // without one (bearer tokens), refuse a bad one.
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| format!("--client-ca-file {}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut tls = match (&cfg.cert, key) {
+    let builder = builder_for(cfg, provider)?;
+    let tls = match (&cfg.cert, key) {
         (ServingCert::Rotating(r), _) => builder.with_cert_resolver(r.clone()),
         (_, Some(key)) => builder
             .with_single_cert(certs, key)
             .map_err(|e| format!("serving certificate: {e}"))?,
         (_, None) => return Err("no serving certificate".into()),
     };
+    finish(tls)
+}
+
+fn finish(mut tls: rustls::ServerConfig) -> Result<rustls::ServerConfig, String> {
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tls)
+}
+
+/// The TLS settings up to the certificate: which client certificates are
+/// verified, against which CAs.
+fn builder_for(
+    cfg: &Config,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let (what, cas): (String, Vec<CertificateDer<'static>>) = match &cfg.client_ca {
+        ClientCa::None => return Ok(builder.with_no_client_auth()),
+        ClientCa::File(ca) => {
+            let what = format!("--client-ca-file {}", ca.display());
+            let cas = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("{what}: {e}"))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{what}: {e}"))?;
+            (what, cas)
+        }
+        ClientCa::Kubeconfig(ders) => (
+            "the kubeconfig's cluster CA".into(),
+            ders.iter()
+                .map(|d| CertificateDer::from(d.clone()))
+                .collect(),
+        ),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in cas {
+        roots.add(c).map_err(|e| format!("{what}: {e}"))?;
+    }
+    // As the kubelet: ask for a certificate, accept connections without
+    // one (bearer tokens), refuse a bad one.
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("{what}: {e}"))?;
+    Ok(builder.with_client_cert_verifier(verifier))
 }
 
 /// What handlers need.

@@ -14,7 +14,7 @@
 //!   v2, v1, or the hybrid layout where systemd's unified tree carries no
 //!   controllers) and reads a control group by the path systemd reports in a
 //!   unit's `ControlGroup` property. It takes a root directory so tests can
-//!   point it at a fake tree.
+//!   point it at a fake tree, as does [`CgroupSupport`].
 //! - [`summary_json`] and [`resource_metrics`] turn [`NodeSample`] and
 //!   [`PodSample`]s into the two wire formats; [`Rates`] turns cumulative CPU
 //!   samples into the summary's `usageNanoCores`.
@@ -37,8 +37,20 @@
 //! A unit only has its own control group in a hierarchy when systemd
 //! accounts that resource for it (`CPUAccounting=`/`MemoryAccounting=` on
 //! v1; on v2 `cpu.stat` always exists but `memory.current` needs the memory
-//! controller enabled down the tree). Without one, reads give `None` and the
-//! metric is left out, never reported as 0.
+//! controller enabled down the tree), and only when systemd may create
+//! groups there at all. Some hosts never allow it: inside systemd-nspawn's
+//! hybrid layout the v1 controllers are mounted read-only, LXC may not
+//! delegate controllers. There `MemoryMax=`/`CPUQuota=`/`TasksMax=` are
+//! silently not enforced, which [`CgroupSupport`] detects once at start so
+//! the node can say so. For usage, [`CgroupReader::read`] then takes what
+//! the control groups cannot give from the next best place: CPU from the
+//! unified tree's `cpu.stat` (kept by the kernel for every v2 group,
+//! controllers or not), else CPU and memory summed over the unit's
+//! processes ([`super::procstats`], an approximation: shared memory counted
+//! per process, page cache left out, CPU of some exited processes lost).
+//! The control group stays the source wherever it exists, and the node is
+//! always the root control group. With no source at all, reads give `None`
+//! and the metric is left out, never reported as 0.
 //!
 //! metrics-server drops a whole pod from `kubectl top` when any of its
 //! containers shows a CPU or memory value of 0 — including a container that
@@ -56,6 +68,8 @@ use std::path::{Component, Path, PathBuf};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, Value};
+
+use super::procstats::ProcReader;
 
 /// The `Content-Type` of [`resource_metrics`]' output: Prometheus text
 /// exposition 0.0.4, what the kubelet's `promhttp` handler answers with.
@@ -88,6 +102,13 @@ pub struct CgroupReader {
     pub cpu: Option<Hierarchy>,
     /// Where memory usage is read; `None` when no hierarchy was found.
     pub memory: Option<Hierarchy>,
+    /// The cgroup v2 mount, also in the hybrid layout: the kernel keeps
+    /// `usage_usec` in every v2 group's `cpu.stat` (Linux 4.15+) whether or
+    /// not a controller is enabled there, so a unit that has no group in
+    /// the v1 `cpuacct` hierarchy still has exact CPU figures here.
+    pub unified: Option<PathBuf>,
+    /// The last resort for a unit's usage: its processes.
+    pub procs: ProcReader,
 }
 
 /// One reading of a control group. Each part is `None` when its files are
@@ -128,21 +149,61 @@ impl CgroupReader {
     /// v2 mount. Without a readable mountinfo, falls back to the usual
     /// locations under `<root>/sys/fs/cgroup`.
     pub fn detect(root: &Path) -> CgroupReader {
-        let (cpu, memory) = match fs::read_to_string(root.join("proc/self/mountinfo")) {
-            Ok(text) => from_mountinfo(root, &text),
-            Err(_) => probe(root),
+        let mounts = fs::read_to_string(root.join("proc/self/mountinfo"))
+            .ok()
+            .map(|text| cgroup_mounts(root, &text));
+        let ((cpu, memory), unified) = match &mounts {
+            Some(mounts) => (
+                from_mounts(mounts),
+                mounts.iter().find(|m| m.v2).map(|m| m.dir.clone()),
+            ),
+            None => (probe(root), probe_unified(root)),
         };
         CgroupReader {
             root: root.to_path_buf(),
             cpu,
             memory,
+            unified,
+            procs: ProcReader::from_mounts(root, mounts.as_deref()),
         }
     }
 
     /// Reads the control group at `cgroup`, a path as systemd's
     /// `ControlGroup` property gives it (`/unitlet.slice/…/x.service`; `/`
     /// is the root). A path that climbs out with `..` reads as nothing.
+    ///
+    /// Where the unit has no group of its own in a hierarchy, the part that
+    /// hierarchy would give comes from elsewhere, so that `kubectl top`
+    /// still shows the node's pods: CPU from the unified tree's `cpu.stat`
+    /// when there is one, then CPU and memory summed over the group's
+    /// processes ([`ProcReader`]; an approximation, see
+    /// [`super::procstats`]). Parts the control groups give are never
+    /// replaced, and the root is only ever read from its control groups:
+    /// the node is the root container, not a sum of processes.
     pub fn read(&self, cgroup: &str) -> CgroupUsage {
+        let mut usage = self.read_cgroup(cgroup);
+        if cgroup.trim_matches('/').is_empty() {
+            return usage;
+        }
+        if usage.cpu_usage_ns.is_none() {
+            if let Some(unified) = &self.unified {
+                let h = Hierarchy::V2(unified.clone());
+                if self.cpu.as_ref() != Some(&h) {
+                    usage.cpu_usage_ns = read_cpu(&h, cgroup);
+                }
+            }
+        }
+        if usage.cpu_usage_ns.is_none() || usage.memory.is_none() {
+            let procs = self.procs.read(cgroup);
+            usage.cpu_usage_ns = usage.cpu_usage_ns.or(procs.cpu_usage_ns);
+            usage.memory = usage.memory.or(procs.memory);
+        }
+        usage
+    }
+
+    /// Reads the control group at `cgroup` from the cpu and memory
+    /// hierarchies only, without [`CgroupReader::read`]'s fallbacks.
+    pub fn read_cgroup(&self, cgroup: &str) -> CgroupUsage {
         let cpu_usage_ns = self.cpu.as_ref().and_then(|h| read_cpu(h, cgroup));
         let memory = self.memory.as_ref().and_then(|h| read_memory(h, cgroup));
         CgroupUsage {
@@ -156,7 +217,7 @@ impl CgroupReader {
     /// memory limit so that `availableBytes` comes out as the kubelet's
     /// (capacity minus working set).
     pub fn node(&self) -> CgroupUsage {
-        let mut usage = self.read("/");
+        let mut usage = self.read_cgroup("/");
         let total = mem_total_bytes(&self.root);
         if let Some(m) = usage.memory.as_mut() {
             m.limit_bytes = total;
@@ -212,43 +273,76 @@ impl CgroupUsage {
     }
 }
 
-fn from_mountinfo(root: &Path, text: &str) -> (Option<Hierarchy>, Option<Hierarchy>) {
-    let mut v1_cpu = None;
-    let mut v1_memory = None;
-    let mut v2 = None;
+/// One cgroup file system in mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CgroupMount {
+    /// Where it is mounted on the host.
+    pub mount_point: PathBuf,
+    /// The same under the reader's root.
+    pub dir: PathBuf,
+    /// The unified hierarchy (`cgroup2`) rather than a v1 one.
+    pub v2: bool,
+    /// Mounted read-only: `ro` in the mount's own options (the 6th field)
+    /// or the super block's. A container runtime that withholds control
+    /// of a v1 controller leaves it visible but mounted so.
+    pub read_only: bool,
+    /// The super block options: a v1 hierarchy's controllers and `name=`.
+    pub options: Vec<String>,
+}
+
+impl CgroupMount {
+    pub(super) fn has(&self, option: &str) -> bool {
+        self.options.iter().any(|o| o == option)
+    }
+}
+
+/// The cgroup mounts in `text` (mountinfo), in order.
+pub(super) fn cgroup_mounts(root: &Path, text: &str) -> Vec<CgroupMount> {
+    let mut out = Vec::new();
     for line in text.lines() {
         // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional…] - <fstype> <source> <super opts>"
         let Some((pre, post)) = line.split_once(" - ") else {
             continue;
         };
-        let Some(mount_point) = pre.split(' ').nth(4) else {
+        let mut pre = pre.split(' ');
+        let (Some(mount_point), Some(mount_opts)) = (pre.nth(4), pre.next()) else {
             continue;
         };
         let mut post = post.split(' ');
         let fstype = post.next().unwrap_or("");
         let super_opts = post.nth(1).unwrap_or("");
-        let dir = under(root, &unescape_mount(mount_point));
-        match fstype {
-            "cgroup2" if v2.is_none() => v2 = Some(dir),
-            "cgroup" => {
-                for opt in super_opts.split(',') {
-                    match opt {
-                        "cpuacct" if v1_cpu.is_none() => v1_cpu = Some(dir.clone()),
-                        "memory" if v1_memory.is_none() => v1_memory = Some(dir.clone()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
+        let v2 = match fstype {
+            "cgroup2" => true,
+            "cgroup" => false,
+            _ => continue,
+        };
+        let mount_point = unescape_mount(mount_point);
+        out.push(CgroupMount {
+            dir: under(root, &mount_point),
+            mount_point,
+            v2,
+            read_only: mount_opts
+                .split(',')
+                .chain(super_opts.split(','))
+                .any(|o| o == "ro"),
+            options: super_opts.split(',').map(str::to_string).collect(),
+        });
     }
-    let cpu = v1_cpu
-        .map(Hierarchy::V1)
-        .or_else(|| v2.clone().map(Hierarchy::V2));
-    let memory = v1_memory
-        .map(Hierarchy::V1)
-        .or_else(|| v2.map(Hierarchy::V2));
-    (cpu, memory)
+    out
+}
+
+fn from_mounts(mounts: &[CgroupMount]) -> (Option<Hierarchy>, Option<Hierarchy>) {
+    let v1 = |controller: &str| {
+        mounts
+            .iter()
+            .find(|m| !m.v2 && m.has(controller))
+            .map(|m| Hierarchy::V1(m.dir.clone()))
+    };
+    let v2 = mounts
+        .iter()
+        .find(|m| m.v2)
+        .map(|m| Hierarchy::V2(m.dir.clone()));
+    (v1("cpuacct").or_else(|| v2.clone()), v1("memory").or(v2))
 }
 
 fn probe(root: &Path) -> (Option<Hierarchy>, Option<Hierarchy>) {
@@ -274,6 +368,13 @@ fn probe(root: &Path) -> (Option<Hierarchy>, Option<Hierarchy>) {
         unified.map(Hierarchy::V2)
     };
     (cpu, memory)
+}
+
+fn probe_unified(root: &Path) -> Option<PathBuf> {
+    let base = root.join("sys/fs/cgroup");
+    [base.clone(), base.join("unified")]
+        .into_iter()
+        .find(|d| d.join("cgroup.controllers").is_file())
 }
 
 /// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
@@ -306,7 +407,7 @@ fn under(root: &Path, abs: &Path) -> PathBuf {
 
 /// The directory of `cgroup` in a hierarchy mounted at `mount`; `None` for a
 /// path that is not a plain descent (`..`), which systemd never reports.
-fn cgroup_dir(mount: &Path, cgroup: &str) -> Option<PathBuf> {
+pub(super) fn cgroup_dir(mount: &Path, cgroup: &str) -> Option<PathBuf> {
     let rel = Path::new(cgroup.trim_start_matches('/'));
     if rel
         .components()
@@ -380,6 +481,274 @@ fn read_memory(h: &Hierarchy, cgroup: &str) -> Option<MemoryUsage> {
         page_faults: get("pgfault"),
         major_page_faults: get("pgmajfault"),
     })
+}
+
+// ---------------------------------------------------------------------------
+// What the node can do
+// ---------------------------------------------------------------------------
+
+/// How the host's cgroup file systems are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// cgroup v2 only, mounted at `/sys/fs/cgroup`.
+    Unified,
+    /// v1 controller hierarchies plus systemd's v2 tree elsewhere
+    /// (`/sys/fs/cgroup/unified`), which carries no controllers.
+    Hybrid,
+    /// v1 hierarchies only.
+    Legacy,
+    /// No cgroup file system found (or no mountinfo to say).
+    Unknown,
+}
+
+/// Why units cannot get a control group of their own for a controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lack {
+    /// No v1 hierarchy is bound to the controller.
+    V1NotMounted,
+    /// Every v1 hierarchy bound to it is mounted read-only.
+    V1ReadOnly,
+    /// The unified hierarchy is mounted read-only.
+    V2ReadOnly,
+    /// Not in the v2 root's `cgroup.controllers`: whoever set up this
+    /// system (the host of a container) did not delegate it.
+    V2NotDelegated,
+    /// Available but not enabled in `cgroup.subtree_control` on the way to
+    /// unitlet's slice.
+    V2NotEnabled,
+    /// No cgroup file system at all.
+    NoCgroupFs,
+}
+
+impl Lack {
+    fn phrase(self) -> &'static str {
+        match self {
+            Lack::V1NotMounted => "cgroup v1 controllers not mounted",
+            Lack::V1ReadOnly => "cgroup v1 controllers read-only",
+            Lack::V2ReadOnly => "cgroup v2 mounted read-only",
+            Lack::V2NotDelegated => {
+                "cgroup v2 controllers missing from the root cgroup.controllers"
+            }
+            Lack::V2NotEnabled => "cgroup v2 controllers not enabled in cgroup.subtree_control",
+            Lack::NoCgroupFs => "no cgroup file system mounted",
+        }
+    }
+}
+
+/// Whether units can get a control group of their own for one controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// systemd can create the unit's group, so limits apply and usage is
+    /// read from it.
+    Own,
+    /// It cannot; see [`Lack`].
+    Lost(Lack),
+}
+
+impl Support {
+    /// Units get their own group for this controller.
+    pub fn is_own(self) -> bool {
+        self == Support::Own
+    }
+}
+
+/// What the node's control groups let systemd do for unitlet's units,
+/// found once at start so that a node that cannot enforce `MemoryMax=`,
+/// `CPUQuota=` or `TasksMax=` says so instead of failing silently: systemd
+/// accepts those properties either way and starts the unit without them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupSupport {
+    /// The host's layout.
+    pub layout: CgroupLayout,
+    /// The `memory` controller (`MemoryMax=`, memory usage).
+    pub memory: Support,
+    /// The `cpu` controller (`CPUQuota=`, `CPUWeight=`) or, on v1, either
+    /// of `cpu` and `cpuacct` (the accounting one, where usage is read).
+    pub cpu: Support,
+    /// The `pids` controller (`TasksMax=`).
+    pub pids: Support,
+    /// A v2 tree keeps per-group CPU time in `cpu.stat` without any
+    /// controller (Linux 4.15+), so CPU usage stays exact even when `cpu`
+    /// is lost.
+    pub unified_cpu_stat: bool,
+}
+
+/// The slice all of unitlet's pods live in, below the root.
+const UNITLET_SLICE: &str = "unitlet.slice";
+
+impl CgroupSupport {
+    /// Reads `<root>/proc/self/mountinfo` and, for cgroup v2, the
+    /// controller files under `<root>/sys/fs/cgroup`.
+    ///
+    /// cgroup v2 (mounted at `/sys/fs/cgroup`): a controller is usable when
+    /// the root lists it in `cgroup.controllers` and enables it in
+    /// `cgroup.subtree_control`, and, once `unitlet.slice` exists, the
+    /// slice has it in its `cgroup.controllers`. Below the slice systemd
+    /// enables controllers itself when a unit asks for them; the slice's own
+    /// `cgroup.subtree_control` is not a test of capability, as it holds
+    /// only what its current children need (`cpu` only for pods with CPU
+    /// requests or limits, nothing once the last pod is gone).
+    ///
+    /// cgroup v1 (legacy or hybrid): a hierarchy bound to the controller,
+    /// mounted read-write; for CPU one of `cpu` (limits) and `cpuacct`
+    /// (accounting) is enough. A v2 tree beside the v1 hierarchies in the
+    /// hybrid layout does not count: systemd takes controllers from v1
+    /// there.
+    pub fn detect(root: &Path) -> CgroupSupport {
+        let mounts = fs::read_to_string(root.join("proc/self/mountinfo"))
+            .map(|text| cgroup_mounts(root, &text))
+            .unwrap_or_default();
+        let unified_cpu_stat = mounts.iter().filter(|m| m.v2).any(|m| {
+            fs::read_dir(&m.dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.path().join("cpu.stat").is_file())
+            })
+        });
+        let sys = Path::new("/sys/fs/cgroup");
+        if let Some(m) = mounts.iter().find(|m| m.v2 && m.mount_point == sys) {
+            let words = |path: PathBuf| -> Vec<String> {
+                fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            };
+            let available = words(m.dir.join("cgroup.controllers"));
+            let enabled = words(m.dir.join("cgroup.subtree_control"));
+            let slice = m.dir.join(UNITLET_SLICE);
+            let in_slice = slice
+                .is_dir()
+                .then(|| words(slice.join("cgroup.controllers")));
+            let support = |c: &str| {
+                let has = |list: &[String]| list.iter().any(|w| w == c);
+                if m.read_only {
+                    Support::Lost(Lack::V2ReadOnly)
+                } else if !has(&available) {
+                    Support::Lost(Lack::V2NotDelegated)
+                } else if !has(&enabled) || in_slice.as_deref().is_some_and(|l| !has(l)) {
+                    Support::Lost(Lack::V2NotEnabled)
+                } else {
+                    Support::Own
+                }
+            };
+            return CgroupSupport {
+                layout: CgroupLayout::Unified,
+                memory: support("memory"),
+                cpu: support("cpu"),
+                pids: support("pids"),
+                unified_cpu_stat,
+            };
+        }
+        let layout = if mounts.iter().any(|m| m.v2) {
+            CgroupLayout::Hybrid
+        } else if mounts.is_empty() {
+            CgroupLayout::Unknown
+        } else {
+            CgroupLayout::Legacy
+        };
+        let support = |controllers: &[&str]| {
+            let bound: Vec<&CgroupMount> = mounts
+                .iter()
+                .filter(|m| !m.v2 && controllers.iter().any(|c| m.has(c)))
+                .collect();
+            if bound.iter().any(|m| !m.read_only) {
+                Support::Own
+            } else if !bound.is_empty() {
+                Support::Lost(Lack::V1ReadOnly)
+            } else if layout == CgroupLayout::Unknown {
+                Support::Lost(Lack::NoCgroupFs)
+            } else {
+                Support::Lost(Lack::V1NotMounted)
+            }
+        };
+        CgroupSupport {
+            layout,
+            memory: support(&["memory"]),
+            cpu: support(&["cpu", "cpuacct"]),
+            pids: support(&["pids"]),
+            unified_cpu_stat,
+        }
+    }
+
+    /// Units get their own memory, cpu and pids groups.
+    pub fn complete(&self) -> bool {
+        self.memory.is_own() && self.cpu.is_own() && self.pids.is_own()
+    }
+
+    /// The controllers units cannot have, with why.
+    pub fn lost(&self) -> Vec<(&'static str, Lack)> {
+        [
+            ("memory", self.memory),
+            ("cpu", self.cpu),
+            ("pids", self.pids),
+        ]
+        .into_iter()
+        .filter_map(|(name, s)| match s {
+            Support::Own => None,
+            Support::Lost(why) => Some((name, why)),
+        })
+        .collect()
+    }
+
+    /// One line for the log saying what the node loses, or `None` when
+    /// nothing is missing, e.g. "units get no memory, cpu, pids control
+    /// group of their own (cgroup v1 controllers read-only):
+    /// MemoryMax/CPUQuota/TasksMax limits are not enforced and
+    /// per-container CPU and memory usage are approximated from the units'
+    /// processes".
+    pub fn message(&self) -> Option<String> {
+        let lost = self.lost();
+        if lost.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = lost.iter().map(|(n, _)| *n).collect();
+        let mut reasons: Vec<(Lack, Vec<&str>)> = Vec::new();
+        for (name, why) in &lost {
+            match reasons.iter_mut().find(|(w, _)| w == why) {
+                Some((_, ns)) => ns.push(name),
+                None => reasons.push((*why, vec![name])),
+            }
+        }
+        let why = match reasons.as_slice() {
+            [(only, _)] => only.phrase().to_string(),
+            _ => reasons
+                .iter()
+                .map(|(w, ns)| format!("{}: {}", ns.join(", "), w.phrase()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        let limits: Vec<&str> = names
+            .iter()
+            .map(|n| match *n {
+                "memory" => "MemoryMax",
+                "cpu" => "CPUQuota",
+                _ => "TasksMax",
+            })
+            .collect();
+        let mut approximated = Vec::new();
+        if !self.cpu.is_own() && !self.unified_cpu_stat {
+            approximated.push("CPU");
+        }
+        if !self.memory.is_own() {
+            approximated.push("memory");
+        }
+        let usage = match approximated.as_slice() {
+            [] => String::new(),
+            [one] => {
+                format!(" and per-container {one} usage is approximated from the units' processes")
+            }
+            many => format!(
+                " and per-container {} usage are approximated from the units' processes",
+                many.join(" and ")
+            ),
+        };
+        Some(format!(
+            "units get no {} control group of their own ({why}): {} limits are not enforced{usage}",
+            names.join(", "),
+            limits.join("/"),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1242,6 +1611,431 @@ mod tests {
         assert_eq!(m.working_set_bytes, 8000);
         // No /proc/meminfo in this tree: no limit, no availableBytes.
         assert_eq!(m.limit_bytes, None);
+    }
+
+    /// A `/proc/<pid>/stat` line with the given command name, CPU ticks
+    /// (utime, stime, cutime, cstime) and no page faults.
+    fn proc_stat(pid: u32, comm: &str, [u, s, cu, cs]: [u64; 4]) -> String {
+        format!("{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 {u} {s} {cu} {cs} 20 0 1 0 1 2 3\n")
+    }
+
+    fn proc_status(rss_kb: u64, anon_kb: u64) -> String {
+        format!(
+            "Name:\tx\nVmRSS:\t{rss_kb:>8} kB\nRssAnon:\t{anon_kb:>8} kB\nRssFile:\t       4 kB\n"
+        )
+    }
+
+    const POD: &str = "/unitlet.slice/unitlet-3.slice/unitlet-3-podabc.slice";
+
+    /// A systemd host on cgroup v2 with the controllers delegated.
+    const V2_MOUNTINFO: &str = "\
+22 1 0:21 / /sys fs rw,nosuid,nodev,noexec,relatime shared:2 - sysfs sysfs rw
+26 22 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    fn v2_host(root: &Path, subtree_control: &str) {
+        write(root, "proc/self/mountinfo", V2_MOUNTINFO);
+        write(
+            root,
+            "sys/fs/cgroup/cgroup.controllers",
+            "cpuset cpu io memory hugetlb pids rdma misc\n",
+        );
+        write(
+            root,
+            "sys/fs/cgroup/cgroup.subtree_control",
+            subtree_control,
+        );
+        write(root, "sys/fs/cgroup/init.scope/cpu.stat", "usage_usec 1\n");
+        write(
+            root,
+            "sys/fs/cgroup/unitlet.slice/cgroup.controllers",
+            subtree_control,
+        );
+        write(
+            root,
+            "sys/fs/cgroup/unitlet.slice/cgroup.subtree_control",
+            subtree_control,
+        );
+    }
+
+    #[test]
+    fn support_v2_host_reads_cgroup_files_not_proc() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        v2_host(root, "cpu memory pids\n");
+        let s = CgroupSupport::detect(root);
+        assert_eq!(
+            s,
+            CgroupSupport {
+                layout: CgroupLayout::Unified,
+                memory: Support::Own,
+                cpu: Support::Own,
+                pids: Support::Own,
+                unified_cpu_stat: true,
+            }
+        );
+        assert!(s.complete());
+        assert_eq!(s.lost(), []);
+        assert_eq!(s.message(), None);
+
+        let dir = format!("sys/fs/cgroup{UNIT}");
+        write(
+            root,
+            &format!("{dir}/cpu.stat"),
+            "usage_usec 2500\nuser_usec 2000\n",
+        );
+        write(root, &format!("{dir}/memory.current"), "8192\n");
+        write(
+            root,
+            &format!("{dir}/memory.stat"),
+            "anon 4096\nfile 4096\ninactive_file 1024\npgfault 3\npgmajfault 0\n",
+        );
+        write(root, &format!("{dir}/cgroup.procs"), "4242\n");
+        // The process would give quite different numbers.
+        write(
+            root,
+            "proc/4242/stat",
+            &proc_stat(4242, "app", [900, 900, 0, 0]),
+        );
+        write(root, "proc/4242/status", &proc_status(999_999, 1));
+
+        let mut r = CgroupReader::detect(root);
+        r.procs.clock_ticks = 100;
+        assert_eq!(r.unified, Some(root.join("sys/fs/cgroup")));
+        assert_eq!(r.procs.tracking, [root.join("sys/fs/cgroup")]);
+        let u = r.read(UNIT);
+        assert_eq!(u.cpu_usage_ns, Some(2_500_000));
+        assert_eq!(
+            u.memory,
+            Some(MemoryUsage {
+                usage_bytes: 8192,
+                working_set_bytes: 7168,
+                rss_bytes: Some(4096),
+                limit_bytes: None,
+                page_faults: Some(3),
+                major_page_faults: Some(0),
+            })
+        );
+    }
+
+    /// The sandbox node: v1 controllers mounted read-only inside the
+    /// container, systemd's own trees writable.
+    const HYBRID_RO_MOUNTINFO: &str = "\
+47 155 0:48 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:17 - tmpfs tmpfs ro,size=4096k,nr_inodes=1024,mode=755
+50 47 0:36 / /sys/fs/cgroup/pids ro,nosuid,nodev,noexec,relatime shared:20 - cgroup cgroup rw,pids
+52 47 0:30 / /sys/fs/cgroup/cpuacct ro,nosuid,nodev,noexec,relatime shared:22 - cgroup cgroup rw,cpuacct
+53 47 0:29 / /sys/fs/cgroup/cpu ro,nosuid,nodev,noexec,relatime shared:23 - cgroup cgroup rw,cpu
+54 47 0:32 / /sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime shared:24 - cgroup cgroup rw,memory
+56 47 0:38 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:26 - cgroup2 cgroup rw
+57 47 0:37 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:27 - cgroup cgroup rw,name=systemd
+";
+
+    fn hybrid_ro_node(root: &Path) {
+        write(root, "proc/self/mountinfo", HYBRID_RO_MOUNTINFO);
+        write(root, "sys/fs/cgroup/unified/cgroup.controllers", "");
+        write(root, "sys/fs/cgroup/unified/cgroup.procs", "1\n100\n");
+        let unit = format!("sys/fs/cgroup/unified{UNIT}");
+        write(root, &format!("{unit}/cgroup.procs"), "100\n101\n");
+        // Units are Delegate=yes: the container made a group of its own.
+        write(root, &format!("{unit}/payload/cgroup.procs"), "102\n");
+        // Another container of the same pod.
+        write(
+            root,
+            &format!("sys/fs/cgroup/unified{POD}/unitlet_ns_p_d_abc.service/cgroup.procs"),
+            "200\n",
+        );
+        write(
+            root,
+            "proc/1/stat",
+            &proc_stat(1, "systemd", [7000, 7000, 0, 0]),
+        );
+        write(root, "proc/1/status", &proc_status(10_000, 5_000));
+        write(
+            root,
+            "proc/100/stat",
+            &proc_stat(100, "sh", [150, 50, 10, 5]),
+        );
+        write(root, "proc/100/status", &proc_status(2048, 1024));
+        // 101 exited after cgroup.procs was read: no /proc/101.
+        write(
+            root,
+            "proc/102/stat",
+            &proc_stat(102, "web ) (worker) 1", [30, 5, 0, 0]),
+        );
+        write(root, "proc/102/status", &proc_status(512, 256));
+        write(root, "proc/200/stat", &proc_stat(200, "d", [1, 1, 0, 0]));
+        write(root, "proc/200/status", &proc_status(4, 0));
+    }
+
+    #[test]
+    fn support_hybrid_read_only_falls_back_to_processes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        hybrid_ro_node(root);
+        let s = CgroupSupport::detect(root);
+        let lost = Support::Lost(Lack::V1ReadOnly);
+        assert_eq!(
+            s,
+            CgroupSupport {
+                layout: CgroupLayout::Hybrid,
+                memory: lost,
+                cpu: lost,
+                pids: lost,
+                unified_cpu_stat: false,
+            }
+        );
+        assert!(!s.complete());
+        assert_eq!(
+            s.message().as_deref(),
+            Some(
+                "units get no memory, cpu, pids control group of their own (cgroup v1 \
+                 controllers read-only): MemoryMax/CPUQuota/TasksMax limits are not enforced \
+                 and per-container CPU and memory usage are approximated from the units' \
+                 processes"
+            )
+        );
+
+        let mut r = CgroupReader::detect(root);
+        r.procs.clock_ticks = 100;
+        // The readers still point at the (empty) v1 hierarchies.
+        assert_eq!(
+            r.memory,
+            Some(Hierarchy::V1(root.join("sys/fs/cgroup/memory")))
+        );
+        assert_eq!(r.read_cgroup(UNIT).cpu_usage_ns, None);
+        let u = r.read(UNIT);
+        // (150+50+10+5) + (30+5) ticks of 10 ms.
+        assert_eq!(u.cpu_usage_ns, Some(250 * 10_000_000));
+        assert_eq!(
+            u.memory,
+            Some(MemoryUsage {
+                usage_bytes: (2048 + 512) * 1024,
+                working_set_bytes: (2048 + 512) * 1024,
+                rss_bytes: Some((1024 + 256) * 1024),
+                limit_bytes: None,
+                page_faults: Some(0),
+                major_page_faults: Some(0),
+            })
+        );
+        let m = u.memory_sample().unwrap();
+        assert_eq!(m.available_bytes, None);
+
+        // The pod slice covers all its containers.
+        let p = r.read(POD);
+        assert_eq!(p.cpu_usage_ns, Some(252 * 10_000_000));
+        assert_eq!(p.memory.unwrap().working_set_bytes, (2048 + 512 + 4) * 1024);
+
+        // The node stays the root control group, never a sum of processes.
+        let n = r.node();
+        assert_eq!((n.cpu_usage_ns, n.memory), (None, None));
+        assert_eq!(r.read("/").cpu_usage_ns, None);
+
+        // A unit with no processes left reads as nothing, not 0.
+        write(
+            root,
+            &format!("sys/fs/cgroup/unified{UNIT}/cgroup.procs"),
+            "",
+        );
+        write(
+            root,
+            &format!("sys/fs/cgroup/unified{UNIT}/payload/cgroup.procs"),
+            "",
+        );
+        let u = r.read(UNIT);
+        assert_eq!((u.cpu_usage_ns, u.memory), (None, None));
+    }
+
+    #[test]
+    fn hybrid_cpu_from_unified_cpu_stat_before_processes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        hybrid_ro_node(root);
+        write(
+            root,
+            "sys/fs/cgroup/unified/init.scope/cpu.stat",
+            "usage_usec 5\n",
+        );
+        write(
+            root,
+            &format!("sys/fs/cgroup/unified{UNIT}/cpu.stat"),
+            "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n",
+        );
+        let s = CgroupSupport::detect(root);
+        assert!(s.unified_cpu_stat);
+        assert_eq!(
+            s.message().as_deref(),
+            Some(
+                "units get no memory, cpu, pids control group of their own (cgroup v1 \
+                 controllers read-only): MemoryMax/CPUQuota/TasksMax limits are not enforced \
+                 and per-container memory usage is approximated from the units' processes"
+            )
+        );
+        let mut r = CgroupReader::detect(root);
+        r.procs.clock_ticks = 100;
+        let u = r.read(UNIT);
+        assert_eq!(u.cpu_usage_ns, Some(1_234_567_000));
+        assert_eq!(
+            u.memory.unwrap().working_set_bytes,
+            (2048 + 512) * 1024,
+            "memory still from the processes"
+        );
+        // Where cpuacct has the group, it stays the source.
+        write(
+            root,
+            &format!("sys/fs/cgroup/cpuacct{UNIT}/cpuacct.usage"),
+            "42\n",
+        );
+        assert_eq!(r.read(UNIT).cpu_usage_ns, Some(42));
+    }
+
+    #[test]
+    fn support_v2_memory_not_enabled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        v2_host(root, "cpu pids\n");
+        let s = CgroupSupport::detect(root);
+        assert_eq!(
+            (s.memory, s.cpu, s.pids),
+            (
+                Support::Lost(Lack::V2NotEnabled),
+                Support::Own,
+                Support::Own
+            )
+        );
+        assert_eq!(s.lost(), [("memory", Lack::V2NotEnabled)]);
+        assert_eq!(
+            s.message().as_deref(),
+            Some(
+                "units get no memory control group of their own (cgroup v2 controllers not \
+                 enabled in cgroup.subtree_control): MemoryMax limits are not enforced and \
+                 per-container memory usage is approximated from the units' processes"
+            )
+        );
+
+        // CPU from cpu.stat (always there on v2), memory from the processes.
+        let dir = format!("sys/fs/cgroup{UNIT}");
+        write(root, &format!("{dir}/cpu.stat"), "usage_usec 7\n");
+        write(root, &format!("{dir}/cgroup.procs"), "300\n");
+        write(root, "proc/300/stat", &proc_stat(300, "a", [100, 0, 0, 0]));
+        write(root, "proc/300/status", &proc_status(64, 32));
+        let mut r = CgroupReader::detect(root);
+        r.procs.clock_ticks = 100;
+        let u = r.read(UNIT);
+        assert_eq!(u.cpu_usage_ns, Some(7000));
+        assert_eq!(u.memory.unwrap().working_set_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn support_v2_reasons() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        v2_host(root, "cpu memory pids\n");
+        // The slice's own subtree_control holds only what its children use
+        // now (no pod with CPU requests): not a loss.
+        write(
+            root,
+            "sys/fs/cgroup/unitlet.slice/cgroup.subtree_control",
+            "memory pids\n",
+        );
+        assert_eq!(CgroupSupport::detect(root).message(), None);
+        // Not delegated to this system at all, and not reaching the slice.
+        write(root, "sys/fs/cgroup/cgroup.controllers", "cpu memory\n");
+        write(
+            root,
+            "sys/fs/cgroup/unitlet.slice/cgroup.controllers",
+            "memory\n",
+        );
+        let s = CgroupSupport::detect(root);
+        assert_eq!(
+            s.lost(),
+            [("cpu", Lack::V2NotEnabled), ("pids", Lack::V2NotDelegated)]
+        );
+        assert_eq!(
+            s.message().as_deref(),
+            Some(
+                "units get no cpu, pids control group of their own (cpu: cgroup v2 controllers \
+                 not enabled in cgroup.subtree_control; pids: cgroup v2 controllers missing \
+                 from the root cgroup.controllers): CPUQuota/TasksMax limits are not enforced"
+            )
+        );
+        // Without unitlet.slice the root decides.
+        fs::remove_dir_all(root.join("sys/fs/cgroup/unitlet.slice")).unwrap();
+        assert_eq!(
+            CgroupSupport::detect(root).lost(),
+            [("pids", Lack::V2NotDelegated)]
+        );
+        // A read-only v2 mount gives nothing.
+        write(
+            root,
+            "proc/self/mountinfo",
+            "26 22 0:23 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw\n",
+        );
+        let s = CgroupSupport::detect(root);
+        assert_eq!(s.memory, Support::Lost(Lack::V2ReadOnly));
+        assert_eq!(s.layout, CgroupLayout::Unified);
+    }
+
+    #[test]
+    fn support_v1_writable_hierarchies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        write(
+            root,
+            "proc/self/mountinfo",
+            "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu ro,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup ro,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+",
+        );
+        let s = CgroupSupport::detect(root);
+        assert_eq!(s.layout, CgroupLayout::Legacy);
+        assert_eq!(s.memory, Support::Own);
+        // cpuacct writable is enough for cpu.
+        assert_eq!(s.cpu, Support::Own);
+        // Read-only at the super block counts too.
+        assert_eq!(s.pids, Support::Lost(Lack::V1ReadOnly));
+        assert_eq!(
+            s.message().as_deref(),
+            Some(
+                "units get no pids control group of their own (cgroup v1 controllers \
+                 read-only): TasksMax limits are not enforced"
+            )
+        );
+
+        // This dev machine's hybrid layout: all writable, no pids.
+        write(root, "proc/self/mountinfo", HYBRID_MOUNTINFO);
+        let s = CgroupSupport::detect(root);
+        assert_eq!(s.layout, CgroupLayout::Hybrid);
+        assert_eq!((s.memory, s.cpu), (Support::Own, Support::Own));
+        assert_eq!(s.pids, Support::Lost(Lack::V1NotMounted));
+
+        // Nothing at all.
+        let tmp = tempfile::tempdir().unwrap();
+        let s = CgroupSupport::detect(tmp.path());
+        assert_eq!(s.layout, CgroupLayout::Unknown);
+        assert_eq!(s.cpu, Support::Lost(Lack::NoCgroupFs));
+        assert_eq!(
+            s.message().as_deref(),
+            Some(
+                "units get no memory, cpu, pids control group of their own (no cgroup file \
+                 system mounted): MemoryMax/CPUQuota/TasksMax limits are not enforced and \
+                 per-container CPU and memory usage are approximated from the units' processes"
+            )
+        );
+    }
+
+    #[test]
+    fn mounts_parse_options() {
+        let m = cgroup_mounts(Path::new("/r"), HYBRID_RO_MOUNTINFO);
+        assert_eq!(m.len(), 6, "the tmpfs is not a cgroup mount");
+        assert!(m[0].read_only && m[0].has("pids") && !m[0].v2);
+        assert_eq!(m[4].dir, PathBuf::from("/r/sys/fs/cgroup/unified"));
+        assert!(m[4].v2 && !m[4].read_only);
+        assert!(m[5].has("name=systemd") && !m[5].read_only);
     }
 
     /// Not run by default: needs a host with cgroups. `--ignored` on a

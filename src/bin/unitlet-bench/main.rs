@@ -231,6 +231,7 @@ fn bench_size(
         binds: vec![work.to_path_buf()],
         ro_binds: vec![exe_dir.to_path_buf()],
         console_log: Some(work.join("console.log")),
+        ..Default::default()
     })
     .context("booting the sandbox node")?;
     let result = measure(rt, args, exe, &node, &manifests, n);
