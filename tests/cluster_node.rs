@@ -96,6 +96,18 @@ fn node_registers_with_host_facts_and_renews_its_lease() {
     for kind in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
         assert!(cond(&n, kind).is_some(), "condition {kind} missing");
     }
+    // Out of the box the kubelet API is served (a self-signed certificate
+    // kept in the state directory); a kubeconfig without a cluster CA (this
+    // one is plain HTTP) leaves it trusting no client certificate, which the
+    // agent says at start.
+    node.wait_log("the warning about client certificates", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("names no cluster CA") && m.contains("--client-ca-file"))
+    });
+    assert!(node
+        .sh("cat /var/lib/unitlet/pki/kubelet.crt")
+        .contains("BEGIN CERTIFICATE"));
     let node_events = |api: &ApiServer, name: &str| -> Vec<String> {
         api.list("events", Some("default"))
             .into_iter()

@@ -18,6 +18,7 @@
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
 pub mod apiserver;
+pub mod control_plane;
 
 use serde_json::Value;
 use std::io::Read;
@@ -102,6 +103,12 @@ pub struct Node {
 impl Node {
     /// Boots a fresh node for the test `test` (use the test function's name).
     pub fn boot(test: &str) -> Node {
+        Node::boot_in(test, None)
+    }
+
+    /// Boots a fresh node in the network namespace at `netns` (its own
+    /// addresses), or in the host's network.
+    pub fn boot_in(test: &str, netns: Option<PathBuf>) -> Node {
         let name = machine_name(test);
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("nodes")
@@ -115,6 +122,7 @@ impl Node {
             binds: vec![dir.clone()],
             ro_binds: vec![bin_dir.to_path_buf()],
             console_log: Some(dir.join("console.log")),
+            network_namespace: netns,
         })
         .unwrap_or_else(|e| {
             panic!(
@@ -129,6 +137,11 @@ impl Node {
             agent: None,
             log_offset: 0,
         }
+    }
+
+    /// The node's systemd, as the host sees it (for `nsenter -t`).
+    pub fn sandbox_pid(&self) -> u32 {
+        self.sb.init_pid()
     }
 
     /// A command that runs `prog` inside the node with a clean environment.
