@@ -1,5 +1,11 @@
-//! Facts about this machine that both modes need: what pods may use of it.
+//! Facts about this machine that both modes need: what pods may use of it,
+//! what it is called, where it is reached, and who its users are.
+//!
+//! These read the host (kernel, `/proc`, the user database) and nothing of
+//! unitlet's own, so that any layer (the CLI, the cluster mode's Node
+//! object, the pod view) can ask without depending on another layer.
 
+use crate::core::translate::HostUser;
 use crate::core::Allocatable;
 use std::path::Path;
 
@@ -45,4 +51,50 @@ pub fn cgroup_warning() -> Option<String> {
     let lost = crate::kubelet::stats::CgroupSupport::detect(Path::new("/")).message()?;
     tracing::warn!("{lost}");
     Some(lost)
+}
+
+/// This host's name, lower-cased (Kubernetes node names are); `localhost`
+/// when the kernel's is not valid UTF-8.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+        .to_lowercase()
+}
+
+/// The IPv4 address of the default route's interface (127.0.0.1 if none):
+/// the address the API server and other nodes are most likely to reach this
+/// one at, when the command line does not say.
+pub fn detect_host_ip() -> String {
+    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let iface = route
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[1] == "00000000")
+        .map(|f| f[0].to_string());
+    let addrs: Vec<(String, std::net::Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip())))
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs
+        .iter()
+        .find(|(n, _)| Some(n) == iface.as_ref())
+        .or_else(|| addrs.iter().find(|(_, ip)| !ip.is_loopback()))
+        .map(|(_, ip)| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// Looks a uid up in the host's user database (for HOME and the primary
+/// group). The translation of a pod stays pure by taking this as a
+/// function; this is the real one.
+pub fn lookup_user(uid: u32) -> Option<HostUser> {
+    let u = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
+    Some(HostUser {
+        gid: u.gid.as_raw(),
+        home: u.dir.to_string_lossy().into_owned(),
+    })
 }

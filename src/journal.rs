@@ -18,7 +18,7 @@
 use crate::core::names;
 use crate::core::observe::{instance, Instance};
 use crate::podview::PodView;
-use crate::systemd::Systemd;
+use crate::systemd::Units;
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::process::Stdio;
@@ -162,7 +162,7 @@ pub fn container_query(view: &PodView, opts: &LogOptions) -> Result<LogQuery, Lo
 
 /// Resolves when a followed instance stops (never, when not following),
 /// as `kubectl logs -f` ends with the container.
-pub async fn until_instance_ends(sd: &Systemd, q: &LogQuery) {
+pub async fn until_instance_ends(sd: &dyn Units, q: &LogQuery) {
     if !q.follow {
         return std::future::pending().await;
     }

@@ -3,13 +3,14 @@
 //! from systemd and the state directory (so it works without the agent);
 //! the agent's kubelet API gets it from the runtime's memory.
 
+use crate::clock::now_us;
 use crate::core::names;
 use crate::core::observe::{self, UnitSnapshot};
 use crate::core::translate::{translate, PodPlan};
 use crate::core::NodeFacts;
-use crate::runtime::{lookup_user, now_us};
+use crate::host::lookup_user;
 use crate::state::{PodRecord, StateDir};
-use crate::systemd::{Systemd, SystemdError};
+use crate::systemd::{SystemdError, Units};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::PodStatus;
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ pub struct PodView {
 
 /// Reads every admitted pod and computes its status (one listing, then one GetAll per loaded unit, in parallel).
 pub async fn collect(
-    sd: &Systemd,
+    sd: &dyn Units,
     state: &StateDir,
     node: &NodeFacts,
 ) -> Result<Vec<PodView>, SystemdError> {
@@ -95,4 +96,90 @@ pub fn with_status(v: &PodView) -> k8s_openapi::api::core::v1::Pod {
     let mut pod = v.rec.pod.clone();
     pod.status = Some(v.status.clone());
     pod
+}
+
+/// A one-line summary used for change logging: `Running 2/2 restarts=0 (c1 running, c2 running)`.
+pub fn summary(status: &PodStatus) -> String {
+    let cs = status.container_statuses.as_deref().unwrap_or(&[]);
+    let ready = cs.iter().filter(|c| c.ready).count();
+    let restarts: i32 = cs.iter().map(|c| c.restart_count).sum();
+    format!(
+        "{} {}/{} restarts={restarts} {}",
+        status.phase.as_deref().unwrap_or(""),
+        ready,
+        cs.len(),
+        kubectl_status(status, false)
+    )
+}
+
+/// The STATUS column, with kubectl's rules.
+pub fn kubectl_status(status: &PodStatus, deleting: bool) -> String {
+    let mut reason = status
+        .reason
+        .clone()
+        .or_else(|| status.phase.clone())
+        .unwrap_or_default();
+    let inits = status.init_container_statuses.as_deref().unwrap_or(&[]);
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let st = c.state.clone().unwrap_or_default();
+        if let Some(t) = &st.terminated {
+            if t.exit_code == 0 {
+                continue;
+            }
+            initializing = true;
+            reason = match (&t.reason, t.signal) {
+                (Some(r), _) if !r.is_empty() => format!("Init:{r}"),
+                (_, Some(s)) if s != 0 => format!("Init:Signal:{s}"),
+                _ => format!("Init:ExitCode:{}", t.exit_code),
+            };
+        } else if let Some(w) = st
+            .waiting
+            .as_ref()
+            .and_then(|w| w.reason.clone())
+            .filter(|r| !r.is_empty() && r != "PodInitializing")
+        {
+            initializing = true;
+            reason = format!("Init:{w}");
+        } else {
+            initializing = true;
+            reason = format!("Init:{}/{}", i, inits.len());
+        }
+        break;
+    }
+    if !initializing {
+        let mut has_running = false;
+        for c in status
+            .container_statuses
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .rev()
+        {
+            let st = c.state.clone().unwrap_or_default();
+            if let Some(w) = st
+                .waiting
+                .as_ref()
+                .and_then(|w| w.reason.clone())
+                .filter(|r| !r.is_empty())
+            {
+                reason = w;
+            } else if let Some(t) = &st.terminated {
+                reason = match (&t.reason, t.signal) {
+                    (Some(r), _) if !r.is_empty() => r.clone(),
+                    (_, Some(s)) if s != 0 => format!("Signal:{s}"),
+                    _ => format!("ExitCode:{}", t.exit_code),
+                };
+            } else if st.running.is_some() && c.ready {
+                has_running = true;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = "Running".into();
+        }
+    }
+    if deleting {
+        reason = "Terminating".into();
+    }
+    reason
 }

@@ -3,7 +3,7 @@
 use super::pods::PodView;
 use crate::journal;
 pub use crate::journal::LogOptions;
-use crate::systemd::Systemd;
+use crate::systemd::Units;
 
 /// Parses `10s`, `5m`, `1h30m`, `2h` into µs.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
@@ -35,7 +35,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 }
 
 /// Streams the logs of one container of `view` to stdout.
-pub async fn run(sd: &Systemd, view: &PodView, opts: &LogOptions) -> anyhow::Result<()> {
+pub async fn run(sd: &dyn Units, view: &PodView, opts: &LogOptions) -> anyhow::Result<()> {
     if opts.container.is_none() && view.plan.containers.len() > 1 {
         let names: Vec<&str> = view
             .plan

@@ -7,7 +7,8 @@ use crate::core::backoff::BackoffConfig;
 use crate::core::manifest::parse_manifest;
 use crate::core::translate::translate;
 use crate::core::NodeFacts;
-use crate::runtime::{lookup_user, Config, Runtime};
+use crate::host::{detect_host_ip, hostname, lookup_user};
+use crate::runtime::{Config, Runtime};
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::state::StateDir;
 use crate::systemd::Systemd;
@@ -313,38 +314,6 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     logs::parse_duration(s).map(Duration::from_micros)
 }
 
-/// This host's name.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-        .to_lowercase()
-}
-
-/// The IPv4 address of the default route's interface (127.0.0.1 if none).
-pub fn detect_host_ip() -> String {
-    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-    let iface = route
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[1] == "00000000")
-        .map(|f| f[0].to_string());
-    let addrs: Vec<(String, std::net::Ipv4Addr)> = nix::ifaddrs::getifaddrs()
-        .map(|it| {
-            it.filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip())))
-                .collect()
-        })
-        .unwrap_or_default();
-    addrs
-        .iter()
-        .find(|(n, _)| Some(n) == iface.as_ref())
-        .or_else(|| addrs.iter().find(|(_, ip)| !ip.is_loopback()))
-        .map(|(_, ip)| ip.to_string())
-        .unwrap_or_else(|| "127.0.0.1".into())
-}
-
 /// `<state dir>/pods`, absolute (units bind paths below it).
 fn pods_dir(state_dir: &std::path::Path) -> String {
     std::path::absolute(state_dir.join("pods"))
@@ -474,7 +443,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 .map(logs::parse_duration)
                 .transpose()
                 .map_err(anyhow::Error::msg)?
-                .map(|d| crate::runtime::now_us().saturating_sub(d));
+                .map(|d| crate::clock::now_us().saturating_sub(d));
             logs::run(
                 &sd,
                 &view,
@@ -617,7 +586,7 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         Some(objects),
         tx,
     ));
-    let runtime = tokio::spawn(Runtime::new(sd, state, cfg).run(rx));
+    let runtime = tokio::spawn(Runtime::new(std::sync::Arc::new(sd), state, cfg).run(rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

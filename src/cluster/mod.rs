@@ -244,7 +244,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         events_tx.clone(),
     ));
     let pki = state.root().join("pki");
-    let runtime = Runtime::new(sd, state, rcfg);
+    let runtime = Runtime::new(Arc::new(sd), state, rcfg);
     if let Some(api) = opts.kubelet_api.clone() {
         let auth = crate::kubelet::auth::Auth::new(
             Some(client.clone()),

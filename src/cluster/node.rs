@@ -326,7 +326,7 @@ pub fn read_host_facts(state_dir: &std::path::Path, systemd_version: String) -> 
     let memory_bytes = crate::host::meminfo("MemTotal").unwrap_or(0);
     let ephemeral_storage_bytes = crate::host::storage_bytes(state_dir);
     HostFacts {
-        hostname: crate::cli::hostname(),
+        hostname: crate::host::hostname(),
         cpus: crate::host::cpus(),
         memory_bytes,
         ephemeral_storage_bytes,

@@ -6,6 +6,8 @@
 //! unitlet cannot honour yet are errors too, because silently ignoring a
 //! probe or a volume is worse than refusing the pod.
 
+pub(crate) use super::rules::is_dns_label;
+pub use super::rules::{is_env_name, HOST_IMAGE, MAX_ARG_STRLEN};
 use super::unit::capability_number;
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Container, EnvVar, Pod, PodSecurityContext, SELinuxOptions, SeccompProfile,
@@ -15,15 +17,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// Linux refuses a single argv or environment string longer than this (MAX_ARG_STRLEN).
-pub const MAX_ARG_STRLEN: usize = 128 * 1024;
 /// Budget for argv plus environment of one process; Linux allows a quarter of the stack limit (2 MiB by default).
 pub const MAX_ARG_TOTAL: usize = 1536 * 1024;
 /// Largest manifest file accepted.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
-
-/// The image name that means "run a binary from the host".
-pub const HOST_IMAGE: &str = "host";
 
 /// A manifest that cannot be admitted, with enough context for the user to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -450,25 +447,8 @@ fn first_unknown(input: &Value, typed: &Value, path: String) -> Option<String> {
     }
 }
 
-pub(crate) fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// systemd 252 only accepts environment names that are shell identifiers.
-/// Whether systemd takes `s` as an environment variable name.
-pub fn is_env_name(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 fn check_string(field: &str, s: &str) -> Result<(), ManifestError> {
@@ -983,31 +963,16 @@ fn validate_container(
             ));
         }
     }
-    // The probes as they will run (the pod and node only fill in values).
-    let probe_pod = Pod {
-        spec: Some(k8s_openapi::api::core::v1::PodSpec {
-            containers: vec![c.clone()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let probe_node = super::NodeFacts {
-        node_name: String::new(),
-        host_ip: "127.0.0.1".into(),
-        allocatable: Default::default(),
-        pods_dir: "/var/lib/unitlet/pods".into(),
-        hardening: Default::default(),
-    };
-    super::probe::container_probes(&probe_pod, &probe_node, c)
-        .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
+    // The probes' structure; the pod and node only fill in values when
+    // translation makes them runnable, which cannot fail.
+    super::probe::check_probes(c).map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
     if c.lifecycle.is_some() && init && !sidecar {
         return Err(err(
             format!("{base}.lifecycle"),
             "may not be set for init containers",
         ));
     }
-    super::probe::container_hooks(&probe_pod, &probe_node, c)
-        .map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
+    super::probe::check_hooks(c).map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
     for (field, present) in [
         (
             "volumeDevices",
@@ -1202,6 +1167,51 @@ mod tests {
                 "want {field}, got {e}"
             );
         }
+    }
+
+    #[test]
+    fn probes_and_hooks_are_checked_from_the_container_alone() {
+        // Validation checks probes and hooks without a pod or node: the
+        // same fields and messages as when translation makes them runnable.
+        let refused = |extra: &str| {
+            let e = parse(&format!(
+                "{OK}    ports:\n    - name: http\n      containerPort: 8080\n{extra}"
+            ))
+            .expect_err(extra);
+            (e.field, e.message)
+        };
+        let cases = [
+            ("    livenessProbe:\n      httpGet:\n        port: web\n", "spec.containers[0].livenessProbe.httpGet.port", "no port of the container is named \"web\""),
+            ("    readinessProbe:\n      tcpSocket:\n        port: 70000\n", "spec.containers[0].readinessProbe.tcpSocket.port", "70000 is not a port number (1-65535)"),
+            ("    startupProbe: {}\n", "spec.containers[0].startupProbe", "must have exactly one handler: exec, httpGet, tcpSocket or grpc"),
+            ("    livenessProbe:\n      exec:\n        command: []\n", "spec.containers[0].livenessProbe.exec.command", "required"),
+            ("    readinessProbe:\n      httpGet:\n        port: http\n        httpHeaders:\n        - name: a b\n          value: v\n", "spec.containers[0].readinessProbe.httpGet.httpHeaders[0].name", "\"a b\" is not an HTTP header name"),
+            ("    readinessProbe:\n      grpc:\n        port: 9\n      terminationGracePeriodSeconds: 5\n", "spec.containers[0].readinessProbe.terminationGracePeriodSeconds", "must not be set for readiness probes"),
+            ("    lifecycle:\n      preStop:\n        httpGet:\n          port: web\n", "spec.containers[0].lifecycle.preStop.httpGet.port", "no port of the container is named \"web\""),
+            ("    lifecycle:\n      postStart:\n        exec:\n          command: []\n", "spec.containers[0].lifecycle.postStart.exec.command", "required"),
+            ("    lifecycle:\n      postStart:\n        sleep:\n          seconds: -1\n", "spec.containers[0].lifecycle.postStart.sleep.seconds", "must not be negative"),
+            ("    lifecycle:\n      preStop: {}\n", "spec.containers[0].lifecycle.preStop", "must have exactly one handler: exec, httpGet or sleep"),
+        ];
+        for (extra, field, message) in cases {
+            assert_eq!(refused(extra), (field.to_string(), message.to_string()));
+        }
+        // A command naming a variable from the downward API, and named
+        // ports, are fine: resolving them is translation's job.
+        let ok = format!(
+            "{OK}    ports:\n    - name: http\n      containerPort: 8080\n    env:\n    - name: T\n      valueFrom:\n        fieldRef: {{fieldPath: status.podIP}}\n    livenessProbe:\n      exec:\n        command: [test, $(T)]\n    readinessProbe:\n      httpGet:\n        port: http\n    lifecycle:\n      preStop:\n        httpGet:\n          port: http\n"
+        );
+        let p = parse(&ok).expect(&ok);
+        let c = &p.pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(super::super::probe::check_probes(c).map(|_| ()), Ok(()));
+        // An init container that is not a sidecar may not have them.
+        let init = OK.replace(
+            "  containers:\n",
+            "  initContainers:\n  - name: i\n    image: host\n    command: [/bin/true]\n    readinessProbe:\n      tcpSocket:\n        port: 1\n  containers:\n",
+        );
+        assert_eq!(
+            parse(&init).unwrap_err().field,
+            "spec.initContainers[0].readinessProbe"
+        );
     }
 
     #[test]

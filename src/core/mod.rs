@@ -5,6 +5,8 @@
 //! and property tests without a systemd in sight.
 
 pub mod backoff;
+pub mod decide;
+pub mod downward;
 pub mod envref;
 pub mod expand;
 pub mod manifest;
@@ -12,6 +14,7 @@ pub mod names;
 pub mod observe;
 pub mod probe;
 pub mod quantity;
+pub mod rules;
 pub mod translate;
 pub mod unit;
 pub mod volume;

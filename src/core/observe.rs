@@ -99,6 +99,12 @@ pub struct ContainerRecord {
     /// them; kept here so `unitlet pods` shows the same).
     #[serde(default)]
     pub probes: Option<ProbeRecord>,
+    /// How the container ended for good (no restart under the pod's
+    /// policy; an init container's success): the unit may be reset or
+    /// collected afterwards, or the agent restarted, and the container
+    /// must still never run again and still show how it ended.
+    #[serde(default)]
+    pub finished: Option<Termination>,
 }
 
 /// Probe results of one container instance.
@@ -110,6 +116,21 @@ pub struct ProbeRecord {
     pub started: bool,
     /// The readiness probe succeeds.
     pub ready: bool,
+}
+
+/// [`instance`], with a container that ended for good (its record's
+/// `finished`) still terminated once its unit is gone.
+pub fn instance_of(unit: Option<&UnitSnapshot>, record: Option<&ContainerRecord>) -> Instance {
+    match (instance(unit), record.and_then(|r| r.finished.as_ref())) {
+        (Instance::Absent, Some(t)) => Instance::Terminated(
+            t.clone(),
+            t.container_id
+                .strip_prefix("systemd://")
+                .unwrap_or(&t.container_id)
+                .to_string(),
+        ),
+        (i, _) => i,
+    }
 }
 
 /// A container instance as systemd shows it.
@@ -315,7 +336,7 @@ fn build(
     now_us: u64,
 ) -> Built {
     let record = inputs.record.cloned().unwrap_or_default();
-    let inst = instance(inputs.unit);
+    let inst = instance_of(inputs.unit, Some(&record));
     let mut last = record.last_termination.clone();
     let mut done = None;
     let mut running = false;
@@ -423,7 +444,7 @@ fn build(
     let status = ContainerStatus {
         name: name.to_string(),
         image: image.to_string(),
-        image_id: if image == super::manifest::HOST_IMAGE {
+        image_id: if image == super::rules::HOST_IMAGE {
             "host".into()
         } else {
             String::new()

@@ -5,11 +5,16 @@
 //! holds the parts that are rules, not I/O: defaults and validation of the
 //! probe fields, named ports, and the result state machine with the
 //! kubelet's thresholds.
+//!
+//! Checking needs only the container ([`check_probes`], [`check_hooks`]),
+//! so validation uses it without a pod or a node. Making the checked
+//! probes runnable ([`Unresolved::resolve`]) needs the pod IP and the
+//! container's environment, which translation supplies
+//! (`translate::container_probes`, `translate::container_hooks`). This
+//! module imports neither side.
 
 use super::expand::expand;
-use super::translate::container_env;
-use super::NodeFacts;
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::time::Duration;
 
@@ -138,15 +143,86 @@ fn seconds(v: Option<i32>, default: i32, min: i32, field: &str) -> Result<Durati
     Ok(Duration::from_secs(v as u64))
 }
 
-/// One probe as unitlet runs it; `Err` names the field (relative to the
+/// Probes or hooks checked against the container alone, not yet runnable:
+/// exec commands are as written (`$(VAR)` not expanded) and a host is
+/// empty where the pod IP goes. [`Unresolved::resolve`] makes them runnable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved<T>(T);
+
+impl Action {
+    /// Fills in what the container alone does not say: the pod IP where no
+    /// host is given, and `$(VAR)` in an exec command from `env`.
+    fn resolve(self, pod_ip: &str, env: &dyn Fn(&str) -> Option<String>) -> Action {
+        let host = |h: String| if h.is_empty() { pod_ip.to_string() } else { h };
+        match self {
+            // The kubelet expands `$(VAR)` with the container's own env.
+            Action::Exec { argv } => Action::Exec {
+                argv: argv.iter().map(|a| expand(a, env)).collect(),
+            },
+            Action::Http {
+                https,
+                host: h,
+                port,
+                path,
+                headers,
+            } => Action::Http {
+                https,
+                host: host(h),
+                port,
+                path,
+                headers,
+            },
+            Action::Tcp { host: h, port } => Action::Tcp {
+                host: host(h),
+                port,
+            },
+            Action::Grpc {
+                host: h,
+                port,
+                service,
+            } => Action::Grpc {
+                host: host(h),
+                port,
+                service,
+            },
+        }
+    }
+}
+
+impl Unresolved<Vec<ProbeSpec>> {
+    /// The probes as they run: hosts default to `pod_ip`, and `$(VAR)` in
+    /// exec commands expands with `env` (a name it does not know stays as
+    /// written). `env` is asked only for the names commands use.
+    pub fn resolve(self, pod_ip: &str, env: impl Fn(&str) -> Option<String>) -> Vec<ProbeSpec> {
+        self.0
+            .into_iter()
+            .map(|p| ProbeSpec {
+                action: p.action.resolve(pod_ip, &env),
+                ..p
+            })
+            .collect()
+    }
+}
+
+impl Unresolved<Hooks> {
+    /// The hooks as they run, resolved as probes are: hosts default to
+    /// `pod_ip`, and `$(VAR)` in exec commands expands with `env`.
+    pub fn resolve(self, pod_ip: &str, env: impl Fn(&str) -> Option<String>) -> Hooks {
+        let one = |h: Option<Hook>| match h {
+            Some(Hook::Action(a)) => Some(Hook::Action(a.resolve(pod_ip, &env))),
+            other => other,
+        };
+        Hooks {
+            post_start: one(self.0.post_start),
+            pre_stop: one(self.0.pre_stop),
+        }
+    }
+}
+
+/// Checks one probe and applies the kubelet's defaults; the action is left
+/// unresolved (see [`Unresolved`]). `Err` names the field (relative to the
 /// probe) and what is wrong.
-pub fn probe_spec(
-    pod: &Pod,
-    node: &NodeFacts,
-    c: &Container,
-    kind: ProbeKind,
-    p: &Probe,
-) -> Result<ProbeSpec, (String, String)> {
+fn check_probe(c: &Container, kind: ProbeKind, p: &Probe) -> Result<ProbeSpec, (String, String)> {
     let bad = |f: &str, m: String| (f.to_string(), m);
     let handlers = [
         p.exec.is_some(),
@@ -160,25 +236,14 @@ pub fn probe_spec(
             "must have exactly one handler: exec, httpGet, tcpSocket or grpc".into(),
         ));
     }
-    let pod_ip = node.host_ip.clone();
+    // Resolution puts the pod IP where the host is empty.
+    let given = |h: &Option<String>| h.clone().unwrap_or_default();
     let action = if let Some(e) = &p.exec {
         let argv = e.command.clone().unwrap_or_default();
         if argv.is_empty() {
             return Err(bad("exec.command", "required".into()));
         }
-        // The kubelet expands `$(VAR)` with the container's own env.
-        let env = container_env(pod, node, c, &Default::default())
-            .map(|e| e.vars)
-            .unwrap_or_default();
-        let lookup = |n: &str| {
-            env.iter()
-                .rev()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.clone())
-        };
-        Action::Exec {
-            argv: argv.iter().map(|a| expand(a, lookup)).collect(),
-        }
+        Action::Exec { argv }
     } else if let Some(h) = &p.http_get {
         let scheme = h.scheme.as_deref().unwrap_or("HTTP");
         if !matches!(scheme, "HTTP" | "HTTPS") {
@@ -224,20 +289,20 @@ pub fn probe_spec(
         }
         Action::Http {
             https: scheme == "HTTPS",
-            host: h.host.clone().filter(|s| !s.is_empty()).unwrap_or(pod_ip),
+            host: given(&h.host),
             port: port(c, &h.port).map_err(|m| bad("httpGet.port", m))?,
             path,
             headers,
         }
     } else if let Some(t) = &p.tcp_socket {
         Action::Tcp {
-            host: t.host.clone().filter(|s| !s.is_empty()).unwrap_or(pod_ip),
+            host: given(&t.host),
             port: port(c, &t.port).map_err(|m| bad("tcpSocket.port", m))?,
         }
     } else {
         let g = p.grpc.as_ref().expect("one handler");
         Action::Grpc {
-            host: pod_ip,
+            host: String::new(),
             port: port(c, &IntOrString::Int(g.port)).map_err(|m| bad("grpc.port", m))?,
             service: g.service.clone().unwrap_or_default(),
         }
@@ -287,13 +352,10 @@ pub fn probe_spec(
     })
 }
 
-/// The container's probes, in the order startup, liveness, readiness.
-/// `Err`: (field, message), the field from the container on.
-pub fn container_probes(
-    pod: &Pod,
-    node: &NodeFacts,
-    c: &Container,
-) -> Result<Vec<ProbeSpec>, (String, String)> {
+/// Checks the container's probes, in the order startup, liveness,
+/// readiness: all validation needs. `Err`: (field, message), the field from
+/// the container on.
+pub fn check_probes(c: &Container) -> Result<Unresolved<Vec<ProbeSpec>>, (String, String)> {
     let mut out = Vec::new();
     for (kind, p) in [
         (ProbeKind::Startup, &c.startup_probe),
@@ -301,7 +363,7 @@ pub fn container_probes(
         (ProbeKind::Readiness, &c.readiness_probe),
     ] {
         if let Some(p) = p {
-            let spec = probe_spec(pod, node, c, kind, p).map_err(|(f, m)| {
+            let spec = check_probe(c, kind, p).map_err(|(f, m)| {
                 let field = if f.is_empty() {
                     kind.field().to_string()
                 } else {
@@ -312,7 +374,7 @@ pub fn container_probes(
             out.push(spec);
         }
     }
-    Ok(out)
+    Ok(Unresolved(out))
 }
 
 /// What a lifecycle hook does.
@@ -333,14 +395,11 @@ pub struct Hooks {
     pub pre_stop: Option<Hook>,
 }
 
-/// The container's lifecycle hooks. `Err`: (field from the container on, message).
-pub fn container_hooks(
-    pod: &Pod,
-    node: &NodeFacts,
-    c: &Container,
-) -> Result<Hooks, (String, String)> {
+/// Checks the container's lifecycle hooks: all validation needs.
+/// `Err`: (field from the container on, message).
+pub fn check_hooks(c: &Container) -> Result<Unresolved<Hooks>, (String, String)> {
     let Some(l) = &c.lifecycle else {
-        return Ok(Hooks::default());
+        return Ok(Unresolved(Hooks::default()));
     };
     let one = |name: &str, h: &Option<k8s_openapi::api::core::v1::LifecycleHandler>| {
         let Some(h) = h else { return Ok(None) };
@@ -370,14 +429,14 @@ pub fn container_hooks(
             http_get: h.http_get.clone(),
             ..Default::default()
         };
-        probe_spec(pod, node, c, ProbeKind::Liveness, &probe)
+        check_probe(c, ProbeKind::Liveness, &probe)
             .map(|p| Some(Hook::Action(p.action)))
             .map_err(|(f, m)| (field(&format!(".{f}")), m))
     };
-    Ok(Hooks {
+    Ok(Unresolved(Hooks {
         post_start: one("postStart", &l.post_start)?,
         pre_stop: one("preStop", &l.pre_stop)?,
-    })
+    }))
 }
 
 /// The results of one probe of one container instance, folded with the
@@ -425,6 +484,10 @@ impl ProbeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The pod + node entry points live with translation.
+    use crate::core::translate::{container_hooks, container_probes};
+    use crate::core::NodeFacts;
+    use k8s_openapi::api::core::v1::Pod;
 
     fn pod(container: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -554,6 +617,57 @@ mod tests {
             field(serde_json::json!({"exec": {"command": ["true"]}, "periodSeconds": 0})),
             "livenessProbe.periodSeconds"
         );
+    }
+
+    #[test]
+    fn checking_needs_only_the_container_and_resolving_fills_in() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "image": "host",
+            "livenessProbe": {"exec": {"command": ["test", "$(F)", "$(G)"]}},
+            "readinessProbe": {"tcpSocket": {"port": 1, "host": "db"}},
+            "startupProbe": {"grpc": {"port": 2}},
+            "lifecycle": {"preStop": {"httpGet": {"port": 3}}}
+        }))
+        .unwrap();
+        let checked = check_probes(&c).unwrap();
+        // As written until resolved: no expansion, no pod IP.
+        assert_eq!(
+            checked.0[1].action,
+            Action::Exec {
+                argv: vec!["test".into(), "$(F)".into(), "$(G)".into()]
+            }
+        );
+        let env = |n: &str| (n == "F").then(|| "/f".to_string());
+        let ps = checked.resolve("10.0.0.5", env);
+        assert_eq!(
+            ps.iter().map(|p| p.action.clone()).collect::<Vec<_>>(),
+            [
+                Action::Grpc {
+                    host: "10.0.0.5".into(),
+                    port: 2,
+                    service: String::new()
+                },
+                Action::Exec {
+                    argv: vec!["test".into(), "/f".into(), "$(G)".into()]
+                },
+                Action::Tcp {
+                    host: "db".into(),
+                    port: 1
+                },
+            ]
+        );
+        let hooks = check_hooks(&c).unwrap().resolve("10.0.0.5", env);
+        assert_eq!(
+            hooks.pre_stop,
+            Some(Hook::Action(Action::Http {
+                https: false,
+                host: "10.0.0.5".into(),
+                port: 3,
+                path: "/".into(),
+                headers: Vec::new()
+            }))
+        );
+        assert_eq!(hooks.post_start, None);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! carries the kubelet waiting reason instead of a unit, so the status shows
 //! it and nothing is started.
 
+use super::downward::{field_ref, resource_field};
 use super::envref::{references, Lookup, ObjectRef, RefKind, Resolved};
 use super::expand::expand;
-use super::manifest::{is_env_name, HOST_IMAGE};
 use super::names;
+use super::probe::{self, Hooks, ProbeSpec};
 use super::quantity;
+use super::rules::{is_env_name, HOST_IMAGE, MAX_ARG_STRLEN};
 use super::unit::{capability_number, Property, UnitSpec, ALL_CAPABILITIES, CAPABILITIES};
 use super::NodeFacts;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -62,9 +64,9 @@ pub struct ContainerPlan {
     /// `InvalidEnvironmentVariableNames` event).
     pub skipped_env: Vec<String>,
     /// Its probes (startup, liveness, readiness), which the agent runs.
-    pub probes: Vec<super::probe::ProbeSpec>,
+    pub probes: Vec<ProbeSpec>,
     /// Its lifecycle hooks, which the agent runs.
-    pub hooks: super::probe::Hooks,
+    pub hooks: Hooks,
     /// A native sidecar: an init container with `restartPolicy: Always`,
     /// which keeps running (restarted whatever the pod's policy) and lets
     /// the next init container start once it has started.
@@ -194,45 +196,6 @@ fn image_waiting(image: &str) -> Option<Waiting> {
     })
 }
 
-/// Resolves a `fieldRef` path against the pod and node.
-pub(crate) fn field_ref(pod: &Pod, node: &NodeFacts, path: &str) -> String {
-    let meta = &pod.metadata;
-    let lookup = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| {
-        map.as_ref()
-            .and_then(|m| m.get(key))
-            .cloned()
-            .unwrap_or_default()
-    };
-    match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => node.node_name.clone(),
-        "spec.serviceAccountName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
-        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => {
-            node.host_ip.clone()
-        }
-        p => {
-            let key = |prefix: &str| {
-                p.strip_prefix(prefix)
-                    .and_then(|r| r.strip_suffix("']"))
-                    .map(str::to_string)
-            };
-            if let Some(k) = key("metadata.labels['") {
-                lookup(&meta.labels, &k)
-            } else if let Some(k) = key("metadata.annotations['") {
-                lookup(&meta.annotations, &k)
-            } else {
-                String::new()
-            }
-        }
-    }
-}
-
 /// A container's declared environment, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerEnv {
@@ -256,11 +219,11 @@ fn object_value(r: &ObjectRef, ns: &str, key: &str, bytes: &[u8]) -> Result<Stri
     {
         return Err(format!("{what} holds a control character other than tab, CR or newline, which systemd refuses in the environment"));
     }
-    if key.len() + v.len() + 2 > super::manifest::MAX_ARG_STRLEN {
+    if key.len() + v.len() + 2 > MAX_ARG_STRLEN {
         return Err(format!(
             "{what} is {} bytes; Linux refuses a single environment entry over {} bytes",
             v.len(),
-            super::manifest::MAX_ARG_STRLEN
+            MAX_ARG_STRLEN
         ));
     }
     Ok(v.to_string())
@@ -395,78 +358,53 @@ pub fn container_env(
     Ok(out)
 }
 
-/// A `resourceFieldRef` as the kubelet resolves it: the container's limit
-/// or request (a request defaults to the limit, as the API server's
-/// defaulting does; a missing limit is the node's allocatable, as the
-/// kubelet defaults it for the downward API), divided by the divisor
-/// (default 1) and rounded up. `Err`: no such container.
-pub(crate) fn resource_field(
-    pod: &Pod,
-    node: &NodeFacts,
-    c: &Container,
-    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
-) -> Result<String, String> {
-    let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-        None => c,
-        Some(n) => pod
-            .spec
-            .iter()
-            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
-            .find(|x| x.name == n)
-            .ok_or_else(|| format!("container {n} not found"))?,
-    };
-    let (kind, name) = r.resource.split_once('.').unwrap_or(("", ""));
-    let get = |which: &str| {
-        target
-            .resources
-            .as_ref()
-            .and_then(|x| {
-                if which == "limits" {
-                    x.limits.as_ref()
-                } else {
-                    x.requests.as_ref()
-                }
-            })
-            .and_then(|m| m.get(name))
-            .map(|q| q.0.clone())
-    };
-    let declared = if kind == "requests" {
-        get("requests").or_else(|| get("limits"))
-    } else {
-        get("limits")
-    };
-    let divisor = r
-        .divisor
-        .as_ref()
-        .map(|q| q.0.as_str())
-        .filter(|d| !d.is_empty())
-        .unwrap_or("1");
-    let alloc = &node.allocatable;
-    let (value, per) = if name == "cpu" {
-        let v = match &declared {
-            Some(q) => quantity::cpu_millis(q).unwrap_or(0),
-            None if kind == "limits" => alloc.cpu_millis,
-            None => 0,
-        };
-        (v, quantity::cpu_millis(divisor).unwrap_or(1000))
-    } else {
-        let v = match &declared {
-            Some(q) => quantity::bytes(q).unwrap_or(0),
-            None if kind == "limits" && name == "memory" => alloc.memory_bytes,
-            None if kind == "limits" => alloc.ephemeral_storage_bytes,
-            None => 0,
-        };
-        (v, quantity::bytes(divisor).unwrap_or(1))
-    };
-    Ok(value.div_ceil(per.max(1)).to_string())
-}
-
 fn index_lookup(env: &ContainerEnv, name: &str) -> Option<String> {
     env.vars
         .iter()
         .rev()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.clone())
+}
+
+/// What `$(VAR)` in a probe's or hook's exec command expands with: the
+/// container's own environment, as the kubelet does, made without any
+/// ConfigMap or Secret data (their variables are left out, and an
+/// environment that cannot be made expands nothing). Made only when a
+/// command names a variable, and then once.
+fn command_env<'a>(
+    pod: &'a Pod,
+    node: &'a NodeFacts,
+    c: &'a Container,
+) -> impl Fn(&str) -> Option<String> + 'a {
+    let env = std::cell::OnceCell::new();
+    move |name| {
+        let env = env
+            .get_or_init(|| container_env(pod, node, c, &Resolved::default()).unwrap_or_default());
+        index_lookup(env, name)
+    }
+}
+
+/// The container's probes as they run, in the order startup, liveness,
+/// readiness: checked ([`probe::check_probes`]), then resolved against the
+/// pod IP and the container's environment. `Err`: (field, message), the
+/// field from the container on (validation has refused such a pod).
+pub fn container_probes(
+    pod: &Pod,
+    node: &NodeFacts,
+    c: &Container,
+) -> Result<Vec<ProbeSpec>, (String, String)> {
+    Ok(probe::check_probes(c)?.resolve(&node.host_ip, command_env(pod, node, c)))
+}
+
+/// The container's lifecycle hooks as they run, checked
+/// ([`probe::check_hooks`]) and resolved as [`container_probes`] are.
+/// `Err`: (field from the container on, message).
+pub fn container_hooks(
+    pod: &Pod,
+    node: &NodeFacts,
+    c: &Container,
+) -> Result<Hooks, (String, String)> {
+    Ok(probe::check_hooks(c)?.resolve(&node.host_ip, command_env(pod, node, c)))
 }
 
 /// Kubelet's CPU request → cgroup v2 weight conversion (via cgroup v1 shares).
@@ -690,8 +628,8 @@ fn container_plan(
         skipped_env: declared.skipped,
         // Validated with the pod; a probe that would not resolve here
         // (a named port gone) is not run.
-        probes: super::probe::container_probes(pod, node, c).unwrap_or_default(),
-        hooks: super::probe::container_hooks(pod, node, c).unwrap_or_default(),
+        probes: container_probes(pod, node, c).unwrap_or_default(),
+        hooks: container_hooks(pod, node, c).unwrap_or_default(),
         // Only init containers may set it (validated).
         sidecar: c.restart_policy.as_deref() == Some("Always"),
         mounts,

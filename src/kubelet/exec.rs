@@ -10,7 +10,7 @@
 //! untouched (and a terminal echoes nothing of the gate).
 
 use crate::runtime::probes::{exec_context_argv, exec_env};
-use crate::systemd::Systemd;
+use crate::systemd::Units;
 use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -154,7 +154,7 @@ async fn pump(
 }
 
 /// Runs `p.command` in `unit`'s context with `streams`, until it ends.
-pub async fn run(sd: &Systemd, unit: &str, p: &Params, mut streams: Streams) -> Outcome {
+pub async fn run(sd: &dyn Units, unit: &str, p: &Params, mut streams: Streams) -> Outcome {
     let ctx = match sd.exec_context(unit).await {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(e.to_string()),

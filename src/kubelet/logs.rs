@@ -195,7 +195,7 @@ pub async fn handle(
     container: &str,
     query: &str,
 ) -> Response<Body> {
-    let params = match parse(query, crate::runtime::now_us()) {
+    let params = match parse(query, crate::clock::now_us()) {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
@@ -237,7 +237,7 @@ pub async fn handle(
         };
         // Ends with the instance when following, or when the client goes
         // away (the body's reader is dropped and writes fail).
-        let stop = journal::until_instance_ends(&sd, &q);
+        let stop = journal::until_instance_ends(&*sd, &q);
         if let Err(e) = journal::stream(&q, &mut out, stop).await {
             tracing::debug!(error = %e, "log stream ended");
         }

@@ -598,7 +598,7 @@ fn ws_exec(
         let outcome = match &attach {
             Some(q) => {
                 if let Some(mut out) = conn.writer(ws::STDOUT).or_else(|| conn.writer(ws::STDERR)) {
-                    let stop = crate::journal::until_instance_ends(&sd, q);
+                    let stop = crate::journal::until_instance_ends(&*sd, q);
                     tokio::select! {
                         r = crate::journal::stream(q, &mut out, stop) => {
                             if let Err(e) = r {
@@ -623,7 +623,7 @@ fn ws_exec(
                         .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
                     resize,
                 };
-                super::exec::run(&sd, &unit, &params, streams).await
+                super::exec::run(&*sd, &unit, &params, streams).await
             }
         };
         if protocol.has_status() {
@@ -795,7 +795,7 @@ fn spdy_exec(
             Some(q) => {
                 if let Some(out) = got.stdout.clone().or_else(|| got.stderr.clone()) {
                     let mut out = out;
-                    let stop = crate::journal::until_instance_ends(&sd, q);
+                    let stop = crate::journal::until_instance_ends(&*sd, q);
                     if let Err(e) = crate::journal::stream(q, &mut out, stop).await {
                         debug!(error = %e, "attach stream ended");
                     }
@@ -821,7 +821,7 @@ fn spdy_exec(
                         .filter(|_| params.tty)
                         .map(resize_channel),
                 };
-                super::exec::run(&sd, &unit, &params, io).await
+                super::exec::run(&*sd, &unit, &params, io).await
             }
         };
         if let Some(e) = &got.error {

@@ -10,7 +10,7 @@
 //! reconciler then restarts it under the pod's restart policy and back-off.
 
 use crate::core::probe::Action;
-use crate::systemd::{ExecContext, Systemd};
+use crate::systemd::{ExecContext, Units};
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ const MAX_OUTPUT: usize = 10 * 1024;
 /// Runs one probe action once. `Ok` is success; `Err` says why it failed,
 /// in the kubelet's words where it has them.
 pub async fn run(
-    sd: &Systemd,
+    sd: &dyn Units,
     unit: &str,
     action: &Action,
     timeout: Duration,
@@ -86,7 +86,7 @@ pub async fn run(
 
 /// Runs a lifecycle hook, bounded by `limit`.
 pub async fn run_hook(
-    sd: &Systemd,
+    sd: &dyn Units,
     unit: &str,
     hook: &crate::core::probe::Hook,
     limit: Duration,
@@ -297,7 +297,12 @@ fn serving_status_name(n: i32) -> &'static str {
 
 /// Runs `argv` with the container's user, groups, environment and working
 /// directory, moved into the container's cgroup as soon as it exists.
-async fn exec(sd: &Systemd, unit: &str, argv: &[String], timeout: Duration) -> Result<(), String> {
+async fn exec(
+    sd: &dyn Units,
+    unit: &str,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
     let ctx = sd.exec_context(unit).await.map_err(|e| e.to_string())?;
     let (program, args) = exec_argv(&ctx, argv);
     let mut cmd = tokio::process::Command::new(&program);

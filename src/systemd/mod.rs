@@ -4,7 +4,12 @@
 //! text is never produced for systemd. One connection is shared and calls
 //! are pipelined, so N units cost N round trips in flight, not N in a row.
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake;
 mod props;
+pub mod units;
+
+pub use units::Units;
 
 use crate::core::observe::UnitSnapshot;
 use crate::core::unit::UnitSpec;
@@ -38,12 +43,32 @@ pub enum SystemdError {
         #[source]
         source: zbus::Error,
     },
+    /// A call refused for a reason that is not a D-Bus error (from a
+    /// [`Units`] implementation other than D-Bus, such as a test's).
+    #[error("systemd {op} {unit}: {message}")]
+    Refused {
+        /// What was attempted.
+        op: &'static str,
+        /// The unit.
+        unit: String,
+        /// Why.
+        message: String,
+        /// The unit already exists (systemd's `UnitExists`).
+        exists: bool,
+    },
 }
 
 impl SystemdError {
     /// Whether the error says the unit already exists (harmless when re-creating).
     pub fn is_exists(&self) -> bool {
-        matches!(self, SystemdError::Unit { source: zbus::Error::MethodError(name, _, _), .. } if name.as_str() == "org.freedesktop.systemd1.UnitExists")
+        match self {
+            SystemdError::Unit {
+                source: zbus::Error::MethodError(name, _, _),
+                ..
+            } => name.as_str() == "org.freedesktop.systemd1.UnitExists",
+            SystemdError::Refused { exists, .. } => *exists,
+            _ => false,
+        }
     }
 }
 
@@ -182,6 +207,11 @@ impl UnitEvent {
 /// Whether serial `a` was sent after `b` (serials wrap around).
 pub fn serial_after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
+}
+
+/// The properties that describe `snap` (what a signal or `GetAll` carries).
+pub fn changes_of(snap: &UnitSnapshot) -> HashMap<String, OwnedValue> {
+    props::changes_of(snap)
 }
 
 /// Applies a `PropertiesChanged` payload to a cached snapshot.

@@ -190,9 +190,82 @@ pub fn apply(snap: &mut UnitSnapshot, changed: &HashMap<String, OwnedValue>) {
     }
 }
 
+/// The properties that carry `snap`, as a `GetAll` reply or a signal
+/// would: what [`apply`] reads. A service manager other than D-Bus (a
+/// test's) speaks to the runtime through this, so the runtime takes the
+/// same path for it as for systemd.
+pub fn changes_of(snap: &UnitSnapshot) -> HashMap<String, OwnedValue> {
+    fn owned(v: Value<'_>) -> OwnedValue {
+        v.try_to_owned()
+            .expect("plain values carry no file descriptors")
+    }
+    let hex: Vec<u8> = (0..snap.invocation_id.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&snap.invocation_id[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    let job_path = zbus::zvariant::ObjectPath::try_from(format!(
+        "/org/freedesktop/systemd1/job/{}",
+        snap.job_id
+    ))
+    .expect("a valid object path");
+    let mut out = HashMap::new();
+    out.insert(
+        "LoadState".into(),
+        owned(Value::from(snap.load_state.clone())),
+    );
+    out.insert(
+        "ActiveState".into(),
+        owned(Value::from(snap.active_state.clone())),
+    );
+    out.insert(
+        "SubState".into(),
+        owned(Value::from(snap.sub_state.clone())),
+    );
+    out.insert("Result".into(), owned(Value::from(snap.result.clone())));
+    out.insert("InvocationID".into(), owned(Value::from(hex)));
+    out.insert("MainPID".into(), owned(Value::from(snap.main_pid)));
+    out.insert(
+        "ExecMainCode".into(),
+        owned(Value::from(snap.exec_main_code)),
+    );
+    out.insert(
+        "ExecMainStatus".into(),
+        owned(Value::from(snap.exec_main_status)),
+    );
+    out.insert(
+        "ExecMainStartTimestamp".into(),
+        owned(Value::from(snap.exec_main_start_us)),
+    );
+    out.insert(
+        "ExecMainExitTimestamp".into(),
+        owned(Value::from(snap.exec_main_exit_us)),
+    );
+    out.insert("ExecMainPID".into(), owned(Value::from(snap.exec_main_pid)));
+    out.insert("Job".into(), owned(Value::from((snap.job_id, job_path))));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_of_is_read_back_by_apply() {
+        let snap = UnitSnapshot {
+            load_state: "loaded".into(),
+            active_state: "failed".into(),
+            sub_state: "failed".into(),
+            result: "exit-code".into(),
+            invocation_id: "00112233445566778899aabbccddeeff".into(),
+            main_pid: 0,
+            exec_main_code: 1,
+            exec_main_status: 3,
+            exec_main_start_us: 1_000_000,
+            exec_main_exit_us: 2_000_000,
+            exec_main_pid: 4242,
+            job_id: 7,
+        };
+        assert_eq!(snapshot_from(&changes_of(&snap)), snap);
+    }
 
     #[test]
     fn security_properties_have_systemds_dbus_types() {

@@ -326,7 +326,7 @@ pub fn validate_volumes(spec: &PodSpec) -> Result<(), (String, String)> {
     let mut names = std::collections::HashSet::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         let at = |f: &str| format!("spec.volumes[{i}]{f}");
-        if !super::manifest::is_dns_label(&v.name) {
+        if !super::rules::is_dns_label(&v.name) {
             return Err((at(".name"), format!("{:?} is not a valid volume name (a DNS label: lower-case letters, digits and '-', at most 63)", v.name)));
         }
         if !names.insert(v.name.clone()) {

@@ -11,8 +11,8 @@
 //! formatting) be tested as tables.
 
 use super::{FileEntry, Payload, PayloadError, TokenRef};
+use crate::core::downward::{field_ref, resource_field};
 use crate::core::envref::{Lookup, ObjectRef, RefKind, Resolved};
-use crate::core::translate::{field_ref, resource_field};
 use crate::core::NodeFacts;
 use k8s_openapi::api::core::v1::{
     DownwardAPIVolumeFile, KeyToPath, Pod, ServiceAccountTokenProjection, Volume,

@@ -1,0 +1,269 @@
+//! Stopping a pod: preStop hooks, SIGTERM, SIGKILL at the grace period,
+//! sidecars last; then the pod's last status, its volumes and its state go.
+
+use super::*;
+
+/// Removes the environment files of pod `uid`, if it had any.
+pub(super) fn remove_env_files(uid: &str) {
+    let dir = std::path::Path::new(SECRET_ENV_DIR).join(uid);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(uid, error = %e, "cannot remove the pod's environment files");
+        }
+    }
+}
+
+impl Runtime {
+    /// Stops every unit of a pod (SIGTERM, SIGKILL after the grace period),
+    /// then forgets it. `grace_s`, when the API server's deletion asks for a
+    /// shorter grace than the pod's own, is when SIGKILL comes instead.
+    pub(super) async fn terminate(&self, uid: &str, grace_s: Option<u64>) {
+        let s = &self.shared;
+        let mut pre_stops: Vec<(String, crate::core::probe::Hook)> = Vec::new();
+        // Running sidecars stop after the other containers, as the kubelet's.
+        let mut sidecars: Vec<(String, Option<crate::core::probe::Hook>)> = Vec::new();
+        let mut others: Vec<String> = Vec::new();
+        let mut pod_grace_s = 30;
+        let (slice, units, key, first) = {
+            let mut guard = s.inner.lock().unwrap();
+            let inner = &mut *guard;
+            let Some(e) = inner.pods.get_mut(uid) else {
+                return;
+            };
+            let first = !e.terminating;
+            e.terminating = true;
+            s.probing.lock().unwrap().retain(|(u, _), _| u != uid);
+            let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
+            if first {
+                pod_grace_s =
+                    e.rec
+                        .pod
+                        .spec
+                        .as_ref()
+                        .and_then(|sp| sp.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(crate::core::translate::MIN_GRACE_SECONDS) as u64;
+                for c in e.plan.init.iter().chain(&e.plan.containers) {
+                    let running = inner
+                        .units
+                        .get(&c.unit)
+                        .is_some_and(|u| matches!(instance(Some(u)), Instance::Running { .. }));
+                    if running && c.sidecar {
+                        sidecars.push((c.unit.clone(), c.hooks.pre_stop.clone()));
+                    } else if let (true, Some(h)) = (running, &c.hooks.pre_stop) {
+                        pre_stops.push((c.unit.clone(), h.clone()));
+                    }
+                    if running && !c.sidecar {
+                        others.push(c.unit.clone());
+                    }
+                }
+                let ns = e.rec.pod.metadata.namespace.clone().unwrap_or_default();
+                let name = e.rec.pod.metadata.name.clone().unwrap_or_default();
+                let running = |c: &&ContainerPlan| {
+                    inner
+                        .units
+                        .get(&c.unit)
+                        .is_some_and(|u| matches!(u.active_state.as_str(), "active" | "activating"))
+                };
+                for (kind, list) in [
+                    ("initContainers", &e.plan.init),
+                    ("containers", &e.plan.containers),
+                ] {
+                    for c in list.iter().filter(running) {
+                        self.report(PodReport::Event {
+                            uid: uid.to_string(),
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                            field_path: Some(format!("spec.{kind}{{{}}}", c.name)),
+                            warning: false,
+                            reason: "Killing",
+                            message: format!("Stopping container {}", c.name),
+                        });
+                    }
+                }
+            }
+            (e.plan.slice.clone(), units, pod_key(&e.rec.pod), first)
+        };
+        if first {
+            info!(pod = key, uid, grace_s, "stopping pod");
+            if let Some(g) = grace_s {
+                // Units were created with the pod's own grace as their stop
+                // timeout; a shorter one asked at deletion is enforced here.
+                let sd = s.sd.clone();
+                let units = units.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(g)).await;
+                    for unit in &units {
+                        let _ = sd.kill_all(unit, 9).await;
+                    }
+                });
+            }
+            if pre_stops.is_empty() && sidecars.is_empty() {
+                if let Err(e) = s.sd.stop(&slice).await {
+                    debug!(error = %e, "stopping slice");
+                }
+            } else {
+                // preStop hooks first, within the grace period, then the
+                // stop (SIGTERM); with sidecars, the other containers stop
+                // first. Not in this worker, which must not wait.
+                let sd = s.sd.clone();
+                let within = Duration::from_secs(grace_s.unwrap_or(pod_grace_s));
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + within;
+                    let run_all = |hooks: Vec<(String, crate::core::probe::Hook)>| {
+                        let sd = sd.clone();
+                        async move {
+                            let runs = hooks.into_iter().map(|(unit, hook)| {
+                                let sd = sd.clone();
+                                async move {
+                                    if let Err(e) =
+                                        probes::run_hook(&*sd, &unit, &hook, within).await
+                                    {
+                                        warn!(unit, error = e, "preStop hook failed");
+                                    }
+                                }
+                            });
+                            futures_util::future::join_all(runs).await;
+                        }
+                    };
+                    run_all(pre_stops).await;
+                    if !sidecars.is_empty() {
+                        for unit in &others {
+                            let _ = sd.stop(unit).await;
+                        }
+                        // Until they are down (bounded by the grace period).
+                        while tokio::time::Instant::now() < deadline {
+                            let mut up = false;
+                            for unit in &others {
+                                if let Ok(Some(snap)) = sd.snapshot(unit).await {
+                                    up |= matches!(instance(Some(&snap)), Instance::Running { .. });
+                                }
+                            }
+                            if !up {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        run_all(
+                            sidecars
+                                .into_iter()
+                                .filter_map(|(u, h)| h.map(|h| (u, h)))
+                                .collect(),
+                        )
+                        .await;
+                    }
+                    if let Err(e) = sd.stop(&slice).await {
+                        debug!(error = %e, "stopping slice");
+                    }
+                });
+            }
+        }
+        let mut busy = false;
+        let mut loaded = Vec::new();
+        let mut last: HashMap<String, UnitSnapshot> = HashMap::new();
+        for unit in &units {
+            match s.sd.snapshot(unit).await {
+                Ok(Some(snap)) => {
+                    if matches!(
+                        snap.active_state.as_str(),
+                        "active" | "activating" | "deactivating" | "reloading"
+                    ) {
+                        busy = true;
+                    }
+                    loaded.push(unit.clone());
+                    last.insert(unit.clone(), snap);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "reading unit during stop");
+                    busy = true;
+                }
+            }
+        }
+        if busy {
+            return; // signals bring us back when the units stop
+        }
+        self.report_final_status(uid, last);
+        for unit in loaded {
+            let _ = s.sd.reset_failed(&unit).await;
+        }
+        if let Err(e) = s.volumes.teardown(&s.cfg.node.pods_dir, uid) {
+            warn!(
+                uid,
+                error = e,
+                "cannot remove the pod's volumes; will retry"
+            );
+            return self.schedule(uid, now_us() + CREATE_RETRY_US);
+        }
+        if let Err(e) = s.state.remove_pod(uid) {
+            return warn!(error = %e, "cannot forget stopped pod; will retry");
+        }
+        remove_env_files(uid);
+        let stopped_pod;
+        let waiting: Vec<String> = {
+            let mut inner = s.inner.lock().unwrap();
+            stopped_pod = inner.pods.remove(uid).map(|e| e.rec.pod);
+            if inner.by_key.get(&key).is_some_and(|u| u == uid) {
+                inner.by_key.remove(&key);
+            }
+            for unit in &units {
+                inner.owner.remove(unit);
+                inner.by_path.remove(&names::unit_object_path(unit));
+                inner.units.remove(unit);
+                inner.serials.remove(unit);
+                inner.free_place(unit, s);
+            }
+            inner
+                .desired
+                .iter()
+                .flat_map(|d| d.values())
+                .filter(|p| p.key() == key)
+                .map(|p| p.uid.clone())
+                .collect()
+        };
+        info!(pod = key, uid, "pod stopped");
+        if let Some(pod) = stopped_pod {
+            self.report_stopped(uid, &pod);
+        }
+        for w in waiting {
+            s.pods_q.add(&w);
+        }
+    }
+
+    /// Reports the last status of a pod whose units all stopped (see
+    /// [`observe::observe_terminal`]); `last` holds the units still loaded.
+    pub(super) fn report_final_status(&self, uid: &str, mut last: HashMap<String, UnitSnapshot>) {
+        let s = &self.shared;
+        if s.cfg.reports.is_none() {
+            return;
+        }
+        let inner = s.inner.lock().unwrap();
+        let Some(e) = inner.pods.get(uid) else { return };
+        for (unit, snap) in &e.finals {
+            last.entry(unit.clone()).or_insert_with(|| snap.clone());
+        }
+        let status = observe::observe_terminal(
+            &e.rec.pod,
+            &e.plan,
+            &s.cfg.node,
+            &last,
+            &e.containers,
+            e.rec.admitted_us,
+            now_us(),
+        );
+        self.report(PodReport::Status {
+            uid: uid.to_string(),
+            namespace: e.rec.pod.metadata.namespace.clone().unwrap_or_default(),
+            name: e.rec.pod.metadata.name.clone().unwrap_or_default(),
+            status: Box::new(status),
+        });
+    }
+
+    pub(super) fn report_stopped(&self, uid: &str, pod: &k8s_openapi::api::core::v1::Pod) {
+        self.report(PodReport::Stopped {
+            uid: uid.to_string(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+        });
+    }
+}
