@@ -12,7 +12,9 @@
 pub mod cli;
 pub mod clock;
 pub mod cluster;
-pub mod core;
+/// The pure core (its own crate, `unitlet-core`), under the path the
+/// agent has always used for it.
+pub use unitlet_core as core;
 pub mod host;
 pub mod journal;
 pub mod kubelet;

@@ -1,3 +1,5 @@
+//! The `unitlet` command: the agent (`run`, `node`) and the tools beside it
+//! (`pods`, `logs`, `render`, `sandbox`); see `unitlet::cli`.
 use clap::Parser;
 use unitlet::cli::{Cli, LogFormat};
 

@@ -2,7 +2,7 @@
 //! kube-rs client (the client unitlet uses), so that what the fixture
 //! answers is what kube-rs can read and what a real server would answer.
 
-mod support;
+use unitlet_test_support as support;
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};

@@ -3,7 +3,7 @@
 //! TLS, client certificates against `--client-ca-file`, and what a caller
 //! without credentials gets.
 
-mod support;
+use unitlet_test_support as support;
 
 use serde_json::{json, Value};
 use support::apiserver::ApiServer;

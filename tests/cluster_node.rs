@@ -4,7 +4,7 @@
 //! back, pod objects removed after graceful deletion, and the units on the
 //! node.
 
-mod support;
+use unitlet_test_support as support;
 
 use serde_json::{json, Value};
 use support::apiserver::ApiServer;

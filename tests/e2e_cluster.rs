@@ -6,7 +6,7 @@
 //! self-signed serving certificate, the cluster CA trusted for the API
 //! server's client certificate), unless a test says otherwise.
 
-mod support;
+use unitlet_test_support as support;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};

@@ -3,7 +3,7 @@
 //! invocations) and catches up on what changed meanwhile, and units named
 //! like unitlet's that no admitted pod owns are stopped.
 
-mod support;
+use unitlet_test_support as support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! started, preStop before it gets SIGTERM; a failing postStart kills the
 //! container, which its restart policy then restarts.
 
-mod support;
+use unitlet_test_support as support;
 
 use support::*;
 

@@ -2,7 +2,7 @@
 //! files, duplicate pods, the longest legal names, and strings that must
 //! reach the process byte for byte (never interpreted by systemd).
 
-mod support;
+use unitlet_test_support as support;
 
 use serde_json::{json, Value};
 use std::time::Duration;

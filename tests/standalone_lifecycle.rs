@@ -1,7 +1,7 @@
 //! Pod lifecycle in a real systemd node: a multi-container pod and its
 //! units, init containers, and stopping a pod when its manifest goes away.
 
-mod support;
+use unitlet_test_support as support;
 
 use std::time::{Duration, Instant};
 use support::*;

@@ -1,7 +1,7 @@
 //! `unitlet logs`: a container instance's journal lines, with kubectl's
 //! options (`-c`, `--tail`, `--timestamps`, `--previous`, `-f`).
 
-mod support;
+use unitlet_test_support as support;
 
 use std::time::Duration;
 use support::*;
@@ -241,7 +241,7 @@ spec:
     node.start_agent(&[]);
     node.wait_pod("follow", "running", |p| running(p, "c"));
     node.wait_logs(&["follow"], "one\n");
-    let mut cmd = node.command(BIN);
+    let mut cmd = node.command(bin());
     cmd.args(["logs", "-f", "follow"]);
     std::fs::write(&go, "").unwrap();
     let t0 = std::time::Instant::now();
@@ -265,7 +265,7 @@ spec:
     let pod = node.wait_pod("follow", "Succeeded", |p| phase(p) == "Succeeded");
     assert_eq!(terminated(&pod, "c")["exitCode"], 0);
     // On a finished container, -f just prints and returns.
-    let mut cmd = node.command(BIN);
+    let mut cmd = node.command(bin());
     cmd.args(["logs", "-f", "follow"]);
     let out = output_within(cmd, patient(10)).expect("logs -f on an exited container hung");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");

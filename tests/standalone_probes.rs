@@ -1,7 +1,7 @@
 //! Probes run by the agent: exec in the container's context, HTTP, TCP and
 //! gRPC; readiness drives `ready`, liveness restarts, startup gates both.
 
-mod support;
+use unitlet_test_support as support;
 
 use std::time::Duration;
 use support::*;

@@ -1,7 +1,7 @@
 //! Restart policies, the crash-loop back-off, and how container exits
 //! (codes, signals, a program that cannot start) show in the status.
 
-mod support;
+use unitlet_test_support as support;
 
 use std::time::Duration;
 use support::*;

@@ -3,7 +3,7 @@
 //! seccomp lines of `/proc/self/status`, writes that must fail), and what
 //! unitlet refuses shows in the pod status or the agent log.
 
-mod support;
+use unitlet_test_support as support;
 
 use std::collections::BTreeMap;
 use support::*;

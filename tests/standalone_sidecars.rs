@@ -2,7 +2,7 @@
 //! before the rest, keep running, count for readiness, do not hold the pod
 //! up once its regular containers are done, and stop after them.
 
-mod support;
+use unitlet_test_support as support;
 
 use support::*;
 

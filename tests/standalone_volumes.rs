@@ -5,7 +5,7 @@
 //! from manifests in the same directory, updated in place by the
 //! kubelet's atomic `..data` swap.
 
-mod support;
+use unitlet_test_support as support;
 
 use support::*;
 

@@ -127,6 +127,7 @@ fn set_size(fd: &OwnedFd, s: Size) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    #[allow(unsafe_code)] // no safe wrapper in nix for a terminal's size
     unsafe {
         nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws);
     }
@@ -193,6 +194,7 @@ pub async fn run(sd: &dyn Units, unit: &str, p: &Params, mut streams: Streams) -
             _ => return Outcome::Failed("cannot set up the terminal".into()),
         }
         // SAFETY: setsid, ioctl and dup2 are async-signal-safe.
+        #[allow(unsafe_code)] // a child's session and terminal are set between fork and exec
         unsafe {
             cmd.pre_exec(move || {
                 nix::libc::setsid();
@@ -221,6 +223,7 @@ pub async fn run(sd: &dyn Units, unit: &str, p: &Params, mut streams: Streams) -
             std::process::Stdio::null()
         });
         // SAFETY: dup2 is async-signal-safe.
+        #[allow(unsafe_code)] // the gate fd is put in place between fork and exec
         unsafe {
             cmd.pre_exec(move || {
                 if nix::libc::dup2(gate_fd, 3) < 0 {

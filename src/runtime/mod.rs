@@ -11,7 +11,7 @@
 //! [`crate::core::decide`], a pure function of the container's plan,
 //! record, unit and the time; this module only carries decisions out
 //! against a [`Units`] implementation (systemd over D-Bus, or the
-//! recording fake in tests) and feeds the results back. One file per
+//! recording fake of `unitlet-test-support`, see `tests/runtime_fake.rs`) and feeds the results back. One file per
 //! operation: `adopt` (start-up and desired sets), `start` (a pod's pass:
 //! creating and restarting units), `terminate` (stopping a pod),
 //! `probing` (probes, hooks and the kills they cause), `report` (what the
@@ -25,9 +25,6 @@ pub mod queue;
 mod report;
 mod start;
 mod terminate;
-
-#[cfg(test)]
-mod fake_tests;
 
 use crate::core::backoff::BackoffConfig;
 use crate::core::decide::{self, Step};

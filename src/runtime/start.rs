@@ -390,6 +390,9 @@ impl Runtime {
             }
             Action::Create { restart_of } => {
                 let Ok(spec) = &c.spec else { return };
+                // The plan's digest, not the prepared unit's: env looked up
+                // from objects must not read as a changed definition.
+                let digest = spec.digest();
                 let Some((spec, skipped)) =
                     self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
                 else {
@@ -411,7 +414,6 @@ impl Runtime {
                 if let Some(old) = &restart_of {
                     memo.restart_issued.insert(old.clone());
                 }
-                let digest = spec.digest();
                 match self.create(&spec, place).await {
                     Ok(()) => {
                         if rec.create_error.take().is_some() {
@@ -465,6 +467,9 @@ impl Runtime {
                 // image): the kubelet kills the container and starts it
                 // anew, counted as a restart.
                 let Ok(spec) = &c.spec else { return };
+                // The plan's digest, not the prepared unit's: env looked up
+                // from objects must not read as a changed definition.
+                let digest = spec.digest();
                 let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
                 else {
                     return;
@@ -483,7 +488,7 @@ impl Runtime {
                 memo.restart_issued.insert(invocation.clone());
                 rec.restart_of = Some(invocation.clone());
                 rec.restarting = None;
-                rec.unit_digest = Some(spec.digest());
+                rec.unit_digest = Some(digest);
                 pass.changed.insert(c.name.clone());
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {
                     warn!(error = %e, "cannot save container record");
@@ -505,6 +510,9 @@ impl Runtime {
                 stop_first,
             } => {
                 let Ok(spec) = &c.spec else { return };
+                // The plan's digest, not the prepared unit's: env looked up
+                // from objects must not read as a changed definition.
+                let digest = spec.digest();
                 let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
                 else {
                     return;
@@ -515,7 +523,7 @@ impl Runtime {
                 memo.restart_issued.insert(invocation.clone());
                 rec.backoff
                     .record_restart(&s.cfg.backoff, finished_us, now_us());
-                rec.unit_digest = Some(spec.digest());
+                rec.unit_digest = Some(digest);
                 pass.changed.insert(c.name.clone());
                 // Persist before acting, so a crash here never double-counts.
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {

@@ -4,8 +4,6 @@
 //! text is never produced for systemd. One connection is shared and calls
 //! are pipelined, so N units cost N round trips in flight, not N in a row.
 
-#[cfg(any(test, feature = "test-support"))]
-pub mod fake;
 mod props;
 pub mod units;
 

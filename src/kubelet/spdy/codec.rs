@@ -756,6 +756,9 @@ mod tests {
     /// Counts this thread's heap use while a closure runs, so that tests can
     /// assert what the decoder allocates (zlib-rs allocates through Rust's
     /// allocator, so its state is counted too).
+    // A counting allocator measures what decoding allocates: only a
+    // `GlobalAlloc` sees every allocation, and implementing one is unsafe.
+    #[allow(unsafe_code)]
     mod alloc_probe {
         use std::alloc::{GlobalAlloc, Layout, System};
         use std::cell::Cell;

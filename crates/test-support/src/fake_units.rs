@@ -7,15 +7,14 @@
 //! `PropertiesChanged`/`UnitRemoved` signals systemd sends, so the runtime
 //! takes its production path.
 
-use super::units::Units;
-use super::{ExecContext, SystemdError, UnitEvent, UnitListing};
-use crate::core::observe::UnitSnapshot;
-use crate::core::unit::{Property, UnitSpec};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use unitlet::core::observe::UnitSnapshot;
+use unitlet::core::unit::{Property, UnitSpec};
+use unitlet::systemd::{ExecContext, SystemdError, UnitEvent, UnitListing, Units};
 
 /// One call the runtime made.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +70,7 @@ pub struct FakeUnits {
 }
 
 fn now_us() -> u64 {
-    crate::clock::now_us()
+    unitlet::clock::now_us()
 }
 
 impl FakeUnits {
@@ -206,14 +205,14 @@ impl State {
     /// Tells subscribers about `unit`'s new state: the type-specific
     /// interface first, then the Unit interface, as systemd does.
     fn send(&mut self, unit: &str, snap: &UnitSnapshot) {
-        let path = crate::core::names::unit_object_path(unit);
+        let path = unitlet::core::names::unit_object_path(unit);
         for unit_interface in [false, true] {
             let serial = self.next_serial();
             let ev = UnitEvent::Changed {
                 path: path.clone(),
                 serial,
                 unit_interface,
-                props: super::changes_of(snap),
+                props: unitlet::systemd::changes_of(snap),
             };
             self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
         }

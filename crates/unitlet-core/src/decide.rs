@@ -316,7 +316,7 @@ fn finish(d: &mut Decision, t: &observe::Termination) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::translate::translate;
+    use crate::translate::translate;
     use proptest::prelude::*;
 
     const S: u64 = 1_000_000;
@@ -334,15 +334,11 @@ mod tests {
         };
         let doc = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "default"}, "spec": spec});
-        let pod = crate::core::manifest::parse_manifest(
-            &serde_json::to_vec(&doc).unwrap(),
-            "t",
-            "n1",
-            true,
-        )
-        .unwrap()
-        .pod;
-        let node = crate::core::NodeFacts {
+        let pod =
+            crate::manifest::parse_manifest(&serde_json::to_vec(&doc).unwrap(), "t", "n1", true)
+                .unwrap()
+                .pod;
+        let node = crate::NodeFacts {
             node_name: "n1".into(),
             host_ip: "10.0.0.1".into(),
             allocatable: Default::default(),

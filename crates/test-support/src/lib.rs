@@ -15,10 +15,11 @@
 //! as performance assertions; when one runs out, the panic shows the last
 //! pods JSON and the tail of the agent's log.
 
-#![allow(dead_code)] // every test binary uses a different part of the harness
+#![allow(missing_docs)] // a test harness: documented where a reader needs it, not item by item
 
 pub mod apiserver;
 pub mod control_plane;
+pub mod fake_units;
 
 use serde_json::Value;
 use std::io::Read;
@@ -27,8 +28,35 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use unitlet::sandbox::{Sandbox, SandboxOptions};
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_unitlet");
+/// The binary under test: `unitlet` in the target directory the test
+/// binary was built into (`target/<profile>/deps/<test>` →
+/// `target/<profile>/unitlet`), or where nextest says it is. This crate is
+/// a library shared by every test binary, so cargo's compile-time
+/// `CARGO_BIN_EXE_unitlet` is not available here.
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("NEXTEST_BIN_EXE_unitlet") {
+            return p;
+        }
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("a test binary lives in target/<profile>/deps");
+        profile_dir.join("unitlet").to_string_lossy().into_owned()
+    })
+}
+
+/// `target/tmp`: scratch space for tests that must not be under /tmp
+/// (sandbox nodes clean it), as cargo's `CARGO_TARGET_TMPDIR`.
+pub fn target_tmp() -> PathBuf {
+    let bin = Path::new(bin());
+    bin.parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in target/<profile>")
+        .join("tmp")
+}
 
 /// PATH for everything run inside a node (its /etc is empty, so no profile sets one).
 const NODE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -110,13 +138,11 @@ impl Node {
     /// addresses), or in the host's network.
     pub fn boot_in(test: &str, netns: Option<PathBuf>) -> Node {
         let name = machine_name(test);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("nodes")
-            .join(&name);
+        let dir = target_tmp().join("nodes").join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).expect("creating the node's work directory");
-        let bin_dir = Path::new(BIN).parent().expect("binary has a directory");
+        let bin_dir = Path::new(bin()).parent().expect("binary has a directory");
         let sb = Sandbox::boot(&SandboxOptions {
             name: name.clone(),
             binds: vec![dir.clone()],
@@ -180,7 +206,7 @@ impl Node {
 
     /// Runs `unitlet ARGS` in the node (a CLI call, not the agent).
     pub fn unitlet(&self, args: &[&str]) -> Output {
-        self.command(BIN)
+        self.command(bin())
             .args(args)
             .output()
             .expect("running nsenter")
@@ -235,7 +261,7 @@ impl Node {
             "2s",
         ]);
         let mut nsenter = self
-            .command(BIN)
+            .command(bin())
             .args(&args)
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

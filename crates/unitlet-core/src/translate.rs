@@ -874,7 +874,7 @@ pub fn translate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::manifest::parse_manifest;
+    use crate::manifest::parse_manifest;
 
     fn node() -> NodeFacts {
         NodeFacts {
@@ -1216,7 +1216,7 @@ spec:
     }
 
     fn found(pairs: &[(&str, &[u8])]) -> Lookup {
-        Lookup::Found(std::sync::Arc::new(crate::core::envref::ObjectData {
+        Lookup::Found(std::sync::Arc::new(crate::envref::ObjectData {
             data: pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
@@ -1415,7 +1415,7 @@ spec:
         }))
         .unwrap();
         let mut n = node();
-        n.allocatable = crate::core::Allocatable {
+        n.allocatable = crate::Allocatable {
             cpu_millis: 3500,
             memory_bytes: 8 << 30,
             ephemeral_storage_bytes: 10 << 30,

@@ -153,7 +153,7 @@ struct Slot {
 
 impl Slot {
     fn take() -> Slot {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-net");
+        let dir = super::target_tmp().join("e2e-net");
         std::fs::create_dir_all(&dir).expect("slot directory");
         for n in 1..=250u8 {
             let f = std::fs::OpenOptions::new()
@@ -291,7 +291,7 @@ impl ControlPlane {
         }
         let (assets, etcd) = assets().expect("checked above");
         let slot = Slot::take();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        let dir = super::target_tmp()
             .join("control-planes")
             .join(format!("{test}-{}", slot.n));
         let _ = std::fs::remove_dir_all(&dir);
@@ -456,6 +456,7 @@ impl ControlPlane {
         use std::os::unix::process::CommandExt;
         // SAFETY: only an async-signal-safe prctl between fork and exec, so
         // a test process killed by its runner takes the component with it.
+        #[allow(unsafe_code)] // pre_exec is the only way to set a parent-death signal
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)

@@ -1,14 +1,25 @@
 //! The runtime driven by the recording fake of systemd
-//! ([`crate::systemd::fake`]): the reconciler's behaviour over time — start
+//! (`unitlet_test_support::fake_units`): the reconciler's behaviour over time — start
 //! order, restarts and back-off, termination, adoption — checked in
 //! milliseconds, without root or a booted systemd. The same behaviours are
 //! checked end to end on real systemd by the integration tests; these pin
 //! down the decisions.
 
-use super::*;
-use crate::core::Allocatable;
-use crate::systemd::fake::{Call, FakeUnits, OnStop};
 use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use unitlet::core::backoff::BackoffConfig;
+use unitlet::core::envref::{Lookup, ObjectData, ObjectRef};
+use unitlet::core::manifest::StaticPod;
+use unitlet::core::translate::translate;
+use unitlet::core::volume::TokenRef;
+use unitlet::core::{Allocatable, NodeFacts};
+use unitlet::objects::{IssuedToken, ObjectSource, TokenFor};
+use unitlet::runtime::{lookup_user, now_us, Config, PodReport, Runtime};
+use unitlet::state::StateDir;
+use unitlet::systemd::Units;
+use unitlet_test_support::fake_units::{Call, FakeUnits, OnStop};
 
 /// Restart back-off in these tests: 100 ms doubling to 400 ms.
 const BASE_US: u64 = 100_000;
@@ -25,6 +36,28 @@ struct Rig {
     fake: Arc<FakeUnits>,
     dir: tempfile::TempDir,
     agent: Option<Agent>,
+    objects: Option<Arc<dyn ObjectSource>>,
+}
+
+/// Every ConfigMap or Secret a pod names holds `k: v`.
+struct Everything(tokio::sync::watch::Sender<u64>);
+
+impl ObjectSource for Everything {
+    fn lookup(&self, _namespace: &str, _r: &ObjectRef) -> Lookup {
+        let mut data = ObjectData::default();
+        data.data.insert("k".into(), b"v".to_vec());
+        Lookup::Found(Arc::new(data))
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+    fn request_token(
+        &self,
+        _for_pod: TokenFor,
+        _token: TokenRef,
+    ) -> futures_util::future::BoxFuture<'static, Result<IssuedToken, String>> {
+        Box::pin(async { Err("no tokens here".to_string()) })
+    }
 }
 
 fn pod(name: &str, spec: serde_json::Value) -> Arc<StaticPod> {
@@ -34,7 +67,7 @@ fn pod(name: &str, spec: serde_json::Value) -> Arc<StaticPod> {
         "spec": spec,
     });
     let text = serde_json::to_vec(&doc).unwrap();
-    Arc::new(crate::core::manifest::parse_manifest(&text, name, "n1", true).expect("a valid pod"))
+    Arc::new(unitlet::core::manifest::parse_manifest(&text, name, "n1", true).expect("a valid pod"))
 }
 
 fn sh(name: &str) -> serde_json::Value {
@@ -47,6 +80,7 @@ impl Rig {
             fake: FakeUnits::new(),
             dir: tempfile::tempdir().unwrap(),
             agent: None,
+            objects: None,
         }
     }
 
@@ -83,7 +117,7 @@ impl Rig {
             workers: 4,
             max_starting: 64,
             reports: Some(report_tx),
-            objects: None,
+            objects: self.objects.clone(),
             allowed_host_paths: Vec::new(),
         };
         let (tx, rx) = mpsc::channel(4);
@@ -360,7 +394,7 @@ fn a_restarted_agent_adopts_running_units_and_stops_orphans() {
     rig.fake.preload(
         orphan,
         "unitlet-0-pod0123456789ab.slice",
-        crate::core::observe::UnitSnapshot {
+        unitlet::core::observe::UnitSnapshot {
             load_state: "loaded".into(),
             active_state: "active".into(),
             sub_state: "running".into(),
@@ -436,5 +470,28 @@ fn a_terminal_phase_never_moves_backwards() {
         rig.starts_of(&c).len(),
         1,
         "a Never pod's container is not run again"
+    );
+}
+
+#[test]
+fn env_from_objects_is_not_a_changed_definition() {
+    // The unit made with env looked up from a ConfigMap differs from the
+    // plan's; only a change of the plan may replace the container.
+    let mut rig = Rig::new();
+    rig.objects = Some(Arc::new(Everything(tokio::sync::watch::channel(0).0)));
+    let mut c = sh("c");
+    c["env"] = json!([{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "m", "key": "k"}}}]);
+    let p = pod("p", json!({"containers": [c]}));
+    let unit = rig.unit(&p, "c");
+    rig.start(vec![p]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rig.starts_of(&unit).len(), 1, "{:#?}", rig.fake.calls());
+    let Some(Call::StartTransient { properties, .. }) = rig.fake.calls().into_iter().next() else {
+        panic!("no start");
+    };
+    assert!(
+        format!("{properties:?}").contains("\"V\", \"v\""),
+        "the looked-up value reaches the unit: {properties:?}"
     );
 }

@@ -11,9 +11,9 @@
 //! formatting) be tested as tables.
 
 use super::{FileEntry, Payload, PayloadError, TokenRef};
-use crate::core::downward::{field_ref, resource_field};
-use crate::core::envref::{Lookup, ObjectRef, RefKind, Resolved};
-use crate::core::NodeFacts;
+use crate::downward::{field_ref, resource_field};
+use crate::envref::{Lookup, ObjectRef, RefKind, Resolved};
+use crate::NodeFacts;
 use k8s_openapi::api::core::v1::{
     DownwardAPIVolumeFile, KeyToPath, Pod, ServiceAccountTokenProjection, Volume,
 };
@@ -928,8 +928,8 @@ static PRINTABLE: [u32; 1422] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::envref::ObjectData;
-    use crate::core::Allocatable;
+    use crate::envref::ObjectData;
+    use crate::Allocatable;
     use serde_json::{json, Value};
     use std::sync::Arc;
 

@@ -485,8 +485,8 @@ impl ProbeState {
 mod tests {
     use super::*;
     // The pod + node entry points live with translation.
-    use crate::core::translate::{container_hooks, container_probes};
-    use crate::core::NodeFacts;
+    use crate::translate::{container_hooks, container_probes};
+    use crate::NodeFacts;
     use k8s_openapi::api::core::v1::Pod;
 
     fn pod(container: serde_json::Value) -> Pod {

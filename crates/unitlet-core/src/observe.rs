@@ -62,7 +62,7 @@ pub struct Termination {
     /// `systemd://<invocation id>`.
     pub container_id: String,
     /// PID of its main process (0 if unknown): what selects its stdout and
-    /// stderr in the journal for `logs --previous` (see `crate::journal`).
+    /// stderr in the journal for `logs --previous` (see the agent's `journal` module).
     #[serde(default)]
     pub pid: u32,
 }
@@ -811,8 +811,8 @@ pub fn qos_class(pod: &Pod) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::manifest::parse_manifest;
-    use crate::core::translate::translate;
+    use crate::manifest::parse_manifest;
+    use crate::translate::translate;
 
     const T0: u64 = 1_700_000_000_000_000;
 
