@@ -406,10 +406,13 @@ fn pod_gen() -> impl Strategy<Value = PodGen> {
                 // Container names are unique across init and app containers.
                 let mut seen = HashSet::new();
                 for (i, c) in init.iter_mut().chain(apps.iter_mut()).enumerate() {
-                    if !seen.insert(c.name.clone()) {
-                        c.name = format!("{}-{i}", c.name);
-                        seen.insert(c.name.clone());
+                    let mut name = c.name.clone();
+                    let mut n = i;
+                    while !seen.insert(name.clone()) {
+                        name = format!("{}-{n}", c.name);
+                        n += 10;
                     }
+                    c.name = name;
                 }
                 for c in &mut apps {
                     c.sidecar = false;

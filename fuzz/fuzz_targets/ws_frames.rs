@@ -126,6 +126,18 @@ enum Step {
     Sleep(Duration),
 }
 
+/// How long the client's own pauses take, which a wait for the client
+/// must allow on top of [`HANG`].
+fn slept(steps: &[Step]) -> Duration {
+    steps
+        .iter()
+        .map(|s| match s {
+            Step::Sleep(d) => *d,
+            _ => Duration::ZERO,
+        })
+        .sum()
+}
+
 const MASK: Option<[u8; 4]> = Some([0x12, 0x34, 0x56, 0x78]);
 
 fn steps(wire: Vec<Chunk>, framing: Framing) -> (Vec<Step>, usize) {
@@ -246,6 +258,7 @@ fn run(input: Input) {
         ..Config::default()
     };
     let (steps, sent) = steps(input.wire, protocol.framing);
+    let slept = slept(&steps);
     let ready = input.ready;
     let write = usize::from(input.write) * 16;
 
@@ -327,7 +340,7 @@ fn run(input: Input) {
             }
             let _ = client_wr.shutdown().await;
         };
-        timeout(HANG, writing)
+        timeout(HANG + slept, writing)
             .await
             .expect("the server stopped reading the client");
 

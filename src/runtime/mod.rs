@@ -32,7 +32,7 @@ use crate::core::envref::Resolved;
 use crate::core::manifest::{pod_key, StaticPod};
 use crate::core::names;
 use crate::core::observe::{
-    self, instance, instance_of, ContainerRecord, Instance, ProbeRecord, UnitSnapshot,
+    self, instance, instance_of, ActiveState, ContainerRecord, Instance, ProbeRecord, UnitSnapshot,
 };
 use crate::core::probe::{ProbeKind, ProbeSpec, ProbeState};
 use crate::core::translate::{

@@ -60,10 +60,12 @@ impl Runtime {
                 let ns = e.rec.pod.metadata.namespace.clone().unwrap_or_default();
                 let name = e.rec.pod.metadata.name.clone().unwrap_or_default();
                 let running = |c: &&ContainerPlan| {
-                    inner
-                        .units
-                        .get(&c.unit)
-                        .is_some_and(|u| matches!(u.active_state.as_str(), "active" | "activating"))
+                    inner.units.get(&c.unit).is_some_and(|u| {
+                        matches!(
+                            u.active_state,
+                            ActiveState::Active | ActiveState::Activating
+                        )
+                    })
                 };
                 for (kind, list) in [
                     ("initContainers", &e.plan.init),
@@ -164,10 +166,7 @@ impl Runtime {
         for unit in &units {
             match s.sd.snapshot(unit).await {
                 Ok(Some(snap)) => {
-                    if matches!(
-                        snap.active_state.as_str(),
-                        "active" | "activating" | "deactivating" | "reloading"
-                    ) {
+                    if snap.active_state.busy() {
                         busy = true;
                     }
                     loaded.push(unit.clone());

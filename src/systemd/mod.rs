@@ -225,7 +225,7 @@ pub struct UnitListing {
     /// `LoadState`.
     pub load_state: String,
     /// `ActiveState`.
-    pub active_state: String,
+    pub active_state: crate::core::observe::ActiveState,
     /// `SubState`.
     pub sub_state: String,
     /// ID of the unit's queued job, 0 for none.
@@ -456,7 +456,7 @@ impl Systemd {
                 job_id: r.7,
                 name: r.0,
                 load_state: r.2,
-                active_state: r.3,
+                active_state: r.3.as_str().into(),
                 sub_state: r.4,
             })
             .collect())

@@ -152,7 +152,7 @@ pub fn apply(snap: &mut UnitSnapshot, changed: &HashMap<String, OwnedValue>) {
         snap.load_state = string(changed, "LoadState");
     }
     if has("ActiveState") {
-        snap.active_state = string(changed, "ActiveState");
+        snap.active_state = string(changed, "ActiveState").as_str().into();
     }
     if has("SubState") {
         snap.sub_state = string(changed, "SubState");
@@ -214,7 +214,7 @@ pub fn changes_of(snap: &UnitSnapshot) -> HashMap<String, OwnedValue> {
     );
     out.insert(
         "ActiveState".into(),
-        owned(Value::from(snap.active_state.clone())),
+        owned(Value::from(snap.active_state.as_str())),
     );
     out.insert(
         "SubState".into(),

@@ -12,7 +12,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use unitlet::core::observe::UnitSnapshot;
+use unitlet::core::observe::{ActiveState, UnitSnapshot};
 use unitlet::core::unit::{Property, UnitSpec};
 use unitlet::systemd::{ExecContext, SystemdError, UnitEvent, UnitListing, Units};
 
@@ -158,7 +158,7 @@ impl FakeUnits {
         let st = self.state.lock().unwrap();
         st.units
             .iter()
-            .filter(|(_, u)| u.active_state == "active" && u.sub_state == "running")
+            .filter(|(_, u)| u.active_state == ActiveState::Active && u.sub_state == "running")
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -239,13 +239,13 @@ impl State {
                 return self.send(unit, &snap);
             }
             ended(u, 2, 15, true);
-        } else if u.active_state == "active" {
+        } else if u.active_state == ActiveState::Active {
             u.active_state = "inactive".into();
             u.sub_state = "dead".into();
         }
         let snap = u.clone();
         self.send(unit, &snap);
-        if snap.active_state == "inactive" {
+        if snap.active_state == ActiveState::Inactive {
             self.unload(unit);
         }
     }
@@ -347,7 +347,7 @@ impl Units for FakeUnits {
         if st
             .units
             .get(unit)
-            .is_some_and(|u| matches!(u.active_state.as_str(), "failed" | "inactive"))
+            .is_some_and(|u| matches!(u.active_state, ActiveState::Failed | ActiveState::Inactive))
         {
             st.unload(unit);
         }
@@ -365,11 +365,11 @@ impl Units for FakeUnits {
         if signal == 9 || (signal == 15 && !ignores) {
             if let Some(u) = st.units.get_mut(unit) {
                 if u.main_pid != 0 {
-                    let stopping = u.active_state == "deactivating";
+                    let stopping = u.active_state == ActiveState::Deactivating;
                     ended(u, 2, signal, stopping);
                     let snap = u.clone();
                     st.send(unit, &snap);
-                    if snap.active_state == "inactive" {
+                    if snap.active_state == ActiveState::Inactive {
                         st.unload(unit);
                     }
                 }
@@ -408,7 +408,7 @@ impl Units for FakeUnits {
             .map(|(n, u)| UnitListing {
                 name: n.clone(),
                 load_state: u.load_state.clone(),
-                active_state: u.active_state.clone(),
+                active_state: u.active_state,
                 sub_state: u.sub_state.clone(),
                 job_id: u.job_id,
             })

@@ -9,8 +9,8 @@
 //! definitions) be tested as tables and properties, without a systemd.
 
 use super::backoff::BackoffConfig;
-use super::observe::{self, instance_of, ContainerRecord, Instance, UnitSnapshot};
-use super::translate::ContainerPlan;
+use super::observe::{self, instance_of, ActiveState, ContainerRecord, Instance, UnitSnapshot};
+use super::translate::{ContainerPlan, WaitReason};
 use std::collections::HashSet;
 
 /// Where a container stands after a decision, for the pod's ordering of
@@ -144,7 +144,7 @@ pub fn decide(
     let spec = match &c.spec {
         Ok(spec) => spec,
         Err(w) => {
-            let message = if w.reason == "CreateContainerConfigError" {
+            let message = if w.reason == WaitReason::CreateContainerConfigError {
                 format!("Error: {}", w.message)
             } else {
                 format!(
@@ -248,7 +248,7 @@ pub fn decide(
                 };
                 return d;
             }
-            let active = unit.is_some_and(|u| u.active_state == "active");
+            let active = unit.is_some_and(|u| u.active_state == ActiveState::Active);
             if active && !cx.leftovers_killed.contains(&inv) {
                 // The main process is gone: end whatever it left behind, as
                 // a container runtime does when a container's PID 1 exits.

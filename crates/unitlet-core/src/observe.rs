@@ -13,14 +13,94 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// A unit's `ActiveState`: what the reconciler branches on, as a type
+/// rather than a string (systemd's names, lower case, on the wire and in
+/// saved state; a state a newer systemd invents reads as `Unknown`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActiveState {
+    /// Running (or, with `RemainAfterExit=`, exited and kept).
+    Active,
+    /// Reloading its configuration.
+    Reloading,
+    /// Stopped.
+    Inactive,
+    /// Stopped after a failure.
+    Failed,
+    /// Starting.
+    Activating,
+    /// Stopping.
+    Deactivating,
+    /// Cleaning up after itself.
+    Maintenance,
+    /// Refreshing its mounts (a newer systemd's).
+    Refreshing,
+    /// Not read yet, or a state this agent does not know.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl ActiveState {
+    /// systemd's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActiveState::Active => "active",
+            ActiveState::Reloading => "reloading",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+            ActiveState::Maintenance => "maintenance",
+            ActiveState::Refreshing => "refreshing",
+            ActiveState::Unknown => "",
+        }
+    }
+
+    /// A process may still be running: the unit is up or on its way up
+    /// or down.
+    pub fn busy(self) -> bool {
+        matches!(
+            self,
+            ActiveState::Active
+                | ActiveState::Activating
+                | ActiveState::Deactivating
+                | ActiveState::Reloading
+        )
+    }
+}
+
+impl From<&str> for ActiveState {
+    fn from(s: &str) -> Self {
+        match s {
+            "active" => ActiveState::Active,
+            "reloading" => ActiveState::Reloading,
+            "inactive" => ActiveState::Inactive,
+            "failed" => ActiveState::Failed,
+            "activating" => ActiveState::Activating,
+            "deactivating" => ActiveState::Deactivating,
+            "maintenance" => ActiveState::Maintenance,
+            "refreshing" => ActiveState::Refreshing,
+            _ => ActiveState::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What systemd says about one unit (one GetAll, or a ListUnits row).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitSnapshot {
     /// `LoadState`.
     pub load_state: String,
     /// `ActiveState`.
-    pub active_state: String,
-    /// `SubState`.
+    pub active_state: ActiveState,
+    /// `SubState` (type-specific; read only to tell a kept, exited
+    /// service from a running one).
     pub sub_state: String,
     /// `Result` (service).
     pub result: String,
@@ -170,11 +250,11 @@ pub fn instance(unit: Option<&UnitSnapshot>) -> Instance {
     if u.load_state != "loaded" || u.invocation_id.is_empty() {
         return Instance::Absent;
     }
-    let terminated = match (u.active_state.as_str(), u.sub_state.as_str()) {
-        ("activating", _) => return Instance::Creating,
-        ("active", "exited") | ("failed", _) => true,
-        ("active" | "reloading" | "deactivating", _) => false,
-        ("inactive", _) => u.exec_main_exit_us > 0,
+    let terminated = match (u.active_state, u.sub_state.as_str()) {
+        (ActiveState::Activating, _) => return Instance::Creating,
+        (ActiveState::Active, "exited") | (ActiveState::Failed, _) => true,
+        (ActiveState::Active | ActiveState::Reloading | ActiveState::Deactivating, _) => false,
+        (ActiveState::Inactive, _) => u.exec_main_exit_us > 0,
         _ => return Instance::Absent,
     };
     if !terminated {
@@ -345,7 +425,7 @@ fn build(
     let mut probe_ready = false;
     let (state, container_id, started) = match (&inst, plan_wait) {
         (_, Some(w)) => (
-            waiting_state(&w.reason, Some(w.message.clone())),
+            waiting_state(w.reason.as_str(), Some(w.message.clone())),
             None,
             false,
         ),

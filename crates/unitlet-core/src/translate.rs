@@ -30,11 +30,47 @@ pub struct HostUser {
     pub home: String,
 }
 
+/// The kubelet's reason a container cannot be started yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum WaitReason {
+    /// The container's config (env from objects, a subPath, a user rule)
+    /// cannot be made: waits until it can.
+    CreateContainerConfigError,
+    /// The image cannot be had.
+    ErrImagePull,
+    /// The image reference does not parse.
+    InvalidImageName,
+}
+
+impl WaitReason {
+    /// The reason as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::CreateContainerConfigError => "CreateContainerConfigError",
+            WaitReason::ErrImagePull => "ErrImagePull",
+            WaitReason::InvalidImageName => "InvalidImageName",
+        }
+    }
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for WaitReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Why a container cannot be started, in kubelet terms.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Waiting {
-    /// e.g. `ErrImagePull`, `InvalidImageName`.
-    pub reason: String,
+    /// Why, as the kubelet says it.
+    pub reason: WaitReason,
     /// Human explanation naming what to change.
     pub message: String,
 }
@@ -188,10 +224,10 @@ fn image_waiting(image: &str) -> Option<Waiting> {
         return None;
     }
     if !image_is_valid(image) {
-        return Some(Waiting { reason: "InvalidImageName".into(), message: format!("Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format") });
+        return Some(Waiting { reason: WaitReason::InvalidImageName, message: format!("Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format") });
     }
     Some(Waiting {
-        reason: "ErrImagePull".into(),
+        reason: WaitReason::ErrImagePull,
         message: format!("image {image:?} cannot be pulled: unitlet supports only image: host (run a binary installed on this machine) for now"),
     })
 }
@@ -448,7 +484,7 @@ fn container_plan(
         Ok(d) => d,
         Err(message) => {
             let w = Waiting {
-                reason: "CreateContainerConfigError".into(),
+                reason: WaitReason::CreateContainerConfigError,
                 message,
             };
             return waiting(w, refs);
@@ -467,7 +503,7 @@ fn container_plan(
         .map(|v| v as u32);
     if let Some(message) = run_as_non_root_error(pod, c, run_as_user) {
         let w = Waiting {
-            reason: "CreateContainerConfigError".into(),
+            reason: WaitReason::CreateContainerConfigError,
             message,
         };
         return waiting(w, refs);
@@ -516,7 +552,7 @@ fn container_plan(
         Ok(m) => m,
         Err(message) => {
             let w = Waiting {
-                reason: "CreateContainerConfigError".into(),
+                reason: WaitReason::CreateContainerConfigError,
                 message,
             };
             return waiting(w, refs);
