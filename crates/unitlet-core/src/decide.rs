@@ -498,6 +498,35 @@ mod tests {
     }
 
     #[test]
+    fn back_off_doubles_from_10_s_to_5_min_and_resets_after_10_min_of_running() {
+        let c = plan("Always", false, false);
+        let cx = Cx::new();
+        let mut rec = ContainerRecord::default();
+        let mut now = 1000 * S;
+        let mut delays = Vec::new();
+        for n in 0..8 {
+            // Each instance runs a second, then fails.
+            let unit = exited(&format!("i{n}"), 1, now + S);
+            let d = decide(&c, &rec, Some(&unit), &cx.at("Always", false, now + S));
+            delays.push((d.record.restart_at_us - (now + S)) / S);
+            rec = d.record;
+            now = rec.restart_at_us;
+            rec.backoff.record_restart(&cx.backoff, now, now);
+            rec.restart_of = None;
+        }
+        assert_eq!(delays, [0, 10, 20, 40, 80, 160, 300, 300]);
+        // Ten minutes of running since the last restart: back to none.
+        let unit = exited("long", 1, now + 601 * S);
+        let d = decide(
+            &c,
+            &rec,
+            Some(&unit),
+            &cx.at("Always", false, now + 601 * S),
+        );
+        assert_eq!(kinds(&d), ["restart"], "no back-off after a long run");
+    }
+
+    #[test]
     fn first_start_and_changed_definition() {
         let c = plan("Always", false, false);
         let cx = Cx::new();
