@@ -36,7 +36,8 @@ struct Input {
     idle: Option<u8>,
     /// Send the kubelet's opening messages.
     ready: bool,
-    /// 16 times this many bytes go out on each writable channel.
+    /// 16 times this many bytes (at most 32 messages' worth) go out on each
+    /// writable channel.
     write: u8,
     wire: Vec<Chunk>,
 }
@@ -260,7 +261,8 @@ fn run(input: Input) {
     let (steps, sent) = steps(input.wire, protocol.framing);
     let slept = slept(&steps);
     let ready = input.ready;
-    let write = usize::from(input.write) * 16;
+    // At most a few dozen messages per writer, however small they must be.
+    let write = (usize::from(input.write) * 16).min(32 * cfg.max_message_size);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
