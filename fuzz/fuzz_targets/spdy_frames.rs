@@ -361,7 +361,7 @@ fn steps(ops: Vec<Op>) -> (Vec<Step>, usize) {
                 delta,
             },
             Op::Data { id, fin, len, byte } => {
-                let len = usize::from(len).min(MAX_SERVE_DATA - data_sent);
+                let len = usize::from(len).min(MAX_SERVE_DATA.saturating_sub(data_sent));
                 data_sent += len;
                 Frame::Data {
                     stream_id: id.into(),
@@ -393,9 +393,10 @@ fn serve_connection(c: ServeCfg, ops: Vec<Op>) {
     let (steps, data_sent) = steps(ops);
     let slept = slept(&steps);
     let cfg = Config {
-        // Not `Some(0)`: the driver re-arms its idle timer at "now" for as
-        // long as a stream is open and spins (conn.rs `drive`), which the
-        // paused clock turns into a hang. Allow 0 once that is fixed.
+        // Not `Some(0)`: while a stream is open the driver re-arms its idle
+        // timer at "now" each time it fires (conn.rs `drive`), a wake-up
+        // per timer tick in real time and, under the paused clock, a loop
+        // in which time never advances. Allow 0 once that is fixed.
         idle_timeout: c
             .idle
             .map(|s| Duration::from_secs(if s == 0 { 256 } else { s.into() })),
