@@ -98,3 +98,11 @@ pub fn lookup_user(uid: u32) -> Option<HostUser> {
         home: u.dir.to_string_lossy().into_owned(),
     })
 }
+
+/// This program's path, for units that run its helpers (`tty-host`): the
+/// binary the agent was started from.
+pub fn agent_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "/usr/bin/unitlet".into())
+}

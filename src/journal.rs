@@ -83,7 +83,13 @@ fn waiting_reason(view: &PodView, name: &str) -> String {
 /// with `previous` the one before it.
 pub fn container_query(view: &PodView, opts: &LogOptions) -> Result<LogQuery, LogError> {
     let pod_name = view.rec.pod.metadata.name.clone().unwrap_or_default();
-    let all: Vec<_> = view.plan.containers.iter().chain(&view.plan.init).collect();
+    let all: Vec<_> = view
+        .plan
+        .containers
+        .iter()
+        .chain(&view.plan.init)
+        .chain(&view.plan.ephemeral)
+        .collect();
     let c = match &opts.container {
         Some(name) => all.iter().find(|c| &c.name == name).ok_or_else(|| {
             let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();

@@ -26,4 +26,5 @@ pub mod sandbox;
 pub mod source;
 pub mod state;
 pub mod systemd;
+pub mod ttyhost;
 pub mod volumes;

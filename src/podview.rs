@@ -71,7 +71,7 @@ pub async fn collect(
                 .filter_map(|u| all.get(u).map(|s| (u.to_string(), s.clone())))
                 .collect();
             let records = state.load_containers(rec.uid());
-            let status = observe::observe(
+            let mut status = observe::observe(
                 &rec.pod,
                 &plan,
                 node,
@@ -80,6 +80,7 @@ pub async fn collect(
                 rec.admitted_us,
                 now,
             );
+            crate::core::live::amend(&mut status, &rec.pod, &plan, &units, &records, &rec.live);
             PodView {
                 rec,
                 plan,

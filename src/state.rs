@@ -37,6 +37,10 @@ pub struct PodRecord {
     pub source: String,
     /// Admission time, µs since the epoch (`status.startTime`).
     pub admitted_us: u64,
+    /// What the agent decided about the pod's updates while it runs
+    /// (resize, deadline, an update it cannot apply).
+    #[serde(default)]
+    pub live: crate::core::live::LiveState,
 }
 
 impl PodRecord {

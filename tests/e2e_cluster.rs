@@ -762,3 +762,335 @@ fn static_pod_mirror_serving_certificate_from_a_csr_and_authorizer_lag() {
         .count();
     println!("agent log lines with a 403 from the API server: {forbidden}");
 }
+
+/// `(MainPID, InvocationID, NRestarts)` of a unit.
+fn instance_of_unit(node: &Node, unit: &str) -> (String, String) {
+    let p = node.show(unit, &["MainPID", "InvocationID"]);
+    (p["MainPID"].clone(), p["InvocationID"].clone())
+}
+
+fn container_status<'a>(p: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
+    p["status"][list]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+#[test]
+fn live_pods_debug_resize_pod_level_resources_and_deadline_on_a_real_api_server() {
+    let cp = ControlPlane::start("live");
+    let mut node = cp.boot_node("live");
+    node.start_agent(&cp, &[]);
+    let sized = |cpu: &str, mem: &str| json!({"requests": {"cpu": cpu, "memory": mem}, "limits": {"cpu": cpu, "memory": mem}});
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "svc", "labels": {"app": "svc"}},
+            "spec": {
+                "tolerations": tolerations(),
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "containers": [{
+                    "name": "c", "image": "host",
+                    "command": ["/bin/sh", "-c", "echo from-the-target > /data/mark; exec sleep 100000"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    "resources": sized("200m", "64Mi")
+                }]
+            }
+        })
+        .to_string(),
+    );
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "capped"},
+            "spec": {
+                "tolerations": tolerations(),
+                "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}},
+                "containers": [{"name": "c", "image": "host", "command": ["/bin/sleep", "100000"]}]
+            }
+        })
+        .to_string(),
+    );
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "deadline"},
+            "spec": {
+                "tolerations": tolerations(),
+                "activeDeadlineSeconds": 4,
+                "containers": [{"name": "c", "image": "host", "command": ["/bin/sleep", "100000"]}]
+            }
+        })
+        .to_string(),
+    );
+    cp.wait(
+        "svc running with its resources in the status",
+        patient(60),
+        || {
+            let p = cp.get(&["pod", "svc"])?;
+            let c = container_status(&p, "containerStatuses", "c")?;
+            (c["state"]["running"].is_object() && c["resources"]["limits"]["memory"] == "64Mi")
+                .then_some(())
+        },
+    );
+    let unit = node.unit_of("default", "svc", "c");
+    let before = instance_of_unit(&node, &unit);
+
+    // kubectl debug: the debug container sees the target's files and processes.
+    cp.kubectl_ok(&[
+        "debug",
+        "svc",
+        "--image=host",
+        "--target=c",
+        "--container=dbg",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /data/mark; ps -e -o pid=,args=; exec sleep 100000",
+    ]);
+    let pid = before.0.clone();
+    let last = std::cell::RefCell::new(String::new());
+    let explain = || {
+        format!(
+            "last output: {}\nephemeral status: {}\nagent: {}",
+            last.borrow(),
+            cp.get(&["pod", "svc"])
+                .map(|p| p["status"]["ephemeralContainerStatuses"].clone())
+                .unwrap_or_default(),
+            node.agent_log()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+    let deadline = Instant::now() + patient(60);
+    loop {
+        let o = cp.kubectl_output(&["logs", "svc", "-c", "dbg"]);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if out.contains("from-the-target")
+            && out.lines().any(|l| {
+                l.trim_start().starts_with(&format!("{pid} ")) && l.contains("sleep 100000")
+            })
+        {
+            break;
+        }
+        *last.borrow_mut() = out;
+        assert!(
+            Instant::now() < deadline,
+            "the debug container's output: {}",
+            explain()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cp.wait(
+        "dbg running in ephemeralContainerStatuses",
+        patient(30),
+        || {
+            let p = cp.get(&["pod", "svc"])?;
+            let c = container_status(&p, "ephemeralContainerStatuses", "dbg")?;
+            c["state"]["running"].is_object().then_some(())
+        },
+    );
+    let dbg = node.unit_of("default", "svc", "dbg");
+    assert_eq!(
+        node.show(&dbg, &["Slice"])["Slice"],
+        node.show(&unit, &["Slice"])["Slice"],
+        "in the pod's slice"
+    );
+    assert_eq!(
+        instance_of_unit(&node, &unit),
+        before,
+        "the target was not touched"
+    );
+
+    // kubectl debug -it: a terminal attached to the debug container's shell.
+    let kc = cp.admin_kubeconfig();
+    let mut shell = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "KUBECONFIG={} kubectl debug -it svc --image=host --target=c --container=shell -- /bin/sh",
+            kc.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = shell.stdin.take().unwrap();
+    cp.wait("the shell container running", patient(60), || {
+        let p = cp.get(&["pod", "svc"])?;
+        let c = container_status(&p, "ephemeralContainerStatuses", "shell")?;
+        c["state"]["running"].is_object().then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    input
+        .write_all(b"cat /data/mark; tty; echo done-$((40+2)); exit 5\n")
+        .unwrap();
+    let typed = read_until(&mut shell, patient(30), |t| t.contains("done-42"));
+    drop(input);
+    let _ = shell.wait();
+    assert!(typed.contains("from-the-target"), "{typed:?}");
+    assert!(typed.contains("/dev/pts/"), "a terminal: {typed:?}");
+    cp.wait("the shell ended with its exit code", patient(30), || {
+        let p = cp.get(&["pod", "svc"])?;
+        let c = container_status(&p, "ephemeralContainerStatuses", "shell")?;
+        (c["state"]["terminated"]["exitCode"] == 5 && c["restartCount"] == 0).then_some(())
+    });
+    assert_eq!(
+        instance_of_unit(&node, &unit),
+        before,
+        "the target was not touched"
+    );
+
+    // In-place resize, up then down: the unit's limits change, its process stays.
+    for (cpu, mem, quota, bytes) in [
+        ("400m", "96Mi", "400ms", 96u64 << 20),
+        ("100m", "48Mi", "100ms", 48 << 20),
+    ] {
+        let patch = json!({"spec": {"containers": [{"name": "c", "resources": sized(cpu, mem)}]}})
+            .to_string();
+        cp.kubectl_ok(&[
+            "patch",
+            "pod",
+            "svc",
+            "--subresource",
+            "resize",
+            "-p",
+            &patch,
+        ]);
+        cp.wait(&format!("{cpu}/{mem} on the unit"), patient(30), || {
+            let p = node.show(&unit, &["MemoryMax", "CPUQuotaPerSecUSec"]);
+            (p["MemoryMax"] == bytes.to_string() && p["CPUQuotaPerSecUSec"] == quota).then_some(())
+        });
+        cp.wait(&format!("{cpu}/{mem} in the status"), patient(30), || {
+            let p = cp.get(&["pod", "svc"])?;
+            let c = container_status(&p, "containerStatuses", "c")?;
+            let done = c["resources"]["limits"]["memory"] == mem
+                && c["allocatedResources"]["cpu"] == cpu
+                && !p["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "PodResizeInProgress");
+            done.then_some(())
+        });
+        assert_eq!(
+            instance_of_unit(&node, &unit),
+            before,
+            "resized without a restart"
+        );
+    }
+    let p = cp.get(&["pod", "svc"]).unwrap();
+    assert_eq!(
+        container_status(&p, "containerStatuses", "c").unwrap()["restartCount"],
+        0
+    );
+    assert_eq!(
+        p["status"]["observedGeneration"],
+        p["metadata"]["generation"]
+    );
+
+    // More CPU than is free beside the other pods: pending, Deferred,
+    // nothing applied. (More than the node has at all is refused by the
+    // API server itself since 1.36.)
+    let allocatable = cp.get(&["node", &node.name]).unwrap()["status"]["allocatable"]["cpu"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cap = unitlet::core::quantity::cpu_millis(&allocatable).unwrap();
+    // capped (500m, its pod-level limit) and svc (100m) hold 600m: a pod
+    // taking all but 400m of the rest leaves svc 400m to grow into.
+    let hog = cap - 600 - 400;
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "hog"},
+            "spec": {
+                "tolerations": tolerations(),
+                "containers": [{"name": "c", "image": "host", "command": ["/bin/sleep", "100000"],
+                    "resources": {"requests": {"cpu": format!("{hog}m")}}}]
+            }
+        })
+        .to_string(),
+    );
+    cp.wait("hog running", patient(60), || {
+        let p = cp.get(&["pod", "hog"])?;
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    let patch =
+        json!({"spec": {"containers": [{"name": "c", "resources": sized("600m", "48Mi")}]}})
+            .to_string();
+    cp.kubectl_ok(&[
+        "patch",
+        "pod",
+        "svc",
+        "--subresource",
+        "resize",
+        "-p",
+        &patch,
+    ]);
+    let cond = cp.wait("PodResizePending Deferred", patient(30), || {
+        let p = cp.get(&["pod", "svc"])?;
+        p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodResizePending" && c["reason"] == "Deferred")
+            .cloned()
+    });
+    assert_eq!(
+        cond["message"],
+        format!(
+            "Node didn't have enough resource: cpu, requested: 600, used: {}, capacity: {cap}",
+            hog + 500
+        )
+        .as_str()
+    );
+    assert_eq!(
+        node.show(&unit, &["CPUQuotaPerSecUSec"])["CPUQuotaPerSecUSec"],
+        "100ms"
+    );
+    assert_eq!(instance_of_unit(&node, &unit), before);
+    // Room made: the deferred resize goes through.
+    cp.kubectl_ok(&["delete", "pod", "hog", "--wait=true", "--timeout=60s"]);
+    cp.wait("the deferred resize applied", patient(30), || {
+        (node.show(&unit, &["CPUQuotaPerSecUSec"])["CPUQuotaPerSecUSec"] == "600ms").then_some(())
+    });
+    assert_eq!(instance_of_unit(&node, &unit), before);
+
+    // Pod-level resources on the pod's slice.
+    let capped = node.unit_of("default", "capped", "c");
+    let slice = node.show(&capped, &["Slice"])["Slice"].clone();
+    let s = node.show(&slice, &["MemoryMax", "CPUQuotaPerSecUSec"]);
+    assert_eq!(s["MemoryMax"], (128u64 << 20).to_string(), "{slice}: {s:?}");
+    assert_eq!(s["CPUQuotaPerSecUSec"], "500ms", "{slice}: {s:?}");
+
+    // activeDeadlineSeconds: Failed, DeadlineExceeded, its container stopped.
+    let p = cp.wait("deadline Failed", patient(60), || {
+        let p = cp.get(&["pod", "deadline"])?;
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    assert_eq!(p["status"]["reason"], "DeadlineExceeded");
+    assert_eq!(
+        p["status"]["message"],
+        unitlet::core::live::DEADLINE_MESSAGE
+    );
+    let d = node.unit_of("default", "deadline", "c");
+    cp.wait("the deadline pod's process gone", patient(30), || {
+        (node.show(&d, &["MainPID"])["MainPID"] == "0").then_some(())
+    });
+
+    // Deleting the pod stops the debug container with the rest.
+    cp.kubectl_ok(&["delete", "pod", "svc", "--wait=true", "--timeout=60s"]);
+    assert!(
+        node.units("unitlet_default_svc_*.service")
+            .iter()
+            .all(|u| node.show(u, &["ActiveState"])["ActiveState"] != "active"),
+        "every unit of svc stopped"
+    );
+}

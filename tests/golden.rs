@@ -16,6 +16,7 @@ fn rendered_units_match_golden_files() {
         allocatable: Default::default(),
         pods_dir: "/var/lib/unitlet/pods".into(),
         hardening: Default::default(),
+        agent_exe: "/usr/local/bin/unitlet".into(),
     };
     let users = |uid: u32| {
         (uid == 0).then(|| HostUser {

@@ -13,6 +13,7 @@ use unitlet::core::backoff::BackoffConfig;
 use unitlet::core::envref::{Lookup, ObjectData, ObjectRef};
 use unitlet::core::manifest::StaticPod;
 use unitlet::core::translate::translate;
+use unitlet::core::unit::Property;
 use unitlet::core::volume::TokenRef;
 use unitlet::core::{Allocatable, NodeFacts};
 use unitlet::objects::{IssuedToken, ObjectSource, TokenFor};
@@ -24,6 +25,13 @@ use unitlet_test_support::fake_units::{Call, FakeUnits, OnStop};
 /// Restart back-off in these tests: 100 ms doubling to 400 ms.
 const BASE_US: u64 = 100_000;
 const MAX_US: u64 = 400_000;
+
+/// What the node offers pods: 4 CPUs, 8 GiB.
+const ALLOCATABLE: Allocatable = Allocatable {
+    cpu_millis: 4000,
+    memory_bytes: 8 << 30,
+    ephemeral_storage_bytes: 0,
+};
 
 /// One agent on a fake systemd, with everything it reported.
 struct Agent {
@@ -105,9 +113,10 @@ impl Rig {
             node: NodeFacts {
                 node_name: "n1".into(),
                 host_ip: "10.0.0.1".into(),
-                allocatable: Allocatable::default(),
+                allocatable: ALLOCATABLE,
                 pods_dir: self.dir.path().join("state/pods").to_string_lossy().into(),
                 hardening: Default::default(),
+                agent_exe: "/usr/bin/unitlet".into(),
             },
             backoff: BackoffConfig {
                 base_us: BASE_US,
@@ -166,6 +175,7 @@ impl Rig {
         plan.init
             .iter()
             .chain(&plan.containers)
+            .chain(&plan.ephemeral)
             .find(|x| x.name == c)
             .map(|x| x.unit.clone())
             .expect("container in the plan")
@@ -209,6 +219,7 @@ fn node_facts() -> NodeFacts {
         allocatable: Allocatable::default(),
         pods_dir: "/nonexistent".into(),
         hardening: Default::default(),
+        agent_exe: "/usr/bin/unitlet".into(),
     }
 }
 
@@ -494,4 +505,459 @@ fn env_from_objects_is_not_a_changed_definition() {
         format!("{properties:?}").contains("\"V\", \"v\""),
         "the looked-up value reaches the unit: {properties:?}"
     );
+}
+
+/// A newer version of `p` (same UID, as the API server's update of a
+/// running pod), made by `f` on its JSON.
+fn updated(p: &StaticPod, f: impl FnOnce(&mut serde_json::Value)) -> Arc<StaticPod> {
+    let mut v = serde_json::to_value(&p.pod).unwrap();
+    f(&mut v);
+    Arc::new(StaticPod {
+        pod: serde_json::from_value(v).unwrap(),
+        uid: p.uid.clone(),
+        deletion_grace_s: None,
+        update_error: None,
+    })
+}
+
+impl Rig {
+    /// Calls that stop, kill or replace unit `unit`.
+    fn disturbances(&self, unit: &str) -> Vec<Call> {
+        self.fake
+            .calls()
+            .into_iter()
+            .filter(|c| match c {
+                Call::Stop(u) | Call::KillAll(u, _) | Call::ResetFailed(u) => u == unit,
+                Call::StartTransient { unit: u, .. } => u == unit,
+                _ => false,
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<(bool, String, String)> {
+        self.reports()
+            .into_iter()
+            .filter_map(|r| match r {
+                PodReport::Event {
+                    warning,
+                    reason,
+                    message,
+                    ..
+                } => Some((warning, reason.to_string(), message)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn condition(
+        &self,
+        name: &str,
+        kind: &str,
+    ) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+        self.status(name)?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == kind)
+    }
+}
+
+fn sized(name: &str, cpu: &str, memory: &str) -> serde_json::Value {
+    let mut c = sh(name);
+    c["resources"] = json!({"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}});
+    c
+}
+
+/// Every update the API server accepts for a running pod (labels,
+/// annotations, tolerations, activeDeadlineSeconds, an ephemeral
+/// container, a resize) leaves its container running: same process, no
+/// stop, no kill, no second start.
+#[test]
+fn a_running_pod_survives_every_update_the_api_allows() {
+    let mut rig = Rig::new();
+    let p = pod("p", json!({"containers": [sized("c", "500m", "64Mi")]}));
+    let c = rig.unit(&p, "c");
+    rig.start(vec![p.clone()]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    let before = rig.fake.unit(&c).unwrap();
+    let mut current = p.clone();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let steps: Vec<(&str, Edit)> = vec![
+        (
+            "labels",
+            Box::new(|v| v["metadata"]["labels"] = json!({"tier": "web"})),
+        ),
+        (
+            "annotations",
+            Box::new(|v| v["metadata"]["annotations"]["note"] = json!("x")),
+        ),
+        (
+            "tolerations",
+            Box::new(|v| v["spec"]["tolerations"] = json!([{"key": "k", "operator": "Exists"}])),
+        ),
+        (
+            "activeDeadlineSeconds",
+            Box::new(|v| v["spec"]["activeDeadlineSeconds"] = json!(100_000)),
+        ),
+        (
+            "ephemeralContainers",
+            Box::new(|v| {
+                v["spec"]["ephemeralContainers"] = json!([
+                    {"name": "debug", "image": "host", "command": ["/bin/sh", "-c", "sleep 1000"], "targetContainerName": "c"}
+                ])
+            }),
+        ),
+        (
+            "resize",
+            Box::new(|v| {
+                v["spec"]["containers"][0]["resources"] = json!(
+            {"requests": {"cpu": "1", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}})
+            }),
+        ),
+    ];
+    for (what, f) in steps {
+        current = updated(&current, |v| f(v));
+        rig.set(vec![current.clone()]);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            rig.disturbances(&c).len(),
+            1,
+            "after the {what} update, the container was disturbed: {:#?}",
+            rig.disturbances(&c)
+        );
+        assert_eq!(
+            rig.fake.unit(&c).unwrap().invocation_id,
+            before.invocation_id,
+            "{what}"
+        );
+        assert_eq!(rig.phase("p"), "Running", "{what}");
+    }
+    let debug = rig.unit(&current, "debug");
+    assert!(
+        rig.fake.running().contains(&debug),
+        "the ephemeral container runs"
+    );
+    // The resize reached the running unit, in place.
+    let set: Vec<_> = rig
+        .fake
+        .calls()
+        .into_iter()
+        .filter_map(|x| match x {
+            Call::SetProperties { unit, properties } if unit == c => Some(properties),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        set,
+        [vec![
+            Property::MemoryMax(128 << 20),
+            Property::CpuQuotaPerSecUSec(1_000_000),
+            Property::CpuWeight(unitlet::core::resources::cpu_weight(1000)),
+        ]]
+    );
+    let st = rig.status("p").unwrap();
+    let cs = &st.container_statuses.as_ref().unwrap()[0];
+    assert_eq!(cs.restart_count, 0);
+    let res = cs.resources.as_ref().expect("status resources");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "128Mi");
+    assert_eq!(cs.allocated_resources.as_ref().unwrap()["cpu"].0, "1");
+    let eph = st.ephemeral_container_statuses.expect("ephemeral statuses");
+    assert!(eph[0].state.as_ref().unwrap().running.is_some());
+    assert!(rig.condition("p", "PodResizeInProgress").is_none());
+    assert!(rig.condition("p", "PodResizePending").is_none());
+}
+
+/// A new image is a new definition: that container, and only it, is
+/// restarted, as the kubelet does.
+#[test]
+fn a_new_image_restarts_only_its_container() {
+    let mut rig = Rig::new();
+    let p = pod("p", json!({"containers": [sh("a"), sh("b")]}));
+    let (a, b) = (rig.unit(&p, "a"), rig.unit(&p, "b"));
+    rig.start(vec![p.clone()]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    let next = updated(&p, |v| {
+        v["spec"]["containers"][0]["command"] = json!(["/bin/sh", "-c", "sleep 2000"])
+    });
+    rig.set(vec![next]);
+    rig.wait("a restarted", || rig.starts_of(&a).len() == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.disturbances(&b).len(), 1, "b untouched");
+    rig.wait("restartCount 1", || {
+        rig.status("p")
+            .is_some_and(|s| s.container_statuses.unwrap()[0].restart_count == 1)
+    });
+}
+
+/// A resize whose container asks for RestartContainer restarts that
+/// container; one that does not fit the node is pending, with the
+/// kubelet's reason and message, and nothing changes.
+#[test]
+fn resize_policies_and_pending_resizes() {
+    let mut rig = Rig::new();
+    let mut c = sized("c", "500m", "64Mi");
+    c["resizePolicy"] = json!([{"resourceName": "memory", "restartPolicy": "RestartContainer"}]);
+    let p = pod("p", json!({"containers": [c, sized("other", "1", "1Gi")]}));
+    let unit = rig.unit(&p, "c");
+    rig.start(vec![p.clone()]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    // More CPU than the node has: Infeasible.
+    let big = updated(
+        &p,
+        |v| v["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "8", "memory": "64Mi"}, "limits": {"cpu": "8", "memory": "64Mi"}}),
+    );
+    rig.set(vec![big]);
+    rig.wait("Infeasible", || {
+        rig.condition("p", "PodResizePending")
+            .is_some_and(|c| c.reason.as_deref() == Some("Infeasible"))
+    });
+    let cond = rig.condition("p", "PodResizePending").unwrap();
+    assert_eq!(cond.status, "True");
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("Node didn't have enough capacity: cpu, requested: 9000, capacity: 4000")
+    );
+    let st = rig.status("p").unwrap();
+    let cs = &st.container_statuses.as_ref().unwrap()[0];
+    assert_eq!(
+        cs.resources.as_ref().unwrap().limits.as_ref().unwrap()["cpu"].0,
+        "500m",
+        "still the allocated size"
+    );
+    assert!(!rig
+        .fake
+        .calls()
+        .iter()
+        .any(|x| matches!(x, Call::SetProperties { .. })));
+    // Fits: memory changes, and memory restarts this container.
+    let more = updated(
+        &p,
+        |v| v["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "500m", "memory": "96Mi"}, "limits": {"cpu": "500m", "memory": "96Mi"}}),
+    );
+    rig.set(vec![more]);
+    rig.wait("c restarted for its memory", || {
+        rig.starts_of(&unit).len() == 2
+    });
+    rig.wait("no longer pending", || {
+        rig.condition("p", "PodResizePending").is_none()
+    });
+    let started = rig
+        .fake
+        .calls()
+        .into_iter()
+        .rev()
+        .find_map(|x| match x {
+            Call::StartTransient {
+                unit: u,
+                properties,
+            } if u == unit => Some(properties),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        started.contains(&Property::MemoryMax(96 << 20)),
+        "{started:?}"
+    );
+}
+
+/// A resize that fits the node but not beside the other pods waits (Deferred).
+#[test]
+fn a_resize_beyond_what_is_free_is_deferred() {
+    let mut rig = Rig::new();
+    let p = pod("p", json!({"containers": [sized("c", "1", "64Mi")]}));
+    let q = pod("q", json!({"containers": [sized("c", "2", "64Mi")]}));
+    rig.start(vec![p.clone(), q.clone()]);
+    rig.wait("Running", || {
+        rig.phase("p") == "Running" && rig.phase("q") == "Running"
+    });
+    let big = updated(
+        &p,
+        |v| v["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "3", "memory": "64Mi"}, "limits": {"cpu": "3", "memory": "64Mi"}}),
+    );
+    rig.set(vec![big, q]);
+    rig.wait("Deferred", || {
+        rig.condition("p", "PodResizePending")
+            .is_some_and(|c| c.reason.as_deref() == Some("Deferred"))
+    });
+    assert_eq!(
+        rig.condition("p", "PodResizePending")
+            .unwrap()
+            .message
+            .as_deref(),
+        Some("Node didn't have enough resource: cpu, requested: 3000, used: 2000, capacity: 4000")
+    );
+}
+
+/// An update unitlet cannot apply to a running pod is reported; the pod
+/// keeps running as it was. The same pod never started is rejected.
+#[test]
+fn an_update_that_cannot_apply_leaves_the_pod_running() {
+    let mut rig = Rig::new();
+    let p = pod("p", json!({"containers": [sh("c")]}));
+    let c = rig.unit(&p, "c");
+    rig.start(vec![p.clone()]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    let bad = Arc::new(StaticPod {
+        update_error: Some("pod default/p: spec.shareProcessNamespace: not supported".into()),
+        ..(*updated(&p, |v| v["spec"]["shareProcessNamespace"] = json!(true))).clone()
+    });
+    rig.set(vec![bad.clone()]);
+    rig.wait("the warning", || {
+        rig.events()
+            .iter()
+            .any(|(w, r, m)| *w && r == "UnsupportedPodSpec" && m.contains("shareProcessNamespace"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.disturbances(&c).len(), 1, "{:#?}", rig.disturbances(&c));
+    let st = rig.status("p").unwrap();
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+    assert!(st.message.unwrap_or_default().contains("keeps running"));
+    // A pod that never ran is rejected instead.
+    let fresh = Arc::new(StaticPod {
+        uid: "another".into(),
+        ..(*bad).clone()
+    });
+    let mut fresh_pod = (*fresh).clone();
+    fresh_pod.pod.metadata.name = Some("fresh".into());
+    rig.set(vec![bad, Arc::new(fresh_pod)]);
+    rig.wait("fresh rejected", || rig.phase("fresh") == "Failed");
+    assert_eq!(
+        rig.status("fresh").unwrap().reason.as_deref(),
+        Some("UnsupportedPodSpec")
+    );
+}
+
+/// activeDeadlineSeconds: past it the pod is Failed (DeadlineExceeded)
+/// and its containers are stopped; nothing restarts them.
+#[test]
+fn active_deadline_fails_the_pod_and_stops_its_containers() {
+    let mut rig = Rig::new();
+    let p = pod(
+        "p",
+        json!({"activeDeadlineSeconds": 1, "containers": [sh("c")]}),
+    );
+    let c = rig.unit(&p, "c");
+    rig.start(vec![p]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    rig.wait("Failed", || rig.phase("p") == "Failed");
+    let st = rig.status("p").unwrap();
+    assert_eq!(st.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(
+        st.message.as_deref(),
+        Some(unitlet::core::live::DEADLINE_MESSAGE)
+    );
+    rig.wait("SIGTERM", || {
+        rig.fake.calls().contains(&Call::KillAll(c.clone(), 15))
+    });
+    rig.wait("stopped", || !rig.fake.running().contains(&c));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(rig.starts_of(&c).len(), 1, "not restarted");
+    assert!(rig.events().iter().any(|(_, r, _)| r == "DeadlineExceeded"));
+    assert_eq!(rig.phase("p"), "Failed");
+}
+
+/// An ephemeral container runs once: when it exits it shows Terminated
+/// with its exit code and is never restarted, whatever the pod's policy;
+/// a restarted agent adopts it like any container.
+#[test]
+fn ephemeral_containers_run_once_and_are_adopted() {
+    let mut rig = Rig::new();
+    let p = pod("p", json!({"containers": [sh("c")]}));
+    rig.start(vec![p.clone()]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    let next = updated(&p, |v| {
+        v["spec"]["ephemeralContainers"] = json!([
+            {"name": "dbg", "image": "host", "command": ["/bin/sh", "-c", "sleep 1000"]},
+            {"name": "bad", "image": "host"}
+        ])
+    });
+    let dbg = rig.unit(&next, "dbg");
+    rig.set(vec![next.clone()]);
+    rig.wait("dbg running", || rig.fake.running().contains(&dbg));
+    rig.kill();
+    rig.start(vec![next]);
+    rig.wait("Running reported by the new agent", || {
+        rig.phase("p") == "Running"
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.starts_of(&dbg).len(), 1, "adopted, not restarted");
+    rig.fake.exit(&dbg, 3);
+    rig.wait("dbg terminated", || {
+        rig.status("p")
+            .and_then(|s| s.ephemeral_container_statuses)
+            .is_some_and(|e| {
+                e.iter().any(|x| {
+                    x.name == "dbg"
+                        && x.state
+                            .as_ref()
+                            .and_then(|s| s.terminated.as_ref())
+                            .is_some_and(|t| t.exit_code == 3)
+                })
+            })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rig.starts_of(&dbg).len(), 1, "never restarted");
+    let st = rig.status("p").unwrap();
+    assert_eq!(
+        st.phase.as_deref(),
+        Some("Running"),
+        "an ephemeral container never fails the pod"
+    );
+    let bad = st
+        .ephemeral_container_statuses
+        .unwrap()
+        .into_iter()
+        .find(|x| x.name == "bad")
+        .unwrap();
+    let waiting = bad.state.unwrap().waiting.unwrap();
+    assert_eq!(
+        waiting.reason.as_deref(),
+        Some("CreateContainerConfigError")
+    );
+    assert!(waiting
+        .message
+        .unwrap()
+        .contains("spec.ephemeralContainers[1].command"));
+}
+
+/// Pod-level resources go on the pod's slice, made with them before any
+/// container, and a resize changes the slice in place.
+#[test]
+fn pod_level_resources_limit_the_slice() {
+    let mut rig = Rig::new();
+    let p = pod(
+        "p",
+        json!({"resources": {"limits": {"cpu": "1", "memory": "256Mi"}}, "containers": [sh("c")]}),
+    );
+    let plan = translate(&p.pod, &node_facts(), &lookup_user);
+    rig.start(vec![p.clone()]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    let calls = rig.fake.calls();
+    let Some(Call::StartTransient { unit, properties }) = calls.first() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(unit, &plan.slice, "the slice first");
+    assert!(
+        properties.contains(&Property::MemoryMax(256 << 20)),
+        "{properties:?}"
+    );
+    assert!(
+        properties.contains(&Property::CpuQuotaPerSecUSec(1_000_000)),
+        "{properties:?}"
+    );
+    let next = updated(&p, |v| {
+        v["spec"]["resources"] = json!({"limits": {"cpu": "2", "memory": "512Mi"}})
+    });
+    rig.set(vec![next]);
+    rig.wait("slice resized", || {
+        rig.fake.calls().iter().any(|x| {
+            matches!(x, Call::SetProperties { unit, properties }
+            if unit == &plan.slice && properties.contains(&Property::MemoryMax(512 << 20)))
+        })
+    });
+    rig.wait("status resources", || {
+        rig.status("p")
+            .and_then(|s| s.resources)
+            .and_then(|r| r.limits)
+            .is_some_and(|l| l["memory"].0 == "512Mi")
+    });
 }

@@ -371,3 +371,55 @@ spec:
     assert!(node.units("unitlet_*").is_empty());
     node.stop_agent();
 }
+
+/// A manifest whose CPU and memory change is the same pod resized in
+/// place (the UID leaves resources out): the unit's limits change, its
+/// process stays; any other edit is a new pod, as the kubelet's static pods.
+#[test]
+fn editing_a_manifests_resources_resizes_the_running_pod_in_place() {
+    let mut node = Node::boot("resize_manifest");
+    let manifest = |mem: &str, cmd: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: svc}}
+spec:
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", "{cmd}"]
+    resources:
+      limits: {{cpu: 250m, memory: {mem}}}
+"#
+        )
+    };
+    node.write_manifest("svc.yaml", &manifest("64Mi", "exec sleep 100000"));
+    node.start_agent(&[]);
+    node.wait_pod("svc", "running", |p| running(p, "c"));
+    let unit = node.unit_of("default", "svc", "c");
+    let before = node.show(&unit, &["MainPID", "InvocationID", "MemoryMax"]);
+    assert_eq!(before["MemoryMax"], (64u64 << 20).to_string());
+    node.write_manifest("svc.yaml", &manifest("96Mi", "exec sleep 100000"));
+    node.wait_for("the new limit on the unit", default_wait(), || {
+        (node.show_value(&unit, "MemoryMax") == (96u64 << 20).to_string()).then_some(())
+    });
+    let after = node.show(&unit, &["MainPID", "InvocationID"]);
+    assert_eq!(after["MainPID"], before["MainPID"], "same process");
+    assert_eq!(
+        after["InvocationID"], before["InvocationID"],
+        "same instance"
+    );
+    let pod = node.wait_pod("svc", "the new size in the status", |p| {
+        cstatus(p, "c")["resources"]["limits"]["memory"] == "96Mi"
+    });
+    assert_eq!(cstatus(&pod, "c")["restartCount"], 0);
+    // Another edit is another pod.
+    node.write_manifest("svc.yaml", &manifest("96Mi", "exec sleep 200000"));
+    node.wait_for("the old unit gone", default_wait(), || {
+        node.units("unitlet_default_svc_c_*.service")
+            .iter()
+            .all(|u| u != &unit || node.show_value(u, "ActiveState") != "active")
+            .then_some(())
+    });
+}

@@ -22,6 +22,7 @@ fn node() -> NodeFacts {
         allocatable: Default::default(),
         pods_dir: "/var/lib/unitlet/pods".into(),
         hardening: Default::default(),
+        agent_exe: "/usr/bin/unitlet".into(),
     }
 }
 

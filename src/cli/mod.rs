@@ -148,6 +148,27 @@ pub enum Command {
     Node(NodeArgs),
     /// Print the version.
     Version,
+    /// Run a container's program with a stdin or terminal that attach
+    /// clients reach on a unix socket: the main process of a unit whose
+    /// container asked for `stdin` or `tty` (see `unitlet::ttyhost`).
+    #[command(hide = true)]
+    TtyHost {
+        /// The attach socket to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Run the program on a terminal.
+        #[arg(long)]
+        tty: bool,
+        /// Close the program's stdin when the first client with stdin leaves.
+        #[arg(long)]
+        stdin_once: bool,
+        /// UID:GID the program switches to itself: its terminal or pipes are theirs.
+        #[arg(long, value_parser = crate::ttyhost::parse_owner)]
+        owner: Option<(u32, u32)>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Options of `unitlet node`. Flags override the config file.
@@ -335,6 +356,7 @@ fn node_facts(state: &StateDir, root: &std::path::Path) -> NodeFacts {
             allocatable: crate::host::allocatable(root),
             pods_dir: pods_dir(root),
             hardening: Default::default(),
+            agent_exe: crate::host::agent_exe(),
         },
         None => NodeFacts {
             node_name: hostname(),
@@ -342,6 +364,7 @@ fn node_facts(state: &StateDir, root: &std::path::Path) -> NodeFacts {
             allocatable: crate::host::allocatable(root),
             pods_dir: pods_dir(root),
             hardening: Default::default(),
+            agent_exe: crate::host::agent_exe(),
         },
     }
 }
@@ -366,12 +389,32 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 allocatable: crate::host::allocatable(std::path::Path::new("/")),
                 pods_dir: pods_dir(&cli.state_dir),
                 hardening: Default::default(),
+                agent_exe: crate::host::agent_exe(),
             };
             let name = file.to_string_lossy();
             let pod = parse_manifest(&bytes, &name, &node.node_name, name.ends_with(".json"))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             print!("{}", translate(&pod.pod, &node, &lookup_user).render());
             Ok(())
+        }
+        Command::TtyHost {
+            socket,
+            tty,
+            stdin_once,
+            owner,
+            mut command,
+        } => {
+            let program = command.remove(0);
+            let code = crate::ttyhost::main(crate::ttyhost::Options {
+                socket,
+                tty,
+                stdin_once,
+                owner,
+                program,
+                args: command,
+            })
+            .await;
+            std::process::exit(code);
         }
         Command::Run(args) => run(args, cli.state_dir).await,
         Command::Node(args) => node(args, cli.state_dir).await,
@@ -496,6 +539,7 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         allocatable: Default::default(),
         pods_dir: pods_dir(&state_dir),
         hardening: args.reconciler.pod_hardening.into(),
+        agent_exe: crate::host::agent_exe(),
     });
     let cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) => crate::kubelet::server::ServingCert::Files {
@@ -567,6 +611,7 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         allocatable: crate::host::allocatable(&state_dir),
         pods_dir: pods_dir(&state_dir),
         hardening: args.reconciler.pod_hardening.into(),
+        agent_exe: crate::host::agent_exe(),
     };
     std::fs::write(
         state_dir.join("node.json"),

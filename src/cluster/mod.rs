@@ -163,6 +163,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         allocatable: node::allocatable(&opts.config, &facts),
         pods_dir: opts.runtime.node.pods_dir.clone(),
         hardening: opts.runtime.node.hardening,
+        agent_exe: opts.runtime.node.agent_exe.clone(),
     };
     rcfg.reports = Some(reports_tx.clone());
     let refs = refs::RefCache::new(client.clone());
@@ -210,7 +211,6 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         known.clone(),
         refs,
         api_tx,
-        reports_tx,
     ));
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(events::write(client.clone(), name.clone(), events_rx));

@@ -127,17 +127,34 @@ pub fn to_desired(pod: &Pod) -> Result<StaticPod, crate::core::manifest::Manifes
         uid: p.metadata.uid.clone().unwrap_or_default(),
         pod: p,
         deletion_grace_s,
+        update_error: None,
     })
 }
 
-/// The status of a pod unitlet refuses to run: Failed, with the reason, as
-/// the kubelet reports a pod its admission rejects.
-pub fn rejected_status(message: String) -> PodStatus {
-    PodStatus {
-        phase: Some("Failed".into()),
-        reason: Some("UnsupportedPodSpec".into()),
-        message: Some(message),
-        ..Default::default()
+pub use crate::core::live::rejected_status;
+
+/// [`to_desired`], or the pod as it is with why it cannot run here: the
+/// reconciler decides what that means (a pod it has not started is
+/// rejected; one it runs keeps running as it was, see
+/// [`StaticPod::update_error`]).
+pub fn desired_or_rejected(pod: &Pod) -> StaticPod {
+    match to_desired(pod) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut p = pod.clone();
+            p.status = None;
+            p.metadata.namespace.get_or_insert_with(|| "default".into());
+            StaticPod {
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                deletion_grace_s: p
+                    .metadata
+                    .deletion_timestamp
+                    .as_ref()
+                    .map(|_| p.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64),
+                pod: p,
+                update_error: Some(e.to_string()),
+            }
+        }
     }
 }
 
@@ -149,7 +166,6 @@ pub async fn watch(
     known: Known,
     refs: Arc<super::refs::RefCache>,
     desired: mpsc::Sender<Vec<Arc<StaticPod>>>,
-    reports: mpsc::UnboundedSender<PodReport>,
 ) {
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
@@ -174,7 +190,7 @@ pub async fn watch(
                 Ok(Event::InitApply(p)) => {
                     if let Some(l) = listing.as_mut() {
                         listed.extend(runtime_uid(&p));
-                        accept(&p, l, &known, &reports);
+                        accept(&p, l, &known);
                     }
                 }
                 Ok(Event::InitDone) => {
@@ -191,7 +207,7 @@ pub async fn watch(
                     }
                 }
                 Ok(Event::Apply(p)) => {
-                    accept(&p, &mut pods, &known, &reports);
+                    accept(&p, &mut pods, &known);
                     changed = true;
                 }
                 Ok(Event::Delete(p)) => {
@@ -227,14 +243,9 @@ pub async fn watch(
     }
 }
 
-/// Records one API pod: in `known`, and in `set` if it can run here; a pod
-/// that cannot is reported Failed (or, once deleted, as stopped).
-fn accept(
-    pod: &Pod,
-    set: &mut HashMap<String, Arc<StaticPod>>,
-    known: &Known,
-    reports: &mpsc::UnboundedSender<PodReport>,
-) {
+/// Records one API pod: in `known`, and in `set` (with why, if it cannot
+/// run here: the reconciler rejects it, or keeps running what it runs).
+fn accept(pod: &Pod, set: &mut HashMap<String, Arc<StaticPod>>, known: &Known) {
     let Some(api_uid) = pod.metadata.uid.clone() else {
         return;
     };
@@ -258,35 +269,20 @@ fn accept(
         // mirror only shows it (see `super::mirror`).
         return;
     }
-    match to_desired(pod) {
-        Ok(d) => {
-            // Keep the shared copy when nothing the reconciler reads changed
-            // (most updates are our own status writes).
-            let same = set.get(&uid).is_some_and(|old| {
-                old.deletion_grace_s == d.deletion_grace_s && old.pod.spec == d.pod.spec
-            });
-            if !same {
-                set.insert(uid, Arc::new(d));
-            }
-        }
-        Err(e) => {
-            set.remove(&uid);
-            let report = if pod.metadata.deletion_timestamp.is_some() {
-                PodReport::Stopped {
-                    uid,
-                    namespace,
-                    name,
-                }
-            } else {
-                PodReport::Status {
-                    uid,
-                    namespace,
-                    name,
-                    status: Box::new(rejected_status(e.to_string())),
-                }
-            };
-            let _ = reports.send(report);
-        }
+    let d = desired_or_rejected(pod);
+    // Keep the shared copy when nothing the reconciler reads changed
+    // (most updates are our own status writes).
+    let same = set.get(&uid).is_some_and(|old| {
+        let (a, b) = (&old.pod.metadata, &d.pod.metadata);
+        old.deletion_grace_s == d.deletion_grace_s
+            && old.update_error == d.update_error
+            && old.pod.spec == d.pod.spec
+            && a.labels == b.labels
+            && a.annotations == b.annotations
+            && a.generation == b.generation
+    });
+    if !same {
+        set.insert(uid, Arc::new(d));
     }
 }
 

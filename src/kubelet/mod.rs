@@ -2,6 +2,7 @@
 //! proxies `kubectl logs/exec/attach/port-forward` to, and what
 //! metrics-server scrapes for `kubectl top`.
 
+pub mod attach;
 pub mod auth;
 pub mod cert;
 pub mod exec;

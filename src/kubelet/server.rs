@@ -247,9 +247,7 @@ fn samples(
             let usage = reader.read(&slice);
             let containers = v
                 .plan
-                .init
-                .iter()
-                .chain(&v.plan.containers)
+                .all()
                 .filter_map(|c| {
                     let snap = v.units.get(&c.unit)?;
                     if !matches!(instance(Some(snap)), Instance::Running { .. }) {
@@ -458,9 +456,7 @@ fn running_unit(
         })?;
     let c = view
         .plan
-        .init
-        .iter()
-        .chain(&view.plan.containers)
+        .all()
         .find(|c| c.name == container)
         .ok_or_else(|| {
             Box::new(text(
@@ -510,10 +506,13 @@ async fn exec(
     ws_exec(state, req, unit, params, None)
 }
 
-/// `/attach/{ns}/{pod}/{container}`: the container's output from now on
-/// (its journal, followed) until it stops. A unit's stdout and stderr are
-/// one journal stream, so everything arrives on stdout; a unit has no
-/// stdin or terminal to attach to (pods asking for them are refused).
+/// `/attach/{ns}/{pod}/{container}`. A container run with stdin or tty
+/// has a tty-host (see `crate::ttyhost`): the caller's input and terminal
+/// sizes go to its socket and the program's output comes back, until the
+/// program exits. Any other container's output is followed in its journal
+/// from now on until it stops (a unit's stdout and stderr are one journal
+/// stream, so everything arrives on stdout); it has no stdin or terminal
+/// to attach to.
 async fn attach(
     state: &State,
     req: Request<Incoming>,
@@ -521,42 +520,57 @@ async fn attach(
     pod: &str,
     container: &str,
 ) -> Response<Body> {
+    use super::attach::Target;
     use super::ws;
     let params = match super::exec::parse(req.uri().query().unwrap_or("")) {
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    if params.stdin || params.tty {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("container {container} has no stdin or terminal to attach to (unitlet runs containers with stdin: false and tty: false)"),
-        );
-    }
-    if let Err(r) = running_unit(state, ns, pod, container) {
-        return *r;
-    }
-    let Some(view) = state.runtime.pod_views().into_iter().find(|v| {
-        v.rec.pod.metadata.namespace.as_deref() == Some(ns)
-            && v.rec.pod.metadata.name.as_deref() == Some(pod)
-    }) else {
+    let unit = match running_unit(state, ns, pod, container) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let Some(view) = state
+        .runtime
+        .pod_views()
+        .into_iter()
+        .filter(|v| {
+            v.rec.pod.metadata.namespace.as_deref() == Some(ns)
+                && v.rec.pod.metadata.name.as_deref() == Some(pod)
+        })
+        .max_by_key(|v| v.rec.admitted_us)
+    else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod \"{pod}\" does not exist"),
         );
     };
-    let opts = crate::journal::LogOptions {
-        container: Some(container.to_string()),
-        follow: true,
-        tail: Some(0),
-        ..Default::default()
-    };
-    let q = match crate::journal::container_query(&view, &opts) {
-        Ok(q) => q,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    let uid = view.rec.pod.metadata.uid.as_deref().unwrap_or_default();
+    let socket = std::path::PathBuf::from(crate::core::tty::attach_socket(uid, container));
+    let target = if super::attach::is_hosted(&socket) {
+        // As containerd: input from a caller is dropped unless the
+        // container itself has stdin.
+        let stdin = params.stdin && container_has_stdin(&view.rec.pod, container);
+        Target::Host { socket, stdin }
+    } else if params.stdin || params.tty {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} was not started with stdin or tty"),
+        );
+    } else {
+        let opts = crate::journal::LogOptions {
+            container: Some(container.to_string()),
+            follow: true,
+            tail: Some(0),
+            ..Default::default()
+        };
+        match crate::journal::container_query(&view, &opts) {
+            Ok(q) => Target::Journal(q),
+            Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        }
     };
     if super::streams::is_spdy_request(&req) {
-        let unit = q.unit.clone();
-        return spdy_exec(state, req, unit, params, Some(q));
+        return spdy_exec(state, req, unit, params, Some(target));
     }
     if !ws::is_websocket_request(&req) {
         return text(
@@ -564,8 +578,28 @@ async fn attach(
             "unable to upgrade: an attach request must upgrade to SPDY/3.1 or a WebSocket",
         );
     }
-    let unit = q.unit.clone();
-    ws_exec(state, req, unit, params, Some(q))
+    ws_exec(state, req, unit, params, Some(target))
+}
+
+/// Whether the pod's container (of any kind) `name` has `stdin: true`.
+fn container_has_stdin(pod: &k8s_openapi::api::core::v1::Pod, name: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let regular = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+        .map(|c| c.stdin);
+    let ephemeral = || {
+        spec.ephemeral_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == name)
+            .map(|c| c.stdin)
+    };
+    regular.or_else(ephemeral).flatten() == Some(true)
 }
 
 /// Exec (or, with `attach`, attach) over a WebSocket: negotiate, upgrade,
@@ -575,8 +609,9 @@ fn ws_exec(
     req: Request<Incoming>,
     unit: String,
     params: super::exec::Params,
-    attach: Option<crate::journal::LogQuery>,
+    attach: Option<super::attach::Target>,
 ) -> Response<Body> {
+    use super::attach::Target;
     use super::ws;
     let (head, protocol) = match ws::negotiate(&req, ws::EXEC_PROTOCOLS) {
         Ok(x) => x,
@@ -595,12 +630,12 @@ fn ws_exec(
             (true, Some(r)) => Some(resize_channel(r)),
             _ => None,
         };
-        let outcome = match &attach {
-            Some(q) => {
+        let outcome = match attach {
+            Some(Target::Journal(q)) => {
                 if let Some(mut out) = conn.writer(ws::STDOUT).or_else(|| conn.writer(ws::STDERR)) {
-                    let stop = crate::journal::until_instance_ends(&*sd, q);
+                    let stop = crate::journal::until_instance_ends(&*sd, &q);
                     tokio::select! {
-                        r = crate::journal::stream(q, &mut out, stop) => {
+                        r = crate::journal::stream(&q, &mut out, stop) => {
                             if let Err(e) = r {
                                 debug!(error = %e, "attach stream ended");
                             }
@@ -610,19 +645,15 @@ fn ws_exec(
                 }
                 super::exec::Outcome::Exited(0)
             }
+            Some(Target::Host { socket, stdin }) => {
+                let streams = ws_streams(&mut conn, resize);
+                tokio::select! {
+                    o = super::attach::run(&socket, stdin, streams) => o,
+                    _ = conn.closed() => super::exec::Outcome::Exited(0),
+                }
+            }
             None => {
-                let streams = super::exec::Streams {
-                    stdin: conn
-                        .reader(ws::STDIN)
-                        .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-                    stdout: conn
-                        .writer(ws::STDOUT)
-                        .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
-                    stderr: conn
-                        .writer(ws::STDERR)
-                        .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
-                    resize,
-                };
+                let streams = ws_streams(&mut conn, resize);
                 super::exec::run(&*sd, &unit, &params, streams).await
             }
         };
@@ -637,6 +668,26 @@ fn ws_exec(
         conn.close().await;
     });
     head.map(|()| full(Bytes::new()))
+}
+
+/// The exec/attach streams of a WebSocket connection.
+fn ws_streams(
+    conn: &mut super::ws::ChannelConn,
+    resize: Option<tokio::sync::mpsc::Receiver<super::exec::Size>>,
+) -> super::exec::Streams {
+    use super::ws;
+    super::exec::Streams {
+        stdin: conn
+            .reader(ws::STDIN)
+            .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        stdout: conn
+            .writer(ws::STDOUT)
+            .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+        stderr: conn
+            .writer(ws::STDERR)
+            .map(|w| Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+        resize,
+    }
 }
 
 /// `/portForward/{ns}/{pod}?ports=…`: each port's data channel spliced to
@@ -761,8 +812,9 @@ fn spdy_exec(
     req: Request<Incoming>,
     unit: String,
     params: super::exec::Params,
-    attach: Option<crate::journal::LogQuery>,
+    attach: Option<super::attach::Target>,
 ) -> Response<Body> {
+    use super::attach::Target;
     use super::streams;
     let (head, _) = match streams::spdy_negotiate(&req, &streams::EXEC_PROTOCOLS) {
         Ok(x) => x,
@@ -791,36 +843,26 @@ fn spdy_exec(
                 return;
             }
         };
-        let outcome = match &attach {
-            Some(q) => {
+        let outcome = match attach {
+            Some(Target::Journal(q)) => {
                 if let Some(out) = got.stdout.clone().or_else(|| got.stderr.clone()) {
                     let mut out = out;
-                    let stop = crate::journal::until_instance_ends(&*sd, q);
-                    if let Err(e) = crate::journal::stream(q, &mut out, stop).await {
+                    let stop = crate::journal::until_instance_ends(&*sd, &q);
+                    if let Err(e) = crate::journal::stream(&q, &mut out, stop).await {
                         debug!(error = %e, "attach stream ended");
                     }
                 }
                 super::exec::Outcome::Exited(0)
             }
+            Some(Target::Host { socket, stdin }) => {
+                let io = spdy_streams(&got, params.tty);
+                tokio::select! {
+                    o = super::attach::run(&socket, stdin, io) => o,
+                    _ = conn.closed() => super::exec::Outcome::Exited(0),
+                }
+            }
             None => {
-                let boxed_r = |s: &Option<streams::Shared>| {
-                    s.clone()
-                        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)
-                };
-                let boxed_w = |s: &Option<streams::Shared>| {
-                    s.clone()
-                        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>)
-                };
-                let io = super::exec::Streams {
-                    stdin: boxed_r(&got.stdin),
-                    stdout: boxed_w(&got.stdout),
-                    stderr: boxed_w(&got.stderr),
-                    resize: got
-                        .resize
-                        .clone()
-                        .filter(|_| params.tty)
-                        .map(resize_channel),
-                };
+                let io = spdy_streams(&got, params.tty);
                 super::exec::run(&*sd, &unit, &params, io).await
             }
         };
@@ -836,6 +878,26 @@ fn spdy_exec(
         conn.close();
     });
     streams::head(head)
+}
+
+/// The exec/attach streams of a SPDY connection (sizes only with a
+/// terminal).
+fn spdy_streams(got: &super::streams::RemoteStreams, tty: bool) -> super::exec::Streams {
+    use super::streams::Shared;
+    let boxed_r = |s: &Option<Shared>| {
+        s.clone()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)
+    };
+    let boxed_w = |s: &Option<Shared>| {
+        s.clone()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>)
+    };
+    super::exec::Streams {
+        stdin: boxed_r(&got.stdin),
+        stdout: boxed_w(&got.stdout),
+        stderr: boxed_w(&got.stderr),
+        resize: got.resize.clone().filter(|_| tty).map(resize_channel),
+    }
 }
 
 /// Terminal sizes read from a resize stream: one JSON object per message

@@ -72,6 +72,7 @@ impl Runtime {
                 memo: Memo::default(),
                 last_summary: String::new(),
                 last_reported: None,
+                ended: false,
             },
         );
     }

@@ -25,6 +25,7 @@ pub mod queue;
 mod report;
 mod start;
 mod terminate;
+mod update;
 
 use crate::core::backoff::BackoffConfig;
 use crate::core::decide::{self, Step};
@@ -98,6 +99,8 @@ struct PodEntry {
     memo: Memo,
     last_summary: String,
     last_reported: Option<k8s_openapi::api::core::v1::PodStatus>,
+    /// Its phase is Succeeded or Failed: it holds no resources.
+    ended: bool,
 }
 
 /// What this agent process did to an invocation, so a repeated pass does not
@@ -257,15 +260,7 @@ impl Runtime {
                     .unit_names()
                     .filter_map(|u| inner.units.get(u).map(|x| (u.to_string(), x.clone())))
                     .collect();
-                let status = observe::observe(
-                    &e.rec.pod,
-                    &e.plan,
-                    &s.cfg.node,
-                    &units,
-                    &e.containers,
-                    e.rec.admitted_us,
-                    now,
-                );
+                let status = update::pod_status(e, &s.cfg.node, &units, now);
                 crate::podview::PodView {
                     rec: e.rec.clone(),
                     plan: e.plan.clone(),
@@ -564,6 +559,16 @@ impl Runtime {
             (Some(_), false) if conflict => {
                 debug!(uid, "waiting for the previous pod of the same name to stop")
             }
+            (Some(d), false) if d.update_error.is_some() => {
+                // Never started: rejected, as the kubelet's admission does.
+                let message = d.update_error.clone().unwrap_or_default();
+                self.report(PodReport::Status {
+                    uid: uid.to_string(),
+                    namespace: d.pod.metadata.namespace.clone().unwrap_or_default(),
+                    name: d.pod.metadata.name.clone().unwrap_or_default(),
+                    status: Box::new(crate::core::live::rejected_status(message)),
+                });
+            }
             (Some(pod), false) => {
                 let mut p = pod.pod.clone();
                 let now = now_us();
@@ -574,6 +579,7 @@ impl Runtime {
                     pod: p,
                     source: String::new(),
                     admitted_us: now,
+                    live: Default::default(),
                 };
                 if let Err(e) = s.state.save_pod(&rec) {
                     return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
@@ -587,29 +593,6 @@ impl Runtime {
                 self.drive(uid).await
             }
         }
-    }
-
-    /// Takes a changed spec of an admitted pod (the API allows new images):
-    /// the plan is made again, and [`Runtime::step`] restarts each
-    /// container whose unit would now differ, as the kubelet does when a
-    /// container's definition changes.
-    fn update_spec(&self, uid: &str, d: &StaticPod) {
-        let s = &self.shared;
-        let mut inner = s.inner.lock().unwrap();
-        let Some(e) = inner.pods.get_mut(uid) else {
-            return;
-        };
-        if e.rec.pod.spec == d.pod.spec {
-            return;
-        }
-        let mut rec = e.rec.clone();
-        rec.pod.spec = d.pod.spec.clone();
-        if let Err(err) = s.state.save_pod(&rec) {
-            return warn!(pod = d.key(), error = %err, "cannot record the changed pod; will retry");
-        }
-        info!(pod = d.key(), uid, "pod spec changed");
-        e.plan = translate(&rec.pod, &s.cfg.node, &lookup_user);
-        e.rec = rec;
     }
 }
 
@@ -627,13 +610,7 @@ impl Runtime {
                         | crate::core::volume::VolumeKind::HostPath { .. }
                 )
             });
-            if names_objects
-                || e.plan
-                    .init
-                    .iter()
-                    .chain(&e.plan.containers)
-                    .any(|c| !c.refs.is_empty())
-            {
+            if names_objects || e.plan.all().any(|c| !c.refs.is_empty()) {
                 s.pods_q.add(uid);
             }
         }

@@ -401,7 +401,9 @@ pub fn exec_context_argv(
     argv: &[String],
     gate_fd3: bool,
 ) -> (String, Vec<String>) {
-    let stored: Vec<String> = ctx.exec_argv.iter().map(|a| a.replace("$$", "$")).collect();
+    let unescaped: Vec<String> = ctx.exec_argv.iter().map(|a| a.replace("$$", "$")).collect();
+    // Under the tty-host helper, the program (and its setpriv) follows it.
+    let stored = crate::core::tty::unwrap(&unescaped).unwrap_or(&unescaped);
     let mut full: Vec<String> = Vec::new();
     if ctx.main_pid > 0 {
         full.extend([

@@ -53,7 +53,8 @@ impl Runtime {
     /// Starts what should run, restarts what may restart, and reports status.
     pub(super) async fn drive(&self, uid: &str) {
         let s = &self.shared;
-        let (plan, policy, mut records, units, mut memo, pod) = {
+        let exceeded = self.deadline_exceeded(uid);
+        let (plan, policy, mut records, units, mut memo, pod, live) = {
             let inner = s.inner.lock().unwrap();
             let Some(e) = inner.pods.get(uid) else { return };
             if e.terminating {
@@ -79,12 +80,16 @@ impl Runtime {
                 units,
                 e.memo.clone(),
                 pod,
+                e.rec.live.clone(),
             )
         };
-        let volumes_ready = match &pod {
-            Some(pod) => self.sync_volumes(uid, pod, &plan, &mut memo),
-            None => true,
-        };
+        // Past its deadline, nothing (re)starts: the pod is Failed.
+        let volumes_ready = !exceeded
+            && match &pod {
+                Some(pod) => self.sync_volumes(uid, pod, &plan, &mut memo),
+                None => true,
+            }
+            && self.sync_slice(uid, &plan, &live).await;
         let now = now_us();
         let mut pass = Pass {
             apps_done: !plan.containers.is_empty()
@@ -161,7 +166,8 @@ impl Runtime {
             }
         }
         if inits_done {
-            for c in &plan.containers {
+            // Ephemeral containers run once the pod has started, never again.
+            for c in plan.containers.iter().chain(&plan.ephemeral) {
                 let rec = records.entry(c.name.clone()).or_default();
                 self.step(
                     uid,
@@ -199,15 +205,16 @@ impl Runtime {
                 message: ev.message,
             });
         }
-        let status = observe::observe(
-            &e.rec.pod,
-            &e.plan,
-            &s.cfg.node,
-            &units,
-            &e.containers,
-            e.rec.admitted_us,
-            now_us(),
-        );
+        let status = update::pod_status(e, &s.cfg.node, &units, now_us());
+        let ended = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        if ended && !e.ended {
+            e.ended = true;
+            // What it held is free: pending resizes may fit now.
+            update::retry_pending_resizes(&inner, s);
+        }
+        let Some(e) = inner.pods.get_mut(uid) else {
+            return;
+        };
         if s.cfg.reports.is_some() && e.last_reported.as_ref() != Some(&status) {
             e.last_reported = Some(status.clone());
             let report = PodReport::Status {
@@ -283,11 +290,16 @@ impl Runtime {
         pass: &mut Pass,
     ) -> Step {
         let s = &self.shared;
-        let field_path = format!(
-            "spec.{}{{{}}}",
-            if init { "initContainers" } else { "containers" },
-            c.name
-        );
+        let list = if c.ephemeral {
+            "ephemeralContainers"
+        } else if init {
+            "initContainers"
+        } else {
+            "containers"
+        };
+        let field_path = format!("spec.{list}{{{}}}", c.name);
+        // An ephemeral container is never restarted.
+        let policy = if c.ephemeral { "Never" } else { policy };
         if c.spec.is_ok() {
             // Probes and postStart follow the instance in tasks of their own.
             let inst = instance_of(unit, Some(rec));
@@ -392,7 +404,7 @@ impl Runtime {
                 let Ok(spec) = &c.spec else { return };
                 // The plan's digest, not the prepared unit's: env looked up
                 // from objects must not read as a changed definition.
-                let digest = spec.digest();
+                let digest = c.digest.clone();
                 let Some((spec, skipped)) =
                     self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
                 else {
@@ -419,8 +431,11 @@ impl Runtime {
                         if rec.create_error.take().is_some() {
                             pass.changed.insert(c.name.clone());
                         }
-                        if rec.unit_digest.as_deref() != Some(digest.as_str()) {
+                        if rec.unit_digest.as_deref() != Some(digest.as_str())
+                            || rec.actuated.as_ref() != Some(&c.resources)
+                        {
                             rec.unit_digest = Some(digest);
+                            rec.actuated = Some(c.resources.clone());
                             pass.changed.insert(c.name.clone());
                         }
                         let attempt = rec.restart_count + u32::from(restart_of.is_some());
@@ -469,7 +484,7 @@ impl Runtime {
                 let Ok(spec) = &c.spec else { return };
                 // The plan's digest, not the prepared unit's: env looked up
                 // from objects must not read as a changed definition.
-                let digest = spec.digest();
+                let digest = c.digest.clone();
                 let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
                 else {
                     return;
@@ -489,6 +504,8 @@ impl Runtime {
                 rec.restart_of = Some(invocation.clone());
                 rec.restarting = None;
                 rec.unit_digest = Some(digest);
+                rec.actuated = Some(c.resources.clone());
+                rec.resize_error = None;
                 pass.changed.insert(c.name.clone());
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {
                     warn!(error = %e, "cannot save container record");
@@ -504,6 +521,35 @@ impl Runtime {
                     self.schedule(uid, now_us() + 1_000_000);
                 }
             }
+            Action::Resize { invocation } => {
+                // In place: systemd changes the cgroup limits of the running
+                // unit; its processes never notice.
+                let props = c.resources.live_properties();
+                match s.sd.set_properties(&c.unit, &props).await {
+                    Ok(()) => {
+                        info!(uid, container = c.name, invocation, "resized in place");
+                        rec.actuated = Some(c.resources.clone());
+                        rec.resize_error = None;
+                        pass.changed.insert(c.name.clone());
+                        // The pod's status changes with it (no unit signal comes).
+                        s.pods_q.add(uid);
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        if rec.resize_error.as_deref() != Some(msg.as_str()) {
+                            warn!(
+                                uid,
+                                container = c.name,
+                                error = msg,
+                                "cannot resize the container; retrying"
+                            );
+                            rec.resize_error = Some(msg);
+                            pass.changed.insert(c.name.clone());
+                        }
+                        self.schedule(uid, now_us() + CREATE_RETRY_US);
+                    }
+                }
+            }
             Action::Restart {
                 invocation,
                 finished_us,
@@ -512,7 +558,7 @@ impl Runtime {
                 let Ok(spec) = &c.spec else { return };
                 // The plan's digest, not the prepared unit's: env looked up
                 // from objects must not read as a changed definition.
-                let digest = spec.digest();
+                let digest = c.digest.clone();
                 let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
                 else {
                     return;
@@ -524,6 +570,8 @@ impl Runtime {
                 rec.backoff
                     .record_restart(&s.cfg.backoff, finished_us, now_us());
                 rec.unit_digest = Some(digest);
+                rec.actuated = Some(c.resources.clone());
+                rec.resize_error = None;
                 pass.changed.insert(c.name.clone());
                 // Persist before acting, so a crash here never double-counts.
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {

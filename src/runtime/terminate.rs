@@ -43,7 +43,7 @@ impl Runtime {
                         .and_then(|sp| sp.termination_grace_period_seconds)
                         .unwrap_or(30)
                         .max(crate::core::translate::MIN_GRACE_SECONDS) as u64;
-                for c in e.plan.init.iter().chain(&e.plan.containers) {
+                for c in e.plan.all() {
                     let running = inner
                         .units
                         .get(&c.unit)
@@ -70,6 +70,7 @@ impl Runtime {
                 for (kind, list) in [
                     ("initContainers", &e.plan.init),
                     ("containers", &e.plan.containers),
+                    ("ephemeralContainers", &e.plan.ephemeral),
                 ] {
                     for c in list.iter().filter(running) {
                         self.report(PodReport::Event {
@@ -212,6 +213,8 @@ impl Runtime {
                 inner.serials.remove(unit);
                 inner.free_place(unit, s);
             }
+            // What it held is free: pending resizes may fit now.
+            super::update::retry_pending_resizes(&inner, s);
             inner
                 .desired
                 .iter()
@@ -241,7 +244,7 @@ impl Runtime {
         for (unit, snap) in &e.finals {
             last.entry(unit.clone()).or_insert_with(|| snap.clone());
         }
-        let status = observe::observe_terminal(
+        let mut status = observe::observe_terminal(
             &e.rec.pod,
             &e.plan,
             &s.cfg.node,
@@ -249,6 +252,14 @@ impl Runtime {
             &e.containers,
             e.rec.admitted_us,
             now_us(),
+        );
+        crate::core::live::amend(
+            &mut status,
+            &e.rec.pod,
+            &e.plan,
+            &last,
+            &e.containers,
+            &e.rec.live,
         );
         self.report(PodReport::Status {
             uid: uid.to_string(),

@@ -98,6 +98,12 @@ trait Manager {
         aux: &[(&str, &[(&str, Value<'_>)])],
     ) -> zbus::Result<OwnedObjectPath>;
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Value<'_>)],
+    ) -> zbus::Result<()>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
@@ -282,6 +288,28 @@ impl Systemd {
                 crate::metrics::dbus_error(SystemdError::Unit {
                     op: "create",
                     unit: spec.name.clone(),
+                    source,
+                })
+            })
+    }
+
+    /// Changes properties of a loaded unit for this boot only (a drop-in
+    /// systemd removes with a transient unit), without restarting it.
+    pub async fn set_properties(
+        &self,
+        unit: &str,
+        properties: &[crate::core::unit::Property],
+    ) -> Result<(), SystemdError> {
+        let values = props::to_dbus(properties);
+        let borrowed: Vec<(&str, Value<'_>)> =
+            values.iter().map(|(k, v)| (*k, v.clone())).collect();
+        self.manager
+            .set_unit_properties(unit, true, &borrowed)
+            .await
+            .map_err(|source| {
+                crate::metrics::dbus_error(SystemdError::Unit {
+                    op: "set properties of",
+                    unit: unit.into(),
                     source,
                 })
             })

@@ -40,6 +40,7 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
             Property::SyslogIdentifier(s) => out.push(("SyslogIdentifier", Value::from(s.clone()))),
             Property::KillSignal(n) => out.push(("KillSignal", Value::from(*n))),
             Property::TimeoutStopUSec(u) => out.push(("TimeoutStopUSec", Value::from(*u))),
+            Property::KillMode(m) => out.push(("KillMode", Value::from(m.clone()))),
             Property::StartLimitIntervalUSec(u) => {
                 out.push(("StartLimitIntervalUSec", Value::from(*u)))
             }

@@ -10,7 +10,7 @@
 
 use super::{ExecContext, SystemdError, UnitEvent, UnitListing};
 use crate::core::observe::UnitSnapshot;
-use crate::core::unit::UnitSpec;
+use crate::core::unit::{Property, UnitSpec};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
@@ -20,6 +20,13 @@ pub trait Units: Send + Sync + 'static {
     /// Creates and starts a transient unit from typed properties.
     fn start_transient<'a>(&'a self, spec: &'a UnitSpec)
         -> BoxFuture<'a, Result<(), SystemdError>>;
+    /// Changes properties of a loaded unit in place (`SetUnitProperties`,
+    /// runtime only): CPU and memory of a running container, no restart.
+    fn set_properties<'a>(
+        &'a self,
+        unit: &'a str,
+        properties: &'a [Property],
+    ) -> BoxFuture<'a, Result<(), SystemdError>>;
     /// Stops a unit (a slice: everything in it), honouring its stop timeout.
     fn stop<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<(), SystemdError>>;
     /// Clears a failed state so the unit can be unloaded.
@@ -91,6 +98,13 @@ impl Units for super::Systemd {
         spec: &'a UnitSpec,
     ) -> BoxFuture<'a, Result<(), SystemdError>> {
         super::Systemd::start_transient(self, spec).boxed()
+    }
+    fn set_properties<'a>(
+        &'a self,
+        unit: &'a str,
+        properties: &'a [Property],
+    ) -> BoxFuture<'a, Result<(), SystemdError>> {
+        super::Systemd::set_properties(self, unit, properties).boxed()
     }
     fn stop<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<(), SystemdError>> {
         super::Systemd::stop(self, unit).boxed()

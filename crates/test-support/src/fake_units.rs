@@ -26,6 +26,13 @@ pub enum Call {
         /// Its properties, as sent.
         properties: Vec<Property>,
     },
+    /// `SetUnitProperties` (runtime) with these properties.
+    SetProperties {
+        /// Unit name.
+        unit: String,
+        /// The properties, as sent.
+        properties: Vec<Property>,
+    },
     /// `StopUnit`.
     Stop(String),
     /// `ResetFailedUnit`.
@@ -319,6 +326,29 @@ impl Units for FakeUnits {
             st.units.insert(spec.name.clone(), snap.clone());
             st.send(&spec.name, &snap);
             Ok(())
+        };
+        std::future::ready(result).boxed()
+    }
+
+    fn set_properties<'a>(
+        &'a self,
+        unit: &'a str,
+        properties: &'a [Property],
+    ) -> BoxFuture<'a, Result<(), SystemdError>> {
+        let mut st = self.state.lock().unwrap();
+        st.record(Call::SetProperties {
+            unit: unit.into(),
+            properties: properties.to_vec(),
+        });
+        let result = if st.units.contains_key(unit) || unit.ends_with(".slice") {
+            Ok(())
+        } else {
+            Err(SystemdError::Refused {
+                op: "set properties of",
+                unit: unit.into(),
+                message: format!("Unit {unit} not loaded."),
+                exists: false,
+            })
         };
         std::future::ready(result).boxed()
     }

@@ -10,6 +10,7 @@
 
 use super::backoff::BackoffConfig;
 use super::observe::{self, instance_of, ActiveState, ContainerRecord, Instance, UnitSnapshot};
+use super::resources;
 use super::translate::{ContainerPlan, WaitReason};
 use std::collections::HashSet;
 
@@ -79,8 +80,14 @@ pub enum Action {
         restart_of: Option<String>,
     },
     /// Replace a running instance whose definition changed (a new image),
-    /// counted as a restart.
+    /// or whose resize asks for a restart, counted as a restart.
     Replace {
+        /// The running invocation.
+        invocation: String,
+    },
+    /// Apply the container's CPU and memory to its running unit, live (an
+    /// in-place resize whose `resizePolicy` needs no restart).
+    Resize {
         /// The running invocation.
         invocation: String,
     },
@@ -170,7 +177,15 @@ pub fn decide(
             return d;
         }
     };
-    let digest = spec.digest();
+    let digest = c.digest.as_str();
+    // A unit made by an agent from before definition digests left out
+    // resources: it holds the digest of the whole unit.
+    if d.record.unit_digest.as_deref().is_some_and(|x| x != digest)
+        && d.record.unit_digest.as_deref() == Some(spec.digest().as_str())
+    {
+        d.record.unit_digest = Some(digest.to_string());
+        d.changed = true;
+    }
     match &inst {
         // Started by this agent's doing (or while it ran): say so once.
         Instance::Running {
@@ -237,7 +252,22 @@ pub fn decide(
             // the kubelet kills the container and starts it anew.
             d.actions.push(Action::Replace { invocation });
         }
-        Instance::Creating | Instance::Running { .. } => {}
+        Instance::Running { invocation, .. } => match &d.record.actuated {
+            // Made before sizes were recorded: from the plan it runs.
+            None => {
+                d.record.actuated = Some(c.resources.clone());
+                d.changed = true;
+            }
+            Some(had) if !had.same(&c.resources) && !cx.restart_issued.contains(&invocation) => {
+                if resources::needs_restart(&c.restart_on_resize, had, &c.resources) {
+                    d.actions.push(Action::Replace { invocation });
+                } else {
+                    d.actions.push(Action::Resize { invocation });
+                }
+            }
+            Some(_) => {}
+        },
+        Instance::Creating => {}
         Instance::Terminated(t, inv) => {
             if d.record.finished.as_ref() == Some(&t) {
                 // Ended for good once: never run again, whatever changes.
@@ -344,6 +374,7 @@ mod tests {
             allocatable: Default::default(),
             pods_dir: "/var/lib/unitlet/pods".into(),
             hardening: Default::default(),
+            agent_exe: "/usr/bin/unitlet".into(),
         };
         let p = translate(&pod, &node, &|_| None);
         if init {
@@ -419,6 +450,7 @@ mod tests {
                     restart_of: Some(_),
                 } => "create-restart".into(),
                 Action::Replace { .. } => "replace".into(),
+                Action::Resize { .. } => "resize".into(),
                 Action::Restart { .. } => "restart".into(),
                 Action::BackOff { .. } => "backoff".into(),
                 Action::WakeAt(_) => "wake".into(),
@@ -548,6 +580,8 @@ mod tests {
             &cx.at("Always", false, 2 * S),
         );
         assert_eq!(kinds(&d), ["event:Started", "replace"]);
+        // A unit made by an older agent carries the whole unit's digest:
+        // the same definition, recorded anew.
         let rec = ContainerRecord {
             unit_digest: Some(c.spec.as_ref().unwrap().digest()),
             ..Default::default()
@@ -558,6 +592,82 @@ mod tests {
             Some(&running("dd", S)),
             &cx.at("Always", false, 2 * S),
         );
+        assert_eq!(kinds(&d), ["event:Started"]);
+        assert_eq!(d.record.unit_digest.as_deref(), Some(c.digest.as_str()));
+        assert!(d.changed);
+    }
+
+    fn sized(cpu: &str, memory: &str, restart_memory: bool) -> ContainerPlan {
+        let mut c = serde_json::json!({"name": "c", "image": "host", "command": ["/bin/true"],
+            "resources": {"limits": {"cpu": cpu, "memory": memory}}});
+        if restart_memory {
+            c["resizePolicy"] = serde_json::json!([{"resourceName": "memory", "restartPolicy": "RestartContainer"}]);
+        }
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [c]}
+        }))
+        .unwrap();
+        let node = crate::NodeFacts {
+            node_name: "n1".into(),
+            host_ip: "10.0.0.1".into(),
+            allocatable: Default::default(),
+            pods_dir: "/var/lib/unitlet/pods".into(),
+            hardening: Default::default(),
+            agent_exe: "/usr/bin/unitlet".into(),
+        };
+        translate(&pod, &node, &|_| None).containers.remove(0)
+    }
+
+    /// A resize is applied in place, unless the container's resizePolicy
+    /// asks for a restart for a resource that changed; it is never a
+    /// changed definition.
+    #[test]
+    fn resizes_apply_in_place_or_restart_by_policy() {
+        let cx = Cx::new();
+        let now = 2 * S;
+        let old = sized("500m", "64Mi", true);
+        let made = |c: &ContainerPlan| ContainerRecord {
+            unit_digest: Some(c.digest.clone()),
+            actuated: Some(c.resources.clone()),
+            ..Default::default()
+        };
+        let rec = made(&old);
+        let unit = running("dd", S);
+        let decide_for =
+            |c: &ContainerPlan| decide(c, &rec, Some(&unit), &cx.at("Always", false, now));
+        // Unchanged.
+        assert_eq!(kinds(&decide_for(&old)), ["event:Started"]);
+        // CPU (NotRequired by default): live.
+        let cpu = sized("1", "64Mi", true);
+        assert_eq!(cpu.digest, old.digest, "resources are not the definition");
+        assert_eq!(kinds(&decide_for(&cpu)), ["event:Started", "resize"]);
+        // The same amounts written otherwise: nothing to do.
+        assert_eq!(
+            kinds(&decide_for(&sized("0.5", "67108864", true))),
+            ["event:Started"]
+        );
+        // Memory with RestartContainer: the container is restarted.
+        assert_eq!(
+            kinds(&decide_for(&sized("500m", "128Mi", true))),
+            ["event:Started", "replace"]
+        );
+        assert_eq!(
+            kinds(&decide_for(&sized("500m", "128Mi", false))),
+            ["event:Started", "resize"]
+        );
+        // A unit made before sizes were recorded is taken as made from the plan.
+        let legacy = ContainerRecord {
+            actuated: None,
+            ..rec.clone()
+        };
+        let d = decide(&cpu, &legacy, Some(&unit), &cx.at("Always", false, now));
+        assert_eq!(kinds(&d), ["event:Started"]);
+        assert_eq!(d.record.actuated.as_ref(), Some(&cpu.resources));
+        // Not while a restart asked for is under way.
+        let mut issued = Cx::new();
+        issued.issued.insert("dd".into());
+        let d = decide(&cpu, &rec, Some(&unit), &issued.at("Always", false, now));
         assert_eq!(kinds(&d), ["event:Started"]);
     }
 

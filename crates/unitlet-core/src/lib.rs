@@ -9,13 +9,16 @@ pub mod decide;
 pub mod downward;
 pub mod envref;
 pub mod expand;
+pub mod live;
 pub mod manifest;
 pub mod names;
 pub mod observe;
 pub mod probe;
 pub mod quantity;
+pub mod resources;
 pub mod rules;
 pub mod translate;
+pub mod tty;
 pub mod unit;
 pub mod volume;
 
@@ -36,6 +39,9 @@ pub struct NodeFacts {
     /// The hardening every non-privileged container gets beyond its
     /// securityContext (the node's `--pod-hardening`).
     pub hardening: Hardening,
+    /// The agent's own executable: a container with `stdin` or `tty` runs
+    /// under its `tty-host` helper (see [`tty`]).
+    pub agent_exe: String,
 }
 
 /// unitlet's hardening profiles for pods (see the README).

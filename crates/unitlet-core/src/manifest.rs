@@ -72,6 +72,10 @@ pub struct StaticPod {
     /// The API server asked for the pod's deletion (`deletionTimestamp`):
     /// stop it within this many seconds instead of running it.
     pub deletion_grace_s: Option<u64>,
+    /// An update of this (running) pod that unitlet cannot apply: `pod` is
+    /// the version before it, which keeps running, and this says which
+    /// field and why (reported as a Warning and in the status message).
+    pub update_error: Option<String>,
 }
 
 impl StaticPod {
@@ -265,7 +269,26 @@ fn decode_value(bytes: &[u8], is_json: bool) -> Result<Value, ManifestError> {
 
 /// A static pod from a decoded manifest document.
 fn pod_from_value(value: Value, source: &str, node_name: &str) -> Result<StaticPod, ManifestError> {
-    let canonical = serde_json::to_vec(&value).expect("a JSON value serializes");
+    // CPU and memory are left out of the UID: a manifest whose resources
+    // change is the same pod, resized in place (as `pods/resize` does in a
+    // cluster), not a new one.
+    let mut sizeless = value.clone();
+    if let Some(spec) = sizeless.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("resources");
+        for list in ["containers", "initContainers"] {
+            for c in spec
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("resources");
+                }
+            }
+        }
+    }
+    let canonical = serde_json::to_vec(&sizeless).expect("a JSON value serializes");
     let context = error_context(&value);
     let mut pod = decode_pod(value).map_err(context)?;
     let namespace = pod
@@ -316,6 +339,7 @@ fn pod_from_value(value: Value, source: &str, node_name: &str) -> Result<StaticP
         pod,
         uid,
         deletion_grace_s: None,
+        update_error: None,
     })
 }
 
@@ -555,28 +579,20 @@ pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> 
             "unitlet runs every pod in the host network; remove hostNetwork: false",
         ));
     }
-    for (field, present) in [
-        (
-            "spec.ephemeralContainers",
-            spec.ephemeral_containers
-                .as_ref()
-                .is_some_and(|v| !v.is_empty()),
-        ),
-        (
-            "spec.shareProcessNamespace",
-            spec.share_process_namespace == Some(true),
-        ),
-        (
+    // Ephemeral containers are checked one by one when they are to run
+    // (see `validate_ephemeral`): one unitlet cannot run waits with an
+    // error; it never fails the pod, which runs already.
+    if spec.share_process_namespace == Some(true) {
+        return Err(unsupported(
+            "spec.shareProcessNamespace".into(),
+            "shareProcessNamespace",
+        ));
+    }
+    if spec.active_deadline_seconds.is_some_and(|s| s <= 0) {
+        return Err(err(
             "spec.activeDeadlineSeconds",
-            spec.active_deadline_seconds.is_some(),
-        ),
-    ] {
-        if present {
-            return Err(unsupported(
-                field.into(),
-                field.rsplit('.').next().unwrap_or(field),
-            ));
-        }
+            "must be a positive number of seconds",
+        ));
     }
     if spec.host_aliases.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(err(
@@ -831,6 +847,24 @@ fn validate_container_security(base: &str, sc: &SecurityContext) -> Result<(), M
     )
 }
 
+/// Checks that unitlet can run the `index`th ephemeral container of `pod`,
+/// given as the [`Container`] it runs as; the error names its field.
+pub fn validate_ephemeral(pod: &Pod, index: usize, c: &Container) -> Result<(), ManifestError> {
+    let spec = pod.spec.as_ref().ok_or_else(|| err("spec", "required"))?;
+    validate_container(
+        &format!("spec.ephemeralContainers[{index}]"),
+        spec,
+        c,
+        false,
+        true,
+    )
+    .map_err(|mut e| {
+        e.pod.get_or_insert(pod_key(pod));
+        e.container.get_or_insert(c.name.clone());
+        e
+    })
+}
+
 fn validate_container(
     base: &str,
     pod_spec: &k8s_openapi::api::core::v1::PodSpec,
@@ -973,17 +1007,13 @@ fn validate_container(
         ));
     }
     super::probe::check_hooks(c).map_err(|(field, msg)| err(format!("{base}.{field}"), msg))?;
-    for (field, present) in [
-        (
+    // stdin, stdinOnce and tty are supported: such a container runs under
+    // the agent's tty-host helper (see `crate::tty`).
+    if c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(unsupported(
+            format!("{base}.volumeDevices"),
             "volumeDevices",
-            c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()),
-        ),
-        ("tty", c.tty == Some(true)),
-        ("stdin", c.stdin == Some(true)),
-    ] {
-        if present {
-            return Err(unsupported(format!("{base}.{field}"), field));
-        }
+        ));
     }
     super::volume::validate_mounts(pod_spec, c, base).map_err(|(f, m)| err(f, m))?;
     if !init && c.restart_policy.is_some() {
@@ -1144,6 +1174,26 @@ mod tests {
     }
 
     #[test]
+    fn stdin_and_terminals_are_accepted() {
+        // They run under the agent's tty-host helper (crate::tty).
+        for extra in [
+            "    tty: true\n",
+            "    stdin: true\n",
+            "    stdin: true\n    stdinOnce: true\n    tty: true\n",
+        ] {
+            let p = parse(&format!("{OK}{extra}")).unwrap_or_else(|e| panic!("{extra}: {e}"));
+            let c = &p.pod.spec.as_ref().unwrap().containers[0];
+            assert_eq!(
+                (c.stdin, c.tty),
+                (
+                    extra.contains("stdin: true").then_some(true),
+                    extra.contains("tty: true").then_some(true)
+                )
+            );
+        }
+    }
+
+    #[test]
     fn bad_inputs_name_the_field() {
         let cases = [
             (OK.replace("name: web.v1", "name: Web"), "metadata.name"),
@@ -1156,7 +1206,7 @@ mod tests {
             (format!("{OK}    env:\n    - name: A-B\n      value: x\n"), "spec.containers[0].env[0].name"),
             (format!("{OK}    env:\n    - name: A\n      value: \"a\\0b\"\n"), "spec.containers[0].env[0].value"),
             (format!("{OK}    lifecycle:\n      preStop:\n        tcpSocket:\n          port: 80\n"), "spec.containers[0].lifecycle.preStop.tcpSocket"),
-            (format!("{OK}    tty: true\n"), "spec.containers[0].tty"),
+            (format!("{OK}    volumeDevices:\n    - name: v\n      devicePath: /dev/xvda\n"), "spec.containers[0].volumeDevices"),
             (format!("{OK}    livenessProbe:\n      exec:\n        command: [x]\n      successThreshold: 2\n"), "spec.containers[0].livenessProbe.successThreshold"),
             (format!("{OK}    resources:\n      limits:\n        cpu: lots\n"), "spec.containers[0].resources.limits.cpu"),
         ];

@@ -185,6 +185,14 @@ pub struct ContainerRecord {
     /// must still never run again and still show how it ended.
     #[serde(default)]
     pub finished: Option<Termination>,
+    /// The CPU and memory the current unit has (made with, or resized
+    /// to): the container status's `resources`.
+    #[serde(default)]
+    pub actuated: Option<super::resources::Sizes>,
+    /// Why applying a resize to the running unit failed (the kubelet's
+    /// `PodResizeInProgress` with reason `Error`).
+    #[serde(default)]
+    pub resize_error: Option<String>,
 }
 
 /// Probe results of one container instance.
@@ -548,7 +556,7 @@ fn build(
     }
 }
 
-fn condition(
+pub(crate) fn condition(
     kind: &str,
     ok: bool,
     reason: Option<&str>,
@@ -836,6 +844,25 @@ pub fn observe(
         init_container_statuses: (!inits.is_empty())
             .then(|| inits.into_iter().map(|b| b.status).collect()),
         container_statuses: Some(apps.into_iter().map(|b| b.status).collect()),
+        // Ephemeral containers never count towards the phase or readiness.
+        ephemeral_container_statuses: (!plan.ephemeral.is_empty()).then(|| {
+            plan.ephemeral
+                .iter()
+                .map(|c| {
+                    let mut b = build(
+                        pod,
+                        &c.name,
+                        &c.image,
+                        wait(c).as_ref(),
+                        &inputs(c),
+                        "ContainerCreating",
+                        now_us,
+                    );
+                    b.status.ready = false;
+                    b.status
+                })
+                .collect()
+        }),
         ..Default::default()
     }
 }
@@ -845,6 +872,36 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     let Some(spec) = &pod.spec else {
         return "BestEffort";
     };
+    // Pod-level resources, when they name CPU or memory, decide alone
+    // (KEP-2837), a missing request being the limit (API defaulting).
+    if let Some(r) = spec.resources.as_ref() {
+        let get =
+            |m: &Option<
+                std::collections::BTreeMap<
+                    String,
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+                >,
+            >,
+             k: &str| { m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()) };
+        let set = ["cpu", "memory"]
+            .iter()
+            .any(|k| get(&r.requests, k).is_some() || get(&r.limits, k).is_some());
+        if set {
+            let guaranteed =
+                ["cpu", "memory"]
+                    .iter()
+                    .all(|k| match (get(&r.limits, k), get(&r.requests, k)) {
+                        (Some(l), Some(q)) => l == q,
+                        (Some(_), None) => true,
+                        _ => false,
+                    });
+            return if guaranteed {
+                "Guaranteed"
+            } else {
+                "Burstable"
+            };
+        }
+    }
     let all: Vec<_> = spec
         .init_containers
         .iter()
@@ -903,6 +960,7 @@ mod tests {
             allocatable: Default::default(),
             pods_dir: "/var/lib/unitlet/pods".into(),
             hardening: Default::default(),
+            agent_exe: "/usr/bin/unitlet".into(),
         }
     }
 

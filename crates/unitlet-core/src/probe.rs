@@ -504,6 +504,7 @@ mod tests {
             allocatable: Default::default(),
             pods_dir: "/var/lib/unitlet/pods".into(),
             hardening: Default::default(),
+            agent_exe: "/usr/bin/unitlet".into(),
         }
     }
 

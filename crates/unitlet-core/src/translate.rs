@@ -10,11 +10,10 @@ use super::envref::{references, Lookup, ObjectRef, RefKind, Resolved};
 use super::expand::expand;
 use super::names;
 use super::probe::{self, Hooks, ProbeSpec};
-use super::quantity;
 use super::rules::{is_env_name, HOST_IMAGE, MAX_ARG_STRLEN};
 use super::unit::{capability_number, Property, UnitSpec, ALL_CAPABILITIES, CAPABILITIES};
 use super::NodeFacts;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec, VolumeMount};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -110,6 +109,19 @@ pub struct ContainerPlan {
     /// Its volume mounts, bound by the unit; those with a `subPath` are
     /// pinned by the agent before the unit is created.
     pub mounts: Vec<super::volume::Mount>,
+    /// What tells a changed definition (a new image) from an unchanged
+    /// one: a digest of the unit without what may change while the
+    /// container runs — its CPU and memory (resized in place) and
+    /// variables taken from labels, annotations or resources, for which
+    /// the kubelet never restarts a container either.
+    pub digest: String,
+    /// Its CPU and memory as allocated (see [`super::resources`]).
+    pub resources: super::resources::Sizes,
+    /// The resources whose resize restarts it (`resizePolicy` with
+    /// `RestartContainer`).
+    pub restart_on_resize: Vec<String>,
+    /// An ephemeral container (`kubectl debug`): run once, never restarted.
+    pub ephemeral: bool,
 }
 
 /// A root-only environment file for one container.
@@ -146,25 +158,48 @@ pub struct PodPlan {
     pub containers: Vec<ContainerPlan>,
     /// The pod's volumes, which the agent prepares before any container starts.
     pub volumes: Vec<super::volume::PodVolume>,
+    /// Ephemeral containers (`kubectl debug`), started once the pod's
+    /// init containers are done, never restarted.
+    pub ephemeral: Vec<ContainerPlan>,
+    /// The pod-level `spec.resources` (CPU and memory), applied to the
+    /// pod's slice; `None` without them (the slice is then made by
+    /// systemd when the first container names it, at no cost).
+    pub slice_resources: Option<super::resources::Sizes>,
 }
 
 impl PodPlan {
+    /// Every container: init, regular, then ephemeral.
+    pub fn all(&self) -> impl Iterator<Item = &ContainerPlan> {
+        self.init
+            .iter()
+            .chain(&self.containers)
+            .chain(&self.ephemeral)
+    }
+
     /// Every unit name of the plan (slice last).
     pub fn unit_names(&self) -> impl Iterator<Item = &str> {
         self.init
             .iter()
             .chain(&self.containers)
+            .chain(&self.ephemeral)
             .map(|c| c.unit.as_str())
             .chain(std::iter::once(self.slice.as_str()))
     }
 
     /// Unit-file view of the whole plan.
     pub fn render(&self) -> String {
-        let mut out = format!(
-            "# {}\n# (made by systemd when the first container names it; no properties)\n",
-            self.slice
-        );
-        for c in self.init.iter().chain(&self.containers) {
+        let mut out = match &self.slice_resources {
+            None => format!(
+                "# {}\n# (made by systemd when the first container names it; no properties)\n",
+                self.slice
+            ),
+            Some(r) => UnitSpec {
+                name: self.slice.clone(),
+                properties: super::resources::properties(Some(&r.requirements())),
+            }
+            .render(),
+        };
+        for c in self.all() {
             out.push('\n');
             match &c.spec {
                 Ok(spec) => out.push_str(&spec.render()),
@@ -241,6 +276,10 @@ pub struct ContainerEnv {
     pub from_secret: bool,
     /// `envFrom` keys skipped as unusable names, one message per source.
     pub skipped: Vec<String>,
+    /// Variables whose values come from labels, annotations or resources,
+    /// which may change while the container runs (see
+    /// [`ContainerPlan::digest`]).
+    pub volatile: Vec<String>,
 }
 
 /// A value taken from a ConfigMap or Secret as systemd can pass it, or why
@@ -341,8 +380,14 @@ pub fn container_env(
     for e in c.env.iter().flatten() {
         let from = e.value_from.as_ref();
         let value = if let Some(f) = from.and_then(|v| v.field_ref.as_ref()) {
+            if f.field_path.starts_with("metadata.labels")
+                || f.field_path.starts_with("metadata.annotations")
+            {
+                out.volatile.push(e.name.clone());
+            }
             field_ref(pod, node, &f.field_path)
         } else if let Some(r) = from.and_then(|v| v.resource_field_ref.as_ref()) {
+            out.volatile.push(e.name.clone());
             resource_field(pod, node, c, r)?
         } else if let Some((r, key, optional)) = from.and_then(|v| {
             let cm = v.config_map_key_ref.as_ref().map(|k| {
@@ -443,11 +488,7 @@ pub fn container_hooks(
     Ok(probe::check_hooks(c)?.resolve(&node.host_ip, command_env(pod, node, c)))
 }
 
-/// Kubelet's CPU request → cgroup v2 weight conversion (via cgroup v1 shares).
-pub fn cpu_weight(millis: u64) -> u64 {
-    let shares = (millis * 1024 / 1000).clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
-}
+pub use super::resources::cpu_weight;
 
 fn container_plan(
     pod: &Pod,
@@ -476,6 +517,10 @@ fn container_plan(
         hooks: Default::default(),
         sidecar: c.restart_policy.as_deref() == Some("Always"),
         mounts: Vec::new(),
+        digest: String::new(),
+        resources: super::resources::Sizes::of(c.resources.as_ref()),
+        restart_on_resize: super::resources::restart_on_resize(c),
+        ephemeral: false,
     };
     if let Some(w) = image_waiting(&image) {
         return waiting(w, refs);
@@ -598,7 +643,32 @@ fn container_plan(
         wrapped.append(&mut argv);
         argv = wrapped;
     }
-    let path = argv[0].clone();
+    // A container with stdin or a terminal runs under the agent's
+    // tty-host, which holds them for `kubectl attach` (see `super::tty`).
+    let tty_host = c.stdin == Some(true) || c.tty == Some(true);
+    if tty_host {
+        if let Some(program) = argv.first().cloned() {
+            let socket = super::tty::attach_socket(uid, &c.name);
+            let (_, wrapped) = super::tty::wrap(
+                &program,
+                &argv,
+                &node.agent_exe,
+                &socket,
+                c.tty == Some(true),
+                c.stdin == Some(true) && c.stdin_once == Some(true),
+            );
+            argv = wrapped;
+        }
+    }
+    let Some(path) = argv.first().cloned() else {
+        // (Validation refuses this; an ephemeral container is planned
+        // before it is checked.)
+        let w = Waiting {
+            reason: WaitReason::CreateContainerConfigError,
+            message: "no command to run".into(),
+        };
+        return waiting(w, refs);
+    };
 
     let grace = spec
         .termination_grace_period_seconds
@@ -621,36 +691,18 @@ fn container_plan(
     if let Some(wd) = &c.working_dir {
         props.push(Property::WorkingDirectory(wd.clone()));
     }
-    let res = c.resources.as_ref();
-    let get = |kind: &str, r: &str| {
-        res.and_then(|x| {
-            if kind == "limits" {
-                x.limits.as_ref()
-            } else {
-                x.requests.as_ref()
-            }
-        })
-        .and_then(|m| m.get(r))
-        .map(|q| q.0.clone())
-    };
-    if let Some(q) = get("limits", "memory") {
-        props.push(Property::MemoryMax(quantity::bytes(&q).unwrap_or(u64::MAX)));
+    if tty_host {
+        // SIGTERM to the helper, which passes it on; the program would
+        // otherwise get it twice.
+        props.push(Property::KillMode("mixed".into()));
     }
-    if let Some(q) = get("limits", "cpu") {
-        let m = quantity::cpu_millis(&q).unwrap_or(0);
-        props.push(Property::CpuQuotaPerSecUSec((m * 1000).max(1000)));
-    }
-    // A request defaults to the limit, as the API server's defaulting does.
-    if let Some(q) = get("requests", "cpu").or_else(|| get("limits", "cpu")) {
-        props.push(Property::CpuWeight(cpu_weight(
-            quantity::cpu_millis(&q).unwrap_or(0),
-        )));
-    }
+    props.extend(super::resources::properties(c.resources.as_ref()));
     if let Some(f) = &env_file {
         props.push(Property::EnvironmentFile(f.path.clone()));
     }
     props.extend(super::volume::mount_properties(&mounts));
     security_properties(pod, node, c, caps, setpriv, &mut props);
+    let digest = definition_digest(&props, &declared.volatile);
     ContainerPlan {
         name: c.name.clone(),
         image,
@@ -669,7 +721,115 @@ fn container_plan(
         // Only init containers may set it (validated).
         sidecar: c.restart_policy.as_deref() == Some("Always"),
         mounts,
+        digest,
+        resources: super::resources::Sizes::of(c.resources.as_ref()),
+        restart_on_resize: super::resources::restart_on_resize(c),
+        ephemeral: false,
     }
+}
+
+/// [`ContainerPlan::digest`]: the unit's properties without its CPU and
+/// memory, with the values of `volatile` variables blanked.
+fn definition_digest(props: &[Property], volatile: &[String]) -> String {
+    let kept: Vec<Property> = props
+        .iter()
+        .filter(|p| !super::resources::is_resource_property(p))
+        .map(|p| match p {
+            Property::Environment(vars) => Property::Environment(
+                vars.iter()
+                    .map(|(k, v)| {
+                        let v = if volatile.contains(k) { "" } else { v };
+                        (k.clone(), v.to_string())
+                    })
+                    .collect(),
+            ),
+            p => p.clone(),
+        })
+        .collect();
+    UnitSpec {
+        name: String::new(),
+        properties: kept,
+    }
+    .digest()
+}
+
+/// An ephemeral container as the [`Container`] it is run as. With a
+/// `targetContainerName`, it gets the target's volume mounts besides its
+/// own (its own win at the same path): unitlet containers share the
+/// host's root, PID and IPC namespaces, so the target's mount namespace
+/// differs from the host's only by those binds, and the debug container
+/// sees the target's files where the target sees them.
+fn ephemeral_as_container(spec: &PodSpec, e: &EphemeralContainer) -> Container {
+    let mut mounts: Vec<VolumeMount> = e.volume_mounts.clone().unwrap_or_default();
+    if let Some(target) = e.target_container_name.as_deref().and_then(|t| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .find(|c| c.name == t)
+    }) {
+        for m in target.volume_mounts.iter().flatten() {
+            if !mounts.iter().any(|x| x.mount_path == m.mount_path) {
+                mounts.push(m.clone());
+            }
+        }
+    }
+    Container {
+        name: e.name.clone(),
+        image: e.image.clone(),
+        command: e.command.clone(),
+        args: e.args.clone(),
+        working_dir: e.working_dir.clone(),
+        env: e.env.clone(),
+        env_from: e.env_from.clone(),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        security_context: e.security_context.clone(),
+        stdin: e.stdin,
+        stdin_once: e.stdin_once,
+        tty: e.tty,
+        termination_message_path: e.termination_message_path.clone(),
+        termination_message_policy: e.termination_message_policy.clone(),
+        image_pull_policy: e.image_pull_policy.clone(),
+        ..Default::default()
+    }
+}
+
+/// The plan of the `index`th ephemeral container. One that unitlet
+/// cannot run waits with `CreateContainerConfigError` (never fails the
+/// pod, which is running already).
+fn ephemeral_plan(
+    pod: &Pod,
+    node: &NodeFacts,
+    index: usize,
+    e: &EphemeralContainer,
+    lookup_user: &dyn Fn(u32) -> Option<HostUser>,
+    resolved: &Resolved,
+) -> ContainerPlan {
+    let spec = pod.spec.as_ref().expect("validated pod has a spec");
+    let c = ephemeral_as_container(spec, e);
+    let mut plan = match super::manifest::validate_ephemeral(pod, index, &c) {
+        Ok(()) => container_plan(pod, node, &c, lookup_user, resolved),
+        // Not planned further: translation expects a valid container.
+        Err(err) => {
+            let bare = Container {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                ..Default::default()
+            };
+            let mut plan = container_plan(pod, node, &bare, lookup_user, resolved);
+            plan.refs.clear();
+            plan.spec = Err(Waiting {
+                reason: WaitReason::CreateContainerConfigError,
+                message: err.to_string(),
+            });
+            plan
+        }
+    };
+    plan.ephemeral = true;
+    plan.sidecar = false;
+    plan.probes.clear();
+    plan.hooks = Default::default();
+    plan
 }
 
 /// The capabilities containerd gives a non-privileged container (its
@@ -879,6 +1039,15 @@ pub fn container_with(
     resolved: &Resolved,
 ) -> Option<ContainerPlan> {
     let spec = pod.spec.as_ref()?;
+    if let Some((i, e)) = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .find(|(_, e)| e.name == container)
+    {
+        return Some(ephemeral_plan(pod, node, i, e, lookup_user, resolved));
+    }
     spec.init_containers
         .iter()
         .flatten()
@@ -904,6 +1073,17 @@ pub fn translate(
         init: spec.init_containers.iter().flatten().map(plan).collect(),
         containers: spec.containers.iter().map(plan).collect(),
         volumes: super::volume::pod_volumes(pod, &node.pods_dir),
+        ephemeral: spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, e)| ephemeral_plan(pod, node, i, e, lookup_user, &Resolved::default()))
+            .collect(),
+        slice_resources: spec
+            .resources
+            .as_ref()
+            .map(|r| super::resources::Sizes::of(Some(r))),
     }
 }
 
@@ -919,6 +1099,7 @@ mod tests {
             allocatable: Default::default(),
             pods_dir: "/var/lib/unitlet/pods".into(),
             hardening: Default::default(),
+            agent_exe: "/usr/bin/unitlet".into(),
         }
     }
 

@@ -37,6 +37,9 @@ pub enum Property {
     KillSignal(i32),
     /// `TimeoutStopUSec` (t): grace before SIGKILL.
     TimeoutStopUSec(u64),
+    /// `KillMode` (s): `mixed` sends the stop signal to the main process
+    /// only (a helper that forwards it), SIGKILL to everything.
+    KillMode(String),
     /// `StartLimitIntervalUSec` (t): 0 disables systemd's start rate limit; unitlet backs off itself.
     StartLimitIntervalUSec(u64),
     /// `MemoryMax` (t).
@@ -197,6 +200,7 @@ impl Property {
             SyslogIdentifier(s) => vec![("SyslogIdentifier", s.clone())],
             KillSignal(n) => vec![("KillSignal", n.to_string())],
             TimeoutStopUSec(u) => vec![("TimeoutStopSec", format!("{}us", u))],
+            KillMode(m) => vec![("KillMode", m.clone())],
             StartLimitIntervalUSec(u) => vec![("StartLimitIntervalSec", format!("{u}us"))],
             MemoryMax(b) => vec![("MemoryMax", b.to_string())],
             CpuQuotaPerSecUSec(u) => vec![("CPUQuota", format!("{}%", u / 10_000))],

@@ -944,6 +944,7 @@ mod tests {
             },
             pods_dir: "/var/lib/unitlet/pods".into(),
             hardening: Default::default(),
+            agent_exe: "/usr/bin/unitlet".into(),
         }
     }
 
