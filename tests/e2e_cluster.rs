@@ -950,12 +950,9 @@ fn live_pods_debug_resize_pod_level_resources_and_deadline_on_a_real_api_server(
     );
 
     // In-place resize, up then down: the unit's limits change, its process stays.
-    for (cpu, mem, quota, bytes) in [
-        ("400m", "96Mi", "400ms", 96u64 << 20),
-        ("100m", "48Mi", "100ms", 48 << 20),
-    ] {
-        let patch = json!({"spec": {"containers": [{"name": "c", "resources": sized(cpu, mem)}]}})
-            .to_string();
+    let resize = |cpu: &str, mem: &str| {
+        let patch = json!({"spec": {"containers": [{"name": "c", "resources": sized(cpu, mem)}]}});
+        let patch = patch.to_string();
         cp.kubectl_ok(&[
             "patch",
             "pod",
@@ -965,6 +962,12 @@ fn live_pods_debug_resize_pod_level_resources_and_deadline_on_a_real_api_server(
             "-p",
             &patch,
         ]);
+    };
+    for (cpu, mem, quota, bytes) in [
+        ("400m", "96Mi", "400ms", 96u64 << 20),
+        ("100m", "48Mi", "100ms", 48 << 20),
+    ] {
+        resize(cpu, mem);
         cp.wait(&format!("{cpu}/{mem} on the unit"), patient(30), || {
             let p = node.show(&unit, &["MemoryMax", "CPUQuotaPerSecUSec"]);
             (p["MemoryMax"] == bytes.to_string() && p["CPUQuotaPerSecUSec"] == quota).then_some(())
@@ -1023,18 +1026,7 @@ fn live_pods_debug_resize_pod_level_resources_and_deadline_on_a_real_api_server(
         let p = cp.get(&["pod", "hog"])?;
         (p["status"]["phase"] == "Running").then_some(())
     });
-    let patch =
-        json!({"spec": {"containers": [{"name": "c", "resources": sized("600m", "48Mi")}]}})
-            .to_string();
-    cp.kubectl_ok(&[
-        "patch",
-        "pod",
-        "svc",
-        "--subresource",
-        "resize",
-        "-p",
-        &patch,
-    ]);
+    resize("600m", "48Mi");
     let cond = cp.wait("PodResizePending Deferred", patient(30), || {
         let p = cp.get(&["pod", "svc"])?;
         p["status"]["conditions"]

@@ -199,16 +199,7 @@ pub async fn handle(
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let Some(view) = state
-        .runtime
-        .pod_views()
-        .into_iter()
-        .filter(|v| {
-            v.rec.pod.metadata.namespace.as_deref() == Some(ns)
-                && v.rec.pod.metadata.name.as_deref() == Some(pod)
-        })
-        .max_by_key(|v| v.rec.admitted_us)
-    else {
+    let Some(view) = super::server::find_view(state, ns, pod) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod \"{pod}\" does not exist"),

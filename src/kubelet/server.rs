@@ -439,21 +439,12 @@ fn running_unit(
     container: &str,
 ) -> Result<String, Box<Response<Body>>> {
     use crate::core::observe::{instance, Instance};
-    let view = state
-        .runtime
-        .pod_views()
-        .into_iter()
-        .filter(|v| {
-            v.rec.pod.metadata.namespace.as_deref() == Some(ns)
-                && v.rec.pod.metadata.name.as_deref() == Some(pod)
-        })
-        .max_by_key(|v| v.rec.admitted_us)
-        .ok_or_else(|| {
-            Box::new(text(
-                StatusCode::NOT_FOUND,
-                format!("pod \"{pod}\" does not exist"),
-            ))
-        })?;
+    let view = find_view(state, ns, pod).ok_or_else(|| {
+        Box::new(text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod}\" does not exist"),
+        ))
+    })?;
     let c = view
         .plan
         .all()
@@ -506,6 +497,19 @@ async fn exec(
     ws_exec(state, req, unit, params, None)
 }
 
+/// The newest admitted pod `ns/pod` as the agent knows it now.
+pub(super) fn find_view(state: &State, ns: &str, pod: &str) -> Option<crate::podview::PodView> {
+    state
+        .runtime
+        .pod_views()
+        .into_iter()
+        .filter(|v| {
+            v.rec.pod.metadata.namespace.as_deref() == Some(ns)
+                && v.rec.pod.metadata.name.as_deref() == Some(pod)
+        })
+        .max_by_key(|v| v.rec.admitted_us)
+}
+
 /// `/attach/{ns}/{pod}/{container}`. A container run with stdin or tty
 /// has a tty-host (see `crate::ttyhost`): the caller's input and terminal
 /// sizes go to its socket and the program's output comes back, until the
@@ -530,16 +534,7 @@ async fn attach(
         Ok(u) => u,
         Err(r) => return *r,
     };
-    let Some(view) = state
-        .runtime
-        .pod_views()
-        .into_iter()
-        .filter(|v| {
-            v.rec.pod.metadata.namespace.as_deref() == Some(ns)
-                && v.rec.pod.metadata.name.as_deref() == Some(pod)
-        })
-        .max_by_key(|v| v.rec.admitted_us)
-    else {
+    let Some(view) = find_view(state, ns, pod) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod \"{pod}\" does not exist"),

@@ -368,19 +368,22 @@ mod tests {
             crate::manifest::parse_manifest(&serde_json::to_vec(&doc).unwrap(), "t", "n1", true)
                 .unwrap()
                 .pod;
-        let node = crate::NodeFacts {
+        let p = translate(&pod, &node(), &|_| None);
+        if init {
+            p.init[0].clone()
+        } else {
+            p.containers[0].clone()
+        }
+    }
+
+    fn node() -> crate::NodeFacts {
+        crate::NodeFacts {
             node_name: "n1".into(),
             host_ip: "10.0.0.1".into(),
             allocatable: Default::default(),
             pods_dir: "/var/lib/unitlet/pods".into(),
             hardening: Default::default(),
             agent_exe: "/usr/bin/unitlet".into(),
-        };
-        let p = translate(&pod, &node, &|_| None);
-        if init {
-            p.init[0].clone()
-        } else {
-            p.containers[0].clone()
         }
     }
 
@@ -608,15 +611,7 @@ mod tests {
             "spec": {"containers": [c]}
         }))
         .unwrap();
-        let node = crate::NodeFacts {
-            node_name: "n1".into(),
-            host_ip: "10.0.0.1".into(),
-            allocatable: Default::default(),
-            pods_dir: "/var/lib/unitlet/pods".into(),
-            hardening: Default::default(),
-            agent_exe: "/usr/bin/unitlet".into(),
-        };
-        translate(&pod, &node, &|_| None).containers.remove(0)
+        translate(&pod, &node(), &|_| None).containers.remove(0)
     }
 
     /// A resize is applied in place, unless the container's resizePolicy
