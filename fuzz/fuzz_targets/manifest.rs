@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
                 allocatable: Default::default(),
                 pods_dir: "/var/lib/unitlet/pods".into(),
                 hardening,
+                agent_exe: "/usr/bin/unitlet".into(),
             };
             let plan = translate(&pod.pod, &node, &|_| None);
             let _ = plan.render();
