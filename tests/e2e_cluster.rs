@@ -930,9 +930,21 @@ fn live_pods_debug_resize_pod_level_resources_and_deadline_on_a_real_api_server(
         c["state"]["running"].is_object().then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    input
-        .write_all(b"cat /data/mark; tty; echo done-$((40+2)); exit 5\n")
-        .unwrap();
+    if let Err(e) = input.write_all(b"cat /data/mark; tty; echo done-$((40+2)); exit 5\n") {
+        drop(input);
+        let out = shell.wait_with_output().unwrap();
+        panic!(
+            "kubectl debug -it ended early ({e}): {}\n{}\nagent: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            node.agent_log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     let typed = read_until(&mut shell, patient(30), |t| t.contains("done-42"));
     drop(input);
     let _ = shell.wait();

@@ -542,10 +542,21 @@ async fn attach(
     };
     let uid = view.rec.pod.metadata.uid.as_deref().unwrap_or_default();
     let socket = std::path::PathBuf::from(crate::core::tty::attach_socket(uid, container));
+    if container_flag(&view.rec.pod, container, |c| c.stdin, |c| c.stdin)
+        || container_flag(&view.rec.pod, container, |c| c.tty, |c| c.tty)
+    {
+        // The unit runs, but its tty-host may not have made the socket yet
+        // (kubectl debug -it attaches as soon as the container is running).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !super::attach::is_hosted(&socket) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     let target = if super::attach::is_hosted(&socket) {
         // As containerd: input from a caller is dropped unless the
         // container itself has stdin.
-        let stdin = params.stdin && container_has_stdin(&view.rec.pod, container);
+        let stdin =
+            params.stdin && container_flag(&view.rec.pod, container, |c| c.stdin, |c| c.stdin);
         Target::Host { socket, stdin }
     } else if params.stdin || params.tty {
         return text(
@@ -576,25 +587,32 @@ async fn attach(
     ws_exec(state, req, unit, params, Some(target))
 }
 
-/// Whether the pod's container (of any kind) `name` has `stdin: true`.
-fn container_has_stdin(pod: &k8s_openapi::api::core::v1::Pod, name: &str) -> bool {
+/// Whether the pod's container (of any kind) `name` has a flag (`stdin`,
+/// `tty`) set, read by `regular` from a container or `ephemeral` from an
+/// ephemeral one.
+fn container_flag(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    name: &str,
+    regular: fn(&k8s_openapi::api::core::v1::Container) -> Option<bool>,
+    ephemeral: fn(&k8s_openapi::api::core::v1::EphemeralContainer) -> Option<bool>,
+) -> bool {
     let Some(spec) = pod.spec.as_ref() else {
         return false;
     };
-    let regular = spec
+    let found = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .find(|c| c.name == name)
-        .map(|c| c.stdin);
-    let ephemeral = || {
+        .map(regular);
+    let eph = || {
         spec.ephemeral_containers
             .iter()
             .flatten()
             .find(|c| c.name == name)
-            .map(|c| c.stdin)
+            .map(ephemeral)
     };
-    regular.or_else(ephemeral).flatten() == Some(true)
+    found.or_else(eph).flatten() == Some(true)
 }
 
 /// Exec (or, with `attach`, attach) over a WebSocket: negotiate, upgrade,
