@@ -9,6 +9,7 @@ pub mod decide;
 pub mod downward;
 pub mod envref;
 pub mod expand;
+pub mod image;
 pub mod live;
 pub mod manifest;
 pub mod names;

@@ -10,7 +10,7 @@ use super::envref::{references, Lookup, ObjectRef, RefKind, Resolved};
 use super::expand::expand;
 use super::names;
 use super::probe::{self, Hooks, ProbeSpec};
-use super::rules::{is_env_name, HOST_IMAGE, MAX_ARG_STRLEN};
+use super::rules::{is_env_name, MAX_ARG_STRLEN};
 use super::unit::{capability_number, Property, UnitSpec, ALL_CAPABILITIES, CAPABILITIES};
 use super::NodeFacts;
 use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec, VolumeMount};
@@ -213,57 +213,24 @@ impl PodPlan {
     }
 }
 
-/// Checks an image reference against the distribution grammar, loosely: what
-/// would be `InvalidImageName` for a container runtime.
-fn image_is_valid(image: &str) -> bool {
-    let (rest, digest) = match image.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (image, None),
-    };
-    if let Some(d) = digest {
-        let Some((alg, hex)) = d.split_once(':') else {
-            return false;
-        };
-        if alg.is_empty() || hex.len() < 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return false;
-        }
-    }
-    let (path, tag) = match rest.rsplit_once(':') {
-        Some((p, t)) if !t.contains('/') => (p, Some(t)),
-        _ => (rest, None),
-    };
-    if let Some(t) = tag {
-        if t.is_empty()
-            || t.len() > 128
-            || !t
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return false;
-        }
-    }
-    !path.is_empty()
-        && path.split('/').enumerate().all(|(i, comp)| {
-            !comp.is_empty()
-                && comp.bytes().all(|b| {
-                    b.is_ascii_lowercase()
-                        || b.is_ascii_digit()
-                        || b"._-".contains(&b)
-                        || (i == 0 && (b.is_ascii_uppercase() || b == b':'))
-                })
-        })
-}
-
+/// Why a container of `image` cannot start yet, if it cannot: an image that
+/// names nothing (`InvalidImageName`, the kubelet's message), or one that
+/// would have to be fetched (`ErrImagePull`: artifact URLs and OCI images
+/// are told apart by [`super::image`], but not fetched yet).
 fn image_waiting(image: &str) -> Option<Waiting> {
-    if image == HOST_IMAGE {
-        return None;
-    }
-    if !image_is_valid(image) {
-        return Some(Waiting { reason: WaitReason::InvalidImageName, message: format!("Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format") });
-    }
+    let what = match super::image::parse(image) {
+        Ok(super::image::ImageRef::Host) => return None,
+        Ok(super::image::ImageRef::Artifact(a)) => {
+            format!("an artifact URL ({:?} archive)", a.kind)
+        }
+        Ok(super::image::ImageRef::Oci(r)) => format!("an OCI image ({r})"),
+        Err(_) => {
+            return Some(Waiting { reason: WaitReason::InvalidImageName, message: format!("Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format") });
+        }
+    };
     Some(Waiting {
         reason: WaitReason::ErrImagePull,
-        message: format!("image {image:?} cannot be pulled: unitlet supports only image: host (run a binary installed on this machine) for now"),
+        message: format!("image {image:?} is {what}, which this node cannot fetch yet: unitlet supports only image: host (run a binary installed on this machine) for now"),
     })
 }
 
@@ -1178,7 +1145,7 @@ spec:
 
     #[test]
     fn images_other_than_host_wait_with_a_reason() {
-        let p = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - {name: xa, image: 'nginx:1.25'}\n  - {name: yb, image: 'Bad Image'}\n");
+        let p = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - {name: xa, image: 'nginx:1.25'}\n  - {name: yb, image: 'Bad Image'}\n  - {name: zc, image: 'https://dl.example.com/svc.tar.gz'}\n");
         assert_eq!(
             p.containers[0].spec.as_ref().unwrap_err().reason,
             "ErrImagePull"
@@ -1187,6 +1154,11 @@ spec:
             p.containers[1].spec.as_ref().unwrap_err().reason,
             "InvalidImageName"
         );
+        let w = p.containers[0].spec.as_ref().unwrap_err();
+        assert!(w.message.contains("docker.io/library/nginx:1.25"), "{w:?}");
+        let w = p.containers[2].spec.as_ref().unwrap_err();
+        assert_eq!(w.reason, "ErrImagePull");
+        assert!(w.message.contains("artifact URL (TarGz"), "{w:?}");
     }
 
     #[test]
