@@ -16,6 +16,7 @@ pub mod cluster;
 /// agent has always used for it.
 pub use unitlet_core as core;
 pub mod host;
+pub mod images;
 pub mod journal;
 pub mod kubelet;
 pub mod metrics;
