@@ -1,0 +1,267 @@
+//! The content-addressed store of unpacked artifacts: one tree per archive
+//! digest, `<root>/sha256/<hex>`, never changed once made (containers will
+//! get it with `BindReadOnlyPaths=`).
+//!
+//! An archive is unpacked while it streams in: its bytes are hashed on the
+//! way to the decompressor and the unpacker ([`super::unpack`]), into a
+//! private directory under `<root>/tmp`. Only when the stream has ended and
+//! its digest matches the pin (if any) is the tree renamed into place, so
+//! the store never holds a half-written or unverified tree, whatever
+//! breaks: a mismatch, a truncated stream, a hostile entry, a full disk.
+//! The same archive stored twice is one tree (the second is dropped).
+
+use super::unpack::{unpack_tar, Limits, UnpackError};
+use crate::core::image::{ArchiveKind, Digest};
+use sha2::{Digest as _, Sha256};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// A tree in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The archive's digest.
+    pub digest: Digest,
+    /// Where its tree is.
+    pub path: PathBuf,
+    /// Bytes of the archive as fetched.
+    pub archive_bytes: u64,
+    /// Bytes of the unpacked files.
+    pub unpacked_bytes: u64,
+}
+
+/// Why an archive did not make it into the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Its content is not what the pin says.
+    #[error("digest mismatch: the archive is {got}, the image pins {want}")]
+    Mismatch {
+        /// The pin.
+        want: Digest,
+        /// What arrived.
+        got: Digest,
+    },
+    /// It could not be unpacked.
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    /// A format this node does not unpack yet.
+    #[error("{0:?} archives are not supported yet")]
+    Unsupported(ArchiveKind),
+    /// The store itself failed.
+    #[error("image store {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Hashes what passes through, and counts it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// The store rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// The store at `root` (made as needed).
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for d in ["sha256", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(|source| StoreError::Io { path: p, source })?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The tree of `digest`, if stored.
+    pub fn get(&self, digest: &Digest) -> Option<PathBuf> {
+        let p = self.root.join("sha256").join(digest.hex());
+        p.is_dir().then_some(p)
+    }
+
+    /// Unpacks the `kind` archive streaming from `reader` into the store,
+    /// verifying it against `want` when pinned.
+    pub fn add(
+        &self,
+        kind: ArchiveKind,
+        reader: impl Read,
+        want: Option<&Digest>,
+        limits: &Limits,
+    ) -> Result<Stored, StoreError> {
+        let tmp = tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(|source| StoreError::Io {
+                path: self.root.join("tmp"),
+                source,
+            })?;
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir(&tree).map_err(|source| StoreError::Io {
+            path: tree.clone(),
+            source,
+        })?;
+        let mut hashing = Hashing {
+            inner: reader,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let unpacked = match kind {
+            ArchiveKind::Tar => unpack_tar(&mut hashing, &tree, limits)?,
+            ArchiveKind::TarGz => {
+                unpack_tar(flate2::read::GzDecoder::new(&mut hashing), &tree, limits)?
+            }
+            other => return Err(StoreError::Unsupported(other)),
+        };
+        // The digest is of the whole archive, padding and trailers included.
+        io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
+        let got = Digest::parse(&format!("sha256:{:x}", hashing.hasher.finalize()))
+            .expect("a sha256 is 64 hex digits");
+        if let Some(want) = want {
+            if *want != got {
+                return Err(StoreError::Mismatch {
+                    want: want.clone(),
+                    got,
+                });
+            }
+        }
+        let dest = self.root.join("sha256").join(got.hex());
+        match std::fs::rename(&tree, &dest) {
+            Ok(()) => {}
+            // Stored already (by an earlier or a concurrent fetch): keep that one.
+            Err(e)
+                if dest.is_dir()
+                    && matches!(e.raw_os_error(), Some(c) if c == nix::libc::ENOTEMPTY || c == nix::libc::EEXIST) =>
+                {}
+            Err(source) => return Err(StoreError::Io { path: dest, source }),
+        }
+        Ok(Stored {
+            digest: got,
+            path: dest,
+            archive_bytes: hashing.bytes,
+            unpacked_bytes: unpacked.bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (p, d) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(d.len() as u64);
+            h.set_mode(0o755);
+            h.set_cksum();
+            b.append_data(&mut h, p, *d).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn sha(data: &[u8]) -> Digest {
+        Digest::parse(&format!("sha256:{:x}", Sha256::digest(data))).unwrap()
+    }
+
+    fn leftovers(root: &Path) -> Vec<String> {
+        std::fs::read_dir(root.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_pinned_archive_is_verified_unpacked_and_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = tar_gz(&[("svc/bin/svc", b"#!/bin/sh\necho hi\n")]);
+        let d = sha(&a);
+        let s = store
+            .add(ArchiveKind::TarGz, &a[..], Some(&d), &Limits::default())
+            .unwrap();
+        assert_eq!(s.digest, d);
+        assert_eq!(s.archive_bytes, a.len() as u64);
+        assert_eq!(store.get(&d), Some(s.path.clone()));
+        assert_eq!(
+            std::fs::read_to_string(s.path.join("svc/bin/svc")).unwrap(),
+            "#!/bin/sh\necho hi\n"
+        );
+        // Unpinned, the same archive: the same tree, still one.
+        let again = store
+            .add(ArchiveKind::TarGz, &a[..], None, &Limits::default())
+            .unwrap();
+        assert_eq!(again.path, s.path);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sha256"))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn mismatched_truncated_and_hostile_archives_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = tar_gz(&[("f", b"data")]);
+        let other = sha(b"something else");
+        let e = store
+            .add(ArchiveKind::TarGz, &a[..], Some(&other), &Limits::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("digest mismatch"), "{e}");
+        assert!(store
+            .add(
+                ArchiveKind::TarGz,
+                &a[..a.len() / 2],
+                None,
+                &Limits::default()
+            )
+            .is_err());
+        let mut evil = Vec::new();
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        evil.extend_from_slice(h.as_bytes());
+        evil.extend_from_slice(&[0; 1024]);
+        let e = store
+            .add(ArchiveKind::Tar, &evil[..], None, &Limits::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("'..'"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        assert!(!dir.path().join("escape").exists());
+    }
+}
