@@ -79,14 +79,12 @@ impl Runtime {
         let mut events: Vec<(bool, &'static str, String)> = Vec::new();
         if let Some(why) = &d.update_error {
             // What runs keeps running; the update is reported once.
-            if rec.live.update_error.as_deref() != Some(why.as_str()) {
-                let message = format!(
-                    "{why}; this update cannot be applied to the running pod, which keeps running as it was"
-                );
-                if rec.live.update_error.as_deref() != Some(message.as_str()) {
-                    events.push((true, "UnsupportedPodSpec", message.clone()));
-                    rec.live.update_error = Some(message);
-                }
+            let message = format!(
+                "{why}; this update cannot be applied to the running pod, which keeps running as it was"
+            );
+            if rec.live.update_error.as_deref() != Some(message.as_str()) {
+                events.push((true, "UnsupportedPodSpec", message.clone()));
+                rec.live.update_error = Some(message);
             }
         } else {
             rec.live.update_error = None;
