@@ -71,7 +71,7 @@ pub async fn collect(
                 .filter_map(|u| all.get(u).map(|s| (u.to_string(), s.clone())))
                 .collect();
             let records = state.load_containers(rec.uid());
-            let mut status = observe::observe(
+            let status = crate::core::live::pod_status(
                 &rec.pod,
                 &plan,
                 node,
@@ -79,8 +79,8 @@ pub async fn collect(
                 &records,
                 rec.admitted_us,
                 now,
+                &rec.live,
             );
-            crate::core::live::amend(&mut status, &rec.pod, &plan, &units, &records, &rec.live);
             PodView {
                 rec,
                 plan,

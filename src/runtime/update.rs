@@ -20,7 +20,7 @@ pub(super) fn pod_status(
     units: &HashMap<String, UnitSnapshot>,
     now: u64,
 ) -> k8s_openapi::api::core::v1::PodStatus {
-    let mut st = observe::observe(
+    crate::core::live::pod_status(
         &e.rec.pod,
         &e.plan,
         node,
@@ -28,16 +28,8 @@ pub(super) fn pod_status(
         &e.containers,
         e.rec.admitted_us,
         now,
-    );
-    crate::core::live::amend(
-        &mut st,
-        &e.rec.pod,
-        &e.plan,
-        units,
-        &e.containers,
         &e.rec.live,
-    );
-    st
+    )
 }
 
 /// Queues every pod whose resize is pending, to try it again (the

@@ -49,6 +49,24 @@ fn quantities(m: &BTreeMap<String, String>) -> BTreeMap<String, Quantity> {
         .collect()
 }
 
+/// A running (or stopped) pod's status as reported: derived from its
+/// units by [`super::observe::observe`], with what `live` adds ([`amend`]).
+#[allow(clippy::too_many_arguments)]
+pub fn pod_status(
+    pod: &Pod,
+    plan: &PodPlan,
+    node: &super::NodeFacts,
+    units: &HashMap<String, UnitSnapshot>,
+    records: &HashMap<String, ContainerRecord>,
+    admitted_us: u64,
+    now_us: u64,
+    live: &LiveState,
+) -> PodStatus {
+    let mut st = super::observe::observe(pod, plan, node, units, records, admitted_us, now_us);
+    amend(&mut st, pod, plan, units, records, live);
+    st
+}
+
 /// Adds to `status` (from [`super::observe::observe`]) what `live` and
 /// the containers' records say. `units`/`records` are keyed by unit and
 /// container name.
