@@ -530,9 +530,17 @@ async fn attach(
         Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let unit = match running_unit(state, ns, pod, container) {
-        Ok(u) => u,
-        Err(r) => return *r,
+    // `kubectl debug -it` attaches as soon as it reads Running, which may
+    // come before this agent's view of the new unit settles: give it a moment.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let unit = loop {
+        match running_unit(state, ns, pod, container) {
+            Ok(u) => break u,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(r) => return *r,
+        }
     };
     let Some(view) = find_view(state, ns, pod) else {
         return text(
