@@ -97,15 +97,14 @@ impl Store {
         p.is_dir().then_some(p)
     }
 
-    /// Unpacks the `kind` archive streaming from `reader` into the store,
-    /// verifying it against `want` when pinned.
-    pub fn add(
-        &self,
-        kind: ArchiveKind,
-        reader: impl Read,
-        want: Option<&Digest>,
-        limits: &Limits,
-    ) -> Result<Stored, StoreError> {
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A private, empty tree under `<root>/tmp` to build an image in; it
+    /// is removed when dropped unless [`Store::commit`] took it.
+    pub fn staging(&self) -> Result<Staging, StoreError> {
         let tmp = tempfile::Builder::new()
             .prefix("unpack-")
             .tempdir_in(self.root.join("tmp"))
@@ -118,6 +117,67 @@ impl Store {
             path: tree.clone(),
             source,
         })?;
+        Ok(Staging { _dir: tmp, tree })
+    }
+
+    /// Moves a finished, verified staging tree into place as `key`'s tree.
+    /// A tree stored under `key` already (by an earlier or a concurrent
+    /// fetch) is kept and the staging tree dropped: trees never change.
+    pub fn commit(&self, staging: Staging, key: &Digest) -> Result<PathBuf, StoreError> {
+        let dest = self.root.join("sha256").join(key.hex());
+        match std::fs::rename(&staging.tree, &dest) {
+            Ok(()) => {}
+            Err(e)
+                if dest.is_dir()
+                    && matches!(e.raw_os_error(), Some(c) if c == nix::libc::ENOTEMPTY || c == nix::libc::EEXIST) =>
+                {}
+            Err(source) => return Err(StoreError::Io { path: dest, source }),
+        }
+        Ok(dest)
+    }
+
+    /// Removes `key`'s tree: renamed away first (so no reader ever sees
+    /// half a tree under its name), then deleted.
+    pub fn remove(&self, key: &Digest) -> Result<(), StoreError> {
+        let path = self.root.join("sha256").join(key.hex());
+        let gone =
+            self.root
+                .join("tmp")
+                .join(format!("remove-{}-{}", key.hex(), std::process::id()));
+        match std::fs::rename(&path, &gone) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        }
+        remove_tree(&gone).map_err(|source| StoreError::Io { path: gone, source })
+    }
+
+    /// Clears what an interrupted fetch or removal left in `<root>/tmp`
+    /// (call at start-up, before any fetch).
+    pub fn clear_tmp(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        let entries = std::fs::read_dir(&tmp).map_err(|source| StoreError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        for e in entries.flatten() {
+            let p = e.path();
+            remove_tree(&p).map_err(|source| StoreError::Io { path: p, source })?;
+        }
+        Ok(())
+    }
+
+    /// Unpacks the `kind` archive streaming from `reader` into the store,
+    /// verifying it against `want` when pinned.
+    pub fn add(
+        &self,
+        kind: ArchiveKind,
+        reader: impl Read,
+        want: Option<&Digest>,
+        limits: &Limits,
+    ) -> Result<Stored, StoreError> {
+        let staging = self.staging()?;
+        let tree = staging.tree().to_path_buf();
         let mut hashing = Hashing {
             inner: reader,
             hasher: Sha256::new(),
@@ -142,22 +202,53 @@ impl Store {
                 });
             }
         }
-        let dest = self.root.join("sha256").join(got.hex());
-        match std::fs::rename(&tree, &dest) {
-            Ok(()) => {}
-            // Stored already (by an earlier or a concurrent fetch): keep that one.
-            Err(e)
-                if dest.is_dir()
-                    && matches!(e.raw_os_error(), Some(c) if c == nix::libc::ENOTEMPTY || c == nix::libc::EEXIST) =>
-                {}
-            Err(source) => return Err(StoreError::Io { path: dest, source }),
-        }
+        let path = self.commit(staging, &got)?;
         Ok(Stored {
             digest: got,
-            path: dest,
+            path,
             archive_bytes: hashing.bytes,
             unpacked_bytes: unpacked.bytes,
         })
+    }
+}
+
+/// A tree being built; see [`Store::staging`].
+#[derive(Debug)]
+pub struct Staging {
+    _dir: tempfile::TempDir,
+    tree: PathBuf,
+}
+
+impl Staging {
+    /// The (initially empty) directory to build the tree in.
+    pub fn tree(&self) -> &Path {
+        &self.tree
+    }
+}
+
+/// Removes a tree whose directories may have been left without write
+/// permission by the archive (an image's read-only directories).
+fn remove_tree(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            // Make every directory writable, then try again.
+            let mut stack = vec![path.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                let Ok(meta) = std::fs::symlink_metadata(&d) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+                    if let Ok(rd) = std::fs::read_dir(&d) {
+                        stack.extend(rd.flatten().map(|e| e.path()));
+                    }
+                }
+            }
+            std::fs::remove_dir_all(path)
+        }
     }
 }
 

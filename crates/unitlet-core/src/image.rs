@@ -358,6 +358,68 @@ fn parse_oci(image: &str) -> Result<OciRef, String> {
     })
 }
 
+/// Where an artifact's tree is mounted (read-only) in its container's
+/// mount namespace: the container's default working directory, and where
+/// a relative `command[0]` is looked up. One fixed path, so a unit file a
+/// user writes by hand can name the same place.
+pub const ARTIFACT_MOUNT: &str = "/run/unitlet/image";
+
+/// What an image says about running it: an OCI image's config
+/// (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`), or for a Debian
+/// package the `ExecStart=` of the unit file it ships (as `entrypoint`).
+/// Plain archives say nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageConfig {
+    /// `Entrypoint`.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `Env`, `NAME=value` each, in order.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// `User` as written (`1000`, `1000:1000`, `name`, `name:group`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `User` resolved to ids against the image's own `/etc/passwd` and
+    /// `/etc/group` when it was pulled (`None`: no `User`, or not found).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The group of `User` (its primary group when only a user is named).
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+/// What kind of tree an image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TreeKind {
+    /// An artifact (archive or Debian package): mounted read-only at
+    /// [`ARTIFACT_MOUNT`], the host visible around it.
+    Artifact,
+    /// An OCI image's root file system: the container's root.
+    Oci,
+}
+
+/// An image the node holds, as the translation needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// Artifact or OCI root.
+    pub kind: TreeKind,
+    /// The tree's absolute path in the store.
+    pub root: String,
+    /// The container status's `imageID`: `<name>@sha256:<hex>` (the OCI
+    /// repository and manifest digest, as the kubelet reports a pulled
+    /// image; for an artifact, its URL and the archive's digest).
+    pub id: String,
+    /// How to run it.
+    pub config: ImageConfig,
+}
+
 /// `imagePullPolicy` when the pod leaves it out, as the API server
 /// defaults it: `Always` for an OCI image tagged (or defaulting to)
 /// `latest`, else `IfNotPresent`. An artifact URL has no tag, so it is
