@@ -6,6 +6,9 @@ use unitlet::cli::{Cli, LogFormat};
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    // One TLS provider for the whole process (ring, as kube's): reqwest,
+    // built without one, refuses to make a client otherwise.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNITLET_LOG")
         .unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()

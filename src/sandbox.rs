@@ -97,6 +97,12 @@ impl Sandbox {
         for b in &opts.binds {
             cmd.arg(format!("--bind={}", b.display()));
         }
+        // The host's trust store, as a real machine has one (a volatile
+        // node's /etc holds only what systemd makes): HTTPS downloads and
+        // registries verify against it.
+        if Path::new("/etc/ssl/certs").is_dir() {
+            cmd.arg("--bind-ro=/etc/ssl");
+        }
         for b in &opts.ro_binds {
             cmd.arg(format!("--bind-ro={}", b.display()));
         }

@@ -16,6 +16,8 @@ use unitlet::core::translate::translate;
 use unitlet::core::unit::Property;
 use unitlet::core::volume::TokenRef;
 use unitlet::core::{Allocatable, NodeFacts};
+use unitlet::images::manager::{self, Credentials, Fetched, Images, Puller};
+use unitlet::images::store::Store;
 use unitlet::objects::{IssuedToken, ObjectSource, TokenFor};
 use unitlet::runtime::{lookup_user, now_us, Config, PodReport, Runtime};
 use unitlet::state::StateDir;
@@ -45,6 +47,7 @@ struct Rig {
     dir: tempfile::TempDir,
     agent: Option<Agent>,
     objects: Option<Arc<dyn ObjectSource>>,
+    images: Option<Images>,
 }
 
 /// Every ConfigMap or Secret a pod names holds `k: v`.
@@ -89,6 +92,7 @@ impl Rig {
             dir: tempfile::tempdir().unwrap(),
             agent: None,
             objects: None,
+            images: None,
         }
     }
 
@@ -128,6 +132,7 @@ impl Rig {
             reports: Some(report_tx),
             objects: self.objects.clone(),
             allowed_host_paths: Vec::new(),
+            images: self.images.clone(),
         };
         let (tx, rx) = mpsc::channel(4);
         let runtime = Runtime::new(self.fake.clone(), state, cfg);
@@ -960,4 +965,314 @@ fn pod_level_resources_limit_the_slice() {
             .and_then(|r| r.limits)
             .is_some_and(|l| l["memory"].0 == "512Mi")
     });
+}
+
+/// A registry and HTTP server in one: each image's fetch outcome is
+/// scripted (failures first, then success), and every fetch is counted.
+struct FakePuller {
+    fetches: Mutex<Vec<String>>,
+    failures: Mutex<std::collections::HashMap<String, u32>>,
+    delay: Duration,
+}
+
+impl Puller for FakePuller {
+    fn fetch<'a>(
+        &'a self,
+        image: &'a unitlet::core::image::ImageRef,
+        _creds: &'a Credentials,
+        store: &'a Store,
+    ) -> futures_util::future::BoxFuture<'a, Result<Fetched, String>> {
+        Box::pin(async move {
+            let (name, kind) = match image {
+                unitlet::core::image::ImageRef::Artifact(a) => {
+                    (a.url.clone(), unitlet::core::image::TreeKind::Artifact)
+                }
+                unitlet::core::image::ImageRef::Oci(r) => {
+                    (r.to_string(), unitlet::core::image::TreeKind::Oci)
+                }
+                _ => unreachable!(),
+            };
+            self.fetches.lock().unwrap().push(name.clone());
+            tokio::time::sleep(self.delay).await;
+            if let Some(n) = self.failures.lock().unwrap().get_mut(&name) {
+                if *n > 0 {
+                    *n -= 1;
+                    return Err(format!("GET {name}: 503 Service Unavailable"));
+                }
+            }
+            use sha2::Digest as _;
+            let hex = format!("{:x}", sha2::Sha256::digest(name.as_bytes()));
+            let digest = unitlet::core::image::Digest::parse(&format!("sha256:{hex}")).unwrap();
+            let staging = store.staging().map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(staging.tree().join("bin")).unwrap();
+            std::fs::write(staging.tree().join("bin/svc"), "#!/bin/sh\n").unwrap();
+            store.commit(staging, &digest).map_err(|e| e.to_string())?;
+            Ok(Fetched {
+                id: format!("{name}@{digest}"),
+                digest,
+                kind,
+                config: unitlet::core::image::ImageConfig {
+                    entrypoint: vec!["/bin/svc".into()],
+                    cmd: vec!["--serve".into()],
+                    env: vec!["PATH=/bin".into(), "MODE=image".into()],
+                    ..Default::default()
+                },
+                fetched_bytes: 1234,
+                size: 10,
+            })
+        })
+    }
+}
+
+impl Rig {
+    /// Gives the agent an image store whose pulls `puller` answers, with
+    /// a 200 ms pull back-off.
+    fn with_images(&mut self, puller: Arc<FakePuller>) {
+        let store = Store::open(&self.dir.path().join("images")).unwrap();
+        let cfg = manager::Config {
+            backoff_initial_us: 200_000,
+            backoff_max_us: 400_000,
+            ..Default::default()
+        };
+        self.images = Some(Images::new(store, puller, cfg).unwrap());
+    }
+
+    fn pod_events(&self, name: &str) -> Vec<(String, String)> {
+        self.reports()
+            .into_iter()
+            .filter_map(|r| match r {
+                PodReport::Event {
+                    name: n,
+                    reason,
+                    message,
+                    ..
+                } if n == name => Some((reason.to_string(), message)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn waiting_reason(&self, name: &str) -> Option<String> {
+        self.status(name)?
+            .container_statuses?
+            .first()?
+            .state
+            .as_ref()?
+            .waiting
+            .as_ref()?
+            .reason
+            .clone()
+    }
+}
+
+fn fake_puller(failures: &[(&str, u32)], delay_ms: u64) -> Arc<FakePuller> {
+    Arc::new(FakePuller {
+        fetches: Mutex::new(Vec::new()),
+        failures: Mutex::new(failures.iter().map(|(k, n)| (k.to_string(), *n)).collect()),
+        delay: Duration::from_millis(delay_ms),
+    })
+}
+
+fn properties_of(rig: &Rig, unit: &str) -> Vec<Property> {
+    rig.fake
+        .calls()
+        .into_iter()
+        .find_map(|c| match c {
+            Call::StartTransient {
+                unit: u,
+                properties,
+            } if u == unit => Some(properties),
+            _ => None,
+        })
+        .expect("the unit was created")
+}
+
+const ARTIFACT: &str = "https://dl.example.com/svc-1.4.2.tar.gz";
+
+#[test]
+fn a_hundred_pods_of_one_uncached_image_cause_one_download() {
+    let mut rig = Rig::new();
+    let puller = fake_puller(&[], 100);
+    rig.with_images(puller.clone());
+    let pods: Vec<_> = (0..100)
+        .map(|i| {
+            pod(
+                &format!("p{i}"),
+                json!({"containers": [{"name": "c", "image": ARTIFACT, "args": ["--port", "80"]}]}),
+            )
+        })
+        .collect();
+    rig.start(pods.clone());
+    rig.wait("all running", || {
+        (0..100).all(|i| rig.phase(&format!("p{i}")) == "Running")
+    });
+    assert_eq!(puller.fetches.lock().unwrap().len(), 1);
+    // The unit runs the program from the tree mounted read-only, in it.
+    let props = properties_of(&rig, &rig.unit(&pods[0], "c"));
+    let exec = props
+        .iter()
+        .find_map(|p| match p {
+            Property::ExecStart { argv, .. } => Some(argv.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(exec, ["/bin/svc", "--port", "80"]);
+    assert!(props.contains(&Property::WorkingDirectory("/run/unitlet/image".into())));
+    assert!(props.iter().any(|p| matches!(p,
+        Property::BindReadOnlyPaths(b) if b.iter().any(|(src, dst)| src.contains("/images/sha256/") && dst == "/run/unitlet/image"))));
+    let status = rig.status("p0").unwrap();
+    let id = &status.container_statuses.unwrap()[0].image_id;
+    assert!(id.starts_with(&format!("{ARTIFACT}@sha256:")), "{id}");
+    let events = rig.pod_events("p0");
+    assert!(
+        events.contains(&("Pulling".into(), format!("Pulling image {ARTIFACT:?}"))),
+        "{events:?}"
+    );
+    // Pods that asked while the pull ran get it as pulled; a later pod, as present.
+    assert!(
+        events.iter().any(|(r, m)| r == "Pulled"
+            && m.starts_with(&format!("Successfully pulled image {ARTIFACT:?} in "))),
+        "{events:?}"
+    );
+    let later = pod(
+        "late",
+        json!({"containers": [{"name": "c", "image": ARTIFACT}]}),
+    );
+    let mut all = pods;
+    all.push(later);
+    rig.set(all);
+    rig.wait("the late pod running", || rig.phase("late") == "Running");
+    assert_eq!(
+        puller.fetches.lock().unwrap().len(),
+        1,
+        "a cached image is not fetched again"
+    );
+    assert!(rig.pod_events("late").contains(&(
+        "Pulled".into(),
+        format!("Container image {ARTIFACT:?} already present on machine")
+    )));
+}
+
+#[test]
+fn a_failing_pull_backs_off_then_succeeds() {
+    let mut rig = Rig::new();
+    let puller = fake_puller(&[(ARTIFACT, 2)], 0);
+    rig.with_images(puller.clone());
+    rig.start(vec![pod(
+        "p",
+        json!({"containers": [{"name": "c", "image": ARTIFACT}]}),
+    )]);
+    let mut seen = std::collections::BTreeSet::new();
+    rig.wait("running after two failures", || {
+        if let Some(r) = rig.waiting_reason("p") {
+            seen.insert(r);
+        }
+        rig.phase("p") == "Running"
+    });
+    assert!(seen.contains("ErrImagePull"), "{seen:?}");
+    assert!(seen.contains("ImagePullBackOff"), "{seen:?}");
+    assert_eq!(
+        puller.fetches.lock().unwrap().len(),
+        3,
+        "one fetch per back-off, no tight loop"
+    );
+    let events = rig.pod_events("p");
+    for want in ["Failed", "BackOff", "Pulled"] {
+        assert!(events.iter().any(|(r, _)| r == want), "{want}: {events:?}");
+    }
+    assert!(
+        events.iter().any(|(_, m)| m
+            == &format!(
+                "Failed to pull image {ARTIFACT:?}: GET {ARTIFACT}: 503 Service Unavailable"
+            )),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn never_policy_waits_with_err_image_never_pull_and_oci_runs_in_its_root() {
+    let mut rig = Rig::new();
+    let puller = fake_puller(&[], 0);
+    rig.with_images(puller.clone());
+    let oci = pod(
+        "o",
+        json!({"containers": [{"name": "c", "image": "registry.example.com/team/svc:1.0"}]}),
+    );
+    rig.start(vec![
+        pod(
+            "n",
+            json!({"containers": [{"name": "c", "image": "registry.example.com/other:2", "imagePullPolicy": "Never"}]}),
+        ),
+        oci.clone(),
+    ]);
+    rig.wait("never-pull reason", || {
+        rig.waiting_reason("n").as_deref() == Some("ErrImageNeverPull")
+    });
+    rig.wait("the OCI pod running", || rig.phase("o") == "Running");
+    let props = properties_of(&rig, &rig.unit(&oci, "c"));
+    assert!(props
+        .iter()
+        .any(|p| matches!(p, Property::RootDirectory(r) if r.contains("/images/sha256/"))));
+    assert!(props.contains(&Property::ProtectSystem("strict".into())));
+    let env = props
+        .iter()
+        .find_map(|p| match p {
+            Property::Environment(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(env.contains(&("MODE".into(), "image".into())), "{env:?}");
+    assert_eq!(
+        puller.fetches.lock().unwrap().as_slice(),
+        ["registry.example.com/team/svc:1.0"]
+    );
+}
+
+#[test]
+fn a_rollout_to_a_new_image_replaces_the_container_with_the_new_image_id() {
+    let mut rig = Rig::new();
+    const V2: &str = "https://dl.example.com/svc-1.4.3.tar.gz";
+    let puller = fake_puller(&[(V2, 1)], 0);
+    rig.with_images(puller.clone());
+    let v1 = pod(
+        "p",
+        json!({"containers": [{"name": "c", "image": ARTIFACT}]}),
+    );
+    rig.start(vec![v1.clone()]);
+    rig.wait("v1 running", || rig.phase("p") == "Running");
+    let unit = rig.unit(&v1, "c");
+    let id = |rig: &Rig| {
+        rig.status("p")
+            .and_then(|s| s.container_statuses)
+            .map(|c| c[0].image_id.clone())
+            .unwrap_or_default()
+    };
+    assert!(id(&rig).starts_with(ARTIFACT));
+    rig.set(vec![pod(
+        "p",
+        json!({"containers": [{"name": "c", "image": V2}]}),
+    )]);
+    rig.wait("v2 running with its image ID", || {
+        rig.phase("p") == "Running" && id(&rig).starts_with(V2)
+    });
+    // A static pod's new spec is a new pod (its UID hashes the spec): the
+    // old pod goes, the new one's unit is made once its image is here.
+    let _ = unit;
+    let starts = rig
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::StartTransient { .. }))
+        .count();
+    assert_eq!(starts, 2);
+    let events = rig.pod_events("p");
+    assert!(
+        events.iter().any(|(r, m)| r == "Failed" && m.contains(V2)),
+        "{events:?}"
+    );
+    assert_eq!(
+        puller.fetches.lock().unwrap().len(),
+        3,
+        "v1 once, v2 failed once then pulled"
+    );
 }

@@ -571,8 +571,14 @@ fn check_plan(g: &PodGen, pod: &unitlet::core::manifest::StaticPod) -> Result<()
         let foreign =
             !init && cp.name == g.apps[0].name && matches!(g.broken, Some(Break::ForeignImage));
         if foreign {
-            let w = cp.spec.as_ref().unwrap_err();
-            prop_assert_eq!(w.reason.as_str(), "ErrImagePull");
+            // Planned against the image deferred: the runtime pulls it,
+            // then makes the unit again with the image's tree as its root.
+            prop_assert!(cp.pull.is_some());
+            let spec = cp.spec.as_ref().expect("a deferred plan");
+            prop_assert!(spec
+                .properties
+                .iter()
+                .any(|p| matches!(p, Property::RootDirectory(_))));
             continue;
         }
         let spec = match &cp.spec {

@@ -1,5 +1,6 @@
 //! The command line: argument parsing and wiring of the modules.
 
+pub mod images;
 pub mod logs;
 pub mod pods;
 
@@ -90,6 +91,33 @@ pub enum Command {
         /// Output format.
         #[arg(short, long, value_enum)]
         output: Option<Output>,
+    },
+    /// List the stored images, like `crictl images`.
+    Images {
+        /// The image store.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Fetch images into the store before pods need them: the images
+    /// named, and those of the pods in `--manifest` files.
+    Pull {
+        /// Images (artifact URLs or OCI references).
+        images: Vec<String>,
+        /// Pod manifests whose images to pull (for a rollout that should
+        /// not wait for downloads).
+        #[arg(short = 'f', long)]
+        manifest: Vec<PathBuf>,
+        /// The image store.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a stored image; refused while a pod on this node names it.
+    Rmi {
+        /// The image, as `unitlet images` lists it (or its digest).
+        image: String,
+        /// The image store.
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Print a container's logs from the journal.
     Logs {
@@ -228,7 +256,7 @@ pub struct NodeArgs {
 }
 
 /// Reconciler settings shared by `run` and `node`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ReconcilerArgs {
     /// First restart back-off delay.
     #[arg(long, default_value = "10s", value_parser = parse_secs)]
@@ -258,6 +286,68 @@ pub struct ReconcilerArgs {
     /// and cgroups, no module loading; slower mass starts).
     #[arg(long, value_enum, default_value = "default")]
     pub pod_hardening: HardeningArg,
+    /// The image store.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Image garbage collection starts above this percentage of the image
+    /// store's file system (the kubelet's imageGCHighThresholdPercent;
+    /// default 85).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: Option<u8>,
+    /// ... and removes images until usage is below this percentage
+    /// (default 80).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: Option<u8>,
+    /// Images younger than this are never collected (default 120s).
+    #[arg(long, value_parser = parse_secs)]
+    pub image_minimum_gc_age: Option<Duration>,
+    /// How often image garbage collection looks at the store's file system.
+    #[arg(long, default_value = "300s", value_parser = parse_secs)]
+    pub image_gc_period: Duration,
+}
+
+/// Where images are stored and how they are fetched (`run`, `node`,
+/// `images`, `pull`, `rmi`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Images: where they are stored (default: `<state dir>/images`).
+    #[arg(long)]
+    pub image_store: Option<PathBuf>,
+    /// Registries reached over plain HTTP (host[:port], comma-separated);
+    /// loopback registries fall back to HTTP by themselves.
+    #[arg(long, value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// Largest unpacked image, and largest download, in bytes (default 4 GiB).
+    #[arg(long)]
+    pub image_max_bytes: Option<u64>,
+}
+
+impl StoreArgs {
+    /// The image manager over this store, collecting by `gc`.
+    pub fn images(
+        &self,
+        state_dir: &std::path::Path,
+        gc: crate::images::manager::Config,
+    ) -> anyhow::Result<crate::images::manager::Images> {
+        use crate::images::{manager, store::Store, unpack::Limits};
+        let root = self
+            .image_store
+            .clone()
+            .unwrap_or_else(|| state_dir.join("images"));
+        let store =
+            Store::open(&root).with_context(|| format!("image store {}", root.display()))?;
+        let limits = Limits {
+            max_bytes: self.image_max_bytes.unwrap_or(Limits::default().max_bytes),
+            ..Limits::default()
+        };
+        let puller =
+            crate::images::puller::NetPuller::new(self.insecure_registries.clone(), limits)?;
+        Ok(manager::Images::new(
+            store,
+            std::sync::Arc::new(puller),
+            gc,
+        )?)
+    }
 }
 
 /// `--authorization-mode` values.
@@ -290,9 +380,61 @@ impl From<HardeningArg> for crate::core::Hardening {
 }
 
 impl ReconcilerArgs {
+    /// The image manager these settings describe; a cluster node's
+    /// config file fills in what the flags leave out.
+    pub fn images(
+        &self,
+        state_dir: &std::path::Path,
+        file: Option<&crate::cluster::config::NodeConfig>,
+    ) -> anyhow::Result<crate::images::manager::Images> {
+        // Containers in OCI roots switch users through it.
+        if let Err(e) = crate::images::helper::install() {
+            tracing::warn!(path = crate::core::image::IMAGE_EXEC_HOST, error = %e, "cannot install the image-exec helper: OCI containers with a non-root user will fail to start");
+        }
+        let d = crate::images::manager::Config::default();
+        let high = self
+            .image_gc_high_threshold
+            .or(file.and_then(|f| f.image_gc_high_threshold_percent))
+            .unwrap_or(d.gc_high_percent)
+            .min(100);
+        let low = self
+            .image_gc_low_threshold
+            .or(file.and_then(|f| f.image_gc_low_threshold_percent))
+            .unwrap_or(d.gc_low_percent)
+            .min(high);
+        let min_age = match (
+            self.image_minimum_gc_age,
+            file.and_then(|f| f.image_minimum_gc_age.as_deref()),
+        ) {
+            (Some(v), _) => v.as_micros() as u64,
+            (None, Some(v)) => parse_secs(v)
+                .map_err(|e| anyhow::anyhow!("config file: imageMinimumGCAge {v:?}: {e}"))?
+                .as_micros() as u64,
+            (None, None) => d.gc_min_age_us,
+        };
+        let mut store = self.store.clone();
+        if store.insecure_registries.is_empty() {
+            if let Some(v) = file.and_then(|f| f.insecure_registries.clone()) {
+                store.insecure_registries = v;
+            }
+        }
+        if store.image_max_bytes.is_none() {
+            store.image_max_bytes = file.and_then(|f| f.image_max_bytes);
+        }
+        let cfg = crate::images::manager::Config {
+            gc_high_percent: high,
+            gc_low_percent: low,
+            gc_min_age_us: min_age,
+            gc_period: self.image_gc_period,
+            ..d
+        };
+        store.images(state_dir, cfg)
+    }
+
     /// The reconciler's configuration for `node` (no status sink).
-    fn config(&self, node: NodeFacts) -> Config {
+    fn config(&self, node: NodeFacts, images: crate::images::manager::Images) -> Config {
         Config {
+            images: Some(images),
             objects: None,
             node,
             backoff: BackoffConfig {
@@ -418,6 +560,31 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run(args, cli.state_dir).await,
         Command::Node(args) => node(args, cli.state_dir).await,
+        Command::Images { store } => {
+            let images = store.images(&cli.state_dir, Default::default())?;
+            images::list(&images);
+            Ok(())
+        }
+        Command::Pull {
+            images: names,
+            manifest,
+            store,
+        } => {
+            let images = store.images(&cli.state_dir, Default::default())?;
+            let mut all = names;
+            for m in &manifest {
+                for i in images::manifest_images(m)? {
+                    if !all.contains(&i) {
+                        all.push(i);
+                    }
+                }
+            }
+            images::pull(&images, &all).await
+        }
+        Command::Rmi { image, store } => {
+            let images = store.images(&cli.state_dir, Default::default())?;
+            images::rmi(&images, &cli.state_dir, &image)
+        }
         Command::Pods {
             namespace,
             all_namespaces,
@@ -533,14 +700,18 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     )?;
     tracing::info!(node = node_name, ip = node_ip, state = %state_dir.display(), "unitlet node starting");
     // The cluster module fills in the allocatable it publishes.
-    let runtime = args.reconciler.config(NodeFacts {
-        node_name: node_name.clone(),
-        host_ip: node_ip.clone(),
-        allocatable: Default::default(),
-        pods_dir: pods_dir(&state_dir),
-        hardening: args.reconciler.pod_hardening.into(),
-        agent_exe: crate::host::agent_exe(),
-    });
+    let images = args.reconciler.images(&state_dir, Some(&config))?;
+    let runtime = args.reconciler.config(
+        NodeFacts {
+            node_name: node_name.clone(),
+            host_ip: node_ip.clone(),
+            allocatable: Default::default(),
+            pods_dir: pods_dir(&state_dir),
+            hardening: args.reconciler.pod_hardening.into(),
+            agent_exe: crate::host::agent_exe(),
+        },
+        images,
+    );
     let cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) => crate::kubelet::server::ServingCert::Files {
             cert: cert.clone(),
@@ -619,7 +790,8 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     )?;
     let sd = Systemd::connect().await?;
     tracing::info!(node = node.node_name, ip = node.host_ip, manifests = %manifests.display(), state = %state_dir.display(), "unitlet starting");
-    let mut cfg = args.reconciler.config(node.clone());
+    let images = args.reconciler.images(&state_dir, None)?;
+    let mut cfg = args.reconciler.config(node.clone(), images);
     let objects = std::sync::Arc::new(crate::source::Objects::default());
     cfg.objects = Some(objects.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -107,6 +107,21 @@ pub struct NodeConfig {
     /// Client burst above `apiQps` (default 100).
     #[serde(default = "default_burst")]
     pub api_burst: u32,
+    /// Image garbage collection starts above this percentage of the image
+    /// store's file system (the kubelet's field; default 85, or the flag).
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: Option<u8>,
+    /// ... down to this percentage (default 80).
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: Option<u8>,
+    /// Images pulled more recently are never collected (`2m`, `120s`;
+    /// default 2 minutes).
+    #[serde(rename = "imageMinimumGCAge")]
+    pub image_minimum_gc_age: Option<String>,
+    /// Registries reached over plain HTTP (`host[:port]`).
+    pub insecure_registries: Option<Vec<String>>,
+    /// Largest unpacked image, and largest download, in bytes.
+    pub image_max_bytes: Option<u64>,
 }
 
 fn default_max_pods() -> u32 {

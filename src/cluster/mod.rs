@@ -236,6 +236,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         opts.node_ip.clone(),
         opts.config.clone(),
         events_tx.clone(),
+        opts.runtime.images.clone(),
     ));
     tokio::spawn(pods::write_status(
         client.clone(),
@@ -471,6 +472,7 @@ async fn renew_lease(leases: &Api<Lease>, node: &str, node_uid: &str) -> Result<
 /// when they change, and at least every `statusUpdateSeconds`. Only our
 /// four conditions are in the patch (merged by type), so conditions other
 /// controllers write survive.
+#[allow(clippy::too_many_arguments)]
 async fn status_loop(
     client: kube::Client,
     sd: Systemd,
@@ -479,8 +481,10 @@ async fn status_loop(
     ip: String,
     cfg: NodeConfig,
     events: tokio::sync::mpsc::UnboundedSender<events::Record>,
+    images: Option<crate::images::manager::Images>,
 ) {
     let nodes: Api<Node> = Api::all(client);
+    let mut last_images = Vec::new();
     let period = Duration::from_secs(u64::from(cfg.status_update_seconds));
     let mut last: Vec<k8s_openapi::api::core::v1::NodeCondition> = Vec::new();
     let mut last_write = tokio::time::Instant::now();
@@ -491,7 +495,11 @@ async fn status_loop(
         let health =
             node::read_host_health(&state_dir, version.as_ref().map(drop).map_err(Clone::clone));
         let conds = node::conditions(&cfg, &health, &last, jiff::Timestamp::now());
-        if !node::conditions_changed(&last, &conds) && last_write.elapsed() < period {
+        let stored = images.as_ref().map(node::images).unwrap_or_default();
+        if !node::conditions_changed(&last, &conds)
+            && stored == last_images
+            && last_write.elapsed() < period
+        {
             continue;
         }
         // The whole status, as the kubelet writes it: the host's facts may
@@ -502,6 +510,7 @@ async fn status_loop(
             let facts = node::read_host_facts(&state_dir, v);
             let mut st = node::static_status(&node, &ip, &cfg, &facts);
             st.conditions = Some(conds.clone());
+            st.images = Some(stored.clone());
             status = serde_json::to_value(st).unwrap_or(status);
         }
         let patch = serde_json::json!({ "status": status });
@@ -528,6 +537,7 @@ async fn status_loop(
                     let _ = events.send(node_event(&node, !now_ready, reason, message));
                 }
                 last = conds;
+                last_images = stored;
                 last_write = tokio::time::Instant::now();
             }
             Err(e) => warn!(error = %e, "cannot write node status; retrying"),

@@ -143,6 +143,27 @@ pub fn allocatable(cfg: &NodeConfig, facts: &HostFacts) -> crate::core::Allocata
     }
 }
 
+/// `status.images`: what the image store holds, largest first (as the
+/// kubelet sorts them), each with every name it answers to and its size.
+pub fn images(
+    images: &crate::images::manager::Images,
+) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
+    let mut list: Vec<_> = images
+        .list()
+        .into_iter()
+        .map(|m| k8s_openapi::api::core::v1::ContainerImage {
+            names: Some(
+                std::iter::once(m.id.clone())
+                    .chain(m.references.iter().cloned())
+                    .collect(),
+            ),
+            size_bytes: Some(m.size as i64),
+        })
+        .collect();
+    list.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes).then(a.names.cmp(&b.names)));
+    list
+}
+
 /// Everything in the status but the conditions: capacity, allocatable,
 /// addresses, node info, endpoints.
 pub fn static_status(name: &str, ip: &str, cfg: &NodeConfig, facts: &HostFacts) -> NodeStatus {

@@ -300,6 +300,14 @@ pub fn wanted<'a>(pods: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Pod
                 out.insert((ns.clone(), r));
             }
         }
+        // Registry and artifact credentials (see `images::creds`).
+        for s in spec.image_pull_secrets.iter().flatten() {
+            let r = ObjectRef {
+                kind: RefKind::Secret,
+                name: s.name.clone(),
+            };
+            out.insert((ns.clone(), r));
+        }
         for v in spec.volumes.iter().flatten() {
             for r in crate::core::volume::payload::references(v) {
                 out.insert((ns.clone(), r));

@@ -9,9 +9,15 @@
 //! the store never holds a half-written or unverified tree, whatever
 //! breaks: a mismatch, a truncated stream, a hostile entry, a full disk.
 //! The same archive stored twice is one tree (the second is dropped).
+//!
+//! Every format ends up as a tar stream through the one unpacker; how each
+//! gets there is in [`super::formats`]. The digest is always of the file
+//! as fetched (a whole `.zip` or `.deb`), what `sha256sum` gives and a pin
+//! names.
 
-use super::unpack::{unpack_tar, Limits, UnpackError};
-use crate::core::image::{ArchiveKind, Digest};
+use super::formats::{self, Compression, FormatError};
+use super::unpack::{Limits, UnpackError};
+use crate::core::image::{ArchiveKind, Digest, ImageConfig};
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -27,6 +33,10 @@ pub struct Stored {
     pub archive_bytes: u64,
     /// Bytes of the unpacked files.
     pub unpacked_bytes: u64,
+    /// What the archive says about running it: for a `.deb`, the
+    /// `ExecStart=` of the unit file it ships as `entrypoint`; nothing for
+    /// other archives. Computed when the archive is added, not stored.
+    pub config: ImageConfig,
 }
 
 /// Why an archive did not make it into the store.
@@ -43,9 +53,9 @@ pub enum StoreError {
     /// It could not be unpacked.
     #[error(transparent)]
     Unpack(#[from] UnpackError),
-    /// A format this node does not unpack yet.
-    #[error("{0:?} archives are not supported yet")]
-    Unsupported(ArchiveKind),
+    /// Its zip or Debian package structure is unusable.
+    #[error(transparent)]
+    Format(#[from] FormatError),
     /// The store itself failed.
     #[error("image store {path}: {source}")]
     Io {
@@ -58,10 +68,37 @@ pub enum StoreError {
 }
 
 /// Hashes what passes through, and counts it.
-struct Hashing<R> {
+pub(super) struct Hashing<R> {
     inner: R,
     hasher: Sha256,
     bytes: u64,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The digest of what has passed so far.
+    pub(super) fn digest(&self) -> Digest {
+        Digest::parse(&format!("sha256:{:x}", self.hasher.clone().finalize()))
+            .expect("a sha256 is 64 hex digits")
+    }
+}
+
+/// Refuses `got` unless it is the pin (if any).
+pub(super) fn check_pin(want: Option<&Digest>, got: &Digest) -> Result<(), StoreError> {
+    match want {
+        Some(want) if want != got => Err(StoreError::Mismatch {
+            want: want.clone(),
+            got: got.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {
@@ -168,7 +205,8 @@ impl Store {
     }
 
     /// Unpacks the `kind` archive streaming from `reader` into the store,
-    /// verifying it against `want` when pinned.
+    /// verifying it against `want` when pinned. Nothing is left behind
+    /// when it fails, whatever the format.
     pub fn add(
         &self,
         kind: ArchiveKind,
@@ -178,36 +216,39 @@ impl Store {
     ) -> Result<Stored, StoreError> {
         let staging = self.staging()?;
         let tree = staging.tree().to_path_buf();
-        let mut hashing = Hashing {
-            inner: reader,
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
-        let unpacked = match kind {
-            ArchiveKind::Tar => unpack_tar(&mut hashing, &tree, limits)?,
-            ArchiveKind::TarGz => {
-                unpack_tar(flate2::read::GzDecoder::new(&mut hashing), &tree, limits)?
+        let mut hashing = Hashing::new(reader);
+        let (unpacked, config) = match kind {
+            ArchiveKind::Tar | ArchiveKind::TarGz | ArchiveKind::TarZst | ArchiveKind::TarXz => {
+                let c = match kind {
+                    ArchiveKind::TarGz => Compression::Gzip,
+                    ArchiveKind::TarZst => Compression::Zstd,
+                    ArchiveKind::TarXz => Compression::Xz,
+                    _ => Compression::None,
+                };
+                let u = formats::unpack_compressed_tar(c, &mut hashing, &tree, limits)?;
+                (u, None)
             }
-            other => return Err(StoreError::Unsupported(other)),
+            ArchiveKind::Zip => {
+                let tmp = self.root.join("tmp");
+                let u = formats::unpack_zip(&mut hashing, &tmp, want, &tree, limits)?;
+                (u, None)
+            }
+            ArchiveKind::Deb => {
+                let deb = formats::unpack_deb(&mut hashing, &tree, limits)?;
+                (deb.unpacked, Some(deb.config))
+            }
         };
         // The digest is of the whole archive, padding and trailers included.
         io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Read)?;
-        let got = Digest::parse(&format!("sha256:{:x}", hashing.hasher.finalize()))
-            .expect("a sha256 is 64 hex digits");
-        if let Some(want) = want {
-            if *want != got {
-                return Err(StoreError::Mismatch {
-                    want: want.clone(),
-                    got,
-                });
-            }
-        }
+        let got = hashing.digest();
+        check_pin(want, &got)?;
         let path = self.commit(staging, &got)?;
         Ok(Stored {
             digest: got,
             path,
             archive_bytes: hashing.bytes,
             unpacked_bytes: unpacked.bytes,
+            config: config.unwrap_or_default(),
         })
     }
 }

@@ -78,6 +78,8 @@ pub struct Config {
     pub objects: Option<Arc<dyn ObjectSource>>,
     /// Host path prefixes volumes may use (empty: any).
     pub allowed_host_paths: Vec<String>,
+    /// The node's images; `None`: only `image: host` runs.
+    pub images: Option<crate::images::manager::Images>,
 }
 
 pub use crate::clock::now_us;
@@ -123,6 +125,9 @@ struct Memo {
     volumes_ready: bool,
     /// The last `FailedMount` message reported.
     mount_error: Option<String>,
+    /// When each container began waiting for its image for its next start
+    /// (under `Always`, a pull that ended before does not count).
+    pull_since: HashMap<String, u64>,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
@@ -134,6 +139,10 @@ struct Pass {
     /// Every regular container has ended for good (restart policy Never
     /// or OnFailure): sidecars are stopped, not restarted.
     apps_done: bool,
+    /// Containers whose unit waits for their image this pass.
+    image_wait: HashSet<String>,
+    /// The imageID of the image each container's unit is being made from.
+    image_ids: HashMap<String, String>,
 }
 
 /// An event about one container, collected during a pass.
@@ -227,8 +236,11 @@ impl Runtime {
     /// Creates the reconciler; call [`Runtime::run`] to start it.
     pub fn new(sd: Arc<dyn Units>, state: StateDir, cfg: Config) -> Self {
         let window = cfg.max_starting.max(1);
-        let volumes =
-            crate::volumes::Volumes::new(cfg.objects.clone(), cfg.allowed_host_paths.clone());
+        let volumes = crate::volumes::Volumes::new(
+            cfg.objects.clone(),
+            cfg.allowed_host_paths.clone(),
+            cfg.images.clone(),
+        );
         Runtime {
             shared: Arc::new(Shared {
                 volumes,
@@ -313,6 +325,9 @@ impl Runtime {
             warn!("systemd signal stream ended; relying on relist");
         });
         let mut feeds = vec![s.volumes.changes()];
+        if let Some(images) = &s.cfg.images {
+            feeds.push(images.changes());
+        }
         if let Some(source) = &s.cfg.objects {
             feeds.push(source.changes());
         }
@@ -339,6 +354,16 @@ impl Runtime {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "initial sync complete"
         );
+        if let Some(images) = s.cfg.images.clone() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(images.config().gc_period);
+                loop {
+                    tick.tick().await;
+                    me.collect_images(&images);
+                }
+            });
+        }
         let mut relist = tokio::time::interval(s.cfg.relist);
         relist.tick().await;
         loop {
@@ -597,6 +622,38 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Image garbage collection (see [`crate::images::manager::Images::collect`]):
+    /// every image an admitted pod names is in use, whatever its
+    /// containers' state, as the kubelet counts images of existing
+    /// containers.
+    pub fn collect_images(&self, images: &crate::images::manager::Images) {
+        let names: Vec<String> = {
+            let inner = self.shared.inner.lock().unwrap();
+            inner
+                .pods
+                .values()
+                .flat_map(|e| {
+                    let volumes = e.plan.volumes.iter().filter_map(|v| match &v.kind {
+                        crate::core::volume::VolumeKind::Image { reference, .. } => {
+                            Some(reference.clone())
+                        }
+                        _ => None,
+                    });
+                    e.plan
+                        .all()
+                        .map(|c| c.image.clone())
+                        .chain(volumes)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let in_use = images.keys_of(names.iter().map(String::as_str));
+        let root = images.store().root().to_path_buf();
+        images.collect(&in_use, now_us(), &|| {
+            crate::images::manager::fs_usage(&root)
+        });
+    }
+
     /// Queues every pod that names API objects (in env or volumes), so
     /// waiting containers are tried again and volume files refreshed.
     fn retry_object_users(&self) {
@@ -610,7 +667,7 @@ impl Runtime {
                         | crate::core::volume::VolumeKind::HostPath { .. }
                 )
             });
-            if names_objects || e.plan.all().any(|c| !c.refs.is_empty()) {
+            if names_objects || e.plan.all().any(|c| !c.refs.is_empty() || c.pull.is_some()) {
                 s.pods_q.add(uid);
             }
         }

@@ -406,7 +406,7 @@ impl Runtime {
                 // from objects must not read as a changed definition.
                 let digest = c.digest.clone();
                 let Some((spec, skipped)) =
-                    self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
+                    self.prepare_or_wait(uid, c, spec, field_path, rec, memo, pass)
                 else {
                     return;
                 };
@@ -431,6 +431,10 @@ impl Runtime {
                         if rec.create_error.take().is_some() {
                             pass.changed.insert(c.name.clone());
                         }
+                        if let Some(id) = pass.image_ids.remove(&c.name) {
+                            rec.image_id = Some(id);
+                            pass.changed.insert(c.name.clone());
+                        }
                         if rec.unit_digest.as_deref() != Some(digest.as_str())
                             || rec.actuated.as_ref() != Some(&c.resources)
                         {
@@ -439,14 +443,16 @@ impl Runtime {
                             pass.changed.insert(c.name.clone());
                         }
                         let attempt = rec.restart_count + u32::from(restart_of.is_some());
-                        event(
-                            pass,
-                            memo,
-                            format!("pulled:{attempt}"),
-                            false,
-                            "Pulled",
-                            format!("Container image {:?} already present on machine", c.image),
-                        );
+                        if c.pull.is_none() {
+                            event(
+                                pass,
+                                memo,
+                                format!("pulled:{attempt}"),
+                                false,
+                                "Pulled",
+                                format!("Container image {:?} already present on machine", c.image),
+                            );
+                        }
                         event(
                             pass,
                             memo,
@@ -485,8 +491,28 @@ impl Runtime {
                 // The plan's digest, not the prepared unit's: env looked up
                 // from objects must not read as a changed definition.
                 let digest = c.digest.clone();
-                let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
+                let Some((spec, _)) =
+                    self.prepare_or_wait(uid, c, spec, field_path, rec, memo, pass)
                 else {
+                    // The new image is not here yet: as the kubelet, the
+                    // old container goes now and the new one starts once
+                    // its image is pulled (created anew, not restarted).
+                    if pass.image_wait.contains(&c.name)
+                        && memo.restart_issued.insert(invocation.clone())
+                    {
+                        event(
+                            pass,
+                            memo,
+                            format!("changed:{invocation}"),
+                            false,
+                            "Killing",
+                            format!("Container {} definition changed, will be restarted", c.name),
+                        );
+                        if let Err(e) = s.sd.stop(&c.unit).await {
+                            warn!(uid, container = c.name, error = %e, "cannot stop the container");
+                            memo.restart_issued.remove(&invocation);
+                        }
+                    }
                     return;
                 };
                 let Some(place) = self.take_place(uid) else {
@@ -503,6 +529,9 @@ impl Runtime {
                 memo.restart_issued.insert(invocation.clone());
                 rec.restart_of = Some(invocation.clone());
                 rec.restarting = None;
+                if let Some(id) = pass.image_ids.remove(&c.name) {
+                    rec.image_id = Some(id);
+                }
                 rec.unit_digest = Some(digest);
                 rec.actuated = Some(c.resources.clone());
                 rec.resize_error = None;
@@ -559,7 +588,8 @@ impl Runtime {
                 // The plan's digest, not the prepared unit's: env looked up
                 // from objects must not read as a changed definition.
                 let digest = c.digest.clone();
-                let Some((spec, _)) = self.prepare_or_wait(uid, c, spec, field_path, rec, pass)
+                let Some((spec, _)) =
+                    self.prepare_or_wait(uid, c, spec, field_path, rec, memo, pass)
                 else {
                     return;
                 };
@@ -569,6 +599,9 @@ impl Runtime {
                 memo.restart_issued.insert(invocation.clone());
                 rec.backoff
                     .record_restart(&s.cfg.backoff, finished_us, now_us());
+                if let Some(id) = pass.image_ids.remove(&c.name) {
+                    rec.image_id = Some(id);
+                }
                 rec.unit_digest = Some(digest);
                 rec.actuated = Some(c.resources.clone());
                 rec.resize_error = None;
@@ -652,34 +685,41 @@ impl Runtime {
         uid: &str,
         c: &ContainerPlan,
         spec: &'a UnitSpec,
+        pulled: Option<&crate::core::image::Pulled>,
     ) -> Prepared<'a> {
         if let Err(msg) = self.shared.volumes.pin(&c.name, &c.mounts) {
             return Prepared::Failed(msg);
         }
-        if c.refs.is_empty() {
+        if c.refs.is_empty() && pulled.is_none() {
             return Prepared::Ready(Cow::Borrowed(spec), Vec::new());
         }
         let s = &self.shared;
-        let Some(source) = &s.cfg.objects else {
-            return Prepared::Failed(
-                "ConfigMaps and Secrets in env need cluster mode (unitlet node)".into(),
-            );
-        };
         let pod = match s.inner.lock().unwrap().pods.get(uid) {
             Some(e) => e.rec.pod.clone(),
             None => return Prepared::Pending,
         };
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let resolved = Resolved(
-            c.refs
-                .iter()
-                .map(|r| (r.clone(), source.lookup(ns, r)))
-                .collect(),
-        );
+        let resolved = if c.refs.is_empty() {
+            Resolved::default()
+        } else {
+            let Some(source) = &s.cfg.objects else {
+                return Prepared::Failed(
+                    "ConfigMaps and Secrets in env need cluster mode (unitlet node)".into(),
+                );
+            };
+            Resolved(
+                c.refs
+                    .iter()
+                    .map(|r| (r.clone(), source.lookup(ns, r)))
+                    .collect(),
+            )
+        };
         if resolved.pending(&c.refs) {
             return Prepared::Pending;
         }
-        let Some(plan) = container_with(&pod, &s.cfg.node, &c.name, &lookup_user, &resolved) else {
+        let Some(plan) =
+            container_with(&pod, &s.cfg.node, &c.name, &lookup_user, &resolved, pulled)
+        else {
             return Prepared::Pending;
         };
         match plan.spec {
@@ -698,10 +738,173 @@ impl Runtime {
         }
     }
 
+    /// The container's image, pulled (see [`crate::images::manager`]), or
+    /// `None` while it is being pulled or cannot be had: the record then
+    /// says why (`ErrImagePull`, `ImagePullBackOff`, `ErrImageNeverPull`)
+    /// and the kubelet's events are sent. The pod is synced again when a
+    /// pull ends, or when a back-off is over.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn image_or_wait(
+        &self,
+        uid: &str,
+        c: &ContainerPlan,
+        r: &crate::core::image::ImageRef,
+        field_path: &str,
+        rec: &mut ContainerRecord,
+        memo: &mut Memo,
+        pass: &mut Pass,
+    ) -> Option<Arc<crate::core::image::Pulled>> {
+        use crate::images::manager::{Ensure, Policy};
+        let s = &self.shared;
+        let Some(images) = &s.cfg.images else {
+            let w = crate::core::translate::Waiting {
+                reason: crate::core::translate::WaitReason::ErrImagePull,
+                message: format!(
+                    "image {:?} needs the image store, which this agent runs without",
+                    c.image
+                ),
+            };
+            if rec.image_waiting.as_ref() != Some(&w) {
+                rec.image_waiting = Some(w);
+                pass.changed.insert(c.name.clone());
+            }
+            return None;
+        };
+        let now = now_us();
+        let since = *memo.pull_since.entry(c.name.clone()).or_insert(now);
+        let (policy, creds) = {
+            let inner = s.inner.lock().unwrap();
+            let pod = inner.pods.get(uid).map(|e| &e.rec.pod);
+            let policy = pod.and_then(|p| p.spec.as_ref()).and_then(|spec| {
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(&spec.containers)
+                    .find(|x| x.name == c.name)
+                    .and_then(|x| x.image_pull_policy.clone())
+                    .or_else(|| {
+                        spec.ephemeral_containers
+                            .iter()
+                            .flatten()
+                            .find(|x| x.name == c.name)
+                            .and_then(|x| x.image_pull_policy.clone())
+                    })
+            });
+            (
+                Policy::of(policy.as_deref(), r),
+                pod.map(|p| crate::images::puller::pod_credentials(s.cfg.objects.as_deref(), p))
+                    .unwrap_or_default(),
+            )
+        };
+        let key = |what: &str| format!("{what}:{since}");
+        let mut event =
+            |memo: &mut Memo, key: String, warning: bool, reason: &'static str, message: String| {
+                if s.cfg.reports.is_some() && memo.evented.insert(format!("{}:{key}", c.name)) {
+                    pass.events.push(ContainerEvent {
+                        field_path: field_path.to_string(),
+                        warning,
+                        reason,
+                        message,
+                    });
+                }
+            };
+        let out = match images.ensure(&c.image, r, policy, since, now, &creds) {
+            Ensure::Ready { image, pulled } => {
+                let message = match pulled {
+                    Some((secs, bytes)) => format!(
+                        "Successfully pulled image {:?} in {secs:.3}s ({:.3}s including waiting). Image size: {bytes} bytes.",
+                        c.image,
+                        now.saturating_sub(since) as f64 / 1e6
+                    ),
+                    None => format!("Container image {:?} already present on machine", c.image),
+                };
+                event(memo, key("pulled"), false, "Pulled", message);
+                if rec.image_waiting.take().is_some() {
+                    pass.changed.insert(c.name.clone());
+                }
+                // The status's imageID once a unit is made from it.
+                pass.image_ids.insert(c.name.clone(), image.id.clone());
+                Some(image)
+            }
+            Ensure::Pulling => {
+                event(
+                    memo,
+                    key("pulling"),
+                    false,
+                    "Pulling",
+                    format!("Pulling image {:?}", c.image),
+                );
+                None
+            }
+            Ensure::Waiting {
+                waiting,
+                retry_at_us,
+            } => {
+                use crate::core::translate::WaitReason;
+                match waiting.reason {
+                    WaitReason::ErrImagePull => {
+                        event(
+                            memo,
+                            format!("failed:{}", waiting.message),
+                            true,
+                            "Failed",
+                            format!("Failed to pull image {:?}: {}", c.image, waiting.message),
+                        );
+                        event(
+                            memo,
+                            format!("errpull:{}", waiting.message),
+                            true,
+                            "Failed",
+                            "Error: ErrImagePull".into(),
+                        );
+                    }
+                    WaitReason::ImagePullBackOff => {
+                        event(
+                            memo,
+                            format!("backoff:{retry_at_us}"),
+                            false,
+                            "BackOff",
+                            format!("Back-off pulling image {:?}", c.image),
+                        );
+                        event(
+                            memo,
+                            format!("errbackoff:{retry_at_us}"),
+                            true,
+                            "Failed",
+                            "Error: ImagePullBackOff".into(),
+                        );
+                    }
+                    _ => event(
+                        memo,
+                        key("never"),
+                        true,
+                        waiting.reason.as_str(),
+                        waiting.message.clone(),
+                    ),
+                }
+                if rec.image_waiting.as_ref() != Some(&waiting) {
+                    rec.image_waiting = Some(waiting);
+                    pass.changed.insert(c.name.clone());
+                }
+                if retry_at_us > 0 {
+                    self.schedule(uid, retry_at_us);
+                }
+                None
+            }
+        };
+        if out.is_some() {
+            // The next start of this container asks again.
+            memo.pull_since.remove(&c.name);
+            images.used(&c.image, now);
+        }
+        out
+    }
+
     /// [`Runtime::prepare`] and what its outcome means for the container's
     /// record: `None` when the unit cannot be made now (a config error is
     /// recorded, or the objects are still pending; either way the pod is
     /// tried again).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn prepare_or_wait<'a>(
         &self,
         uid: &str,
@@ -709,9 +912,20 @@ impl Runtime {
         spec: &'a UnitSpec,
         field_path: &str,
         rec: &mut ContainerRecord,
+        memo: &mut Memo,
         pass: &mut Pass,
     ) -> Option<(Cow<'a, UnitSpec>, Vec<String>)> {
-        match self.prepare(uid, c, spec) {
+        let pulled = match &c.pull {
+            None => None,
+            Some(r) => match self.image_or_wait(uid, c, r, field_path, rec, memo, pass) {
+                Some(p) => Some(p),
+                None => {
+                    pass.image_wait.insert(c.name.clone());
+                    return None;
+                }
+            },
+        };
+        match self.prepare(uid, c, spec, pulled.as_deref()) {
             Prepared::Ready(spec, skipped) => {
                 if rec.config_error.take().is_some() {
                     pass.changed.insert(c.name.clone());

@@ -78,6 +78,11 @@ pub fn to_dbus(props: &[Property]) -> Vec<(&'static str, Value<'static>)> {
                 out.push(("BindReadOnlyPaths", bind_value(binds)))
             }
             Property::DeviceAllow(devs) => out.push(("DeviceAllow", Value::from(devs.clone()))),
+            Property::RootDirectory(s) => out.push(("RootDirectory", Value::from(s.clone()))),
+            Property::MountApiVfs(b) => out.push(("MountAPIVFS", Value::from(*b))),
+            Property::TemporaryFileSystem(m) => {
+                out.push(("TemporaryFileSystem", Value::from(m.clone())))
+            }
             Property::Accounting(b) => {
                 for k in [
                     "CPUAccounting",

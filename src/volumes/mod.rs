@@ -49,6 +49,7 @@ struct TokenSlot {
 /// The pods' volumes.
 pub struct Volumes {
     objects: Option<Arc<dyn ObjectSource>>,
+    images: Option<crate::images::manager::Images>,
     allowed_host_paths: Vec<String>,
     pods: Mutex<HashMap<String, PodState>>,
     tokens: Arc<Mutex<HashMap<(String, TokenRef), TokenSlot>>>,
@@ -96,9 +97,14 @@ impl Volumes {
     /// A volume manager looking objects up in `objects`, allowing hostPath
     /// volumes (and hostPath/local PersistentVolumes) only below
     /// `allowed_host_paths` (empty: anywhere, as the kubelet).
-    pub fn new(objects: Option<Arc<dyn ObjectSource>>, allowed_host_paths: Vec<String>) -> Self {
+    pub fn new(
+        objects: Option<Arc<dyn ObjectSource>>,
+        allowed_host_paths: Vec<String>,
+        images: Option<crate::images::manager::Images>,
+    ) -> Self {
         Volumes {
             objects,
+            images,
             allowed_host_paths,
             pods: Mutex::default(),
             tokens: Arc::default(),
@@ -205,6 +211,14 @@ impl Volumes {
                         make_dir(dir, 0o755).map_err(mount_err)?;
                     }
                 }
+                VolumeKind::Image {
+                    reference,
+                    pull_policy,
+                } => {
+                    let tree = self.image_tree(pod, reference, pull_policy.as_deref())?;
+                    fs::bind_read_only(Path::new(&tree), dir)
+                        .map_err(|e| mount_err(e.to_string()))?;
+                }
                 VolumeKind::Claim { claim, read_only } => {
                     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
                     let path = self.claim_path(ns, claim)?;
@@ -227,6 +241,43 @@ impl Volumes {
             self.write_payload(uid, pod, v, node, group)?;
         }
         Ok(())
+    }
+
+    /// The tree of an image volume's image, pulled as a container's image
+    /// is (one pull per image, the pod's `imagePullSecrets`, back-off);
+    /// `Pending` while it is pulled (the pod is synced again when the pull
+    /// ends), `Failed` with the pull's error.
+    fn image_tree(
+        &self,
+        pod: &Pod,
+        reference: &str,
+        policy: Option<&str>,
+    ) -> Result<String, PayloadError> {
+        use crate::images::manager::{Ensure, Policy};
+        let Some(images) = &self.images else {
+            return Err(PayloadError::Failed(format!(
+                "image volume {reference:?}: this agent runs without an image store"
+            )));
+        };
+        let r = crate::core::image::parse(reference)
+            .map_err(|e| PayloadError::Failed(e.to_string()))?;
+        let creds = crate::images::puller::pod_credentials(self.objects.as_deref(), pod);
+        // Pulled once for the pod (`Always` too: the volume is not made again).
+        match images.ensure(
+            reference,
+            &r,
+            Policy::of(policy, &r),
+            0,
+            crate::clock::now_us(),
+            &creds,
+        ) {
+            Ensure::Ready { image, .. } => Ok(image.root.clone()),
+            Ensure::Pulling => Err(PayloadError::Pending),
+            Ensure::Waiting { waiting, .. } => Err(PayloadError::Failed(format!(
+                "failed to pull image {reference:?}: {}: {}",
+                waiting.reason, waiting.message
+            ))),
+        }
     }
 
     /// The host path of the `local` or `hostPath` PersistentVolume bound to `claim`.

@@ -18,8 +18,10 @@
 #![allow(missing_docs)] // a test harness: documented where a reader needs it, not item by item
 
 pub mod apiserver;
+pub mod artifacts;
 pub mod control_plane;
 pub mod fake_units;
+pub mod registry;
 
 use serde_json::Value;
 use std::io::Read;

@@ -364,6 +364,14 @@ fn parse_oci(image: &str) -> Result<OciRef, String> {
 /// user writes by hand can name the same place.
 pub const ARTIFACT_MOUNT: &str = "/run/unitlet/image";
 
+/// Where the agent keeps its static `image-exec` helper on the host (on
+/// tmpfs: written at every start).
+pub const IMAGE_EXEC_HOST: &str = "/run/unitlet/bin/image-exec";
+
+/// Where a unit running in an OCI image's root finds that helper: on the
+/// unit's private `/run`, so the image's tree is not touched.
+pub const IMAGE_EXEC: &str = "/run/unitlet/image-exec";
+
 /// What an image says about running it: an OCI image's config
 /// (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`), or for a Debian
 /// package the `ExecStart=` of the unit file it ships (as `entrypoint`).
@@ -418,7 +426,20 @@ pub struct Pulled {
     pub id: String,
     /// How to run it.
     pub config: ImageConfig,
+    /// The programs on the image's search path (absolute paths inside an
+    /// OCI root: every entry of the `PATH` directories), so a bare
+    /// `command[0]` resolves as runc would, without the translation
+    /// reading the tree.
+    pub programs: std::sync::Arc<std::collections::BTreeSet<String>>,
+    /// Which of the files a unit binds over in an OCI root
+    /// ([`HOST_FILES`]) the image has: systemd cannot bind a file where
+    /// the read-only image has none.
+    pub host_files: std::sync::Arc<std::collections::BTreeSet<String>>,
 }
+
+/// The host's files an OCI container sees in place of the image's, when
+/// the image has them (the pod shares the host's network and names).
+pub const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
 
 /// `imagePullPolicy` when the pod leaves it out, as the API server
 /// defaults it: `Always` for an OCI image tagged (or defaulting to)

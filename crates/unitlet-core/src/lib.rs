@@ -10,6 +10,7 @@ pub mod downward;
 pub mod envref;
 pub mod expand;
 pub mod image;
+pub mod image_run;
 pub mod live;
 pub mod manifest;
 pub mod names;

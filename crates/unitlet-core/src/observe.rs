@@ -193,6 +193,13 @@ pub struct ContainerRecord {
     /// `PodResizeInProgress` with reason `Error`).
     #[serde(default)]
     pub resize_error: Option<String>,
+    /// Why the container's image cannot be had now (`ErrImagePull`,
+    /// `ImagePullBackOff`, `ErrImageNeverPull`).
+    #[serde(default)]
+    pub image_waiting: Option<Waiting>,
+    /// The `imageID` of the image the current unit was made from.
+    #[serde(default)]
+    pub image_id: Option<String>,
 }
 
 /// Probe results of one container instance.
@@ -437,6 +444,14 @@ fn build(
             None,
             false,
         ),
+        (Instance::Absent, _) if record.image_waiting.is_some() => {
+            let w = record.image_waiting.as_ref().expect("checked");
+            (
+                waiting_state(w.reason.as_str(), Some(w.message.clone())),
+                None,
+                false,
+            )
+        }
         (Instance::Absent, _) if record.config_error.is_some() => (
             waiting_state("CreateContainerConfigError", record.config_error.clone()),
             None,
@@ -508,6 +523,12 @@ fn build(
                         Some(t.container_id.clone()),
                         false,
                     )
+                } else if let Some(w) = &record.image_waiting {
+                    (
+                        waiting_state(w.reason.as_str(), Some(w.message.clone())),
+                        Some(t.container_id.clone()),
+                        false,
+                    )
                 } else if record.config_error.is_some() {
                     (
                         waiting_state("CreateContainerConfigError", record.config_error.clone()),
@@ -535,7 +556,7 @@ fn build(
         image_id: if image == super::rules::HOST_IMAGE {
             "host".into()
         } else {
-            String::new()
+            record.image_id.clone().unwrap_or_default()
         },
         container_id,
         ready: running && probe_ready,

@@ -40,6 +40,10 @@ pub enum WaitReason {
     ErrImagePull,
     /// The image reference does not parse.
     InvalidImageName,
+    /// A pull failed; it is tried again after a back-off.
+    ImagePullBackOff,
+    /// The image is not stored and the pull policy is `Never`.
+    ErrImageNeverPull,
 }
 
 impl WaitReason {
@@ -49,6 +53,8 @@ impl WaitReason {
             WaitReason::CreateContainerConfigError => "CreateContainerConfigError",
             WaitReason::ErrImagePull => "ErrImagePull",
             WaitReason::InvalidImageName => "InvalidImageName",
+            WaitReason::ImagePullBackOff => "ImagePullBackOff",
+            WaitReason::ErrImageNeverPull => "ErrImageNeverPull",
         }
     }
 }
@@ -122,6 +128,11 @@ pub struct ContainerPlan {
     pub restart_on_resize: Vec<String>,
     /// An ephemeral container (`kubectl debug`): run once, never restarted.
     pub ephemeral: bool,
+    /// The image to pull before the unit can be made (`None` for `host`):
+    /// `spec` was then planned against the image deferred (see
+    /// [`super::image_run`]), and the runtime makes it again with the
+    /// pulled image ([`container_with`]) just before creating the unit.
+    pub pull: Option<super::image::ImageRef>,
 }
 
 /// A root-only environment file for one container.
@@ -213,24 +224,12 @@ impl PodPlan {
     }
 }
 
-/// Why a container of `image` cannot start yet, if it cannot: an image that
-/// names nothing (`InvalidImageName`, the kubelet's message), or one that
-/// would have to be fetched (`ErrImagePull`: artifact URLs and OCI images
-/// are told apart by [`super::image`], but not fetched yet).
-fn image_waiting(image: &str) -> Option<Waiting> {
-    let what = match super::image::parse(image) {
-        Ok(super::image::ImageRef::Host) => return None,
-        Ok(super::image::ImageRef::Artifact(a)) => {
-            format!("an artifact URL ({:?} archive)", a.kind)
-        }
-        Ok(super::image::ImageRef::Oci(r)) => format!("an OCI image ({r})"),
-        Err(_) => {
-            return Some(Waiting { reason: WaitReason::InvalidImageName, message: format!("Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format") });
-        }
-    };
-    Some(Waiting {
-        reason: WaitReason::ErrImagePull,
-        message: format!("image {image:?} is {what}, which this node cannot fetch yet: unitlet supports only image: host (run a binary installed on this machine) for now"),
+/// What a container's `image:` names, or why it names nothing
+/// (`InvalidImageName`, with the kubelet's message).
+fn image_ref(image: &str) -> Result<super::image::ImageRef, Waiting> {
+    super::image::parse(image).map_err(|_| Waiting {
+        reason: WaitReason::InvalidImageName,
+        message: format!("Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format"),
     })
 }
 
@@ -463,6 +462,7 @@ fn container_plan(
     c: &Container,
     lookup_user: &dyn Fn(u32) -> Option<HostUser>,
     resolved: &Resolved,
+    pulled: Option<&super::image::Pulled>,
 ) -> ContainerPlan {
     let meta = &pod.metadata;
     let ns = meta.namespace.as_deref().unwrap_or("default");
@@ -488,10 +488,32 @@ fn container_plan(
         resources: super::resources::Sizes::of(c.resources.as_ref()),
         restart_on_resize: super::resources::restart_on_resize(c),
         ephemeral: false,
+        pull: None,
     };
-    if let Some(w) = image_waiting(&image) {
-        return waiting(w, refs);
-    }
+    let image_ref = match image_ref(&image) {
+        Ok(r) => r,
+        Err(w) => return waiting(w, refs),
+    };
+    use super::image::{ImageRef, TreeKind};
+    use super::image_run::{self, Use};
+    let image_use = match (&image_ref, pulled) {
+        (ImageRef::Host, _) => None,
+        (_, Some(p)) => Some(Use::Pulled(p)),
+        (ImageRef::Artifact(_), None) => Some(Use::Deferred {
+            image: &image,
+            kind: TreeKind::Artifact,
+        }),
+        (ImageRef::Oci(_), None) => Some(Use::Deferred {
+            image: &image,
+            kind: TreeKind::Oci,
+        }),
+    };
+    let pull = (image_ref != ImageRef::Host).then_some(image_ref);
+    let waiting = |w: Waiting, refs: Vec<ObjectRef>| ContainerPlan {
+        pull: pull.clone(),
+        ..waiting(w, refs)
+    };
+    let oci = image_use.is_some_and(|u| u.kind() == TreeKind::Oci);
     let declared = match container_env(pod, node, c, resolved) {
         Ok(d) => d,
         Err(message) => {
@@ -505,14 +527,32 @@ fn container_plan(
 
     let sc = c.security_context.as_ref();
     let psc = spec.security_context.as_ref();
+    let image_user = match image_use.as_ref().map(image_run::user) {
+        Some(Err(message))
+            if sc
+                .and_then(|s| s.run_as_user)
+                .or(psc.and_then(|s| s.run_as_user))
+                .is_none() =>
+        {
+            let w = Waiting {
+                reason: WaitReason::CreateContainerConfigError,
+                message,
+            };
+            return waiting(w, refs);
+        }
+        Some(Ok(u)) => u,
+        _ => None,
+    };
     let run_as_user = sc
         .and_then(|s| s.run_as_user)
         .or(psc.and_then(|s| s.run_as_user))
-        .map(|v| v as u32);
+        .map(|v| v as u32)
+        .or(image_user.map(|u| u.0));
     let run_as_group = sc
         .and_then(|s| s.run_as_group)
         .or(psc.and_then(|s| s.run_as_group))
-        .map(|v| v as u32);
+        .map(|v| v as u32)
+        .or(image_user.and_then(|u| u.1));
     if let Some(message) = run_as_non_root_error(pod, c, run_as_user) {
         let w = Waiting {
             reason: WaitReason::CreateContainerConfigError,
@@ -522,13 +562,28 @@ fn container_plan(
     }
     let host_user = lookup_user(run_as_user.unwrap_or(0));
 
-    let mut env = vec![(
-        "HOME".to_string(),
+    // In an OCI root the host's passwd means nothing: HOME is the image's
+    // (from its Env) or containerd's default for the user.
+    let home = if oci {
+        if run_as_user.unwrap_or(0) == 0 {
+            "/root"
+        } else {
+            "/"
+        }
+        .to_string()
+    } else {
         host_user
             .as_ref()
             .map(|u| u.home.clone())
-            .unwrap_or_else(|| "/".into()),
-    )];
+            .unwrap_or_else(|| "/".into())
+    };
+    let mut env = vec![("HOME".to_string(), home)];
+    for (k, v) in image_use.as_ref().map(image_run::env).unwrap_or_default() {
+        match env.iter_mut().find(|(ek, _)| *ek == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k, v)),
+        }
+    }
     // Secret values go to a root-only file, whole declared list with them
     // (a value may embed a secret through `$(VAR)`); it is read after
     // `Environment=`, so a declared HOME still wins, as below.
@@ -553,13 +608,44 @@ fn container_plan(
             .find(|(k, _)| k == n)
             .map(|(_, v)| v.clone())
     };
-    let mut argv: Vec<String> = c
-        .command
-        .iter()
-        .flatten()
-        .chain(c.args.iter().flatten())
-        .map(|a| expand(a, defined))
-        .collect();
+    let mut argv: Vec<String> = match &image_use {
+        None => c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(|a| expand(a, defined))
+            .collect(),
+        Some(u) => image_run::argv(
+            c.command.as_deref().unwrap_or_default(),
+            c.args.as_deref().unwrap_or_default(),
+            u,
+        )
+        .into_iter()
+        .map(|(a, from_pod)| if from_pod { expand(&a, defined) } else { a })
+        .collect(),
+    };
+    let workdir = c
+        .working_dir
+        .clone()
+        .or_else(|| image_use.as_ref().map(image_run::working_dir));
+    if let (Some(u), Some(a0)) = (&image_use, argv.first_mut()) {
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        match image_run::program(a0, u, path, workdir.as_deref().unwrap_or("/")) {
+            Ok(p) => *a0 = p,
+            Err(message) => {
+                let w = Waiting {
+                    reason: WaitReason::CreateContainerConfigError,
+                    message,
+                };
+                return waiting(w, refs);
+            }
+        }
+    }
     let mounts = match super::volume::container_mounts(pod, c, &defined, &node.pods_dir) {
         Ok(m) => m,
         Err(message) => {
@@ -576,8 +662,40 @@ fn container_plan(
     // (and SupplementaryGroups= a group entry), so groups go there too.
     let groups = supplemental_groups(pod);
     let caps = capability_plan(c);
-    let setpriv = run_as_user.is_some() || run_as_group.is_some() || !groups.is_empty();
-    if setpriv {
+    // In an OCI root: root needs no switch (the unit runs as root).
+    let setpriv = if oci {
+        run_as_user.is_some_and(|u| u != 0)
+            || run_as_group.is_some_and(|g| g != 0)
+            || !groups.is_empty()
+    } else {
+        run_as_user.is_some() || run_as_group.is_some() || !groups.is_empty()
+    };
+    if setpriv && oci {
+        // The image's own ids: the static helper switches to them (see
+        // `super::image::IMAGE_EXEC`), then drops what the bounding set
+        // kept for it.
+        let uid_n = run_as_user.unwrap_or(0);
+        let gid_n = run_as_group.unwrap_or(0);
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        let drop: Vec<String> = match caps {
+            Some(mask) => SETPRIV_CAPS
+                .iter()
+                .filter(|n| mask & (1u64 << **n) == 0)
+                .map(u32::to_string)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut wrapped = vec![
+            super::image::IMAGE_EXEC.to_string(),
+            uid_n.to_string(),
+            gid_n.to_string(),
+            list.join(","),
+            drop.join(","),
+            "--".to_string(),
+        ];
+        wrapped.append(&mut argv);
+        argv = wrapped;
+    } else if setpriv {
         let uid_n = run_as_user.unwrap_or(0);
         let gid_n = run_as_group
             .or(host_user.as_ref().map(|u| u.gid))
@@ -613,6 +731,13 @@ fn container_plan(
     // A container with stdin or a terminal runs under the agent's
     // tty-host, which holds them for `kubectl attach` (see `super::tty`).
     let tty_host = c.stdin == Some(true) || c.tty == Some(true);
+    if tty_host && oci {
+        let w = Waiting {
+            reason: WaitReason::CreateContainerConfigError,
+            message: format!("container {} sets stdin or tty, which unitlet does not support yet for an OCI image (its attach helper is not inside the image's root); use an artifact or host image, or drop stdin/tty", c.name),
+        };
+        return waiting(w, refs);
+    }
     if tty_host {
         if let Some(program) = argv.first().cloned() {
             let socket = super::tty::attach_socket(uid, &c.name);
@@ -655,7 +780,7 @@ fn container_plan(
         Property::Accounting(true),
         Property::Delegate(true),
     ];
-    if let Some(wd) = &c.working_dir {
+    if let Some(wd) = &workdir {
         props.push(Property::WorkingDirectory(wd.clone()));
     }
     if tty_host {
@@ -669,6 +794,12 @@ fn container_plan(
     }
     props.extend(super::volume::mount_properties(&mounts));
     security_properties(pod, node, c, caps, setpriv, &mut props);
+    if let Some(u) = &image_use {
+        let read_only = props
+            .iter()
+            .any(|p| matches!(p, Property::ProtectSystem(s) if s == "strict"));
+        props.extend(image_run::tree_properties(u, read_only, setpriv));
+    }
     let digest = definition_digest(&props, &declared.volatile);
     ContainerPlan {
         name: c.name.clone(),
@@ -692,6 +823,7 @@ fn container_plan(
         resources: super::resources::Sizes::of(c.resources.as_ref()),
         restart_on_resize: super::resources::restart_on_resize(c),
         ephemeral: false,
+        pull,
     }
 }
 
@@ -771,11 +903,12 @@ fn ephemeral_plan(
     e: &EphemeralContainer,
     lookup_user: &dyn Fn(u32) -> Option<HostUser>,
     resolved: &Resolved,
+    pulled: Option<&super::image::Pulled>,
 ) -> ContainerPlan {
     let spec = pod.spec.as_ref().expect("validated pod has a spec");
     let c = ephemeral_as_container(spec, e);
     let mut plan = match super::manifest::validate_ephemeral(pod, index, &c) {
-        Ok(()) => container_plan(pod, node, &c, lookup_user, resolved),
+        Ok(()) => container_plan(pod, node, &c, lookup_user, resolved, pulled),
         // Not planned further: translation expects a valid container.
         Err(err) => {
             let bare = Container {
@@ -783,7 +916,7 @@ fn ephemeral_plan(
                 image: c.image.clone(),
                 ..Default::default()
             };
-            let mut plan = container_plan(pod, node, &bare, lookup_user, resolved);
+            let mut plan = container_plan(pod, node, &bare, lookup_user, resolved, None);
             plan.refs.clear();
             plan.spec = Err(Waiting {
                 reason: WaitReason::CreateContainerConfigError,
@@ -997,13 +1130,15 @@ fn security_properties(
 }
 
 /// One container's plan made with the ConfigMaps and Secrets its env names
-/// (see [`ContainerPlan::refs`]); `None` if the pod has no such container.
+/// (see [`ContainerPlan::refs`]) and its image as pulled (see
+/// [`ContainerPlan::pull`]); `None` if the pod has no such container.
 pub fn container_with(
     pod: &Pod,
     node: &NodeFacts,
     container: &str,
     lookup_user: &dyn Fn(u32) -> Option<HostUser>,
     resolved: &Resolved,
+    pulled: Option<&super::image::Pulled>,
 ) -> Option<ContainerPlan> {
     let spec = pod.spec.as_ref()?;
     if let Some((i, e)) = spec
@@ -1013,14 +1148,22 @@ pub fn container_with(
         .enumerate()
         .find(|(_, e)| e.name == container)
     {
-        return Some(ephemeral_plan(pod, node, i, e, lookup_user, resolved));
+        return Some(ephemeral_plan(
+            pod,
+            node,
+            i,
+            e,
+            lookup_user,
+            resolved,
+            pulled,
+        ));
     }
     spec.init_containers
         .iter()
         .flatten()
         .chain(&spec.containers)
         .find(|c| c.name == container)
-        .map(|c| container_plan(pod, node, c, lookup_user, resolved))
+        .map(|c| container_plan(pod, node, c, lookup_user, resolved, pulled))
 }
 
 /// Translates a validated, admitted pod into the units that run it.
@@ -1034,7 +1177,8 @@ pub fn translate(
     let spec = pod.spec.as_ref().expect("validated pod has a spec");
     let slice = names::pod_slice(uid);
     // Objects are looked up only when a unit is about to be created.
-    let plan = |c: &Container| container_plan(pod, node, c, lookup_user, &Resolved::default());
+    let plan =
+        |c: &Container| container_plan(pod, node, c, lookup_user, &Resolved::default(), None);
     PodPlan {
         slice,
         init: spec.init_containers.iter().flatten().map(plan).collect(),
@@ -1045,7 +1189,7 @@ pub fn translate(
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, e)| ephemeral_plan(pod, node, i, e, lookup_user, &Resolved::default()))
+            .map(|(i, e)| ephemeral_plan(pod, node, i, e, lookup_user, &Resolved::default(), None))
             .collect(),
         slice_resources: spec
             .resources
@@ -1144,21 +1288,26 @@ spec:
     }
 
     #[test]
-    fn images_other_than_host_wait_with_a_reason() {
-        let p = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - {name: xa, image: 'nginx:1.25'}\n  - {name: yb, image: 'Bad Image'}\n  - {name: zc, image: 'https://dl.example.com/svc.tar.gz'}\n");
-        assert_eq!(
-            p.containers[0].spec.as_ref().unwrap_err().reason,
-            "ErrImagePull"
-        );
+    fn images_other_than_host_are_planned_for_a_pull() {
+        let p = plan("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - {name: xa, image: 'nginx:1.25'}\n  - {name: yb, image: 'Bad Image'}\n  - {name: zc, image: 'https://dl.example.com/svc.tar.gz', command: [bin/svc]}\n");
+        assert!(matches!(
+            p.containers[0].pull,
+            Some(super::super::image::ImageRef::Oci(_))
+        ));
         assert_eq!(
             p.containers[1].spec.as_ref().unwrap_err().reason,
             "InvalidImageName"
         );
-        let w = p.containers[0].spec.as_ref().unwrap_err();
-        assert!(w.message.contains("docker.io/library/nginx:1.25"), "{w:?}");
-        let w = p.containers[2].spec.as_ref().unwrap_err();
-        assert_eq!(w.reason, "ErrImagePull");
-        assert!(w.message.contains("artifact URL (TarGz"), "{w:?}");
+        let art = p.containers[2].spec.as_ref().unwrap();
+        assert!(art.properties.contains(&Property::BindReadOnlyPaths(vec![(
+            "<tree of https://dl.example.com/svc.tar.gz>".into(),
+            "/run/unitlet/image".into()
+        )])));
+        // Deferred, a relative program stays as written until the tree is known.
+        assert!(art
+            .properties
+            .iter()
+            .any(|p| matches!(p, Property::ExecStart { path, .. } if path == "bin/svc")));
     }
 
     #[test]
@@ -1481,7 +1630,7 @@ spec:
             .into_iter()
             .collect(),
         );
-        let plan = container_with(&pod, &node(), "c", &no_users, &r).unwrap();
+        let plan = container_with(&pod, &node(), "c", &no_users, &r, None).unwrap();
         let spec = plan.spec.unwrap();
         assert_eq!(exec_start(&spec).1, ["/bin/echo", "declared-b"]);
         assert!(env_of(&spec).contains(&("K".into(), "b".into())));
@@ -1543,7 +1692,7 @@ spec:
         assert!(e.contains("control character"), "{e}");
         // The plan says why, in kubelet terms.
         let r = Resolved([(secret("s"), Lookup::NotFound)].into_iter().collect());
-        let plan = container_with(&key_ref(false), &node(), "c", &no_users, &r).unwrap();
+        let plan = container_with(&key_ref(false), &node(), "c", &no_users, &r, None).unwrap();
         assert_eq!(plan.spec.unwrap_err().reason, "CreateContainerConfigError");
     }
 
@@ -1562,7 +1711,7 @@ spec:
                 .into_iter()
                 .collect(),
         );
-        let plan = container_with(&pod, &node(), "c", &no_users, &r).unwrap();
+        let plan = container_with(&pod, &node(), "c", &no_users, &r, None).unwrap();
         let spec = plan.spec.unwrap();
         let f = plan.env_file.unwrap();
         assert_eq!(f.path, "/run/unitlet/secret-env/u-1/c.env");

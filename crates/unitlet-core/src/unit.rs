@@ -96,6 +96,14 @@ pub enum Property {
     /// `DeviceAllow` (a(ss)): `(device node, "r"/"rw")` pairs the unit may
     /// use despite `DevicePolicy=closed`.
     DeviceAllow(Vec<(String, String)>),
+    /// `RootDirectory` (s): an OCI image's root file system as the unit's
+    /// root (the store's tree; read-only through `ProtectSystem=strict`).
+    RootDirectory(String),
+    /// `MountAPIVFS` (b): `/proc`, `/sys`, `/dev` inside that root.
+    MountApiVfs(bool),
+    /// `TemporaryFileSystem` (a(ss)): `(path, options)` tmpfs mounts, for a
+    /// writable `/tmp` in a read-only image root.
+    TemporaryFileSystem(Vec<(String, String)>),
 }
 
 /// Linux capability names without `CAP_`, indexed by capability number
@@ -260,6 +268,19 @@ impl Property {
             )],
             ProtectControlGroups(b) => vec![("ProtectControlGroups", yes_no(*b))],
             DevicePolicy(s) => vec![("DevicePolicy", s.clone())],
+            RootDirectory(s) => vec![("RootDirectory", quote_word(s))],
+            MountApiVfs(b) => vec![("MountAPIVFS", yes_no(*b))],
+            TemporaryFileSystem(mounts) => mounts
+                .iter()
+                .map(|(p, o)| {
+                    let v = if o.is_empty() {
+                        quote_word(p)
+                    } else {
+                        quote_word(&format!("{p}:{o}"))
+                    };
+                    ("TemporaryFileSystem", v)
+                })
+                .collect(),
         }
     }
 

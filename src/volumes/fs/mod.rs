@@ -49,7 +49,7 @@ mod testutil;
 // `volumes::fs::X`.
 pub use atomic::write_atomic;
 pub use hostpath::{check_host_path, HostPathType};
-pub use mounts::{bind, is_mount_point, mount_tmpfs, mounts_under, teardown};
+pub use mounts::{bind, bind_read_only, is_mount_point, mount_tmpfs, mounts_under, teardown};
 pub use ownership::{set_volume_ownership, ChangePolicy};
 pub use subpath::{bind_subpath, open_beneath};
 

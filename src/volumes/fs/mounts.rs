@@ -114,6 +114,31 @@ pub fn bind(src: &Path, target: &Path) -> Result<()> {
     })
 }
 
+/// [`bind`], then made read-only: an image volume, whose tree in the image
+/// store is shared by every pod and must never change.
+pub fn bind_read_only(src: &Path, target: &Path) -> Result<()> {
+    if is_mounted(target)? {
+        return Ok(());
+    }
+    bind(src, target)?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        unexpected(
+            target,
+            format!(
+                "cannot make the bind mount read-only: {}",
+                io::Error::from(e)
+            ),
+        )
+    })
+}
+
 /// Mounts a tmpfs on `dir` (an emptyDir with `medium: Memory`, or a
 /// Secret's files, which must never reach a disk), creating `dir`. `mode`
 /// is the tmpfs root's permission bits, `size_bytes` its limit (tmpfs's

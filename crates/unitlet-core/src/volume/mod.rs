@@ -88,6 +88,15 @@ pub enum VolumeKind {
         /// `readOnly` of the claim reference: every mount is read-only.
         read_only: bool,
     },
+    /// An image (OCI or artifact) as a read-only volume (Kubernetes
+    /// 1.31+): its tree in the store, bind-mounted read-only at the
+    /// volume's directory once pulled.
+    Image {
+        /// `image.reference`.
+        reference: String,
+        /// `image.pullPolicy`, as written.
+        pull_policy: Option<String>,
+    },
 }
 
 /// One volume of a pod, as the agent prepares it.
@@ -120,6 +129,8 @@ fn plugin(v: &Volume) -> &'static str {
         "kubernetes.io~downward-api"
     } else if v.projected.is_some() {
         "kubernetes.io~projected"
+    } else if v.image.is_some() {
+        "kubernetes.io~image"
     } else {
         "kubernetes.io~local-volume"
     }
@@ -154,6 +165,12 @@ pub fn pod_volumes(pod: &Pod, pods_dir: &str) -> Vec<PodVolume> {
                 let kind = VolumeKind::Claim {
                     claim: c.claim_name.clone(),
                     read_only: c.read_only == Some(true),
+                };
+                (kind, own())
+            } else if let Some(i) = &v.image {
+                let kind = VolumeKind::Image {
+                    reference: i.reference.clone().unwrap_or_default(),
+                    pull_policy: i.pull_policy.clone(),
                 };
                 (kind, own())
             } else {
@@ -239,7 +256,10 @@ pub fn container_mounts(
         };
         let sub = sub.map(|p| p.trim_end_matches('/').to_string());
         let read_only = m.read_only == Some(true)
-            || matches!(v.kind, VolumeKind::Payload { .. })
+            || matches!(
+                v.kind,
+                VolumeKind::Payload { .. } | VolumeKind::Image { .. }
+            )
             || matches!(
                 v.kind,
                 VolumeKind::Claim {
@@ -385,9 +405,26 @@ pub fn validate_volumes(spec: &PodSpec) -> Result<(), (String, String)> {
             if c.claim_name.is_empty() {
                 return Err((at(".persistentVolumeClaim.claimName"), "required".into()));
             }
+        } else if let Some(i) = &v.image {
+            let r = i.reference.as_deref().unwrap_or("");
+            match super::image::parse(r) {
+                Ok(super::image::ImageRef::Host) => {
+                    return Err((at(".image.reference"), "an image volume needs an image to fetch (an OCI reference or an artifact URL), not host".into()))
+                }
+                Ok(_) => {}
+                Err(e) => return Err((at(".image.reference"), e.to_string())),
+            }
+            if let Some(p) = i.pull_policy.as_deref() {
+                if !["Always", "IfNotPresent", "Never"].contains(&p) {
+                    return Err((
+                        at(".image.pullPolicy"),
+                        format!("{p:?} is not one of Always, IfNotPresent, Never"),
+                    ));
+                }
+            }
         } else {
             let kind = sources.first().map(|s| s.as_str()).unwrap_or("");
-            return Err((at(&format!(".{kind}")), format!("{kind} volumes are not supported by unitlet; use emptyDir, hostPath, configMap, secret, downwardAPI, projected, or a persistentVolumeClaim bound to a local or hostPath PersistentVolume")));
+            return Err((at(&format!(".{kind}")), format!("{kind} volumes are not supported by unitlet; use emptyDir, hostPath, configMap, secret, downwardAPI, projected, image, or a persistentVolumeClaim bound to a local or hostPath PersistentVolume")));
         }
     }
     Ok(())
