@@ -1098,3 +1098,151 @@ fn live_pods_debug_resize_pod_level_resources_and_deadline_on_a_real_api_server(
         "every unit of svc stopped"
     );
 }
+
+/// Images on the real control plane: a Deployment of an OCI image from a
+/// registry that needs credentials (an `imagePullSecrets` Secret) and is
+/// reached over plain HTTP because the node names it insecure; the
+/// kubelet's events, `imageID`, the Node's `status.images`; a rollout to a
+/// new image; an image that does not exist waits in `ErrImagePull` and
+/// then `ImagePullBackOff`.
+#[test]
+fn oci_images_pull_secrets_rollout_and_pull_errors_on_a_real_api_server() {
+    use support::registry::{self, Layout, Registry};
+    if !registry::missing_tools().is_empty() {
+        eprintln!("skipping: {:?} not installed", registry::missing_tools());
+        return;
+    }
+    let cp = ControlPlane::start("images");
+    let ip: std::net::IpAddr = cp.host_ip().parse().unwrap();
+    let reg = Registry::start_on(ip, Some(("puller".into(), "s3cret".into())));
+    let layout = Layout::busybox();
+    layout.whiteout();
+    let d1 = reg.push(&layout.path(), "v1", "e2e/bb", "v1", &[]);
+    let d2 = reg.push(&layout.path(), "v2", "e2e/bb", "v2", &[]);
+    let host = reg.host();
+    let mut node = cp.boot_node("images");
+    node.start_agent(&cp, &["--insecure-registries", &host]);
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("puller:s3cret");
+    let dockercfg = json!({"auths": {host.clone(): {"auth": auth}}}).to_string();
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": "regcred"},
+            "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(dockercfg)}
+        })
+        .to_string(),
+    );
+    let deployment = |tag: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "bb"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "bb"}},
+                "template": {
+                    "metadata": {"labels": {"app": "bb"}},
+                    "spec": {
+                        "tolerations": tolerations(),
+                        "terminationGracePeriodSeconds": 2,
+                        "imagePullSecrets": [{"name": "regcred"}],
+                        "containers": [{
+                            "name": "c", "image": format!("{host}/e2e/bb:{tag}"),
+                            "args": ["echo ids=$(id -u):$(id -g); exec sleep 100000"]
+                        }]
+                    }
+                }
+            }
+        })
+        .to_string()
+    };
+    let running_with = |digest: &str| {
+        let want = format!("{host}/e2e/bb@{digest}");
+        cp.wait(&format!("2 pods running {want}"), patient(90), || {
+            let ps = pods(&cp, "app=bb");
+            let ok: Vec<&Value> = ps
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    p["status"]["containerStatuses"][0]["imageID"] == want.as_str()
+                        && !p["status"]["containerStatuses"][0]["state"]["running"].is_null()
+                })
+                .collect();
+            (ok.len() == 2).then(|| {
+                ok.iter()
+                    .map(|p| name_of(p).to_string())
+                    .collect::<Vec<_>>()
+            })
+        })
+    };
+    cp.apply(&deployment("v1"));
+    let first = running_with(&d1);
+    let events = cp.items(&[
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={}", first[0]),
+    ]);
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    for want in ["Scheduled", "Pulling", "Pulled", "Created", "Started"] {
+        assert!(reasons.contains(&want), "{want} in {reasons:?}");
+    }
+    // The node lists what it stores (its status is written every 10 s).
+    let want = format!("{host}/e2e/bb@{d1}");
+    cp.wait("the image in the Node's status.images", patient(30), || {
+        let n = cp.get(&["node", &node.name])?;
+        let images = n["status"]["images"].as_array()?.clone();
+        images
+            .iter()
+            .any(|i| {
+                i["sizeBytes"].as_i64().unwrap_or(0) > 0
+                    && i["names"]
+                        .as_array()
+                        .is_some_and(|ns| ns.iter().any(|x| x == want.as_str()))
+            })
+            .then_some(())
+    });
+
+    // A rollout: new pods run the new image; the old ones go.
+    cp.apply(&deployment("v2"));
+    let second = running_with(&d2);
+    assert!(second.iter().all(|p| !first.contains(p)));
+
+    // An image that does not exist: ErrImagePull, then ImagePullBackOff.
+    cp.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "missing"},
+            "spec": {
+                "tolerations": tolerations(),
+                "imagePullSecrets": [{"name": "regcred"}],
+                "containers": [{"name": "c", "image": format!("{host}/e2e/nope:v1")}]
+            }
+        })
+        .to_string(),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    cp.wait("ErrImagePull then ImagePullBackOff", patient(60), || {
+        let p = cp.get(&["pod", "missing"])?;
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        if let Some(r) = w["reason"].as_str() {
+            assert!(
+                r != "ImagePullBackOff" || w["message"].as_str().unwrap_or("").contains("e2e/nope"),
+                "{w}"
+            );
+            seen.insert(r.to_string());
+        }
+        (seen.contains("ErrImagePull") && seen.contains("ImagePullBackOff")).then_some(())
+    });
+    let events = cp.items(&["events", "--field-selector", "involvedObject.name=missing"]);
+    let failed = events
+        .iter()
+        .find(|e| {
+            e["reason"] == "Failed"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Failed to pull image")
+        })
+        .unwrap_or_else(|| panic!("a Failed event: {events:?}"));
+    assert_eq!(failed["type"], "Warning");
+}

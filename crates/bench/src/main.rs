@@ -59,6 +59,13 @@ struct Args {
     /// under target/bench/ even when the size succeeded.
     #[arg(long)]
     keep: bool,
+    /// Run the pods from an artifact image instead of `image: host`: the
+    /// bench serves a small release archive over HTTP on the host's
+    /// loopback and the node pulls it once (`unitlet pull`) before the
+    /// manifests are written, so the pods start from a cached image (the
+    /// tree mounted read-only into each unit). Compare with a run without.
+    #[arg(long)]
+    cached_artifact: bool,
 }
 
 /// The `--json` output: settings, then one object per size.
@@ -254,6 +261,35 @@ fn measure(
     let work = manifests
         .parent()
         .context("manifest directory has no parent")?;
+    // The artifact server lives as long as the measurement.
+    let server = args
+        .cached_artifact
+        .then(unitlet_test_support::artifacts::ArtifactServer::start);
+    let image = match &server {
+        None => "host".to_string(),
+        Some(server) => {
+            let archive = unitlet_test_support::artifacts::tar_gz(&[(
+                "README",
+                b"a release archive; the pods run the host's sleep".as_slice(),
+            )]);
+            let digest = unitlet_test_support::artifacts::sha256(&archive);
+            server.put("/bench.tar.gz", archive);
+            let image = format!("{}@{digest}", server.url("/bench.tar.gz"));
+            let out = node
+                .command(exe)
+                .args(["pull", &image])
+                .output()
+                .context("unitlet pull")?;
+            if !out.status.success() {
+                bail!(
+                    "unitlet pull {image}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            eprintln!("[N={n}] pulled {image}: pods start from the cached artifact");
+            image
+        }
+    };
 
     let cpu = NodeCpu::find(node)?;
 
@@ -280,7 +316,7 @@ fn measure(
     eprintln!("[N={n}] agent running as host pid {}", agent.pid());
     agent.wait_message("initial sync complete", Instant::now() + timeout)?;
     let cpu_before = cpu.read()?;
-    let writes = write_manifests(manifests, n, args.write_rate)?;
+    let writes = write_manifests(manifests, n, args.write_rate, &image)?;
     let deadline = Instant::now() + timeout;
     let mut running: HashMap<String, i64> = HashMap::new();
     let mut admitted: HashMap<String, i64> = HashMap::new();
@@ -497,7 +533,7 @@ struct Writes {
 /// renamed into place, so the agent never reads a half-written manifest and
 /// each pod appears at one instant. With a `rate`, pod i is written no
 /// earlier than i/rate seconds after the first.
-fn write_manifests(dir: &Path, n: usize, rate: Option<f64>) -> anyhow::Result<Writes> {
+fn write_manifests(dir: &Path, n: usize, rate: Option<f64>, image: &str) -> anyhow::Result<Writes> {
     let mut done_us = HashMap::with_capacity(n);
     let first_us = now_us();
     let start = Instant::now();
@@ -509,7 +545,7 @@ fn write_manifests(dir: &Path, n: usize, rate: Option<f64>) -> anyhow::Result<Wr
         }
         let name = format!("bench-{i:05}");
         let text = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: c\n    image: host\n    command: [\"/usr/bin/sleep\", \"infinity\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: c\n    image: \"{image}\"\n    command: [\"/usr/bin/sleep\", \"infinity\"]\n"
         );
         let tmp: PathBuf = dir.join(format!(".{name}.yaml"));
         std::fs::write(&tmp, text).with_context(|| tmp.display().to_string())?;
