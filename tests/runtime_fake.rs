@@ -16,7 +16,7 @@ use unitlet::core::translate::translate;
 use unitlet::core::unit::Property;
 use unitlet::core::volume::TokenRef;
 use unitlet::core::{Allocatable, NodeFacts};
-use unitlet::images::manager::{self, Credentials, Fetched, Images, Puller};
+use unitlet::images::manager::{self, Fetched, Images, Puller};
 use unitlet::images::store::Store;
 use unitlet::objects::{IssuedToken, ObjectSource, TokenFor};
 use unitlet::runtime::{lookup_user, now_us, Config, PodReport, Runtime};
@@ -978,10 +978,9 @@ struct FakePuller {
 impl Puller for FakePuller {
     fn fetch<'a>(
         &'a self,
-        image: &'a unitlet::core::image::ImageRef,
-        _creds: &'a Credentials,
-        store: &'a Store,
+        req: manager::Request<'a>,
     ) -> futures_util::future::BoxFuture<'a, Result<Fetched, String>> {
+        let (image, store) = (req.image, req.store);
         Box::pin(async move {
             let (name, kind) = match image {
                 unitlet::core::image::ImageRef::Artifact(a) => {

@@ -239,3 +239,45 @@ fn a_debian_package_runs_the_command_of_the_unit_it_ships() {
         .contains("/usr/bin/hello-svc\n"));
     node.stop_agent();
 }
+
+#[test]
+fn an_image_volume_mounts_an_artifact_read_only_with_sub_path() {
+    let server = ArtifactServer::start();
+    server.put(
+        "/tools.tar.gz",
+        tar_gz(&[
+            ("bin/tool", b"#!/bin/sh\necho tool $*\n"),
+            ("share/motd", b"hello from the image volume\n"),
+        ]),
+    );
+    let mut node = Node::boot("image_volume");
+    node.write_manifest(
+        "v.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: v}}
+spec:
+  volumes:
+  - name: tools
+    image: {{reference: "{url}", pullPolicy: IfNotPresent}}
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", "/opt/tools/bin/tool run; cat /opt/motd; touch /opt/tools/x 2>/dev/null || echo read-only; echo done; exec sleep 1000"]
+    volumeMounts:
+    - {{name: tools, mountPath: /opt/tools}}
+    - {{name: tools, mountPath: /opt/motd, subPath: share/motd}}
+"#,
+            url = server.url("/tools.tar.gz")
+        ),
+    );
+    node.start_agent(&[]);
+    node.wait_pod("v", "running", |p| running(p, "c"));
+    let out = node.wait_output("v", "c", "done");
+    for want in ["tool run", "hello from the image volume", "read-only"] {
+        assert!(out.contains(want), "{want} in {out}");
+    }
+    node.stop_agent();
+}

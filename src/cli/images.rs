@@ -89,10 +89,22 @@ pub async fn pull(images: &Images, names: &[String]) -> anyhow::Result<()> {
     let mut failed = 0;
     for name in names {
         let started = std::time::Instant::now();
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprintln!("Pulling {name} ...");
+        let bar = progress_bar(name);
+        let report = |done: u64, total: Option<u64>| {
+            if let Some(b) = &bar {
+                if let Some(t) = total {
+                    b.set_length(t);
+                }
+                b.set_position(done);
+            }
+        };
+        let result = images
+            .pull_now(name, &Credentials::default(), Some(&report))
+            .await;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
         }
-        match images.pull_now(name, &Credentials::default()).await {
+        match result {
             Ok(m) => println!(
                 "{name}: {} ({}, {:.1}s)",
                 m.digest,
@@ -109,6 +121,25 @@ pub async fn pull(images: &Images, names: &[String]) -> anyhow::Result<()> {
         bail!("{failed} of {} images could not be pulled", names.len());
     }
     Ok(())
+}
+
+/// A byte progress bar on a terminal (none when stderr is not one, so
+/// scripts and logs get one line per image). OCI pulls report no bytes:
+/// the bar then just spins with the elapsed time.
+fn progress_bar(name: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new_spinner();
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} {bytes}/{total_bytes} {bytes_per_sec} {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    b.set_message(name.to_string());
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(b)
 }
 
 /// `unitlet rmi`: removes an image no admitted pod names.

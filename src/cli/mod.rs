@@ -320,6 +320,11 @@ pub struct StoreArgs {
     /// Largest unpacked image, and largest download, in bytes (default 4 GiB).
     #[arg(long)]
     pub image_max_bytes: Option<u64>,
+    /// Largest image store, in bytes (every image's unpacked size
+    /// together); a pull that would pass it fails. Default: no limit but
+    /// the file system (garbage collection keeps it below its thresholds).
+    #[arg(long)]
+    pub image_store_max_bytes: Option<u64>,
 }
 
 impl StoreArgs {
@@ -329,23 +334,23 @@ impl StoreArgs {
         state_dir: &std::path::Path,
         gc: crate::images::manager::Config,
     ) -> anyhow::Result<crate::images::manager::Images> {
-        use crate::images::{manager, store::Store, unpack::Limits};
+        use crate::images::{manager, store::Store};
         let root = self
             .image_store
             .clone()
             .unwrap_or_else(|| state_dir.join("images"));
         let store =
             Store::open(&root).with_context(|| format!("image store {}", root.display()))?;
-        let limits = Limits {
-            max_bytes: self.image_max_bytes.unwrap_or(Limits::default().max_bytes),
-            ..Limits::default()
+        let puller = crate::images::puller::NetPuller::new(self.insecure_registries.clone())?;
+        let cfg = manager::Config {
+            image_max_bytes: self.image_max_bytes.unwrap_or(gc.image_max_bytes),
+            store_max_bytes: self.image_store_max_bytes.or(gc.store_max_bytes),
+            ..gc
         };
-        let puller =
-            crate::images::puller::NetPuller::new(self.insecure_registries.clone(), limits)?;
         Ok(manager::Images::new(
             store,
             std::sync::Arc::new(puller),
-            gc,
+            cfg,
         )?)
     }
 }
@@ -420,6 +425,9 @@ impl ReconcilerArgs {
         }
         if store.image_max_bytes.is_none() {
             store.image_max_bytes = file.and_then(|f| f.image_max_bytes);
+        }
+        if store.image_store_max_bytes.is_none() {
+            store.image_store_max_bytes = file.and_then(|f| f.image_store_max_bytes);
         }
         let cfg = crate::images::manager::Config {
             gc_high_percent: high,

@@ -122,6 +122,8 @@ pub struct NodeConfig {
     pub insecure_registries: Option<Vec<String>>,
     /// Largest unpacked image, and largest download, in bytes.
     pub image_max_bytes: Option<u64>,
+    /// Largest image store (all images together), in bytes.
+    pub image_store_max_bytes: Option<u64>,
 }
 
 fn default_max_pods() -> u32 {

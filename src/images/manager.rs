@@ -17,6 +17,7 @@
 //! [`Puller`], so the decisions here are tested without a network.
 
 use super::store::Store;
+use super::unpack::Limits;
 use crate::core::image::{self, Digest, ImageConfig, ImageRef, Pulled, TreeKind};
 use crate::core::translate::{WaitReason, Waiting};
 use futures_util::future::BoxFuture;
@@ -51,16 +52,28 @@ pub struct Credentials {
     pub docker_configs: Vec<Vec<u8>>,
 }
 
+/// Told how a download goes: (bytes so far, total when known).
+pub type Progress<'a> = dyn Fn(u64, Option<u64>) + Send + Sync + 'a;
+
+/// One pull, as the manager asks for it.
+pub struct Request<'a> {
+    /// What to fetch.
+    pub image: &'a ImageRef,
+    /// The pod's credentials.
+    pub creds: &'a Credentials,
+    /// Where to.
+    pub store: &'a Store,
+    /// At most this much (the per-image limit, or what the store has left).
+    pub limits: Limits,
+    /// Told how the download goes (`unitlet pull` on a terminal).
+    pub progress: Option<&'a Progress<'a>>,
+}
+
 /// The network side of pulling, behind a trait so the manager's decisions
 /// are tested without one.
 pub trait Puller: Send + Sync {
-    /// Fetches `image` into `store` (nothing when it is there already).
-    fn fetch<'a>(
-        &'a self,
-        image: &'a ImageRef,
-        creds: &'a Credentials,
-        store: &'a Store,
-    ) -> BoxFuture<'a, Result<Fetched, String>>;
+    /// Fetches the image into the store (nothing when it is there already).
+    fn fetch<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Fetched, String>>;
 }
 
 /// One stored tree, as the catalog keeps it.
@@ -99,6 +112,11 @@ pub struct Config {
     pub gc_min_age_us: u64,
     /// How often collection looks at the file system.
     pub gc_period: std::time::Duration,
+    /// Largest image (unpacked) and download.
+    pub image_max_bytes: u64,
+    /// Largest store (every image's unpacked size together); `None`: the
+    /// file system's size, with collection keeping it in bounds.
+    pub store_max_bytes: Option<u64>,
 }
 
 impl Default for Config {
@@ -112,6 +130,8 @@ impl Default for Config {
             gc_low_percent: 80,
             gc_min_age_us: 120_000_000,
             gc_period: std::time::Duration::from_secs(300),
+            image_max_bytes: Limits::default().max_bytes,
+            store_max_bytes: None,
         }
     }
 }
@@ -537,14 +557,19 @@ impl Images {
     fn spawn_pull(&self, image: String, r: ImageRef, creds: Credentials, prev_delay: Option<u64>) {
         let me = self.clone();
         tokio::spawn(async move {
-            let _ = me.run_pull(image, r, creds, prev_delay).await;
+            let _ = me.run_pull(image, r, creds, prev_delay, None).await;
             me.inner.changes.send_modify(|n| *n += 1);
         });
     }
 
     /// Pulls `image` now (what `unitlet pull` does; the runtime's pulls go
     /// through [`Images::ensure`]), recording the outcome for `ensure`.
-    pub async fn pull_now(&self, image: &str, creds: &Credentials) -> Result<Meta, String> {
+    pub async fn pull_now(
+        &self,
+        image: &str,
+        creds: &Credentials,
+        progress: Option<&Progress<'_>>,
+    ) -> Result<Meta, String> {
         let r = image::parse(image).map_err(|e| e.to_string())?;
         if r == ImageRef::Host {
             return Err(
@@ -558,7 +583,7 @@ impl Images {
             .pulls
             .insert(image.to_string(), PullState::Pulling);
         let out = self
-            .run_pull(image.to_string(), r, creds.clone(), None)
+            .run_pull(image.to_string(), r, creds.clone(), None, progress)
             .await;
         self.inner.changes.send_modify(|n| *n += 1);
         out
@@ -570,11 +595,24 @@ impl Images {
         r: ImageRef,
         creds: Credentials,
         prev_delay: Option<u64>,
+        progress: Option<&Progress<'_>>,
     ) -> Result<Meta, String> {
         let me = self;
         let started = std::time::Instant::now();
         info!(image, "pulling image");
-        let result = me.inner.puller.fetch(&r, &creds, &me.inner.store).await;
+        let result = match self.limits() {
+            Ok(limits) => {
+                let req = Request {
+                    image: &r,
+                    creds: &creds,
+                    store: &me.inner.store,
+                    limits,
+                    progress,
+                };
+                me.inner.puller.fetch(req).await
+            }
+            Err(e) => Err(e),
+        };
         let took_s = started.elapsed().as_secs_f64();
         let now = crate::clock::now_us();
         let mut st = me.inner.state.lock().unwrap();
@@ -655,6 +693,25 @@ impl Images {
                 Err(message)
             }
         }
+    }
+
+    /// What one pull may bring: the per-image limit, within what the store
+    /// has left under `store_max_bytes`.
+    fn limits(&self) -> Result<Limits, String> {
+        let cfg = &self.inner.cfg;
+        let mut max = cfg.image_max_bytes;
+        if let Some(cap) = cfg.store_max_bytes {
+            let used: u64 = self.list().iter().map(|m| m.size).sum();
+            let left = cap.saturating_sub(used);
+            if left == 0 {
+                return Err(format!("the image store is full ({used} bytes of the {cap} allowed): remove images (unitlet rmi) or raise --image-store-max-bytes"));
+            }
+            max = max.min(left);
+        }
+        Ok(Limits {
+            max_bytes: max,
+            ..Limits::default()
+        })
     }
 
     /// Removes the image `image` names, unless `in_use` holds its key.
@@ -761,4 +818,136 @@ pub fn fs_usage(path: &Path) -> Option<(u64, u64)> {
     let total = s.blocks() * frag;
     let free = s.blocks_available() * frag;
     Some((total.saturating_sub(free), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stores a 10-byte tree for whatever it is asked, and says what
+    /// limit it was given.
+    struct TenBytes(Mutex<Vec<u64>>);
+
+    impl Puller for TenBytes {
+        fn fetch<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Fetched, String>> {
+            Box::pin(async move {
+                self.0.lock().unwrap().push(req.limits.max_bytes);
+                if req.limits.max_bytes < 10 {
+                    return Err("the archive is larger than allowed".into());
+                }
+                let name = match req.image {
+                    ImageRef::Artifact(a) => a.url.clone(),
+                    other => format!("{other:?}"),
+                };
+                use sha2::Digest as _;
+                let hex = format!("{:x}", sha2::Sha256::digest(name.as_bytes()));
+                let digest = Digest::parse(&format!("sha256:{hex}")).unwrap();
+                let staging = req.store.staging().map_err(|e| e.to_string())?;
+                std::fs::write(staging.tree().join("f"), b"0123456789").unwrap();
+                req.store
+                    .commit(staging, &digest)
+                    .map_err(|e| e.to_string())?;
+                Ok(Fetched {
+                    id: format!("{name}@{digest}"),
+                    digest,
+                    kind: TreeKind::Artifact,
+                    config: ImageConfig::default(),
+                    fetched_bytes: 10,
+                    size: 10,
+                })
+            })
+        }
+    }
+
+    fn images(dir: &Path, cfg: Config) -> (Images, Arc<TenBytes>) {
+        let p = Arc::new(TenBytes(Mutex::default()));
+        let store = Store::open(dir).unwrap();
+        (Images::new(store, p.clone(), cfg).unwrap(), p)
+    }
+
+    #[tokio::test]
+    async fn the_store_limit_bounds_each_pull_and_refuses_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            image_max_bytes: 100,
+            store_max_bytes: Some(16),
+            ..Config::default()
+        };
+        let (im, p) = images(dir.path(), cfg.clone());
+        let a = im
+            .pull_now("https://h/a.tar", &Credentials::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(a.size, 10);
+        // What the store has left, not the per-image limit.
+        let err = im
+            .pull_now("https://h/b.tar", &Credentials::default(), None)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("larger than allowed"), "{err}");
+        assert_eq!(*p.0.lock().unwrap(), [16, 6]);
+        let dir2 = tempfile::tempdir().unwrap();
+        let (full, _) = images(
+            dir2.path(),
+            Config {
+                store_max_bytes: Some(10),
+                ..cfg.clone()
+            },
+        );
+        full.pull_now("https://h/a.tar", &Credentials::default(), None)
+            .await
+            .unwrap();
+        let err = full
+            .pull_now("https://h/b.tar", &Credentials::default(), None)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("the image store is full"), "{err}");
+        // The catalog survives a restart of the manager.
+        let (again, _) = images(dir.path(), cfg);
+        let names: Vec<String> = again
+            .list()
+            .into_iter()
+            .flat_map(|m| m.references)
+            .collect();
+        assert_eq!(names, ["https://h/a.tar"]);
+    }
+
+    #[tokio::test]
+    async fn collection_removes_the_least_recently_used_unused_old_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            gc_min_age_us: 0,
+            ..Config::default()
+        };
+        let (im, _) = images(dir.path(), cfg);
+        for n in ["a", "b", "c"] {
+            im.pull_now(&format!("https://h/{n}.tar"), &Credentials::default(), None)
+                .await
+                .unwrap();
+        }
+        let now = crate::clock::now_us();
+        im.used("https://h/a.tar", now);
+        im.used("https://h/b.tar", now + 1);
+        let in_use = im.keys_of(["https://h/b.tar"]);
+        // Below the high threshold: nothing.
+        assert!(im.collect(&in_use, now, &|| Some((80, 100))).is_empty());
+        // 90 % used, down to 80 %: 10 bytes to free; c (never used) goes
+        // first, and that is enough.
+        let gone = im.collect(&in_use, now + 10, &|| Some((90, 100)));
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].references.contains("https://h/c.tar"));
+        // Far above: every unused one, never the one in use.
+        let gone = im.collect(&in_use, now + 10, &|| Some((100, 100)));
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].references.contains("https://h/a.tar"));
+        let left: Vec<String> = im.list().into_iter().flat_map(|m| m.references).collect();
+        assert_eq!(left, ["https://h/b.tar"]);
+        assert!(!dir
+            .path()
+            .join("sha256")
+            .join(gone[0].digest.trim_start_matches("sha256:"))
+            .exists());
+    }
 }

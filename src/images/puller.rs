@@ -6,10 +6,8 @@
 //! `username`/`password`: HTTP basic; `registrytoken`: a bearer token).
 
 use super::fetch::{self, HttpAuth};
-use super::manager::{Credentials, Fetched, Puller};
+use super::manager::{Credentials, Fetched, Puller, Request};
 use super::oci::OciPuller;
-use super::store::Store;
-use super::unpack::Limits;
 use crate::core::image::{ImageRef, TreeKind};
 use futures_util::future::BoxFuture;
 
@@ -17,7 +15,6 @@ use futures_util::future::BoxFuture;
 pub struct NetPuller {
     http: reqwest::Client,
     oci: OciPuller,
-    limits: Limits,
 }
 
 /// Why the puller could not be made.
@@ -32,13 +29,11 @@ pub enum PullerError {
 }
 
 impl NetPuller {
-    /// A puller reaching `insecure` registries over plain HTTP, storing
-    /// images of at most `limits`.
-    pub fn new(insecure: Vec<String>, limits: Limits) -> Result<NetPuller, PullerError> {
+    /// A puller reaching `insecure` registries over plain HTTP.
+    pub fn new(insecure: Vec<String>) -> Result<NetPuller, PullerError> {
         Ok(NetPuller {
             http: fetch::http_client()?,
             oci: OciPuller::new(insecure)?,
-            limits,
         })
     }
 }
@@ -134,13 +129,15 @@ pub fn artifact_auth(creds: &Credentials, url: &str) -> Option<HttpAuth> {
 }
 
 impl Puller for NetPuller {
-    fn fetch<'a>(
-        &'a self,
-        image: &'a ImageRef,
-        creds: &'a Credentials,
-        store: &'a Store,
-    ) -> BoxFuture<'a, Result<Fetched, String>> {
+    fn fetch<'a>(&'a self, req: Request<'a>) -> BoxFuture<'a, Result<Fetched, String>> {
         Box::pin(async move {
+            let Request {
+                image,
+                creds,
+                store,
+                limits,
+                progress,
+            } = req;
             match image {
                 ImageRef::Host => Err("image: host is not pulled".into()),
                 ImageRef::Artifact(a) => {
@@ -150,8 +147,8 @@ impl Puller for NetPuller {
                         a,
                         auth.as_ref(),
                         store,
-                        &self.limits,
-                        None,
+                        &limits,
+                        progress,
                     )
                     .await
                     .map_err(|e| e.to_string())?;
@@ -169,7 +166,7 @@ impl Puller for NetPuller {
                         .map_err(|e| e.to_string())?;
                     let p = self
                         .oci
-                        .pull(store, r, auth.as_ref(), &self.limits)
+                        .pull(store, r, auth.as_ref(), &limits)
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(Fetched {
