@@ -50,14 +50,14 @@ fn an_oci_image_runs_its_entrypoint_in_its_own_read_only_root() {
     let image = format!("{}/team/busybox:v1", reg.host());
     let mut node = Node::boot("oci_image");
     // The image's entrypoint is `/bin/sh -c`: args replace its cmd.
-    node.write_manifest(
-        "bb.yaml",
-        &busybox_pod(
-            "bb",
-            &image,
-            "echo env=$A,$B; echo ids=$(id -u):$(id -g); echo pwd=$(pwd); touch /probe 2>/dev/null || echo root=read-only; echo tmp=$(touch /tmp/x && echo writable); echo done; exec sleep 1000",
-        ),
+    let mut manifest = busybox_pod(
+        "bb",
+        &image,
+        "echo env=$A,$B; echo ids=$(id -u):$(id -g); echo pwd=$(pwd); touch /probe 2>/dev/null || echo root=read-only; echo tmp=$(touch /tmp/x && echo writable); echo vol > /data/v && echo volume=$(cat /data/v); echo done; exec sleep 1000",
     );
+    // A volume is bound into the image's root.
+    manifest.push_str("    volumeMounts: [{name: data, mountPath: /data}]\n  volumes: [{name: data, emptyDir: {}}]\n");
+    node.write_manifest("bb.yaml", &manifest);
     node.start_agent(&[]);
     let pod = node.wait_pod("bb", "running", |p| running(p, "c"));
     let st = cstatus(&pod, "c");
@@ -74,6 +74,7 @@ fn an_oci_image_runs_its_entrypoint_in_its_own_read_only_root() {
         "pwd=/home/app",
         "root=read-only",
         "tmp=writable",
+        "volume=vol",
     ] {
         assert!(out.contains(want), "{want} in {out}");
     }
@@ -81,6 +82,12 @@ fn an_oci_image_runs_its_entrypoint_in_its_own_read_only_root() {
     assert!(node
         .show_value(&unit, "RootDirectory")
         .contains("/images/sha256/"));
+    // The emptyDir is the pod's, on the host (fsGroup-less: 0777).
+    assert_eq!(
+        node.sh("cat /var/lib/unitlet/pods/*/volumes/kubernetes.io~empty-dir/data/v")
+            .trim(),
+        "vol"
+    );
     // Kubernetes' events, as `unitlet pods` has none: the agent logs the pull.
     assert!(
         node.agent_log().contains("pulled image"),

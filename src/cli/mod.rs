@@ -436,7 +436,11 @@ impl ReconcilerArgs {
             gc_period: self.image_gc_period,
             ..d
         };
-        store.images(state_dir, cfg)
+        let images = store.images(state_dir, cfg)?;
+        // What an interrupted pull or removal of an earlier agent left (the
+        // agent alone: `unitlet pull` may be running beside it).
+        images.store().clear_tmp()?;
+        Ok(images)
     }
 
     /// The reconciler's configuration for `node` (no status sink).

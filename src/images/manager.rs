@@ -379,9 +379,9 @@ fn programs(root: &Path, config: &ImageConfig) -> BTreeSet<String> {
 }
 
 impl Images {
-    /// The manager over `store`, with the catalog read from it.
+    /// The manager over `store`, with the catalog read from it (the
+    /// store's `tmp` is left alone: another process may be pulling).
     pub fn new(store: Store, puller: Arc<dyn Puller>, cfg: Config) -> Result<Images, CatalogError> {
-        store.clear_tmp()?;
         let metas = read_catalog(&store)?
             .into_iter()
             .map(|m| (m.digest.clone(), m))
@@ -477,7 +477,16 @@ impl Images {
         creds: &Credentials,
     ) -> Ensure {
         let mut st = self.inner.state.lock().unwrap();
-        let stored = Self::stored(&st, image);
+        let mut stored = Self::stored(&st, image);
+        if stored.is_none() {
+            // `unitlet pull` (another process) may have stored it since.
+            if let Ok(metas) = read_catalog(&self.inner.store) {
+                for m in metas {
+                    st.metas.entry(m.digest.clone()).or_insert(m);
+                }
+                stored = Self::stored(&st, image);
+            }
+        }
         // A pinned artifact is its digest: stored means current, whatever the policy.
         let pinned_artifact = matches!(r, ImageRef::Artifact(a) if a.digest.is_some());
         let fresh = match st.pulls.get(image) {

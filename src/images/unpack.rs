@@ -182,6 +182,36 @@ fn parent_dir(root: &OwnedFd, entry: &str, parts: &[String]) -> Result<OwnedFd, 
     Ok(dir)
 }
 
+/// An entry's path (as written, and as text for messages), counted
+/// against the entry limit; `None` for the headers tar uses to carry
+/// another entry's long name or attributes (the tar crate has folded them
+/// into that entry).
+fn counted_path<R: Read>(
+    entry: &tar::Entry<R>,
+    done: &mut Unpacked,
+    limits: &Limits,
+) -> Result<Option<(PathBuf, String)>, UnpackError> {
+    if matches!(
+        entry.header().entry_type(),
+        tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink
+    ) {
+        return Ok(None);
+    }
+    let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
+    let name = raw.to_string_lossy().into_owned();
+    done.entries += 1;
+    if done.entries > limits.max_entries {
+        return Err(UnpackError::TooLarge(format!(
+            "more than {} entries",
+            limits.max_entries
+        )));
+    }
+    Ok(Some((raw, name)))
+}
+
 /// Unpacks the tar stream `reader` into the empty directory `dest`.
 pub fn unpack_tar<R: Read>(
     reader: R,
@@ -203,25 +233,10 @@ pub fn unpack_tar<R: Read>(
         let mut entry = entry.map_err(UnpackError::Read)?;
         let header = entry.header().clone();
         let kind = header.entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
+        let Some((raw, name)) = counted_path(&entry, &mut done, limits)? else {
             continue;
-        }
-        let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
-        let name = raw.to_string_lossy().into_owned();
+        };
         let parts = inside(&name, &raw)?;
-        done.entries += 1;
-        if done.entries > limits.max_entries {
-            return Err(UnpackError::TooLarge(format!(
-                "more than {} entries",
-                limits.max_entries
-            )));
-        }
         if parts.is_empty() {
             continue; // the tree itself (`./`)
         }
@@ -622,25 +637,10 @@ pub fn unpack_layer<R: Read>(
     for entry in archive.entries().map_err(UnpackError::Read)? {
         let mut entry = entry.map_err(UnpackError::Read)?;
         let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
+        let Some((raw, name)) = counted_path(&entry, &mut done, limits)? else {
             continue;
-        }
-        let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
-        let name = raw.to_string_lossy().into_owned();
+        };
         let parts = layer_parts(&name, &raw)?;
-        done.entries += 1;
-        if done.entries > limits.max_entries {
-            return Err(UnpackError::TooLarge(format!(
-                "more than {} entries",
-                limits.max_entries
-            )));
-        }
         let Some(last) = parts.last().cloned() else {
             continue; // the root itself (`./`): its metadata is the runtime's
         };

@@ -355,6 +355,17 @@ impl Runtime {
                     });
                 }
             };
+        // The kubelet's words when a container's definition changed.
+        let killing = |pass: &mut Pass, memo: &mut Memo, invocation: &str| {
+            event(
+                pass,
+                memo,
+                format!("changed:{invocation}"),
+                false,
+                "Killing",
+                format!("Container {} definition changed, will be restarted", c.name),
+            )
+        };
         match action {
             Action::Event {
                 key,
@@ -500,14 +511,7 @@ impl Runtime {
                     if pass.image_wait.contains(&c.name)
                         && memo.restart_issued.insert(invocation.clone())
                     {
-                        event(
-                            pass,
-                            memo,
-                            format!("changed:{invocation}"),
-                            false,
-                            "Killing",
-                            format!("Container {} definition changed, will be restarted", c.name),
-                        );
+                        killing(pass, memo, &invocation);
                         if let Err(e) = s.sd.stop(&c.unit).await {
                             warn!(uid, container = c.name, error = %e, "cannot stop the container");
                             memo.restart_issued.remove(&invocation);
@@ -518,14 +522,7 @@ impl Runtime {
                 let Some(place) = self.take_place(uid) else {
                     return;
                 };
-                event(
-                    pass,
-                    memo,
-                    format!("changed:{invocation}"),
-                    false,
-                    "Killing",
-                    format!("Container {} definition changed, will be restarted", c.name),
-                );
+                killing(pass, memo, &invocation);
                 memo.restart_issued.insert(invocation.clone());
                 rec.restart_of = Some(invocation.clone());
                 rec.restarting = None;
