@@ -295,7 +295,10 @@ pub fn write_meta(store: &Store, m: &Meta) -> Result<(), CatalogError> {
     let dir = meta_dir(store.root());
     let hex = m.digest.trim_start_matches("sha256:");
     let path = dir.join(format!("{hex}.json"));
-    let tmp = dir.join(format!(".{hex}.json.tmp"));
+    // One temporary name per write: containers of one image start at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{hex}.json.{}.{seq}.tmp", std::process::id()));
     let io = |source| CatalogError::Io {
         path: path.clone(),
         source,

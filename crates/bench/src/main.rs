@@ -352,7 +352,17 @@ fn measure(
 
     // 3. re-adopt
     eprintln!("[N={n}] re-adopt: SIGKILL the agent, start another");
-    let before = rt.block_on(identities(node.init_pid()))?;
+    // Units with a mount namespace of their own (an image's tree bound in)
+    // finish their exec a little after the agent reports them: wait for
+    // systemd to agree before taking the identities.
+    let settle = Instant::now() + timeout;
+    let mut before = rt.block_on(identities(node.init_pid()))?;
+    while Instant::now() < settle
+        && (before.len() != n || before.values().any(|i| i.active != "active/running"))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        before = rt.block_on(identities(node.init_pid()))?;
+    }
     if before.len() != n || before.values().any(|i| i.active != "active/running") {
         let mut states: std::collections::BTreeMap<&str, usize> = Default::default();
         for i in before.values() {
