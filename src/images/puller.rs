@@ -182,3 +182,47 @@ impl Puller for NetPuller {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn creds(auths: serde_json::Value) -> Credentials {
+        Credentials {
+            docker_configs: vec![
+                serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap()
+            ],
+        }
+    }
+
+    #[test]
+    fn artifact_credentials_come_from_the_auths_entry_of_the_urls_host() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("ci:pw");
+        let c = creds(serde_json::json!({
+            "https://dl.example.com/releases/": {"auth": b64},
+            "other.example.com": {"username": "u", "password": "p"},
+            "tok.example.com:8443": {"registrytoken": "t0ken", "auth": b64},
+        }));
+        // (HttpAuth's Debug hides secrets: compare the values.)
+        let got = |url: &str| match artifact_auth(&c, url) {
+            Some(HttpAuth::Basic { username, password }) => format!("basic {username}:{password}"),
+            Some(HttpAuth::Bearer(t)) => format!("bearer {t}"),
+            None => "none".into(),
+        };
+        assert_eq!(got("https://dl.example.com/svc.tar.gz"), "basic ci:pw");
+        assert_eq!(got("http://other.example.com/a.zip"), "basic u:p");
+        // A bearer token wins; the port is part of the host.
+        assert_eq!(got("https://tok.example.com:8443/x.tar"), "bearer t0ken");
+        assert_eq!(got("https://tok.example.com/x.tar"), "none");
+        assert_eq!(got("https://nobody.example.com/x.tar"), "none");
+        // Malformed secrets give nothing, not a panic.
+        let bad = Credentials {
+            docker_configs: vec![
+                b"{not json".to_vec(),
+                br#"{"auths": {"dl.example.com": {"auth": "!!"}}}"#.to_vec(),
+            ],
+        };
+        assert!(artifact_auth(&bad, "https://dl.example.com/a.tar").is_none());
+    }
+}
