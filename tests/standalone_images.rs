@@ -53,7 +53,7 @@ fn an_oci_image_runs_its_entrypoint_in_its_own_read_only_root() {
     let mut manifest = busybox_pod(
         "bb",
         &image,
-        "echo env=$A,$B; echo ids=$(id -u):$(id -g); echo pwd=$(pwd); touch /probe 2>/dev/null || echo root=read-only; echo tmp=$(touch /tmp/x && echo writable); echo vol > /data/v && echo volume=$(cat /data/v); echo done; exec sleep 1000",
+        "echo env=$A,$B; echo ids=$(id -u):$(id -g); echo groups=$(id -G); echo pwd=$(pwd); touch /probe 2>/dev/null || echo root=read-only; echo tmp=$(touch /tmp/x && echo writable); echo vol > /data/v && echo volume=$(cat /data/v); echo done; exec sleep 1000",
     );
     // A volume is bound into the image's root.
     manifest.push_str("    volumeMounts: [{name: data, mountPath: /data}]\n  volumes: [{name: data, emptyDir: {}}]\n");
@@ -71,6 +71,7 @@ fn an_oci_image_runs_its_entrypoint_in_its_own_read_only_root() {
     for want in [
         "env=1,two",
         "ids=1000:50",
+        "groups=50",
         "pwd=/home/app",
         "root=read-only",
         "tmp=writable",

@@ -1242,13 +1242,17 @@ struct RawConfig {
 /// image's own user database.
 fn image_config(raw: RawConfig, root: &Path) -> ImageConfig {
     let user = raw.user.filter(|u| !u.is_empty());
-    let (uid, gid) = match &user {
-        Some(u) => resolve_user(
-            u,
-            &read_in_root(root, "etc/passwd"),
-            &read_in_root(root, "etc/group"),
-        ),
-        None => (None, None),
+    let (uid, gid, groups) = match &user {
+        Some(u) => {
+            let passwd = read_in_root(root, "etc/passwd");
+            let group = read_in_root(root, "etc/group");
+            let (uid, gid) = resolve_user(u, &passwd, &group);
+            let groups = uid
+                .map(|n| user_groups(n, &passwd, &group))
+                .unwrap_or_default();
+            (uid, gid, groups)
+        }
+        None => (None, None, Vec::new()),
     };
     ImageConfig {
         entrypoint: raw.entrypoint.unwrap_or_default(),
@@ -1258,6 +1262,7 @@ fn image_config(raw: RawConfig, root: &Path) -> ImageConfig {
         user,
         uid,
         gid,
+        groups,
     }
 }
 
@@ -1344,9 +1349,45 @@ pub fn resolve_user(user: &str, passwd: &str, group: &str) -> (Option<u32>, Opti
     (Some(uid), Some(gid))
 }
 
+/// The supplementary groups of user `uid` in an image: every group of
+/// its `/etc/group` that lists the user's name as a member, as runc adds
+/// them.
+pub fn user_groups(uid: u32, passwd: &str, group: &str) -> Vec<u32> {
+    let Some(name) = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string())
+    }) else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = group
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let gid = f.get(2)?.parse::<u32>().ok()?;
+            f.get(3)?
+                .split(',')
+                .any(|m| m.trim() == name)
+                .then_some(gid)
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_users_groups_are_those_listing_it_as_a_member() {
+        let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
+        let group =
+            "root:x:0:\napp:x:1000:\nstaff:x:50:app\nwheel:x:10:root, app\nother:x:60:bob\n";
+        assert_eq!(user_groups(1000, passwd, group), [10, 50]);
+        assert_eq!(user_groups(0, passwd, group), [10]);
+        assert!(user_groups(4242, passwd, group).is_empty());
+    }
 
     fn b64(s: &str) -> String {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -400,6 +400,9 @@ pub struct ImageConfig {
     /// The group of `User` (its primary group when only a user is named).
     #[serde(default)]
     pub gid: Option<u32>,
+    /// The supplementary groups of that user in the image's `/etc/group`.
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// What kind of tree an image is.

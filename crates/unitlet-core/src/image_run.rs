@@ -172,6 +172,12 @@ pub fn user(image: &Use) -> Result<Option<(u32, Option<u32>)>, String> {
     }
 }
 
+/// The supplementary groups the image gives its `User` (added when the
+/// container runs as that user, as containerd adds them).
+pub fn user_groups(image: &Use) -> Vec<u32> {
+    image.config().map(|c| c.groups.clone()).unwrap_or_default()
+}
+
 /// The properties that put the tree in place: an artifact's tree bound
 /// read-only at [`ARTIFACT_MOUNT`] (the rest of the host stays visible);
 /// an OCI root as the unit's root, read-only (the tree is shared by every

@@ -660,7 +660,18 @@ fn container_plan(
     // Dropping privileges with setpriv (from the argv, not a shell) works for
     // any numeric id, as in Kubernetes; systemd's User= needs a passwd entry
     // (and SupplementaryGroups= a group entry), so groups go there too.
-    let groups = supplemental_groups(pod);
+    let mut groups = supplemental_groups(pod);
+    let pod_user = sc
+        .and_then(|s| s.run_as_user)
+        .or(psc.and_then(|s| s.run_as_user));
+    if let (Some(u), Some(_), None) = (&image_use, image_user, pod_user) {
+        // The image's user, with the groups its /etc/group gives it.
+        for g in image_run::user_groups(u) {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
     let caps = capability_plan(c);
     // In an OCI root: root needs no switch (the unit runs as root).
     let setpriv = if oci {
