@@ -269,7 +269,12 @@ pub fn instance(unit: Option<&UnitSnapshot>) -> Instance {
         (ActiveState::Activating, _) => return Instance::Creating,
         (ActiveState::Active, "exited") | (ActiveState::Failed, _) => true,
         (ActiveState::Active | ActiveState::Reloading | ActiveState::Deactivating, _) => false,
-        (ActiveState::Inactive, _) => u.exec_main_exit_us > 0,
+        // A unit being created reads inactive with its main process
+        // already forked (ExecMainStartTimestamp set) before it reads
+        // activating: not running until systemd says so (seen with units
+        // whose mount namespace takes a while to set up).
+        (ActiveState::Inactive, _) if u.exec_main_exit_us == 0 => return Instance::Creating,
+        (ActiveState::Inactive, _) => true,
         _ => return Instance::Absent,
     };
     if !terminated {
@@ -1066,6 +1071,23 @@ mod tests {
             .state
             .clone()
             .unwrap()
+    }
+
+    #[test]
+    fn a_unit_still_inactive_with_its_process_forked_is_being_created() {
+        // systemd's first signals for a new unit: inactive/dead with the
+        // main process already forked, then activating, then active.
+        let mut u = running("i1");
+        for (active, sub) in [("inactive", "dead"), ("activating", "start")] {
+            u.active_state = active.into();
+            u.sub_state = sub.into();
+            assert_eq!(instance(Some(&u)), Instance::Creating, "{active}/{sub}");
+        }
+        // Inactive after the process exited is a termination.
+        u.active_state = "inactive".into();
+        u.exec_main_exit_us = T0 + 2_000_000;
+        u.exec_main_code = 1;
+        assert!(matches!(instance(Some(&u)), Instance::Terminated(..)));
     }
 
     #[test]
