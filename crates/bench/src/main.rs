@@ -352,9 +352,10 @@ fn measure(
 
     // 3. re-adopt
     eprintln!("[N={n}] re-adopt: SIGKILL the agent, start another");
-    // Units with a mount namespace of their own (an image's tree bound in)
-    // finish their exec a little after the agent reports them: wait for
-    // systemd to agree before taking the identities.
+    // A safety net: wait until systemd lists every unit running before
+    // taking the identities (an agent that reported Running too early,
+    // as one once did for units with a mount namespace, fails here only
+    // if systemd never agrees).
     let settle = Instant::now() + timeout;
     let mut before = rt.block_on(identities(node.init_pid()))?;
     while Instant::now() < settle
