@@ -341,7 +341,7 @@ impl StoreArgs {
             .unwrap_or_else(|| state_dir.join("images"));
         let store =
             Store::open(&root).with_context(|| format!("image store {}", root.display()))?;
-        let puller = crate::images::puller::NetPuller::new(self.insecure_registries.clone())?;
+        let puller = crate::images::puller::NetPuller::new(self.insecure_registries.clone());
         let cfg = manager::Config {
             image_max_bytes: self.image_max_bytes.unwrap_or(gc.image_max_bytes),
             store_max_bytes: self.image_store_max_bytes.or(gc.store_max_bytes),

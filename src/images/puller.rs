@@ -13,28 +13,36 @@ use futures_util::future::BoxFuture;
 
 /// Fetches over the network.
 pub struct NetPuller {
-    http: reqwest::Client,
-    oci: OciPuller,
-}
-
-/// Why the puller could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum PullerError {
-    /// The HTTP client.
-    #[error(transparent)]
-    Http(#[from] fetch::FetchError),
-    /// The registry client.
-    #[error(transparent)]
-    Oci(#[from] super::oci::PullFailure),
+    insecure: Vec<String>,
+    /// Made on the first pull of each kind: a client holds the parsed
+    /// system trust store (megabytes), which a node running only `host`
+    /// images never needs.
+    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    oci: std::sync::OnceLock<Result<OciPuller, String>>,
 }
 
 impl NetPuller {
     /// A puller reaching `insecure` registries over plain HTTP.
-    pub fn new(insecure: Vec<String>) -> Result<NetPuller, PullerError> {
-        Ok(NetPuller {
-            http: fetch::http_client()?,
-            oci: OciPuller::new(insecure)?,
-        })
+    pub fn new(insecure: Vec<String>) -> NetPuller {
+        NetPuller {
+            insecure,
+            http: std::sync::OnceLock::new(),
+            oci: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn http(&self) -> Result<&reqwest::Client, String> {
+        self.http
+            .get_or_init(|| fetch::http_client().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn oci(&self) -> Result<&OciPuller, String> {
+        self.oci
+            .get_or_init(|| OciPuller::new(self.insecure.clone()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 
@@ -143,7 +151,7 @@ impl Puller for NetPuller {
                 ImageRef::Artifact(a) => {
                     let auth = artifact_auth(creds, &a.url);
                     let s = fetch::fetch_artifact(
-                        &self.http,
+                        self.http()?,
                         a,
                         auth.as_ref(),
                         store,
@@ -165,7 +173,7 @@ impl Puller for NetPuller {
                     let auth = super::oci::RegistryAuth::for_image(&creds.docker_configs, r)
                         .map_err(|e| e.to_string())?;
                     let p = self
-                        .oci
+                        .oci()?
                         .pull(store, r, auth.as_ref(), &limits)
                         .await
                         .map_err(|e| e.to_string())?;
