@@ -212,21 +212,26 @@ fn counted_path<R: Read>(
     Ok(Some((raw, name)))
 }
 
+/// The directory everything is created beneath (an `O_PATH` fd).
+fn open_tree(dir: &Path) -> Result<OwnedFd, UnpackError> {
+    nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| UnpackError::Write {
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })
+}
+
 /// Unpacks the tar stream `reader` into the empty directory `dest`.
 pub fn unpack_tar<R: Read>(
     reader: R,
     dest: &Path,
     limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
-    let root = nix::fcntl::open(
-        dest,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| UnpackError::Write {
-        path: dest.to_path_buf(),
-        source: e.into(),
-    })?;
+    let root = open_tree(dest)?;
     let mut archive = tar::Archive::new(reader);
     let mut done = Unpacked::default();
     for entry in archive.entries().map_err(UnpackError::Read)? {
@@ -616,15 +621,7 @@ pub fn unpack_layer<R: Read>(
     root: &Path,
     limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
-    let rootfd = nix::fcntl::open(
-        root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| UnpackError::Write {
-        path: root.to_path_buf(),
-        source: e.into(),
-    })?;
+    let rootfd = open_tree(root)?;
     let privileged = nix::unistd::geteuid().is_root();
     let mut archive = tar::Archive::new(reader);
     let mut done = Unpacked::default();
