@@ -236,32 +236,13 @@ fn is_docker_hub(image: &str) -> bool {
     }
 }
 
-/// Standard base64 (padding optional): the agent has no base64 crate of
-/// its own, and the `auth` field is all it decodes.
+/// Standard base64, padding optional (docker config files are written
+/// both ways).
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // A lone trailing character carries fewer than 8 bits: malformed.
-    (bits < 6).then_some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -530,11 +511,11 @@ struct Saved {
 /// One client per way of reaching a registry. Clients keep credentials
 /// and tokens per registry once given, so the shared set only ever pulls
 /// anonymously; a pull with credentials gets a set of its own, and one
-/// pod's secret never serves another pod's pull.
+/// pod's secret never serves another pod's pull. Each is the client or why
+/// it could not be made: a machine without CA certificates cannot verify
+/// TLS, but still pulls from loopback and insecure registries (and the
+/// agent still starts).
 #[derive(Clone)]
-/// Each client, or why it could not be made: a machine without CA
-/// certificates cannot verify TLS, but still pulls from loopback and
-/// insecure registries (and the agent still starts).
 struct Clients {
     verified: Result<Client, String>,
     unverified: Result<Client, String>,
@@ -1390,22 +1371,8 @@ mod tests {
     }
 
     fn b64(s: &str) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let b = s.as_bytes();
-        let mut out = String::new();
-        for c in b.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
     }
 
     fn secret(entries: &[(&str, &str)]) -> Vec<u8> {

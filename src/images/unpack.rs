@@ -212,6 +212,28 @@ fn counted_path<R: Read>(
     Ok(Some((raw, name)))
 }
 
+/// Copies a regular file's content: never more than its header says,
+/// whatever the stream holds, and a short one is a truncated archive.
+fn copy_entry(
+    entry: &mut impl Read,
+    size: u64,
+    file: &mut std::fs::File,
+    at: &Path,
+    name: &str,
+) -> Result<(), UnpackError> {
+    let copied = io::copy(&mut entry.take(size), file).map_err(|e| UnpackError::Write {
+        path: at.to_path_buf(),
+        source: e,
+    })?;
+    if copied != size {
+        return Err(UnpackError::Read(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("entry {name:?} is truncated"),
+        )));
+    }
+    Ok(())
+}
+
 /// The directory everything is created beneath (an `O_PATH` fd).
 fn open_tree(dir: &Path) -> Result<OwnedFd, UnpackError> {
     nix::fcntl::open(
@@ -298,19 +320,7 @@ pub fn unpack_tar<R: Read>(
                     e => write_err(e),
                 })?;
                 let mut file = std::fs::File::from(fd);
-                // Never more than the header says, whatever the stream holds.
-                let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(|e| {
-                    UnpackError::Write {
-                        path: at.clone(),
-                        source: e,
-                    }
-                })?;
-                if copied != size {
-                    return Err(UnpackError::Read(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("entry {name:?} is truncated"),
-                    )));
-                }
+                copy_entry(&mut entry, size, &mut file, &at, &name)?;
                 file.flush().map_err(|e| UnpackError::Write {
                     path: at.clone(),
                     source: e,
@@ -716,18 +726,7 @@ pub fn unpack_layer<R: Read>(
                 )
                 .map_err(write_err)?;
                 let mut file = std::fs::File::from(fd);
-                let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(|e| {
-                    UnpackError::Write {
-                        path: at.clone(),
-                        source: e,
-                    }
-                })?;
-                if copied != size {
-                    return Err(UnpackError::Read(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("entry {name:?} is truncated"),
-                    )));
-                }
+                copy_entry(&mut entry, size, &mut file, &at, &name)?;
                 let fd = OwnedFd::from(file);
                 owner(&fd).map_err(write_err)?;
                 nix::sys::stat::futimens(fd.as_fd(), &time, &time).map_err(write_err)?;
