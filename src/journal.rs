@@ -106,6 +106,16 @@ pub fn container_query(view: &PodView, opts: &LogOptions) -> Result<LogQuery, Lo
     };
     let unit = view.units.get(&c.unit);
     let record = view.records.get(&c.name).cloned().unwrap_or_default();
+    // An ended container whose unit was collected (see the runtime's `gc`)
+    // is known by its record alone.
+    let collected = record
+        .finished
+        .as_ref()
+        .filter(|_| unit.is_none_or(|u| u.invocation_id.is_empty()))
+        .and_then(|t| {
+            let inv = t.container_id.strip_prefix("systemd://")?;
+            (!inv.is_empty()).then(|| (inv.to_string(), t.pid, t.started_us))
+        });
     let invocation = if opts.previous {
         record.previous_invocation.clone().ok_or_else(|| {
             LogError::Unavailable(format!(
@@ -117,6 +127,7 @@ pub fn container_query(view: &PodView, opts: &LogOptions) -> Result<LogQuery, Lo
         match unit
             .map(|u| u.invocation_id.clone())
             .filter(|i| !i.is_empty())
+            .or_else(|| collected.as_ref().map(|c| c.0.clone()))
         {
             Some(i) => i,
             None => {
@@ -134,6 +145,9 @@ pub fn container_query(view: &PodView, opts: &LogOptions) -> Result<LogQuery, Lo
     if let Some(u) = unit.filter(|u| !u.invocation_id.is_empty()) {
         main_pids.push((u.invocation_id.clone(), u.exec_main_pid));
     }
+    if let Some((inv, pid, _)) = &collected {
+        main_pids.push((inv.clone(), *pid));
+    }
     if let (Some(prev), Some(t)) = (&record.previous_invocation, &record.last_termination) {
         if t.container_id == format!("systemd://{prev}") {
             main_pids.push((prev.clone(), t.pid));
@@ -149,6 +163,7 @@ pub fn container_query(view: &PodView, opts: &LogOptions) -> Result<LogQuery, Lo
             .map(|t| t.started_us)
     } else {
         unit.map(|u| u.exec_main_start_us)
+            .or_else(|| collected.as_ref().map(|c| c.2))
     };
     let read_from_us = started_us
         .filter(|&s| s > 0)

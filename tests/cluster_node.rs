@@ -1008,3 +1008,67 @@ fn volumes_from_the_api_token_claim_and_updates() {
     );
     node.stop_agent();
 }
+
+/// Garbage collection in cluster mode: an ended pod keeps its units and
+/// volumes until its terminal status is in the API server, then gives
+/// them back (its record stays, so the pod is not run again, even by a
+/// restarted agent); a running pod beside it is not touched.
+#[test]
+fn an_ended_pod_gives_back_its_units_and_volumes_once_its_status_is_written() {
+    let (api, mut node) = join("gc_ended_cluster");
+    let nn = node.name.clone();
+    api.create("pods", Some("default"), sleeper("steady", &nn));
+    let mut job = stopper("job", &node);
+    job["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "scratch", "mountPath": "/scratch"}]);
+    job["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
+    api.create("pods", Some("default"), job);
+    wait_api_phase(&api, &node, "steady", "Running");
+    let p = wait_api_phase(&api, &node, "job", "Running");
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let steady = node.unit_of("default", "steady", "c");
+    let pid = node.show_value(&steady, "MainPID");
+    let volumes = format!("/var/lib/unitlet/pods/{uid}/volumes");
+    assert_eq!(node.sh(&format!("test -d {volumes} && echo yes")), "yes\n");
+    std::fs::write(node.dir.join("stop"), "").unwrap();
+    let p = wait_api_phase(&api, &node, "job", "Failed");
+    node.wait_for(
+        "the ended pod's units and volumes collected",
+        default_wait(),
+        || {
+            let units = node.units("unitlet_default_job_*");
+            let gone = node.sh_output(&format!("test -e {volumes}")).status.code() == Some(1);
+            (units.is_empty() && gone).then_some(())
+        },
+    );
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        3
+    );
+    // The record stays: a restarted agent does not run it again.
+    assert_eq!(
+        node.sh(&format!(
+            "test -f /var/lib/unitlet/pods/{uid}/pod.json && echo yes"
+        )),
+        "yes\n"
+    );
+    node.kill_agent_9();
+    let kc = node.dir.join("kubeconfig");
+    node.start_node_agent(&kc, &[]);
+    node.wait_log("the initial sync", |l| {
+        l["message"] == "initial sync complete"
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        node.units("unitlet_default_job_*").is_empty(),
+        "the ended pod ran again"
+    );
+    let p = api.get("pods", Some("default"), "job").unwrap();
+    assert_eq!(p["status"]["phase"], "Failed");
+    assert_eq!(
+        node.show_value(&steady, "MainPID"),
+        pid,
+        "a running pod was touched"
+    );
+    node.stop_agent();
+}

@@ -522,6 +522,7 @@ fn updated(p: &StaticPod, f: impl FnOnce(&mut serde_json::Value)) -> Arc<StaticP
         uid: p.uid.clone(),
         deletion_grace_s: None,
         update_error: None,
+        terminal: false,
     })
 }
 
@@ -1274,4 +1275,80 @@ fn a_rollout_to_a_new_image_replaces_the_container_with_the_new_image_id() {
         3,
         "v1 once, v2 failed once then pulled"
     );
+}
+
+/// Garbage collection of an ended pod in cluster mode: its units stay
+/// while its terminal status is only reported, and are stopped and reset
+/// once the API server shows the terminal phase; the status keeps how the
+/// container ended, nothing runs again (a restarted agent included), and a
+/// running pod beside it is not touched. A pod the API server shows ended
+/// is never admitted.
+#[test]
+fn an_ended_pod_is_collected_once_the_api_shows_it_ended() {
+    let mut rig = Rig::new();
+    let p = pod(
+        "p",
+        json!({"restartPolicy": "Never", "containers": [sh("c")]}),
+    );
+    let r = pod("r", json!({"containers": [sh("c")]}));
+    let (c, rc) = (rig.unit(&p, "c"), rig.unit(&r, "c"));
+    rig.start(vec![p.clone(), r.clone()]);
+    rig.wait("both running", || {
+        let running = rig.fake.running();
+        running.contains(&c) && running.contains(&rc)
+    });
+    rig.fake.exit(&c, 2);
+    rig.wait("Failed", || rig.phase("p") == "Failed");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        rig.fake.loaded().contains(&c),
+        "kept until the API server has the status"
+    );
+    let ended = Arc::new(StaticPod {
+        terminal: true,
+        ..(*p).clone()
+    });
+    rig.set(vec![ended.clone(), r.clone()]);
+    rig.wait("the failed unit collected", || {
+        !rig.fake.loaded().contains(&c)
+            && rig
+                .fake
+                .calls()
+                .iter()
+                .any(|x| matches!(x, Call::ResetFailed(u) if u == &c))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let st = rig.status("p").unwrap();
+    assert_eq!(st.phase.as_deref(), Some("Failed"));
+    let cs = &st.container_statuses.unwrap()[0];
+    let t = cs.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(t.exit_code, 2, "{cs:?}");
+    assert_eq!(rig.starts_of(&c).len(), 1, "never run again");
+    assert_eq!(
+        rig.disturbances(&rc).len(),
+        1,
+        "only its start: {:#?}",
+        rig.disturbances(&rc)
+    );
+    // A new agent: the ended pod stays ended; a pod the API server shows
+    // ended that this node never ran is not admitted.
+    rig.kill();
+    let q = Arc::new(StaticPod {
+        terminal: true,
+        ..(*pod(
+            "q",
+            json!({"restartPolicy": "Never", "containers": [sh("c")]}),
+        ))
+        .clone()
+    });
+    let qc = rig.unit(&q, "c");
+    rig.start(vec![ended, r, q]);
+    rig.wait("r reported running", || rig.phase("r") == "Running");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rig.starts_of(&c).len(), 1, "never run again");
+    assert!(
+        rig.starts_of(&qc).is_empty(),
+        "an ended API pod is not admitted"
+    );
+    assert!(rig.phase("p").is_empty() || rig.phase("p") == "Failed");
 }

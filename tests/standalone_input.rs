@@ -335,7 +335,7 @@ fn arguments_and_environment_reach_the_process_verbatim() {
     let script = node.path("print.py");
     std::fs::write(
         &script,
-        "import sys, os, json\nprint(json.dumps({'argv': sys.argv[1:], 'V': os.environ.get('V'), 'W': os.environ.get('W'), 'HOME': os.environ.get('HOME')}))\n",
+        "import sys, os, json, time\nprint(json.dumps({'argv': sys.argv[1:], 'V': os.environ.get('V'), 'W': os.environ.get('W'), 'HOME': os.environ.get('HOME')}), flush=True)\nif os.environ.get('STAY'): time.sleep(100000)\n",
     )
     .unwrap();
     node.write_json_manifest(
@@ -356,6 +356,9 @@ fn arguments_and_environment_reach_the_process_verbatim() {
                         {"name": "DEFINED", "value": "yes"},
                         {"name": "V", "value": v},
                         {"name": "W", "value": w},
+                        // Keeps running, so its unit is there to inspect
+                        // (an ended pod's units are collected).
+                        {"name": "STAY", "value": "1"},
                     ],
                 }],
             },
@@ -363,8 +366,7 @@ fn arguments_and_environment_reach_the_process_verbatim() {
     );
     let want = json!({"argv": want_args, "V": want_v, "W": want_w, "HOME": "/root"});
     node.start_agent(&[]);
-    let pod = node.wait_pod("inj", "Succeeded", |p| phase(p) == "Succeeded");
-    assert_eq!(terminated(&pod, "c")["exitCode"], 0, "{pod}");
+    node.wait_pod("inj", "running", |p| running(p, "c"));
     let printed = json_output(&node);
     assert!(printed == want, "{}", json_diff(&printed, &want));
     let unit = node.unit_of("default", "inj", "c");

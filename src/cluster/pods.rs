@@ -110,6 +110,7 @@ fn is_terminal(phase: Option<&str>) -> bool {
 
 /// An API pod as the reconciler wants it, or why it cannot run here.
 pub fn to_desired(pod: &Pod) -> Result<StaticPod, crate::core::manifest::ManifestError> {
+    let terminal = is_terminal(pod.status.as_ref().and_then(|s| s.phase.as_deref()));
     let mut p = pod.clone();
     p.status = None;
     p.metadata.namespace.get_or_insert_with(|| "default".into());
@@ -128,6 +129,7 @@ pub fn to_desired(pod: &Pod) -> Result<StaticPod, crate::core::manifest::Manifes
         pod: p,
         deletion_grace_s,
         update_error: None,
+        terminal,
     })
 }
 
@@ -153,6 +155,7 @@ pub fn desired_or_rejected(pod: &Pod) -> StaticPod {
                     .map(|_| p.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64),
                 pod: p,
                 update_error: Some(e.to_string()),
+                terminal: is_terminal(pod.status.as_ref().and_then(|s| s.phase.as_deref())),
             }
         }
     }
@@ -275,6 +278,7 @@ fn accept(pod: &Pod, set: &mut HashMap<String, Arc<StaticPod>>, known: &Known) {
     let same = set.get(&uid).is_some_and(|old| {
         let (a, b) = (&old.pod.metadata, &d.pod.metadata);
         old.deletion_grace_s == d.deletion_grace_s
+            && old.terminal == d.terminal
             && old.update_error == d.update_error
             && old.pod.spec == d.pod.spec
             && a.labels == b.labels

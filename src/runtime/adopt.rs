@@ -18,16 +18,12 @@ impl Runtime {
             let containers = s.state.load_containers(rec.uid());
             self.register(rec, containers);
         }
+        self.remove_orphan_dirs();
         let listing = s.sd.list(&names::UNIT_PATTERNS).await?;
-        let mut orphans = Vec::new();
         {
             let inner = s.inner.lock().unwrap();
-            for row in &listing {
-                if inner.owner.contains_key(&row.name) {
-                    s.units_q.add(&row.name);
-                } else {
-                    orphans.push(row.name.clone());
-                }
+            for row in listing.iter().filter(|r| inner.owner.contains_key(&r.name)) {
+                s.units_q.add(&row.name);
             }
         }
         if let Ok(dirs) = std::fs::read_dir(SECRET_ENV_DIR) {
@@ -39,14 +35,7 @@ impl Runtime {
                 }
             }
         }
-        for unit in orphans {
-            info!(unit, "stopping orphaned unit: no admitted pod owns it");
-            let sd = s.sd.clone();
-            tokio::spawn(async move {
-                let _ = sd.stop(&unit).await;
-                let _ = sd.reset_failed(&unit).await;
-            });
-        }
+        self.stop_orphans(&listing);
         Ok(count)
     }
 
@@ -93,6 +82,7 @@ impl Runtime {
                     old.get(*u).is_none_or(|o| {
                         !Arc::ptr_eq(o, p)
                             && (o.deletion_grace_s != p.deletion_grace_s
+                                || o.terminal != p.terminal
                                 || o.pod.spec != p.pod.spec)
                     })
                 })

@@ -19,6 +19,7 @@
 //! and the unit-signal cache.
 
 mod adopt;
+mod gc;
 pub mod probes;
 mod probing;
 pub mod queue;
@@ -128,6 +129,10 @@ struct Memo {
     /// When each container began waiting for its image for its next start
     /// (under `Always`, a pull that ended before does not count).
     pull_since: HashMap<String, u64>,
+    /// The ended pod's units are stopped and reset (see `gc`).
+    units_collected: bool,
+    /// The ended pod's volumes are removed (see `gc`).
+    volumes_collected: bool,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
@@ -224,6 +229,8 @@ struct Shared {
     probing: Mutex<HashMap<(String, String), Probing>>,
     /// The pods' volumes.
     volumes: crate::volumes::Volumes,
+    /// Orphaned units already named in the log (see `gc`).
+    orphans_reported: Mutex<HashSet<String>>,
 }
 
 /// Handle on a running reconciler.
@@ -253,6 +260,7 @@ impl Runtime {
                 start_window: Arc::new(tokio::sync::Semaphore::new(window)),
                 started_us: now_us(),
                 probing: Mutex::default(),
+                orphans_reported: Mutex::default(),
             }),
         }
     }
@@ -539,6 +547,8 @@ impl Runtime {
         for uid in inner.pods.keys() {
             s.pods_q.add(uid);
         }
+        drop(inner);
+        self.stop_orphans(&listing);
     }
 
     fn schedule(&self, uid: &str, at_us: u64) {
@@ -580,6 +590,11 @@ impl Runtime {
             (None, true) => self.terminate(uid, None).await,
             (Some(d), true) if d.deletion_grace_s.is_some() => {
                 self.terminate(uid, d.deletion_grace_s).await
+            }
+            (Some(d), false) if d.terminal => {
+                // As the kubelet: a pod the API server shows ended never
+                // runs (again) here, whatever this node remembers.
+                debug!(pod = d.key(), uid, "not admitting a pod that has ended")
             }
             (Some(_), false) if conflict => {
                 debug!(uid, "waiting for the previous pod of the same name to stop")

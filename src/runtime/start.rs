@@ -54,7 +54,7 @@ impl Runtime {
     pub(super) async fn drive(&self, uid: &str) {
         let s = &self.shared;
         let exceeded = self.deadline_exceeded(uid);
-        let (plan, policy, mut records, units, mut memo, pod, live) = {
+        let (plan, policy, mut records, units, mut memo, pod, live, ended_before) = {
             let inner = s.inner.lock().unwrap();
             let Some(e) = inner.pods.get(uid) else { return };
             if e.terminating {
@@ -81,10 +81,13 @@ impl Runtime {
                 e.memo.clone(),
                 pod,
                 e.rec.live.clone(),
+                e.ended,
             )
         };
-        // Past its deadline, nothing (re)starts: the pod is Failed.
+        // Past its deadline, nothing (re)starts: the pod is Failed. An
+        // ended pod starts nothing either, and its volumes may be gone.
         let volumes_ready = !exceeded
+            && !ended_before
             && match &pod {
                 Some(pod) => self.sync_volumes(uid, pod, &plan, &mut memo),
                 None => true,
@@ -234,6 +237,17 @@ impl Runtime {
                 "pod status"
             );
             e.last_summary = summary;
+        }
+        // What an ended pod held goes: in cluster mode once the API server
+        // shows the terminal phase written (see `gc`).
+        let api_terminal = inner
+            .desired
+            .as_ref()
+            .and_then(|d| d.get(uid))
+            .is_some_and(|d| d.terminal);
+        drop(inner);
+        if ended && (s.cfg.reports.is_none() || api_terminal) {
+            self.collect_ended(uid, api_terminal);
         }
     }
 

@@ -76,6 +76,11 @@ pub struct StaticPod {
     /// the version before it, which keeps running, and this says which
     /// field and why (reported as a Warning and in the status message).
     pub update_error: Option<String>,
+    /// The API server shows the pod in a terminal phase (Succeeded or
+    /// Failed): it is never started here (again), and once this node has
+    /// ended it too, what it held is collected. Always false for
+    /// manifests.
+    pub terminal: bool,
 }
 
 impl StaticPod {
@@ -340,6 +345,7 @@ fn pod_from_value(value: Value, source: &str, node_name: &str) -> Result<StaticP
         uid,
         deletion_grace_s: None,
         update_error: None,
+        terminal: false,
     })
 }
 
