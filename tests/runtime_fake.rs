@@ -40,6 +40,7 @@ struct Agent {
     rt: tokio::runtime::Runtime,
     desired: mpsc::Sender<Vec<Arc<StaticPod>>>,
     reports: Arc<Mutex<Vec<PodReport>>>,
+    runtime: Runtime,
 }
 
 struct Rig {
@@ -136,12 +137,14 @@ impl Rig {
         };
         let (tx, rx) = mpsc::channel(4);
         let runtime = Runtime::new(self.fake.clone(), state, cfg);
+        let handle = runtime.clone();
         rt.spawn(runtime.run(rx));
         tx.try_send(pods).unwrap();
         self.agent = Some(Agent {
             rt,
             desired: tx,
             reports,
+            runtime: handle,
         });
     }
 
@@ -1274,4 +1277,92 @@ fn a_rollout_to_a_new_image_replaces_the_container_with_the_new_image_id() {
         3,
         "v1 once, v2 failed once then pulled"
     );
+}
+
+/// Node-pressure eviction through the runtime: the decision is recorded,
+/// the containers get SIGTERM and SIGKILL at the eviction's grace period,
+/// the pod ends Failed/Evicted with the DisruptionTarget condition and an
+/// Evicted event, and it is never started again, also by a new agent.
+#[test]
+fn an_evicted_pod_is_failed_for_good_and_never_restarted() {
+    let mut rig = Rig::new();
+    let p = pod(
+        "p",
+        json!({"terminationGracePeriodSeconds": 30, "containers": [sh("c")]}),
+    );
+    let q = pod("q", json!({"containers": [sh("c")]}));
+    let c = rig.unit(&p, "c");
+    let qc = rig.unit(&q, "c");
+    rig.start(vec![p.clone(), q.clone()]);
+    rig.wait("Running", || {
+        rig.phase("p") == "Running" && rig.phase("q") == "Running"
+    });
+    rig.fake.on_stop(&c, OnStop::Ignores);
+    let runtime = rig.agent.as_ref().unwrap().runtime.clone();
+    let active: Vec<String> = runtime.active_pods().into_iter().map(|a| a.uid).collect();
+    assert!(active.contains(&p.uid) && active.contains(&q.uid));
+    let message =
+        "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. ";
+    let asked = now_us();
+    assert!(runtime
+        .evict(&p.uid, message, 2, "memory.available")
+        .unwrap());
+    assert!(
+        !runtime
+            .evict(&p.uid, message, 2, "memory.available")
+            .unwrap(),
+        "once"
+    );
+    rig.wait("SIGKILL", || {
+        rig.fake.calls().contains(&Call::KillAll(c.clone(), 9))
+    });
+    let calls = rig.fake.timed_calls();
+    let at = |sig: i32| {
+        calls
+            .iter()
+            .find(|(_, x)| *x == Call::KillAll(c.clone(), sig))
+            .map(|(t, _)| *t)
+            .unwrap()
+    };
+    assert!(at(15) < asked + 500_000, "SIGTERM at once");
+    assert!(
+        at(9) >= asked + 1_950_000 && at(9) < asked + 3_000_000,
+        "SIGKILL {} ms after the eviction, grace 2 s",
+        (at(9) - asked) / 1000
+    );
+    rig.wait("stopped", || !rig.fake.running().contains(&c));
+    rig.wait("Failed", || rig.phase("p") == "Failed");
+    let st = rig.status("p").unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    assert_eq!(st.message.as_deref(), Some(message));
+    let conds = st.conditions.unwrap();
+    let dt = conds
+        .iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .unwrap();
+    assert_eq!(
+        (dt.status.as_str(), dt.reason.as_deref()),
+        ("True", Some("TerminationByKubelet"))
+    );
+    let cs = &st.container_statuses.unwrap()[0];
+    assert!(cs.state.as_ref().unwrap().terminated.is_some(), "{cs:?}");
+    assert!(rig
+        .events()
+        .iter()
+        .any(|(w, r, m)| *w && r == "Evicted" && m == message));
+    assert!(!runtime.active_pods().iter().any(|a| a.uid == p.uid));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(rig.starts_of(&c).len(), 1, "not restarted (policy Always)");
+    assert_eq!(rig.phase("q"), "Running", "the other pod is untouched");
+    // A new agent: the eviction is remembered.
+    rig.kill();
+    rig.start(vec![p.clone(), q.clone()]);
+    rig.wait("Failed reported by the new agent", || {
+        rig.phase("p") == "Failed"
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(rig.starts_of(&c).len(), 1, "not started by the new agent");
+    assert_eq!(rig.status("p").unwrap().reason.as_deref(), Some("Evicted"));
+    assert_eq!(rig.starts_of(&qc).len(), 1);
+    assert!(rig.fake.running().contains(&qc));
 }

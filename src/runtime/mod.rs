@@ -19,6 +19,7 @@
 //! and the unit-signal cache.
 
 mod adopt;
+mod evict;
 pub mod probes;
 mod probing;
 pub mod queue;
@@ -84,6 +85,7 @@ pub struct Config {
 
 pub use crate::clock::now_us;
 pub use crate::host::lookup_user;
+pub use evict::{ActivePod, EvictError};
 pub use report::PodReport;
 
 use probing::{unit_grace_s, Probing};
@@ -128,6 +130,8 @@ struct Memo {
     /// When each container began waiting for its image for its next start
     /// (under `Always`, a pull that ended before does not count).
     pull_since: HashMap<String, u64>,
+    /// Instances killed because the pod was evicted.
+    evict_killed: HashSet<String>,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
@@ -605,6 +609,7 @@ impl Runtime {
                     source: String::new(),
                     admitted_us: now,
                     live: Default::default(),
+                    evicted: None,
                 };
                 if let Err(e) = s.state.save_pod(&rec) {
                     return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
