@@ -139,6 +139,29 @@ impl Runtime {
                     }
                 }
             }
+            // Once nothing runs, its volumes go (emptyDirs free their
+            // space, as the kubelet tears down a terminated pod's volumes),
+            // while the pod itself stays to show its status.
+            if kill.is_empty()
+                && !e.memo.evict_torn_down
+                && !e
+                    .plan
+                    .all()
+                    .any(|c| matches!(instance(inner.units.get(&c.unit)), Instance::Running { .. }))
+            {
+                match self
+                    .shared
+                    .volumes
+                    .teardown(&self.shared.cfg.node.pods_dir, uid)
+                {
+                    Ok(()) => e.memo.evict_torn_down = true,
+                    Err(why) => warn!(
+                        uid,
+                        error = why,
+                        "cannot remove the evicted pod's volumes; will retry"
+                    ),
+                }
+            }
             kill
         };
         for (container, unit, invocation, grace) in kill {

@@ -132,6 +132,8 @@ struct Memo {
     pull_since: HashMap<String, u64>,
     /// Instances killed because the pod was evicted.
     evict_killed: HashSet<String>,
+    /// The evicted pod's volumes were torn down.
+    evict_torn_down: bool,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
