@@ -101,7 +101,14 @@ impl Runtime {
                 e.rec.pod.metadata.name.clone().unwrap_or_default(),
             )
         };
-        warn!(pod = key, uid, signal, grace_s, why = message, "evicting pod");
+        warn!(
+            pod = key,
+            uid,
+            signal,
+            grace_s,
+            why = message,
+            "evicting pod"
+        );
         // TODO(merge): crate::metrics::evicted(signal)
         self.report(PodReport::Event {
             uid: uid.to_string(),
