@@ -157,6 +157,82 @@ spec:
     assert_eq!(phase(&node.pod("default", "quiet").unwrap()), "Running");
 }
 
+/// Memory pressure, real but bounded: the threshold is set 150 MiB below
+/// what the node has available when the agent starts (`MemTotal` minus the
+/// node's own control group's working set, as the agent computes it), and
+/// a pod then holds 400 MiB. It is evicted with the kubelet's memory
+/// message naming its container; the quiet pod keeps running.
+#[test]
+fn a_pod_taking_the_nodes_memory_is_evicted() {
+    let mut node = Node::boot("eviction_memory");
+    let out = node.sh(
+        "u=$(cat /sys/fs/cgroup/memory/memory.usage_in_bytes); \
+         i=$(sed -n 's/^total_inactive_file //p' /sys/fs/cgroup/memory/memory.stat); \
+         t=$(sed -n 's/^MemTotal: *//p' /proc/meminfo); t=${t% kB}; \
+         echo $((t*1024-u+i))",
+    );
+    let available: u64 = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("the node's available memory: {out:?}: {e}"));
+    let threshold = format!("memory.available<{}Ki", (available - (150 << 20)) / 1024);
+    node.write_manifest(
+        "quiet.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\nspec:\n  containers:\n  - {name: c, image: host, command: [sleep, infinity]}\n",
+    );
+    node.start_agent_synced(&[
+        "--eviction-hard",
+        &threshold,
+        "--eviction-monitoring-interval",
+        "1s",
+    ]);
+    node.wait_pod("quiet", "running", |p| running(p, "c"));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !node
+            .agent_lines()
+            .iter()
+            .any(|l| l["message"] == "evicting pod"),
+        "no pressure before the hog: {threshold}"
+    );
+    node.write_manifest(
+        "hog.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  containers:
+  - name: c
+    image: host
+    command: ["python3", "-c", "import time\nb = bytearray(400 << 20)\nb[::4096] = b'x' * (len(b) // 4096)\ntime.sleep(100000)"]
+"#,
+    );
+    let evicted = node.wait_pod_in("default", "hog", "Failed/Evicted", patient(60), |p| {
+        phase(p) == "Failed" && p["status"]["reason"] == "Evicted"
+    });
+    let message = evicted["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The node was low on resource: memory. Threshold quantity: ")
+            && message.contains("Container c was using ")
+            && message.ends_with(", request is 0, has larger consumption of memory. "),
+        "{message}"
+    );
+    let unit = node.unit_of("default", "hog", "c");
+    node.wait_for("the hog's process gone", default_wait(), || {
+        (node.show_value(&unit, "MainPID") == "0").then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let quiet = node.pod("default", "quiet").unwrap();
+    assert_eq!(phase(&quiet), "Running", "{quiet}");
+    let evictions = node
+        .agent_lines()
+        .iter()
+        .filter(|l| l["message"] == "evicting pod")
+        .count();
+    assert_eq!(evictions, 1);
+}
+
 /// `bool::then_none`: `Some(())` when false.
 trait ThenNone {
     fn then_none(self) -> Option<()>;

@@ -499,7 +499,13 @@ async fn status_loop(
 ) {
     let nodes: Api<Node> = Api::all(client);
     let mut taints_for: Option<crate::core::eviction::Conditions> = None;
-    let mut our_taints = std::collections::BTreeSet::new();
+    // The pressure taints this agent added, remembered across restarts so
+    // that a restarted agent still removes them (and only them).
+    let ours_file = state_dir.join("pressure-taints.json");
+    let mut our_taints: std::collections::BTreeSet<String> = std::fs::read(&ours_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     let mut reclaiming = None;
     let mut manager_alive = true;
     let mut last_images = Vec::new();
@@ -530,6 +536,12 @@ async fn status_loop(
         if taints_for != Some(now_pressure.conditions) {
             match sync_taints(&nodes, &node, now_pressure.conditions, &our_taints).await {
                 Ok(ours) => {
+                    if ours != our_taints {
+                        let bytes = serde_json::to_vec(&ours).expect("serializable");
+                        if let Err(e) = std::fs::write(&ours_file, bytes) {
+                            warn!(file = %ours_file.display(), error = %e, "cannot remember the node's pressure taints");
+                        }
+                    }
                     our_taints = ours;
                     taints_for = Some(now_pressure.conditions);
                 }
