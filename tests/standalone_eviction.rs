@@ -165,12 +165,10 @@ spec:
 #[test]
 fn a_pod_taking_the_nodes_memory_is_evicted() {
     let mut node = Node::boot("eviction_memory");
-    let out = node.sh(
-        "u=$(cat /sys/fs/cgroup/memory/memory.usage_in_bytes); \
+    let out = node.sh("u=$(cat /sys/fs/cgroup/memory/memory.usage_in_bytes); \
          i=$(sed -n 's/^total_inactive_file //p' /sys/fs/cgroup/memory/memory.stat); \
          t=$(sed -n 's/^MemTotal: *//p' /proc/meminfo); t=${t% kB}; \
-         echo $((t*1024-u+i))",
-    );
+         echo $((t*1024-u+i))");
     let available: u64 = out
         .trim()
         .parse()
