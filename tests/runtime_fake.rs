@@ -1366,3 +1366,95 @@ fn an_evicted_pod_is_failed_for_good_and_never_restarted() {
     assert_eq!(rig.starts_of(&qc).len(), 1);
     assert!(rig.fake.running().contains(&qc));
 }
+
+/// Made-up node figures for the eviction manager: memory is short until
+/// the pod named `hog` stops being active.
+struct FakeSignals {
+    hog_uid: String,
+    runtime: Runtime,
+}
+
+impl unitlet::eviction::Signals for FakeSignals {
+    fn observe(&self) -> unitlet::core::eviction::Observations {
+        use unitlet::core::eviction::{Observation, Signal};
+        let hog_active = self
+            .runtime
+            .active_pods()
+            .iter()
+            .any(|p| p.uid == self.hog_uid);
+        let available = if hog_active { 50 << 20 } else { 4 << 30 };
+        [(
+            Signal::MemoryAvailable,
+            Observation {
+                available,
+                capacity: 8 << 30,
+            },
+        )]
+        .into()
+    }
+
+    fn usage(&self, pod: &unitlet::runtime::ActivePod) -> Option<unitlet::core::eviction::Usage> {
+        let mem: u64 = if pod.uid == self.hog_uid {
+            500 << 20
+        } else {
+            10 << 20
+        };
+        Some(unitlet::core::eviction::Usage {
+            memory_bytes: Some(mem),
+            containers_memory: [("c".to_string(), mem)].into(),
+            pids: Some(0),
+            ..Default::default()
+        })
+    }
+}
+
+/// The eviction manager's loop on the fake: under memory pressure it
+/// publishes MemoryPressure, evicts the pod using the most memory above
+/// its request (one pod), and stops once the pressure is gone.
+#[test]
+fn the_eviction_manager_evicts_the_biggest_memory_user_once() {
+    let mut rig = Rig::new();
+    let hog = pod("hog", json!({"containers": [sh("c")]}));
+    let calm = pod("calm", json!({"containers": [sh("c")]}));
+    rig.start(vec![hog.clone(), calm.clone()]);
+    rig.wait("Running", || {
+        rig.phase("hog") == "Running" && rig.phase("calm") == "Running"
+    });
+    let agent = rig.agent.as_ref().unwrap();
+    let signals = Arc::new(FakeSignals {
+        hog_uid: hog.uid.clone(),
+        runtime: agent.runtime.clone(),
+    });
+    let opts = unitlet::eviction::Options {
+        config: unitlet::core::eviction::Config::default(),
+        interval: Duration::from_millis(50),
+    };
+    let runtime = agent.runtime.clone();
+    let pressure = agent
+        .rt
+        .block_on(async move { unitlet::eviction::spawn(runtime, signals, opts) });
+    rig.wait("hog Failed/Evicted", || {
+        rig.status("hog")
+            .is_some_and(|s| s.reason.as_deref() == Some("Evicted"))
+    });
+    let st = rig.status("hog").unwrap();
+    assert_eq!(
+        st.message.as_deref(),
+        Some(
+            "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. \
+             Container c was using 500Mi, request is 0, has larger consumption of memory. "
+        )
+    );
+    assert!(
+        pressure.borrow().conditions.memory,
+        "within the transition period"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rig.phase("calm"), "Running");
+    let evicted = rig
+        .events()
+        .iter()
+        .filter(|(_, r, _)| r == "Evicted")
+        .count();
+    assert_eq!(evicted, 1);
+}
