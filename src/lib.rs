@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod eviction;
 /// The pure core (its own crate, `unitlet-core`), under the path the
 /// agent has always used for it.
 pub use unitlet_core as core;

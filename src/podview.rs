@@ -71,7 +71,7 @@ pub async fn collect(
                 .filter_map(|u| all.get(u).map(|s| (u.to_string(), s.clone())))
                 .collect();
             let records = state.load_containers(rec.uid());
-            let status = crate::core::live::pod_status(
+            let mut status = crate::core::live::pod_status(
                 &rec.pod,
                 &plan,
                 node,
@@ -81,6 +81,9 @@ pub async fn collect(
                 now,
                 &rec.live,
             );
+            if let Some(ev) = &rec.evicted {
+                crate::core::eviction::amend_status(&mut status, ev);
+            }
             PodView {
                 rec,
                 plan,

@@ -41,6 +41,10 @@ pub struct PodRecord {
     /// (resize, deadline, an update it cannot apply).
     #[serde(default)]
     pub live: crate::core::live::LiveState,
+    /// The node evicted the pod (node pressure): it is Failed for good and
+    /// never started again, also by a restarted agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<crate::core::eviction::Evicted>,
 }
 
 impl PodRecord {

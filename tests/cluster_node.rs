@@ -1009,6 +1009,128 @@ fn volumes_from_the_api_token_claim_and_updates() {
     node.stop_agent();
 }
 
+/// Node-pressure eviction in cluster mode, with real disk pressure inside
+/// the sandbox node (its state directory is a 64 MiB tmpfs): DiskPressure
+/// with the kubelet's reason and the NoSchedule taint reach the Node at
+/// once, the pod filling its emptyDir ends Failed/Evicted with an
+/// `Evicted` Warning event, and once the transition period is over the
+/// condition clears and only the taint the agent added goes.
+#[test]
+fn disk_pressure_taints_the_node_and_evicts_the_pod_filling_the_disk() {
+    let api = ApiServer::start();
+    let mut node = Node::boot("evict_cluster");
+    node.sh("mkdir -p /var/lib/unitlet && mount -t tmpfs -o size=64m tmpfs /var/lib/unitlet");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    node.start_node_agent(
+        &kc,
+        &[
+            "--eviction-hard",
+            "nodefs.available<30%",
+            "--eviction-monitoring-interval",
+            "1s",
+            "--eviction-pressure-transition-period",
+            "15s",
+        ],
+    );
+    let name = node.name.clone();
+    node.wait_for("the Node Ready without pressure", default_wait(), || {
+        let n = api.get("nodes", None, &name)?;
+        (cond(&n, "Ready")?["status"] == "True" && cond(&n, "DiskPressure")?["status"] == "False")
+            .then_some(())
+    });
+    let n = api.get("nodes", None, &name).unwrap();
+    let dp = cond(&n, "DiskPressure").unwrap();
+    assert_eq!(dp["reason"], "KubeletHasNoDiskPressure");
+    assert_eq!(dp["message"], "kubelet has no disk pressure");
+    let filler = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "filler", "namespace": "default"},
+        "spec": {
+            "nodeName": name,
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{
+                "name": "c",
+                "image": "host",
+                "command": ["/bin/sh", "-c", "for i in $(seq 50); do head -c 1048576 /dev/zero > /data/f$i; sleep 0.1; done; exec sleep infinity"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+            }]
+        }
+    });
+    let created = api.create("pods", Some("default"), filler);
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let taint_key = "node.kubernetes.io/disk-pressure";
+    let tainted = |n: &Value| {
+        n["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == taint_key && t["effect"] == "NoSchedule")
+        })
+    };
+    node.wait_for(
+        "DiskPressure and its taint on the Node",
+        default_wait(),
+        || {
+            let n = api.get("nodes", None, &name)?;
+            let dp = cond(&n, "DiskPressure")?;
+            (dp["status"] == "True" && tainted(&n)).then_some(())
+        },
+    );
+    let n = api.get("nodes", None, &name).unwrap();
+    let dp = cond(&n, "DiskPressure").unwrap();
+    assert_eq!(dp["reason"], "KubeletHasDiskPressure");
+    assert_eq!(dp["message"], "kubelet has disk pressure");
+    assert!(n["spec"]["taints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "unitlet.io/provider"));
+    let pod = node.wait_for("the pod Failed/Evicted in the API", default_wait(), || {
+        let p = api.get("pods", Some("default"), "filler")?;
+        (p["status"]["phase"] == "Failed" && p["status"]["reason"] == "Evicted").then_some(p)
+    });
+    let message = pod["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The node was low on resource: ephemeral-storage. "),
+        "{message}"
+    );
+    let dt = cond(&pod, "DisruptionTarget").expect("DisruptionTarget");
+    assert_eq!(dt["reason"], "TerminationByKubelet");
+    node.wait_for("the Evicted event", default_wait(), || {
+        api.list("events", Some("default")).into_iter().find(|e| {
+            e["involvedObject"]["uid"] == uid.as_str()
+                && e["reason"] == "Evicted"
+                && e["type"] == "Warning"
+                && e["message"] == message
+        })
+    });
+    node.wait_for(
+        "the EvictionThresholdMet node event",
+        default_wait(),
+        || {
+            api.list("events", Some("default")).into_iter().find(|e| {
+                e["involvedObject"]["kind"] == "Node"
+                    && e["reason"] == "EvictionThresholdMet"
+                    && e["message"] == "Attempting to reclaim ephemeral-storage"
+            })
+        },
+    );
+    // The space is back; after the transition period the condition and
+    // the agent's taint go, the config's taint stays.
+    node.wait_for("DiskPressure over and the taint gone", patient(60), || {
+        let n = api.get("nodes", None, &name)?;
+        (cond(&n, "DiskPressure")?["status"] == "False" && !tainted(&n)).then_some(n)
+    });
+    let n = api.get("nodes", None, &name).unwrap();
+    assert!(n["spec"]["taints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "unitlet.io/provider"));
+    let p = api.get("pods", Some("default"), "filler").unwrap();
+    assert_eq!(p["status"]["phase"], "Failed", "never moves backwards");
+}
+
 /// Garbage collection in cluster mode: an ended pod keeps its units and
 /// volumes until its terminal status is in the API server, then gives
 /// them back (its record stays, so the pod is not run again, even by a

@@ -40,6 +40,7 @@ struct Agent {
     rt: tokio::runtime::Runtime,
     desired: mpsc::Sender<Vec<Arc<StaticPod>>>,
     reports: Arc<Mutex<Vec<PodReport>>>,
+    runtime: Runtime,
 }
 
 struct Rig {
@@ -136,12 +137,14 @@ impl Rig {
         };
         let (tx, rx) = mpsc::channel(4);
         let runtime = Runtime::new(self.fake.clone(), state, cfg);
+        let handle = runtime.clone();
         rt.spawn(runtime.run(rx));
         tx.try_send(pods).unwrap();
         self.agent = Some(Agent {
             rt,
             desired: tx,
             reports,
+            runtime: handle,
         });
     }
 
@@ -1275,6 +1278,186 @@ fn a_rollout_to_a_new_image_replaces_the_container_with_the_new_image_id() {
         3,
         "v1 once, v2 failed once then pulled"
     );
+}
+
+/// Node-pressure eviction through the runtime: the decision is recorded,
+/// the containers get SIGTERM and SIGKILL at the eviction's grace period,
+/// the pod ends Failed/Evicted with the DisruptionTarget condition and an
+/// Evicted event, and it is never started again, also by a new agent.
+#[test]
+fn an_evicted_pod_is_failed_for_good_and_never_restarted() {
+    let mut rig = Rig::new();
+    let p = pod(
+        "p",
+        json!({"terminationGracePeriodSeconds": 30, "containers": [sh("c")]}),
+    );
+    let q = pod("q", json!({"containers": [sh("c")]}));
+    let c = rig.unit(&p, "c");
+    let qc = rig.unit(&q, "c");
+    rig.start(vec![p.clone(), q.clone()]);
+    rig.wait("Running", || {
+        rig.phase("p") == "Running" && rig.phase("q") == "Running"
+    });
+    rig.fake.on_stop(&c, OnStop::Ignores);
+    let runtime = rig.agent.as_ref().unwrap().runtime.clone();
+    let active: Vec<String> = runtime.active_pods().into_iter().map(|a| a.uid).collect();
+    assert!(active.contains(&p.uid) && active.contains(&q.uid));
+    let message =
+        "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. ";
+    let asked = now_us();
+    assert!(runtime
+        .evict(&p.uid, message, 2, "memory.available")
+        .unwrap());
+    assert!(
+        !runtime
+            .evict(&p.uid, message, 2, "memory.available")
+            .unwrap(),
+        "once"
+    );
+    rig.wait("SIGKILL", || {
+        rig.fake.calls().contains(&Call::KillAll(c.clone(), 9))
+    });
+    let calls = rig.fake.timed_calls();
+    let at = |sig: i32| {
+        calls
+            .iter()
+            .find(|(_, x)| *x == Call::KillAll(c.clone(), sig))
+            .map(|(t, _)| *t)
+            .unwrap()
+    };
+    assert!(at(15) < asked + 500_000, "SIGTERM at once");
+    assert!(
+        at(9) >= asked + 1_950_000 && at(9) < asked + 3_000_000,
+        "SIGKILL {} ms after the eviction, grace 2 s",
+        (at(9) - asked) / 1000
+    );
+    rig.wait("stopped", || !rig.fake.running().contains(&c));
+    rig.wait("Failed", || rig.phase("p") == "Failed");
+    let st = rig.status("p").unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    assert_eq!(st.message.as_deref(), Some(message));
+    let conds = st.conditions.unwrap();
+    let dt = conds
+        .iter()
+        .find(|c| c.type_ == "DisruptionTarget")
+        .unwrap();
+    assert_eq!(
+        (dt.status.as_str(), dt.reason.as_deref()),
+        ("True", Some("TerminationByKubelet"))
+    );
+    let cs = &st.container_statuses.unwrap()[0];
+    assert!(cs.state.as_ref().unwrap().terminated.is_some(), "{cs:?}");
+    assert!(rig
+        .events()
+        .iter()
+        .any(|(w, r, m)| *w && r == "Evicted" && m == message));
+    assert!(!runtime.active_pods().iter().any(|a| a.uid == p.uid));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(rig.starts_of(&c).len(), 1, "not restarted (policy Always)");
+    assert_eq!(rig.phase("q"), "Running", "the other pod is untouched");
+    // A new agent: the eviction is remembered.
+    rig.kill();
+    rig.start(vec![p.clone(), q.clone()]);
+    rig.wait("Failed reported by the new agent", || {
+        rig.phase("p") == "Failed"
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(rig.starts_of(&c).len(), 1, "not started by the new agent");
+    assert_eq!(rig.status("p").unwrap().reason.as_deref(), Some("Evicted"));
+    assert_eq!(rig.starts_of(&qc).len(), 1);
+    assert!(rig.fake.running().contains(&qc));
+}
+
+/// Made-up node figures for the eviction manager: memory is short until
+/// the pod named `hog` stops being active.
+struct FakeSignals {
+    hog_uid: String,
+    runtime: Runtime,
+}
+
+impl unitlet::eviction::Signals for FakeSignals {
+    fn observe(&self) -> unitlet::core::eviction::Observations {
+        use unitlet::core::eviction::{Observation, Signal};
+        let hog_active = self
+            .runtime
+            .active_pods()
+            .iter()
+            .any(|p| p.uid == self.hog_uid);
+        let available = if hog_active { 50 << 20 } else { 4 << 30 };
+        [(
+            Signal::MemoryAvailable,
+            Observation {
+                available,
+                capacity: 8 << 30,
+            },
+        )]
+        .into()
+    }
+
+    fn usage(&self, pod: &unitlet::runtime::ActivePod) -> Option<unitlet::core::eviction::Usage> {
+        let mem: u64 = if pod.uid == self.hog_uid {
+            500 << 20
+        } else {
+            10 << 20
+        };
+        Some(unitlet::core::eviction::Usage {
+            memory_bytes: Some(mem),
+            containers_memory: [("c".to_string(), mem)].into(),
+            pids: Some(0),
+            ..Default::default()
+        })
+    }
+}
+
+/// The eviction manager's loop on the fake: under memory pressure it
+/// publishes MemoryPressure, evicts the pod using the most memory above
+/// its request (one pod), and stops once the pressure is gone.
+#[test]
+fn the_eviction_manager_evicts_the_biggest_memory_user_once() {
+    let mut rig = Rig::new();
+    let hog = pod("hog", json!({"containers": [sh("c")]}));
+    let calm = pod("calm", json!({"containers": [sh("c")]}));
+    rig.start(vec![hog.clone(), calm.clone()]);
+    rig.wait("Running", || {
+        rig.phase("hog") == "Running" && rig.phase("calm") == "Running"
+    });
+    let agent = rig.agent.as_ref().unwrap();
+    let signals = Arc::new(FakeSignals {
+        hog_uid: hog.uid.clone(),
+        runtime: agent.runtime.clone(),
+    });
+    let opts = unitlet::eviction::Options {
+        config: unitlet::core::eviction::Config::default(),
+        interval: Duration::from_millis(50),
+    };
+    let runtime = agent.runtime.clone();
+    let pressure = agent
+        .rt
+        .block_on(async move { unitlet::eviction::spawn(runtime, signals, opts) });
+    rig.wait("hog Failed/Evicted", || {
+        rig.status("hog")
+            .is_some_and(|s| s.reason.as_deref() == Some("Evicted"))
+    });
+    let st = rig.status("hog").unwrap();
+    assert_eq!(
+        st.message.as_deref(),
+        Some(
+            "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. \
+             Container c was using 500Mi, request is 0, has larger consumption of memory. "
+        )
+    );
+    assert!(
+        pressure.borrow().conditions.memory,
+        "within the transition period"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rig.phase("calm"), "Running");
+    let evicted = rig
+        .events()
+        .iter()
+        .filter(|(_, r, _)| r == "Evicted")
+        .count();
+    assert_eq!(evicted, 1);
 }
 
 /// Garbage collection of an ended pod in cluster mode: its units stay

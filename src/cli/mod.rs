@@ -304,6 +304,37 @@ pub struct ReconcilerArgs {
     /// How often image garbage collection looks at the store's file system.
     #[arg(long, default_value = "300s", value_parser = parse_secs)]
     pub image_gc_period: Duration,
+    /// Hard eviction thresholds, the kubelet's syntax:
+    /// `signal<quantity|percentage`, comma-separated (signals
+    /// memory.available, nodefs.available, nodefs.inodesFree,
+    /// imagefs.available, imagefs.inodesFree, pid.available). Default
+    /// `memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%`;
+    /// an empty value sets none.
+    #[arg(long)]
+    pub eviction_hard: Option<String>,
+    /// Soft eviction thresholds (same syntax); each needs a grace period.
+    #[arg(long)]
+    pub eviction_soft: Option<String>,
+    /// How long each soft threshold must hold before pods are evicted:
+    /// `signal=duration`, comma-separated (`memory.available=1m30s`).
+    #[arg(long)]
+    pub eviction_soft_grace_period: Option<String>,
+    /// How much beyond each threshold is reclaimed before it no longer
+    /// counts as met: `signal=quantity|percentage`, comma-separated.
+    #[arg(long)]
+    pub eviction_minimum_reclaim: Option<String>,
+    /// How long a pressure condition stays after it was last seen
+    /// (default 5m).
+    #[arg(long)]
+    pub eviction_pressure_transition_period: Option<String>,
+    /// Grace period, in seconds, of pods evicted for a soft threshold
+    /// (default 0; hard thresholds evict with 1 s, as the kubelet).
+    #[arg(long)]
+    pub eviction_max_pod_grace_period: Option<i64>,
+    /// How often the eviction manager observes the node (the kubelet's
+    /// fixed 10 s).
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub eviction_monitoring_interval: Duration,
 }
 
 /// Where images are stored and how they are fetched (`run`, `node`,
@@ -441,6 +472,41 @@ impl ReconcilerArgs {
         // agent alone: `unitlet pull` may be running beside it).
         images.store().clear_tmp()?;
         Ok(images)
+    }
+
+    /// The eviction manager's settings: the flags over the node config
+    /// file's keys over the kubelet's defaults.
+    pub fn eviction(
+        &self,
+        file: Option<&crate::cluster::config::NodeConfig>,
+    ) -> anyhow::Result<crate::eviction::Options> {
+        use crate::core::eviction::parse_map;
+        let mut s = file.map(|f| f.eviction_settings()).unwrap_or_default();
+        if let Some(v) = &self.eviction_hard {
+            s.hard = Some(parse_map("--eviction-hard", v, '<')?);
+        }
+        if let Some(v) = &self.eviction_soft {
+            s.soft = parse_map("--eviction-soft", v, '<')?;
+        }
+        if let Some(v) = &self.eviction_soft_grace_period {
+            s.soft_grace_period = parse_map("--eviction-soft-grace-period", v, '=')?;
+        }
+        if let Some(v) = &self.eviction_minimum_reclaim {
+            s.minimum_reclaim = parse_map("--eviction-minimum-reclaim", v, '=')?;
+        }
+        if let Some(v) = &self.eviction_pressure_transition_period {
+            s.pressure_transition_period = Some(v.clone());
+        }
+        if let Some(v) = self.eviction_max_pod_grace_period {
+            s.max_pod_grace_period = Some(v);
+        }
+        if self.eviction_monitoring_interval.is_zero() {
+            bail!("--eviction-monitoring-interval: must be longer than 0s");
+        }
+        Ok(crate::eviction::Options {
+            config: s.config()?,
+            interval: self.eviction_monitoring_interval,
+        })
     }
 
     /// The reconciler's configuration for `node` (no status sink).
@@ -713,6 +779,7 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     tracing::info!(node = node_name, ip = node_ip, state = %state_dir.display(), "unitlet node starting");
     // The cluster module fills in the allocatable it publishes.
     let images = args.reconciler.images(&state_dir, Some(&config))?;
+    let eviction = args.reconciler.eviction(Some(&config))?;
     let runtime = args.reconciler.config(
         NodeFacts {
             node_name: node_name.clone(),
@@ -752,6 +819,7 @@ async fn node(args: NodeArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         node_ip,
         runtime,
         kubelet_api,
+        eviction,
     };
     spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -803,6 +871,8 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let sd = Systemd::connect().await?;
     tracing::info!(node = node.node_name, ip = node.host_ip, manifests = %manifests.display(), state = %state_dir.display(), "unitlet starting");
     let images = args.reconciler.images(&state_dir, None)?;
+    let eviction = args.reconciler.eviction(None)?;
+    let image_dir = images.store().root().to_path_buf();
     let mut cfg = args.reconciler.config(node.clone(), images);
     let objects = std::sync::Arc::new(crate::source::Objects::default());
     cfg.objects = Some(objects.clone());
@@ -815,7 +885,11 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         Some(objects),
         tx,
     ));
-    let runtime = tokio::spawn(Runtime::new(std::sync::Arc::new(sd), state, cfg).run(rx));
+    let runtime = Runtime::new(std::sync::Arc::new(sd), state, cfg);
+    // Standalone nodes evict too; the conditions are logged.
+    let signals = crate::eviction::HostSignals::new(state_dir.clone(), Some(image_dir));
+    let _pressure = crate::eviction::spawn(runtime.clone(), std::sync::Arc::new(signals), eviction);
+    let runtime = tokio::spawn(runtime.run(rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -38,31 +38,6 @@ pub struct Reserved {
     pub ephemeral_storage: Option<String>,
 }
 
-/// Pressure thresholds for the node conditions.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Thresholds {
-    /// MemoryPressure when available memory falls below this quantity.
-    pub memory_available: String,
-    /// DiskPressure when the state directory's file system has less than
-    /// this fraction free (0–1).
-    pub disk_free_fraction: f64,
-    /// PIDPressure when fewer than this fraction of `pid_max` is free (0–1).
-    pub pid_free_fraction: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        // The kubelet's hard eviction defaults (memory.available<100Mi,
-        // nodefs.available<10%) and a PID margin of the same spirit.
-        Thresholds {
-            memory_available: "100Mi".into(),
-            disk_free_fraction: 0.10,
-            pid_free_fraction: 0.05,
-        }
-    }
-}
-
 /// The whole file. Every field is optional.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -92,9 +67,25 @@ pub struct NodeConfig {
     pub manifests: Option<PathBuf>,
     /// `text` or `json` (the `--log-format` flag wins).
     pub log_format: Option<String>,
-    /// Node condition thresholds.
+    /// Hard eviction thresholds (the kubelet's `evictionHard`: signal to
+    /// quantity or percentage); absent: the kubelet's defaults.
+    pub eviction_hard: Option<BTreeMap<String, String>>,
+    /// Soft eviction thresholds (`evictionSoft`).
     #[serde(default)]
-    pub thresholds: Thresholds,
+    pub eviction_soft: BTreeMap<String, String>,
+    /// How long each soft threshold must hold (`evictionSoftGracePeriod`,
+    /// Go durations).
+    #[serde(default)]
+    pub eviction_soft_grace_period: BTreeMap<String, String>,
+    /// How much beyond a threshold to reclaim (`evictionMinimumReclaim`).
+    #[serde(default)]
+    pub eviction_minimum_reclaim: BTreeMap<String, String>,
+    /// How long a pressure condition outlives its last sighting
+    /// (`evictionPressureTransitionPeriod`, default 5m).
+    pub eviction_pressure_transition_period: Option<String>,
+    /// Grace period of pods evicted for a soft threshold, seconds
+    /// (`evictionMaxPodGracePeriod`, default 0).
+    pub eviction_max_pod_grace_period: Option<i64>,
     /// Lease renewal interval in seconds (default 10; the lease lasts 40).
     #[serde(default = "default_lease_renew")]
     pub lease_renew_seconds: u32,
@@ -220,9 +211,9 @@ impl NodeConfig {
                 }
             }
         }
-        if crate::core::quantity::bytes(&cfg.thresholds.memory_available).is_err() {
-            return Err("thresholds.memoryAvailable: not a Kubernetes quantity".into());
-        }
+        cfg.eviction_settings()
+            .config()
+            .map_err(|e| e.to_string())?;
         if let Some(f) = &cfg.log_format {
             if f != "text" && f != "json" {
                 return Err(format!("logFormat: {f:?} is not text or json"));
@@ -234,6 +225,18 @@ impl NodeConfig {
             );
         }
         Ok(cfg)
+    }
+
+    /// The eviction settings of the file (flags override them).
+    pub fn eviction_settings(&self) -> crate::core::eviction::Settings {
+        crate::core::eviction::Settings {
+            hard: self.eviction_hard.clone(),
+            soft: self.eviction_soft.clone(),
+            soft_grace_period: self.eviction_soft_grace_period.clone(),
+            minimum_reclaim: self.eviction_minimum_reclaim.clone(),
+            pressure_transition_period: self.eviction_pressure_transition_period.clone(),
+            max_pod_grace_period: self.eviction_max_pod_grace_period,
+        }
     }
 
     /// The taints to publish.
@@ -285,5 +288,32 @@ mod tests {
         assert!(e.contains("taints[0].effect"), "{e}");
         let e = NodeConfig::parse("reserved: {memory: lots}\n").unwrap_err();
         assert!(e.contains("reserved.memory"), "{e}");
+        let e = NodeConfig::parse("thresholds: {memoryAvailable: 1Gi}\n").unwrap_err();
+        assert!(e.contains("thresholds"), "the old key is gone: {e}");
+        let e = NodeConfig::parse("evictionHard: {memory.free: 1Gi}\n").unwrap_err();
+        assert!(
+            e.contains("evictionHard") && e.contains("memory.free"),
+            "{e}"
+        );
+        let e = NodeConfig::parse("evictionSoft: {memory.available: 1Gi}\n").unwrap_err();
+        assert!(e.contains("evictionSoftGracePeriod"), "{e}");
+    }
+
+    #[test]
+    fn eviction_keys_are_the_kubelets() {
+        let c = NodeConfig::parse(
+            "evictionHard: {memory.available: 200Mi, nodefs.available: 5%}\n\
+             evictionSoft: {memory.available: 1Gi}\n\
+             evictionSoftGracePeriod: {memory.available: 1m30s}\n\
+             evictionMinimumReclaim: {nodefs.available: 1Gi}\n\
+             evictionPressureTransitionPeriod: 30s\n\
+             evictionMaxPodGracePeriod: 20\n",
+        )
+        .unwrap();
+        let e = c.eviction_settings().config().unwrap();
+        assert_eq!(e.thresholds.len(), 3);
+        assert_eq!(e.transition_period_us, 30_000_000);
+        assert_eq!(e.max_pod_grace_period_s, 20);
+        assert!(NodeConfig::default().eviction_settings().hard.is_none());
     }
 }

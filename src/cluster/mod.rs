@@ -79,6 +79,8 @@ pub struct NodeOptions {
     /// The kubelet API, if it is to be served (a serving certificate was
     /// configured); its port is the one published.
     pub kubelet_api: Option<crate::kubelet::KubeletApi>,
+    /// The eviction manager's settings.
+    pub eviction: crate::eviction::Options,
 }
 
 /// A client for the API server, from `kubeconfig` (else the usual search),
@@ -137,7 +139,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
     let facts = node::read_host_facts(state.root(), version);
     let name = opts.node_name.clone();
     let node_uid = loop {
-        match register(&client, &name, &opts, &facts, state.root()).await {
+        match register(&client, &name, &opts, &facts).await {
             Ok(uid) => break uid,
             // Refused for good (credentials, rights, a bad object): say so.
             Err(ClusterError::Register { source, .. })
@@ -228,16 +230,6 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
             lost,
         ));
     }
-    tokio::spawn(status_loop(
-        client.clone(),
-        sd.clone(),
-        state.root().to_path_buf(),
-        name.clone(),
-        opts.node_ip.clone(),
-        opts.config.clone(),
-        events_tx.clone(),
-        opts.runtime.images.clone(),
-    ));
     tokio::spawn(pods::write_status(
         client.clone(),
         known,
@@ -245,7 +237,28 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         events_tx.clone(),
     ));
     let pki = state.root().join("pki");
-    let runtime = Runtime::new(Arc::new(sd), state, rcfg);
+    let state_root = state.root().to_path_buf();
+    let runtime = Runtime::new(Arc::new(sd.clone()), state, rcfg);
+    let signals = crate::eviction::HostSignals::new(
+        state_root.clone(),
+        opts.runtime
+            .images
+            .as_ref()
+            .map(|i| i.store().root().to_path_buf()),
+    );
+    let pressure =
+        crate::eviction::spawn(runtime.clone(), Arc::new(signals), opts.eviction.clone());
+    tokio::spawn(status_loop(
+        client.clone(),
+        sd.clone(),
+        state_root,
+        name.clone(),
+        opts.node_ip.clone(),
+        opts.config.clone(),
+        events_tx.clone(),
+        opts.runtime.images.clone(),
+        pressure,
+    ));
     if let Some(api) = opts.kubelet_api.clone() {
         let auth = crate::kubelet::auth::Auth::new(
             Some(client.clone()),
@@ -366,7 +379,6 @@ async fn register(
     name: &str,
     opts: &NodeOptions,
     facts: &node::HostFacts,
-    state_dir: &std::path::Path,
 ) -> Result<String, ClusterError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let err = |source| ClusterError::Register {
@@ -396,10 +408,9 @@ async fn register(
     };
     let uid = current.metadata.uid.clone().unwrap_or_default();
     let mut status = node::static_status(name, &opts.node_ip, &opts.config, facts);
-    let health = node::read_host_health(state_dir, Ok(()));
     status.conditions = Some(node::conditions(
-        &opts.config,
-        &health,
+        Default::default(),
+        &Ok(()),
         &[],
         jiff::Timestamp::now(),
     ));
@@ -468,10 +479,12 @@ async fn renew_lease(leases: &Api<Lease>, node: &str, node_uid: &str) -> Result<
     }
 }
 
-/// Re-reads the host's health every 10 s and patches the node's conditions
-/// when they change, and at least every `statusUpdateSeconds`. Only our
-/// four conditions are in the patch (merged by type), so conditions other
-/// controllers write survive.
+/// Patches the node's conditions when they change — at once when the
+/// eviction manager's pressure changes, else checked every 10 s — and at
+/// least every `statusUpdateSeconds`. Only our four conditions are in the
+/// patch (merged by type), so conditions other controllers write survive.
+/// While a pressure holds, the Node carries its NoSchedule taint
+/// ([`node::pressure_taints`]).
 #[allow(clippy::too_many_arguments)]
 async fn status_loop(
     client: kube::Client,
@@ -482,19 +495,66 @@ async fn status_loop(
     cfg: NodeConfig,
     events: tokio::sync::mpsc::UnboundedSender<events::Record>,
     images: Option<crate::images::manager::Images>,
+    mut pressure: tokio::sync::watch::Receiver<crate::eviction::Pressure>,
 ) {
     let nodes: Api<Node> = Api::all(client);
+    let mut taints_for: Option<crate::core::eviction::Conditions> = None;
+    // The pressure taints this agent added, remembered across restarts so
+    // that a restarted agent still removes them (and only them).
+    let ours_file = state_dir.join("pressure-taints.json");
+    let mut our_taints: std::collections::BTreeSet<String> = std::fs::read(&ours_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut reclaiming = None;
+    let mut manager_alive = true;
     let mut last_images = Vec::new();
     let period = Duration::from_secs(u64::from(cfg.status_update_seconds));
     let mut last: Vec<k8s_openapi::api::core::v1::NodeCondition> = Vec::new();
     let mut last_write = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(10).min(period));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = pressure.changed(), if manager_alive => if r.is_err() {
+                // The manager is gone: the heartbeat goes on alone.
+                manager_alive = false;
+            },
+        }
+        let now_pressure = *pressure.borrow_and_update();
+        if now_pressure.reclaiming != reclaiming {
+            if let Some(signal) = now_pressure.reclaiming {
+                let _ = events.send(node_event(
+                    &node,
+                    true,
+                    "EvictionThresholdMet",
+                    format!("Attempting to reclaim {}", signal.resource()),
+                ));
+            }
+            reclaiming = now_pressure.reclaiming;
+        }
+        if taints_for != Some(now_pressure.conditions) {
+            match sync_taints(&nodes, &node, now_pressure.conditions, &our_taints).await {
+                Ok(ours) => {
+                    if ours != our_taints {
+                        let bytes = serde_json::to_vec(&ours).expect("serializable");
+                        if let Err(e) = std::fs::write(&ours_file, bytes) {
+                            warn!(file = %ours_file.display(), error = %e, "cannot remember the node's pressure taints");
+                        }
+                    }
+                    our_taints = ours;
+                    taints_for = Some(now_pressure.conditions);
+                }
+                Err(e) => warn!(error = %e, "cannot update the node's pressure taints; retrying"),
+            }
+        }
         let version = sd.version().await.map_err(|e| e.to_string());
-        let health =
-            node::read_host_health(&state_dir, version.as_ref().map(drop).map_err(Clone::clone));
-        let conds = node::conditions(&cfg, &health, &last, jiff::Timestamp::now());
+        let conds = node::conditions(
+            now_pressure.conditions,
+            &version.as_ref().map(drop).map_err(Clone::clone),
+            &last,
+            jiff::Timestamp::now(),
+        );
         let stored = images.as_ref().map(node::images).unwrap_or_default();
         if !node::conditions_changed(&last, &conds)
             && stored == last_images
@@ -543,6 +603,37 @@ async fn status_loop(
             Err(e) => warn!(error = %e, "cannot write node status; retrying"),
         }
     }
+}
+
+/// Brings the Node's pressure taints in line with `pressure` (see
+/// [`node::pressure_taints`]): read, then a merge patch carrying the read
+/// resourceVersion, so a concurrent change of the taints (an admin, the
+/// controller manager) is a conflict retried later, never overwritten.
+/// Returns the taint keys this agent added.
+async fn sync_taints(
+    nodes: &Api<Node>,
+    node: &str,
+    pressure: crate::core::eviction::Conditions,
+    ours: &std::collections::BTreeSet<String>,
+) -> Result<std::collections::BTreeSet<String>, kube::Error> {
+    let current = nodes.get(node).await?;
+    let existing = current
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let Some((taints, mine)) = node::pressure_taints(&existing, pressure, ours) else {
+        return Ok(ours.clone());
+    };
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": current.metadata.resource_version},
+        "spec": {"taints": taints},
+    });
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    info!(node, taints = ?taints.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), "node taints updated for pressure");
+    Ok(mine)
 }
 
 /// An event about the Node itself (the kubelet's: the Node's name as its

@@ -6,6 +6,7 @@
 //! when to write.
 
 use super::config::NodeConfig;
+use crate::core::eviction::{Conditions, Pressure};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
@@ -13,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the host is, read once at start.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -38,19 +39,6 @@ pub struct HostFacts {
     pub arch: String,
     /// systemd's version string (`Manager.Version`).
     pub systemd_version: String,
-}
-
-/// How the host is doing now, for the node conditions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostHealth {
-    /// `MemAvailable`, bytes.
-    pub memory_available_bytes: u64,
-    /// Free fraction of the state directory's file system.
-    pub disk_free_fraction: f64,
-    /// Free fraction of `pid_max`.
-    pub pid_free_fraction: f64,
-    /// systemd answered over D-Bus; `Err` says why not.
-    pub systemd: Result<(), String>,
 }
 
 /// Go's `GOARCH` for Rust's `std::env::consts::ARCH`.
@@ -229,17 +217,17 @@ pub fn static_status(name: &str, ip: &str, cfg: &NodeConfig, facts: &HostFacts) 
     }
 }
 
-/// The four kubelet conditions from the host's health. A condition keeps
-/// its `lastTransitionTime` from `previous` while its status is unchanged;
+/// The four kubelet conditions: the pressure conditions as the eviction
+/// manager sees them (with the kubelet's reasons and messages), and Ready
+/// from whether systemd answers. A condition keeps its
+/// `lastTransitionTime` from `previous` while its status is unchanged;
 /// `lastHeartbeatTime` is `now`.
 pub fn conditions(
-    cfg: &NodeConfig,
-    health: &HostHealth,
+    pressure: Conditions,
+    systemd: &Result<(), String>,
     previous: &[NodeCondition],
     now: Timestamp,
 ) -> Vec<NodeCondition> {
-    let mem_limit = crate::core::quantity::bytes(&cfg.thresholds.memory_available).unwrap_or(0);
-    let th = &cfg.thresholds;
     let mut out = Vec::new();
     let mut push = |kind: &str, status: bool, reason: &str, message: String| {
         let status = if status { "True" } else { "False" }.to_string();
@@ -257,52 +245,11 @@ pub fn conditions(
             last_transition_time: Some(since),
         });
     };
-    let mem = health.memory_available_bytes < mem_limit;
-    push(
-        "MemoryPressure",
-        mem,
-        if mem {
-            "KubeletHasInsufficientMemory"
-        } else {
-            "KubeletHasSufficientMemory"
-        },
-        format!(
-            "{} MiB available (threshold {})",
-            health.memory_available_bytes >> 20,
-            th.memory_available
-        ),
-    );
-    let disk = health.disk_free_fraction < th.disk_free_fraction;
-    push(
-        "DiskPressure",
-        disk,
-        if disk {
-            "KubeletHasDiskPressure"
-        } else {
-            "KubeletHasNoDiskPressure"
-        },
-        format!(
-            "{:.0}% of the state file system free (threshold {:.0}%)",
-            health.disk_free_fraction * 100.0,
-            th.disk_free_fraction * 100.0
-        ),
-    );
-    let pid = health.pid_free_fraction < th.pid_free_fraction;
-    push(
-        "PIDPressure",
-        pid,
-        if pid {
-            "KubeletHasInsufficientPID"
-        } else {
-            "KubeletHasSufficientPID"
-        },
-        format!(
-            "{:.0}% of pid_max free (threshold {:.0}%)",
-            health.pid_free_fraction * 100.0,
-            th.pid_free_fraction * 100.0
-        ),
-    );
-    match &health.systemd {
+    for p in Pressure::ALL {
+        let on = pressure.get(p);
+        push(p.type_(), on, p.reason(on), p.message(on).into());
+    }
+    match systemd {
         Ok(()) => push(
             "Ready",
             true,
@@ -317,6 +264,39 @@ pub fn conditions(
         ),
     }
     out
+}
+
+/// The node's taints with the pressure taints as `pressure` says: the
+/// NoSchedule taint of each pressure that holds is added unless a taint of
+/// that key is there already (the controller manager adds the same ones);
+/// the taint of a pressure that no longer holds is removed only if this
+/// agent added it (`ours`). Returns the taints and the keys now ours, or
+/// `None` when nothing changes.
+pub fn pressure_taints(
+    existing: &[Taint],
+    pressure: Conditions,
+    ours: &BTreeSet<String>,
+) -> Option<(Vec<Taint>, BTreeSet<String>)> {
+    let mut taints = existing.to_vec();
+    let mut mine = ours.clone();
+    for p in Pressure::ALL {
+        let key = p.taint_key();
+        let present = taints.iter().any(|t| t.key == key);
+        if pressure.get(p) {
+            if !present {
+                taints.push(Taint {
+                    key: key.into(),
+                    value: None,
+                    effect: "NoSchedule".into(),
+                    time_added: None,
+                });
+                mine.insert(key.into());
+            }
+        } else if mine.remove(key) {
+            taints.retain(|t| !(t.key == key && t.effect == "NoSchedule"));
+        }
+    }
+    (taints != existing).then_some((taints, mine))
 }
 
 /// Whether two condition lists differ in anything but heartbeat times.
@@ -362,41 +342,6 @@ pub fn read_host_facts(state_dir: &std::path::Path, systemd_version: String) -> 
     }
 }
 
-/// Reads the host's health now.
-pub fn read_host_health(state_dir: &std::path::Path, systemd: Result<(), String>) -> HostHealth {
-    let disk_free_fraction = nix::sys::statvfs::statvfs(state_dir)
-        .map(|s| {
-            if s.blocks() == 0 {
-                1.0
-            } else {
-                s.blocks_available() as f64 / s.blocks() as f64
-            }
-        })
-        .unwrap_or(1.0);
-    let pid_max: f64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768.0);
-    let pids = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
-                .count() as f64
-        })
-        .unwrap_or(0.0);
-    HostHealth {
-        memory_available_bytes: crate::host::meminfo("MemAvailable").unwrap_or(u64::MAX),
-        disk_free_fraction,
-        pid_free_fraction: (1.0 - pids / pid_max).max(0.0),
-        systemd,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,15 +358,6 @@ mod tests {
             os_image: "Debian GNU/Linux 12 (bookworm)".into(),
             arch: "amd64".into(),
             systemd_version: "252.39-1~deb12u1".into(),
-        }
-    }
-
-    fn healthy() -> HostHealth {
-        HostHealth {
-            memory_available_bytes: 100 << 30,
-            disk_free_fraction: 0.5,
-            pid_free_fraction: 0.9,
-            systemd: Ok(()),
         }
     }
 
@@ -474,34 +410,45 @@ mod tests {
     }
 
     #[test]
-    fn conditions_follow_health_and_keep_transition_times() {
-        let cfg = NodeConfig::default();
+    fn conditions_follow_pressure_and_keep_transition_times() {
         let t0 = Timestamp::from_second(1_000_000).unwrap();
         let t1 = Timestamp::from_second(1_000_100).unwrap();
-        let c0 = conditions(&cfg, &healthy(), &[], t0);
+        let calm = Conditions::default();
+        let c0 = conditions(calm, &Ok(()), &[], t0);
         let kinds: Vec<_> = c0
             .iter()
-            .map(|c| (c.type_.as_str(), c.status.as_str()))
+            .map(|c| {
+                (
+                    c.type_.as_str(),
+                    c.status.as_str(),
+                    c.reason.as_deref().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(
             kinds,
             [
-                ("MemoryPressure", "False"),
-                ("DiskPressure", "False"),
-                ("PIDPressure", "False"),
-                ("Ready", "True")
+                ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                ("PIDPressure", "False", "KubeletHasSufficientPID"),
+                ("Ready", "True", "KubeletReady")
             ]
         );
-        // Same health later: heartbeat moves, transition does not, no change.
-        let c1 = conditions(&cfg, &healthy(), &c0, t1);
+        assert_eq!(
+            c0[0].message.as_deref(),
+            Some("kubelet has sufficient memory available")
+        );
+        // Same state later: heartbeat moves, transition does not, no change.
+        let c1 = conditions(calm, &Ok(()), &c0, t1);
         assert!(!conditions_changed(&c0, &c1));
         assert_eq!(c1[3].last_transition_time, Some(Time(t0)));
         assert_eq!(c1[3].last_heartbeat_time, Some(Time(t1)));
-        // systemd gone: Ready=False with a reason, transition now.
-        let mut sick = healthy();
-        sick.systemd = Err("connection refused".into());
-        sick.memory_available_bytes = 10 << 20;
-        let c2 = conditions(&cfg, &sick, &c1, t1);
+        // systemd gone and memory pressure: both change, transition now.
+        let pressed = Conditions {
+            memory: true,
+            ..Default::default()
+        };
+        let c2 = conditions(pressed, &Err("connection refused".into()), &c1, t1);
         assert!(conditions_changed(&c1, &c2));
         assert_eq!(c2[3].status, "False");
         assert_eq!(c2[3].reason.as_deref(), Some("SystemdUnreachable"));
@@ -511,6 +458,49 @@ mod tests {
             c2[0].reason.as_deref(),
             Some("KubeletHasInsufficientMemory")
         );
+        assert_eq!(
+            c2[0].message.as_deref(),
+            Some("kubelet has insufficient memory available")
+        );
+    }
+
+    fn taint(key: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            value: None,
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }
+    }
+
+    #[test]
+    fn pressure_taints_are_added_once_and_only_ours_removed() {
+        let config = vec![taint("unitlet.io/provider")];
+        let disk = Conditions {
+            disk: true,
+            ..Default::default()
+        };
+        let (t1, ours) = pressure_taints(&config, disk, &BTreeSet::new()).unwrap();
+        assert_eq!(t1.len(), 2);
+        assert_eq!(t1[1].key, "node.kubernetes.io/disk-pressure");
+        assert!(pressure_taints(&t1, disk, &ours).is_none(), "idempotent");
+        // Memory pressure tainted by the controller manager: not ours.
+        let mut theirs = t1.clone();
+        theirs.push(taint("node.kubernetes.io/memory-pressure"));
+        let both = Conditions {
+            disk: true,
+            memory: true,
+            ..Default::default()
+        };
+        assert!(pressure_taints(&theirs, both, &ours).is_none());
+        // Pressure gone: our disk taint goes, theirs and the config's stay.
+        let (t2, ours) = pressure_taints(&theirs, Conditions::default(), &ours).unwrap();
+        let keys: Vec<&str> = t2.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["unitlet.io/provider", "node.kubernetes.io/memory-pressure"]
+        );
+        assert!(ours.is_empty());
     }
 
     #[test]

@@ -34,6 +34,10 @@ impl Runtime {
         let s = &self.shared;
         let mut units = Vec::new();
         let mut all_done = true;
+        // No process of the pod runs (an evicted pod's containers may
+        // still be within their grace period).
+        let mut quiet = true;
+        let mut want_volumes;
         let slice;
         {
             let mut inner = s.inner.lock().unwrap();
@@ -41,7 +45,7 @@ impl Runtime {
             let Some(e) = inner.pods.get_mut(uid) else {
                 return;
             };
-            let want_volumes = api_terminal && !e.memo.volumes_collected;
+            want_volumes = api_terminal && !e.memo.volumes_collected;
             if e.memo.units_collected && !want_volumes {
                 return;
             }
@@ -49,6 +53,10 @@ impl Runtime {
                 let Some(snap) = inner.units.get(&c.unit) else {
                     continue;
                 };
+                quiet &= !matches!(
+                    instance(Some(snap)),
+                    Instance::Running { .. } | Instance::Creating
+                ) && !snap.active_state.busy();
                 let finished = e.containers.get(&c.name).and_then(|r| r.finished.as_ref());
                 match (instance(Some(snap)), finished) {
                     (Instance::Terminated(_, inv), Some(t))
@@ -63,6 +71,7 @@ impl Runtime {
             }
             // Units still stopping (a sidecar) are collected on a later pass.
             e.memo.units_collected = all_done;
+            want_volumes &= quiet;
             if want_volumes {
                 e.memo.volumes_collected = true;
             }
@@ -78,7 +87,7 @@ impl Runtime {
         }
         let (sd, volumes, pods_dir, uid) = (
             s.sd.clone(),
-            api_terminal,
+            want_volumes,
             s.cfg.node.pods_dir.clone(),
             uid.to_string(),
         );

@@ -19,6 +19,7 @@
 //! and the unit-signal cache.
 
 mod adopt;
+mod evict;
 mod gc;
 pub mod probes;
 mod probing;
@@ -85,6 +86,7 @@ pub struct Config {
 
 pub use crate::clock::now_us;
 pub use crate::host::lookup_user;
+pub use evict::{ActivePod, EvictError};
 pub use report::PodReport;
 
 use probing::{unit_grace_s, Probing};
@@ -133,6 +135,10 @@ struct Memo {
     units_collected: bool,
     /// The ended pod's volumes are removed (see `gc`).
     volumes_collected: bool,
+    /// Instances killed because the pod was evicted.
+    evict_killed: HashSet<String>,
+    /// The evicted pod's volumes were torn down.
+    evict_torn_down: bool,
 }
 
 /// What one reconcile pass of a pod collected: containers whose record
@@ -620,6 +626,7 @@ impl Runtime {
                     source: String::new(),
                     admitted_us: now,
                     live: Default::default(),
+                    evicted: None,
                 };
                 if let Err(e) = s.state.save_pod(&rec) {
                     return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");

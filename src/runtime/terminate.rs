@@ -261,6 +261,9 @@ impl Runtime {
             &e.containers,
             &e.rec.live,
         );
+        if let Some(ev) = &e.rec.evicted {
+            crate::core::eviction::amend_status(&mut status, ev);
+        }
         self.report(PodReport::Status {
             uid: uid.to_string(),
             namespace: e.rec.pod.metadata.namespace.clone().unwrap_or_default(),

@@ -20,7 +20,7 @@ pub(super) fn pod_status(
     units: &HashMap<String, UnitSnapshot>,
     now: u64,
 ) -> k8s_openapi::api::core::v1::PodStatus {
-    crate::core::live::pod_status(
+    let mut status = crate::core::live::pod_status(
         &e.rec.pod,
         &e.plan,
         node,
@@ -29,7 +29,11 @@ pub(super) fn pod_status(
         e.rec.admitted_us,
         now,
         &e.rec.live,
-    )
+    );
+    if let Some(ev) = &e.rec.evicted {
+        crate::core::eviction::amend_status(&mut status, ev);
+    }
+    status
 }
 
 /// Queues every pod whose resize is pending, to try it again (the
@@ -232,6 +236,10 @@ impl Runtime {
     /// stays so) and its running containers are killed with their grace
     /// period; until then, the pod is looked at again at the deadline.
     pub(super) fn deadline_exceeded(&self, uid: &str) -> bool {
+        // An evicted pod is Failed too: nothing of it starts.
+        if self.evicted(uid) {
+            return true;
+        }
         let s = &self.shared;
         let now = now_us();
         let (kill, key, ns, name) = {

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod decide;
 pub mod downward;
 pub mod envref;
+pub mod eviction;
 pub mod expand;
 pub mod image;
 pub mod image_run;
