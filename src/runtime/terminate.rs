@@ -173,7 +173,27 @@ impl Runtime {
                     loaded.push(unit.clone());
                     last.insert(unit.clone(), snap);
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Unloaded, but the signals saying how it ended may not
+                    // be applied yet (systemd sent them before this reply):
+                    // until they are, the cache still shows it running, and
+                    // applying them (or the unload) brings us back.
+                    let inner = s.inner.lock().unwrap();
+                    let ended_known = inner
+                        .pods
+                        .get(uid)
+                        .is_some_and(|e| e.finals.contains_key(unit));
+                    if !ended_known
+                        && inner.units.get(unit).is_some_and(|u| {
+                            matches!(
+                                instance(Some(u)),
+                                Instance::Running { .. } | Instance::Creating
+                            )
+                        })
+                    {
+                        busy = true;
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "reading unit during stop");
                     busy = true;
