@@ -22,8 +22,9 @@
 //! * Pod directories without a `pod.json` (an agent killed while
 //!   forgetting a pod) are torn down at start-up.
 //!
-//! Nothing a pod that may still run uses is touched: only units whose
-//! current invocation is the one the record says ended for good.
+//! Nothing a pod that may still run uses is touched: only units of ended
+//! pods whose main process is gone, once their record says how they
+//! ended.
 
 use super::*;
 
@@ -64,7 +65,19 @@ impl Runtime {
                     {
                         units.push(c.unit.clone());
                     }
-                    // Never started, or its end is not recorded: left alone.
+                    // A container the pod's end stopped (eviction, deadline):
+                    // it ended for good too, so its record says so first.
+                    (Instance::Terminated(t, _), _) if !snap.active_state.busy() => {
+                        let rec = e.containers.entry(c.name.clone()).or_default();
+                        rec.finished = Some(t);
+                        if let Err(err) = s.state.save_container(uid, &c.name, rec) {
+                            warn!(error = %err, "cannot save container record");
+                            all_done = false;
+                            continue;
+                        }
+                        units.push(c.unit.clone());
+                    }
+                    // Never started: nothing to collect.
                     (Instance::Absent, _) => {}
                     _ => all_done = false,
                 }
