@@ -156,6 +156,7 @@ impl ProcReader {
                 time,
                 cpu_usage_ns: None,
                 memory: None,
+                more: Default::default(),
             };
         }
         let mut ticks: u64 = 0;
@@ -181,10 +182,33 @@ impl ProcReader {
                 working_set_bytes: rss,
                 rss_bytes: anon_kb.map(|a| a.saturating_mul(1024)),
                 limit_bytes: None,
+                // Unmapped page cache is not any process's.
+                cache_bytes: None,
                 page_faults: Some(minor),
                 major_page_faults: Some(major),
             }),
+            more: Default::default(),
         }
+    }
+
+    /// Bytes `pids` caused to be read from and written to storage
+    /// (`read_bytes`/`write_bytes` of `/proc/<pid>/io`, the block-layer
+    /// figures, not `rchar`/`wchar`, which count page-cache hits and pipes
+    /// too). What exited processes did leaves with them (the file has no
+    /// children's share), so the sum can go down. `None` when no process
+    /// could be read (reading it needs the agent's privileges).
+    pub fn io(&self, pids: &BTreeSet<u32>) -> Option<(u64, u64)> {
+        let mut got = None;
+        for pid in pids {
+            let path = self.root.join("proc").join(pid.to_string()).join("io");
+            let Ok(text) = fs::read_to_string(path) else {
+                continue;
+            };
+            let (r, w) = parse_io(&text)?;
+            let (tr, tw) = got.unwrap_or((0u64, 0u64));
+            got = Some((tr.saturating_add(r), tw.saturating_add(w)));
+        }
+        got
     }
 
     /// One process's figures; `None` when it is gone (either file missing
@@ -226,6 +250,20 @@ pub fn parse_stat(text: &str) -> Option<ProcessStat> {
         minor_faults: unsigned(10)?.saturating_add(unsigned(11)?),
         major_faults: unsigned(12)?.saturating_add(unsigned(13)?),
     })
+}
+
+/// `read_bytes` and `write_bytes` of `/proc/<pid>/io`.
+pub fn parse_io(text: &str) -> Option<(u64, u64)> {
+    let get = |key: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((get("read_bytes")?, get("write_bytes")?))
 }
 
 fn parse_status(text: &str) -> ProcessMemory {
@@ -477,6 +515,7 @@ mod tests {
                 working_set_bytes: 120 * 1024,
                 rss_bytes: Some(65 * 1024),
                 limit_bytes: None,
+                cache_bytes: None,
                 page_faults: Some(6),
                 major_page_faults: Some(2),
             })

@@ -1,0 +1,70 @@
+//! `/metrics/probes`: the kubelet's `prober_probe_total`, one counter per
+//! container, probe type and result. The kubelet drops a container's
+//! series when its probe worker stops; here they are dropped at the
+//! next scrape once the pod is gone.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::http::Format;
+use crate::podview::PodView;
+
+/// `(pod_uid, namespace, pod, container, probe_type, result)`.
+type Key = (String, String, String, String, &'static str, &'static str);
+
+static COUNTS: LazyLock<Mutex<BTreeMap<Key, u64>>> = LazyLock::new(Mutex::default);
+
+/// Counts one probe run of container `container` of pod `namespace/pod`
+/// (`uid`): `probe_type` as the kubelet writes it (`Liveness`,
+/// `Readiness`, `Startup`), `ok` its result (`successful` or `failed`).
+pub fn probe_result(
+    probe_type: &'static str,
+    ok: bool,
+    container: &str,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+) {
+    let result = if ok { "successful" } else { "failed" };
+    let key = (
+        uid.to_string(),
+        namespace.to_string(),
+        pod.to_string(),
+        container.to_string(),
+        probe_type,
+        result,
+    );
+    *COUNTS.lock().unwrap().entry(key).or_default() += 1;
+}
+
+/// The `/metrics/probes` body; forgets pods not in `views`.
+pub fn render(views: &[PodView], format: Format) -> String {
+    let live: HashSet<&str> = views.iter().map(|v| v.rec.uid()).collect();
+    let family: Family<[(&'static str, String); 6], Counter> = Family::default();
+    {
+        let mut counts = COUNTS.lock().unwrap();
+        counts.retain(|k, _| live.contains(k.0.as_str()));
+        for ((uid, ns, pod, container, kind, result), n) in counts.iter() {
+            family
+                .get_or_create(&[
+                    ("probe_type", kind.to_string()),
+                    ("result", result.to_string()),
+                    ("container", container.clone()),
+                    ("pod", pod.clone()),
+                    ("namespace", ns.clone()),
+                    ("pod_uid", uid.clone()),
+                ])
+                .inc_by(*n);
+        }
+    }
+    let mut r = Registry::default();
+    super::http::register(&mut r, "prober_probe",
+        "[BETA] Cumulative number of a liveness, readiness or startup probe for a container by result.",
+        family,
+    );
+    super::http::encode(&r, format)
+}
