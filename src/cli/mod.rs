@@ -474,6 +474,12 @@ pub struct RunArgs {
     /// IP to report as host and pod IP (default: the address of the default route).
     #[arg(long)]
     pub node_ip: Option<String>,
+    /// Where to serve /metrics, /metrics/cadvisor, /metrics/probes and
+    /// /healthz: plain HTTP on a loopback address, HTTPS with a self-signed
+    /// certificate (kept in the state directory) on any other; empty or 0
+    /// serves none.
+    #[arg(long, default_value = "127.0.0.1:10255", value_parser = crate::metrics::http::parse_bind_address)]
+    pub metrics_bind_address: crate::metrics::http::BindAddress,
     /// Reconciler settings.
     #[command(flatten)]
     pub reconciler: ReconcilerArgs,
@@ -815,12 +821,24 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         Some(objects),
         tx,
     ));
-    let runtime = tokio::spawn(Runtime::new(std::sync::Arc::new(sd), state, cfg).run(rx));
+    let rt = Runtime::new(std::sync::Arc::new(sd), state, cfg);
+    let metrics = args.metrics_bind_address.0.map(|addr| {
+        let dir = state_dir.join("metrics");
+        crate::metrics::http::serve(addr, rt.clone(), node.node_name.clone(), dir)
+    });
+    let metrics = async move {
+        match metrics {
+            Some(serving) => serving.await,
+            None => std::future::pending().await,
+        }
+    };
+    let runtime = tokio::spawn(rt.run(rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = source => r?.context("watching the manifest directory")?,
+        r = metrics => r?,
         r = runtime => r??,
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -134,14 +134,33 @@ pub fn container_started(field_path: &str) {
 /// Counts a container whose unit systemd refused, `code` being the
 /// D-Bus error name (the kubelet puts the CRI's gRPC code there):
 /// `kubelet_started_containers_errors_total`.
-pub fn container_start_failed(field_path: &str, code: &str) {
+pub fn container_start_failed(field_path: &str, e: &crate::systemd::SystemdError) {
+    let code = error_code(e);
     EVENTS
         .start_errors
         .get_or_create(&vec![
             ("container_type", container_type(field_path).to_string()),
-            ("code", code.to_string()),
+            ("code", code),
         ])
         .inc();
+}
+
+/// The `code` label of a refused unit: the D-Bus error name systemd
+/// answered with (`org.freedesktop.systemd1.…`), else `Unknown` (gRPC's
+/// name for an error without a code, which the kubelet writes then).
+pub fn error_code(e: &crate::systemd::SystemdError) -> String {
+    use crate::systemd::SystemdError;
+    match e {
+        SystemdError::Unit {
+            source: zbus::Error::MethodError(name, _, _),
+            ..
+        }
+        | SystemdError::Manager {
+            source: zbus::Error::MethodError(name, _, _),
+            ..
+        } => name.to_string(),
+        _ => "Unknown".into(),
+    }
 }
 
 /// Records how long one pass over a pod took, by the kubelet's operation
@@ -389,7 +408,15 @@ mod tests {
     fn kubelet_names_and_types() {
         evicted("memory.available");
         container_started("spec.initContainers{setup}");
-        container_start_failed("spec.containers{app}", "org.freedesktop.DBus.Error.Failed");
+        container_start_failed(
+            "spec.containers{app}",
+            &crate::systemd::SystemdError::Refused {
+                op: "start",
+                unit: "u.service".into(),
+                message: "no".into(),
+                exists: false,
+            },
+        );
         pod_worker("create", Duration::from_millis(30));
         let t = render(&[], "node-a", Format::Text);
         assert!(t.contains("# TYPE kubelet_evictions untyped\n"), "{t}");
@@ -408,7 +435,7 @@ mod tests {
                 "kubelet_started_containers_total{container_type=\"init_container\"}"
             ) >= 1.0
         );
-        assert!(value(&t, "kubelet_started_containers_errors_total{container_type=\"container\",code=\"org.freedesktop.DBus.Error.Failed\"}") >= 1.0);
+        assert!(value(&t, "kubelet_started_containers_errors_total{container_type=\"container\",code=\"Unknown\"}") >= 1.0);
         assert!(
             value(
                 &t,

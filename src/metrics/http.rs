@@ -169,7 +169,7 @@ pub async fn respond(
 /// Why the standalone metrics listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The address is taken or not ours.
+    /// The address is taken or not ours (logged; the listener retries).
     #[error("--metrics-bind-address {addr}: cannot listen: {source}; pick a free port, or pass --metrics-bind-address=0 to serve no metrics")]
     Bind {
         /// The address.
@@ -190,14 +190,20 @@ pub enum ServeError {
     },
 }
 
-/// Parses `--metrics-bind-address`: `None` (no listener) for an empty value
-/// or `0`, as the kubelet's and kube-proxy's bind-address flags turn off.
-pub fn parse_bind_address(s: &str) -> Result<Option<SocketAddr>, String> {
+/// `--metrics-bind-address`: where the standalone listener serves, if
+/// anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
+
+/// Parses `--metrics-bind-address`: no listener for an empty value or `0`
+/// (as kube-proxy's `--metrics-bind-address` and the kubelet's port flags
+/// turn theirs off).
+pub fn parse_bind_address(s: &str) -> Result<BindAddress, String> {
     let s = s.trim();
     if s.is_empty() || s == "0" {
-        return Ok(None);
+        return Ok(BindAddress(None));
     }
-    s.parse::<SocketAddr>().map(Some).map_err(|e| {
+    s.parse::<SocketAddr>().map(|a| BindAddress(Some(a))).map_err(|e| {
         format!("{s:?}: {e}: give an address and port (127.0.0.1:10255, [::1]:10255), or 0 to turn the listener off")
     })
 }
@@ -205,7 +211,8 @@ pub fn parse_bind_address(s: &str) -> Result<Option<SocketAddr>, String> {
 /// Serves `/metrics`, `/metrics/cadvisor`, `/metrics/probes` and
 /// `/healthz` on `addr` until the process ends: plain HTTP on a loopback
 /// address, TLS with the self-signed certificate kept in `cert_dir` on any
-/// other (see the module's documentation). Errors only if it cannot start.
+/// other (see the module's documentation). Errors only if the certificate
+/// cannot be made; a taken address is retried every 5 s.
 pub async fn serve(
     addr: SocketAddr,
     runtime: Runtime,
@@ -244,9 +251,17 @@ pub async fn serve(
             .with_cert_resolver(crate::kubelet::cert::Rotating::fixed(ck));
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    // As the kubelet's healthz listener: a taken port is retried, and the
+    // pods run meanwhile (they matter more than their metrics).
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(source) => {
+                warn!(error = %ServeError::Bind { addr, source }, "metrics not served; retrying in 5 s");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    };
     if tls.is_some() {
         warn!(address = %addr, cert_dir = %cert_dir.display(), "metrics listening over HTTPS with a self-signed certificate (not a loopback address); scrapes are not authenticated");
     } else {
@@ -333,11 +348,11 @@ mod tests {
 
     #[test]
     fn bind_address() {
-        assert_eq!(parse_bind_address(""), Ok(None));
-        assert_eq!(parse_bind_address("0"), Ok(None));
+        assert_eq!(parse_bind_address(""), Ok(BindAddress(None)));
+        assert_eq!(parse_bind_address("0"), Ok(BindAddress(None)));
         assert_eq!(
             parse_bind_address("127.0.0.1:10255"),
-            Ok(Some("127.0.0.1:10255".parse().unwrap()))
+            Ok(BindAddress(Some("127.0.0.1:10255".parse().unwrap())))
         );
         assert!(parse_bind_address("localhost").is_err());
     }
