@@ -62,9 +62,10 @@ struct Events {
     admitted: Mutex<HashSet<String>>,
 }
 
-/// Most UIDs remembered for `kubelet_restarted_pods_total`; past it the
-/// memory is cleared (a restart across that many admissions goes
-/// uncounted) so that churn cannot grow the agent without bound.
+/// Most UIDs remembered for `kubelet_restarted_pods_total` and for pod
+/// starts; past it the memory is cleared (a restart across that many
+/// admissions goes uncounted, a pod's start may be observed twice) so that
+/// churn cannot grow the agent without bound.
 const MAX_REMEMBERED: usize = 100_000;
 
 static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
@@ -182,10 +183,18 @@ pub fn pod_running(uid: &str, admitted_us: u64, agent_started_us: u64, now_us: u
     if admitted_us < agent_started_us {
         return;
     }
-    if EVENTS.ran.lock().unwrap().insert(uid.to_string()) {
-        let secs = now_us.saturating_sub(admitted_us) as f64 / 1e6;
-        EVENTS.pod_start.observe(secs);
+    let mut ran = EVENTS.ran.lock().unwrap();
+    if ran.contains(uid) {
+        return;
     }
+    // Kept to the live pods at each scrape; bounded for a node never
+    // scraped.
+    if ran.len() >= MAX_REMEMBERED {
+        ran.clear();
+    }
+    ran.insert(uid.to_string());
+    let secs = now_us.saturating_sub(admitted_us) as f64 / 1e6;
+    EVENTS.pod_start.observe(secs);
 }
 
 /// A pod was admitted; if this agent admitted the same UID before (it was

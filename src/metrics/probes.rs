@@ -38,8 +38,17 @@ pub fn probe_result(
         probe_type,
         result,
     );
-    *COUNTS.lock().unwrap().entry(key).or_default() += 1;
+    let mut counts = COUNTS.lock().unwrap();
+    // Pruned to the live pods at each scrape; on a node never scraped,
+    // bounded by starting over (Prometheus reads a counter reset as one).
+    if counts.len() >= MAX_SERIES && !counts.contains_key(&key) {
+        counts.clear();
+    }
+    *counts.entry(key).or_default() += 1;
 }
+
+/// Most series kept between scrapes.
+const MAX_SERIES: usize = 100_000;
 
 /// The `/metrics/probes` body; forgets pods not in `views`.
 pub fn render(views: &[PodView], format: Format) -> String {

@@ -32,8 +32,6 @@ pub(super) fn pod_status(
     )
 }
 
-/// Queues every pod whose resize is pending, to try it again (the
-/// kubelet retries them when another pod ends).
 /// The kubelet's pod worker `operation_type` of the pass about to run for
 /// `uid`: `create` for a pod not admitted yet, `kill` for one being
 /// stopped, `update` when its definition changed, else `sync`; `None` when
@@ -51,6 +49,8 @@ pub(super) fn worker_operation(inner: &Inner, uid: &str) -> Option<&'static str>
     })
 }
 
+/// Queues every pod whose resize is pending, to try it again (the
+/// kubelet retries them when another pod ends).
 pub(super) fn retry_pending_resizes(inner: &Inner, s: &Shared) {
     for (uid, e) in &inner.pods {
         if e.rec.live.resize_pending.is_some() {
