@@ -144,11 +144,15 @@ impl ProcReader {
     /// parts are `None` when the group has no (readable) processes: an
     /// empty group reads as nothing, not as 0.
     pub fn read(&self, cgroup: &str) -> CgroupUsage {
-        let stats: Vec<(ProcessStat, ProcessMemory)> = self
-            .pids(cgroup)
-            .unwrap_or_default()
+        self.read_pids(self.pids(cgroup).as_ref())
+    }
+
+    /// The summed usage of `pids` (as [`ProcReader::pids`] lists them).
+    pub fn read_pids(&self, pids: Option<&BTreeSet<u32>>) -> CgroupUsage {
+        let stats: Vec<(ProcessStat, ProcessMemory)> = pids
             .into_iter()
-            .filter_map(|pid| self.process(pid))
+            .flatten()
+            .filter_map(|&pid| self.process(pid))
             .collect();
         let time = Timestamp::now();
         if stats.is_empty() {

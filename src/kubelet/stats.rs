@@ -230,22 +230,28 @@ impl CgroupReader {
     /// replaced, and the root is only ever read from its control groups:
     /// the node is the root container, not a sum of processes.
     pub fn read(&self, cgroup: &str) -> CgroupUsage {
-        let mut usage = self.read_cgroup(cgroup);
-        if cgroup.trim_matches('/').is_empty() {
-            return usage;
+        let mut usage = self.read_groups(cgroup);
+        if !cgroup.trim_matches('/').is_empty()
+            && (usage.cpu_usage_ns.is_none() || usage.memory.is_none())
+        {
+            let procs = self.procs.read(cgroup);
+            usage.cpu_usage_ns = usage.cpu_usage_ns.or(procs.cpu_usage_ns);
+            usage.memory = usage.memory.or(procs.memory);
         }
-        if usage.cpu_usage_ns.is_none() {
+        usage
+    }
+
+    /// CPU and memory from the control groups only, the unified tree's
+    /// `cpu.stat` included (no process sums).
+    fn read_groups(&self, cgroup: &str) -> CgroupUsage {
+        let mut usage = self.read_cgroup(cgroup);
+        if usage.cpu_usage_ns.is_none() && !cgroup.trim_matches('/').is_empty() {
             if let Some(unified) = &self.unified {
                 let h = Hierarchy::V2(unified.clone());
                 if self.cpu.as_ref() != Some(&h) {
                     usage.cpu_usage_ns = read_cpu(&h, cgroup);
                 }
             }
-        }
-        if usage.cpu_usage_ns.is_none() || usage.memory.is_none() {
-            let procs = self.procs.read(cgroup);
-            usage.cpu_usage_ns = usage.cpu_usage_ns.or(procs.cpu_usage_ns);
-            usage.memory = usage.memory.or(procs.memory);
         }
         usage
     }
@@ -254,31 +260,87 @@ impl CgroupReader {
     /// ([`MoreUsage`]): throttling and OOM kills from the control groups
     /// only (a process sum cannot tell them), the process count from the
     /// tracking hierarchy, block I/O from the `io`/`blkio` controller, else
-    /// summed from the processes' `/proc/<pid>/io`.
+    /// summed from the processes' `/proc/<pid>/io`. The group's processes
+    /// are listed once for all of it.
     pub fn read_full(&self, cgroup: &str) -> CgroupUsage {
-        let mut usage = self.read(cgroup);
+        let mut usage = self.read_groups(cgroup);
         let pids = self.procs.pids(cgroup);
-        usage.more = MoreUsage {
+        if usage.cpu_usage_ns.is_none() || usage.memory.is_none() {
+            let procs = self.procs.read_pids(pids.as_ref());
+            usage.cpu_usage_ns = usage.cpu_usage_ns.or(procs.cpu_usage_ns);
+            usage.memory = usage.memory.or(procs.memory);
+        }
+        usage.more = self.read_more(cgroup);
+        usage.more.processes = pids.as_ref().map(|p| p.len() as u64);
+        if usage.more.io.is_none() {
+            usage.more.io = pids.as_ref().and_then(|p| {
+                let (r, w) = self.procs.io(p)?;
+                Some(vec![IoBytes {
+                    device: String::new(),
+                    read_bytes: r,
+                    write_bytes: w,
+                }])
+            });
+        }
+        usage
+    }
+
+    /// As [`CgroupReader::read_full`] from the control groups alone: no
+    /// process is listed or read (the parts only processes would give are
+    /// `None`). For a pod's slice whose containers were just read in full,
+    /// whose sums give those parts without reading every process twice.
+    pub fn read_full_groups(&self, cgroup: &str) -> CgroupUsage {
+        let mut usage = self.read_groups(cgroup);
+        usage.more = self.read_more(cgroup);
+        usage
+    }
+
+    fn read_more(&self, cgroup: &str) -> MoreUsage {
+        MoreUsage {
             throttled_ns: self
                 .cpu_ctl
                 .as_ref()
                 .and_then(|h| read_throttled(h, cgroup)),
             oom_events: self.memory.as_ref().and_then(|h| read_oom_kills(h, cgroup)),
-            processes: pids.as_ref().map(|p| p.len() as u64),
+            processes: None,
             io: self
                 .io
                 .as_ref()
-                .and_then(|h| read_io(&self.root, h, cgroup))
-                .or_else(|| {
-                    let (r, w) = self.procs.io(pids.as_ref()?)?;
-                    Some(vec![IoBytes {
-                        device: String::new(),
-                        read_bytes: r,
-                        write_bytes: w,
-                    }])
-                }),
+                .and_then(|h| read_io(&self.root, h, cgroup)),
+        }
+    }
+
+    /// This reader without the hierarchies in which the group `prefix`
+    /// (`/unitlet.slice`) has no accounting: on a host where units get no
+    /// group of their own in a controller (see [`CgroupSupport`]) every
+    /// read of a unit there would be a failed lookup of a deep path, which
+    /// for a scrape of a thousand containers is most of its cost. Checked
+    /// once per scrape, so a controller enabled meanwhile is picked up.
+    pub fn within(&self, prefix: &str) -> CgroupReader {
+        let has = |h: &Option<Hierarchy>, v2_file: &str| {
+            h.clone().filter(|h| match h {
+                Hierarchy::V1(m) => cgroup_dir(m, prefix).is_some_and(|d| d.is_dir()),
+                Hierarchy::V2(m) => {
+                    cgroup_dir(m, prefix).is_some_and(|d| d.join(v2_file).is_file())
+                }
+            })
         };
-        usage
+        let mut procs = self.procs.clone();
+        procs
+            .tracking
+            .retain(|m| cgroup_dir(m, prefix).is_some_and(|d| d.is_dir()));
+        CgroupReader {
+            root: self.root.clone(),
+            cpu: has(&self.cpu, "cpu.stat"),
+            memory: has(&self.memory, "memory.stat"),
+            unified: self
+                .unified
+                .clone()
+                .filter(|u| cgroup_dir(u, prefix).is_some_and(|d| d.join("cpu.stat").is_file())),
+            procs,
+            cpu_ctl: has(&self.cpu_ctl, "cpu.max"),
+            io: has(&self.io, "io.stat"),
+        }
     }
 
     /// Reads the control group at `cgroup` from the cpu and memory
@@ -2096,6 +2158,35 @@ mod tests {
         );
         // No throttling or OOM count without the controllers' groups.
         assert_eq!((m.throttled_ns, m.oom_events), (None, None));
+        // Within unitlet's slice, the read-only v1 hierarchies (which have
+        // no group of it) are left out, and the figures stay the same.
+        // (The kernel keeps cpu.stat in every v2 group.)
+        write(
+            root,
+            "sys/fs/cgroup/unified/unitlet.slice/cpu.stat",
+            "usage_usec 1\n",
+        );
+        let w = r.within("/unitlet.slice");
+        assert_eq!((&w.cpu, &w.memory, &w.cpu_ctl), (&None, &None, &None));
+        assert_eq!(w.unified, r.unified);
+        assert_eq!(w.procs.tracking, [root.join("sys/fs/cgroup/unified")]);
+        let (a, b) = (r.read_full(UNIT), w.read_full(UNIT));
+        assert_eq!(
+            (a.cpu_usage_ns, a.memory, a.more),
+            (b.cpu_usage_ns, b.memory, b.more)
+        );
+        // The slice from its groups alone: CPU from the unified tree, the
+        // rest left to the containers' sums.
+        write(
+            root,
+            &format!("sys/fs/cgroup/unified{POD}/cpu.stat"),
+            "usage_usec 9\n",
+        );
+        let p = w.read_full_groups(POD);
+        assert_eq!(
+            (p.cpu_usage_ns, p.memory, p.more),
+            (Some(9000), None, MoreUsage::default())
+        );
         // No readable io file: no io series.
         assert_eq!(
             r.read_full(&format!("{POD}/unitlet_ns_p_d_abc.service"))

@@ -152,15 +152,86 @@ fn limits(sizes: &Sizes) -> (u64, Option<u64>) {
     (memory, quota)
 }
 
-/// Reads every target's control group (blocking file reads).
+/// Reads every target's control group (blocking file reads), in the
+/// order [`targets`] gives them: a pod's containers, then the pod. A pod's
+/// slice is read from its control groups only; what they cannot give (on
+/// hosts where units have no group in a controller) is the sum of its
+/// containers just read, the same processes, so each process is read once.
 pub fn read(targets: Vec<Target>, reader: &CgroupReader) -> Vec<Row> {
-    targets
-        .into_iter()
-        .map(|t| {
-            let usage = reader.read_full(&t.id);
-            Row { target: t, usage }
-        })
-        .collect()
+    let reader = reader.within("/unitlet.slice");
+    let mut out: Vec<Row> = Vec::with_capacity(targets.len());
+    let mut first_of_pod = 0;
+    for t in targets {
+        let pod = t.container.is_empty();
+        let usage = if pod {
+            let mut u = reader.read_full_groups(&t.id);
+            let parts: Vec<&CgroupUsage> = out[first_of_pod..].iter().map(|r| &r.usage).collect();
+            fill_from_containers(&mut u, &parts);
+            u
+        } else {
+            reader.read_full(&t.id)
+        };
+        out.push(Row { target: t, usage });
+        if pod {
+            first_of_pod = out.len();
+        }
+    }
+    out
+}
+
+/// Fills what `pod` lacks with the sums over its running containers'
+/// `parts`, when every one of them has the figure (a partial sum would be
+/// a made-up number). Throttling and OOM kills are the pod group's own and
+/// are never summed.
+pub fn fill_from_containers(pod: &mut CgroupUsage, parts: &[&CgroupUsage]) {
+    fn sum<T>(parts: &[&CgroupUsage], get: impl Fn(&CgroupUsage) -> Option<T>) -> Option<Vec<T>> {
+        parts.iter().map(|p| get(p)).collect()
+    }
+    if parts.is_empty() {
+        return;
+    }
+    if pod.cpu_usage_ns.is_none() {
+        pod.cpu_usage_ns = sum(parts, |p| p.cpu_usage_ns).map(|v| v.iter().sum());
+    }
+    if pod.memory.is_none() {
+        pod.memory = sum(parts, |p| p.memory.clone()).map(|ms| {
+            let total = |f: fn(&crate::kubelet::stats::MemoryUsage) -> Option<u64>| {
+                ms.iter().map(f).sum::<Option<u64>>()
+            };
+            crate::kubelet::stats::MemoryUsage {
+                usage_bytes: ms.iter().map(|m| m.usage_bytes).sum(),
+                working_set_bytes: ms.iter().map(|m| m.working_set_bytes).sum(),
+                rss_bytes: total(|m| m.rss_bytes),
+                limit_bytes: None,
+                cache_bytes: total(|m| m.cache_bytes),
+                page_faults: total(|m| m.page_faults),
+                major_page_faults: total(|m| m.major_page_faults),
+            }
+        });
+    }
+    if pod.more.processes.is_none() {
+        pod.more.processes = sum(parts, |p| p.more.processes).map(|v| v.iter().sum());
+    }
+    if pod.more.io.is_none() {
+        pod.more.io = sum(parts, |p| p.more.io.clone()).map(|all| {
+            let mut by_dev: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+            for d in all.into_iter().flatten() {
+                let e = by_dev.entry(d.device).or_default();
+                e.0 = e.0.saturating_add(d.read_bytes);
+                e.1 = e.1.saturating_add(d.write_bytes);
+            }
+            by_dev
+                .into_iter()
+                .map(
+                    |(device, (read_bytes, write_bytes))| crate::kubelet::stats::IoBytes {
+                        device,
+                        read_bytes,
+                        write_bytes,
+                    },
+                )
+                .collect()
+        });
+    }
 }
 
 /// The `/metrics/cadvisor` body for `views`, read now (blocking).
@@ -523,6 +594,71 @@ container_start_time_seconds{{{p}}} 1700000000.5\n"
         assert_eq!(got, want, "got:\n{got}");
         let om = encode_rows(Vec::new(), now, Format::OpenMetrics);
         assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn a_pod_without_groups_is_the_sum_of_its_containers() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let part = |cpu, mem: u64, procs, io: u64| CgroupUsage {
+            time: now,
+            cpu_usage_ns: Some(cpu),
+            memory: Some(MemoryUsage {
+                usage_bytes: mem,
+                working_set_bytes: mem,
+                rss_bytes: Some(mem / 2),
+                limit_bytes: None,
+                cache_bytes: None,
+                page_faults: Some(1),
+                major_page_faults: Some(0),
+            }),
+            more: MoreUsage {
+                throttled_ns: Some(5),
+                oom_events: None,
+                processes: Some(procs),
+                io: Some(vec![IoBytes {
+                    device: String::new(),
+                    read_bytes: io,
+                    write_bytes: 1,
+                }]),
+            },
+        };
+        let (a, b) = (part(10, 100, 1, 7), part(20, 300, 2, 3));
+        // The pod's own CPU (unified tree) stays; the rest is summed.
+        let mut pod = CgroupUsage {
+            time: now,
+            cpu_usage_ns: Some(99),
+            memory: None,
+            more: MoreUsage::default(),
+        };
+        fill_from_containers(&mut pod, &[&a, &b]);
+        assert_eq!(pod.cpu_usage_ns, Some(99));
+        let m = pod.memory.clone().unwrap();
+        assert_eq!(
+            (m.usage_bytes, m.working_set_bytes, m.rss_bytes),
+            (400, 400, Some(200))
+        );
+        assert_eq!((m.cache_bytes, m.limit_bytes), (None, None));
+        assert_eq!(pod.more.processes, Some(3));
+        assert_eq!(pod.more.throttled_ns, None, "a pod's throttling is its own");
+        assert_eq!(
+            pod.more.io,
+            Some(vec![IoBytes {
+                device: String::new(),
+                read_bytes: 10,
+                write_bytes: 2,
+            }])
+        );
+        // One container without a figure: no sum at all.
+        let mut c = part(1, 1, 1, 1);
+        c.memory = None;
+        let mut pod = CgroupUsage {
+            time: now,
+            cpu_usage_ns: None,
+            memory: None,
+            more: MoreUsage::default(),
+        };
+        fill_from_containers(&mut pod, &[&a, &c]);
+        assert_eq!((pod.cpu_usage_ns, pod.memory), (Some(11), None));
     }
 
     #[test]

@@ -70,6 +70,9 @@ struct Args {
     /// tree mounted read-only into each unit). Compare with a run without.
     #[arg(long)]
     cached_artifact: bool,
+    /// `/metrics/cadvisor` scrapes per size (their mean is reported).
+    #[arg(long, default_value_t = 5)]
+    scrapes: usize,
 }
 
 /// The `--json` output: settings, then one object per size.
@@ -359,11 +362,13 @@ fn measure(
         }
     }
 
-    eprintln!(
-        "[N={n}] scraping /metrics/cadvisor {} times",
-        scrape::SCRAPES
-    );
-    let scraped = scrape::measure(agent.pid(), metrics_port, Instant::now() + timeout)?;
+    eprintln!("[N={n}] scraping /metrics/cadvisor {} times", args.scrapes);
+    let scraped = scrape::measure(
+        agent.pid(),
+        metrics_port,
+        args.scrapes.max(1),
+        Instant::now() + timeout,
+    )?;
 
     // 3. re-adopt
     eprintln!("[N={n}] re-adopt: SIGKILL the agent, start another");

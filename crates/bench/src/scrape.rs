@@ -9,9 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// Scrapes per measurement.
-pub const SCRAPES: usize = 5;
-
 /// One measurement.
 #[derive(Debug, Clone, Copy)]
 pub struct Figure {
@@ -41,8 +38,13 @@ pub fn get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(body.to_string())
 }
 
-/// Waits for the listener, then scrapes [`SCRAPES`] times.
-pub fn measure(agent_pid: u32, port: u16, deadline: Instant) -> anyhow::Result<Figure> {
+/// Waits for the listener, then scrapes `scrapes` times.
+pub fn measure(
+    agent_pid: u32,
+    port: u16,
+    scrapes: usize,
+    deadline: Instant,
+) -> anyhow::Result<Figure> {
     while get(port, "/healthz").is_err() {
         if Instant::now() > deadline {
             bail!("the agent's metrics listener on 127.0.0.1:{port} never answered");
@@ -52,7 +54,7 @@ pub fn measure(agent_pid: u32, port: u16, deadline: Instant) -> anyhow::Result<F
     let before = super::agent::usage(agent_pid)?.cpu_s;
     let started = Instant::now();
     let mut body = String::new();
-    for _ in 0..SCRAPES {
+    for _ in 0..scrapes {
         body = get(port, "/metrics/cadvisor")?;
     }
     let wall = started.elapsed().as_secs_f64();
@@ -64,8 +66,8 @@ pub fn measure(agent_pid: u32, port: u16, deadline: Instant) -> anyhow::Result<F
         })
         .count();
     Ok(Figure {
-        cpu_ms: cpu * 1e3 / SCRAPES as f64,
-        wall_ms: wall * 1e3 / SCRAPES as f64,
+        cpu_ms: cpu * 1e3 / scrapes as f64,
+        wall_ms: wall * 1e3 / scrapes as f64,
         containers,
         bytes: body.len(),
     })
