@@ -132,12 +132,16 @@ impl ProcReader {
     /// groups below it, from the first tracking hierarchy that has the
     /// group; `None` when none has it.
     pub fn pids(&self, cgroup: &str) -> Option<BTreeSet<u32>> {
-        let dir = self
-            .tracking
+        // Every group has cgroup.procs: reading it is the existence check
+        // (a directory without a readable one is still walked).
+        self.tracking
             .iter()
             .filter_map(|mount| cgroup_dir(mount, cgroup))
-            .find(|dir| dir.is_dir())?;
-        Some(group_pids(&dir))
+            .find_map(|dir| match fs::read_to_string(dir.join("cgroup.procs")) {
+                Ok(top) => Some(group_pids(&dir, Some(top))),
+                Err(_) if dir.is_dir() => Some(group_pids(&dir, None)),
+                Err(_) => None,
+            })
     }
 
     /// The summed usage of the processes of the group at `cgroup`. Both
@@ -286,11 +290,16 @@ fn parse_status(text: &str) -> ProcessMemory {
 /// `cgroup.procs` of `dir` and every group below it. Groups that vanish
 /// during the walk are skipped; cgroup file systems have no symlinks, so
 /// the walk cannot loop.
-fn group_pids(dir: &Path) -> BTreeSet<u32> {
+fn group_pids(dir: &Path, top: Option<String>) -> BTreeSet<u32> {
     let mut pids = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut top = top;
     while let Some(d) = stack.pop() {
-        if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+        let procs = match top.take() {
+            Some(t) => Ok(t),
+            None => fs::read_to_string(d.join("cgroup.procs")),
+        };
+        if let Ok(text) = procs {
             // A process in another PID namespace shows as 0.
             pids.extend(
                 text.split_whitespace()

@@ -580,6 +580,16 @@ fn read_u64(path: &Path) -> Option<u64> {
 }
 
 /// A flat-keyed file (`memory.stat`, `cpu.stat`): `key value` per line.
+/// One key of a flat-keyed file, without building the whole map (the
+/// scrape of a thousand containers reads a few of these each).
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
 fn read_keyed(path: &Path) -> Option<HashMap<String, u64>> {
     let text = fs::read_to_string(path).ok()?;
     Some(
@@ -596,20 +606,22 @@ fn read_cpu(h: &Hierarchy, cgroup: &str) -> Option<u64> {
     match h {
         Hierarchy::V1(mount) => read_u64(&cgroup_dir(mount, cgroup)?.join("cpuacct.usage")),
         Hierarchy::V2(mount) => {
-            let stat = read_keyed(&cgroup_dir(mount, cgroup)?.join("cpu.stat"))?;
-            stat.get("usage_usec")?.checked_mul(1000)
+            read_key(&cgroup_dir(mount, cgroup)?.join("cpu.stat"), "usage_usec")?.checked_mul(1000)
         }
     }
 }
 
 fn read_throttled(h: &Hierarchy, cgroup: &str) -> Option<u64> {
     match h {
-        Hierarchy::V1(mount) => read_keyed(&cgroup_dir(mount, cgroup)?.join("cpu.stat"))?
-            .get("throttled_time")
-            .copied(),
-        Hierarchy::V2(mount) => read_keyed(&cgroup_dir(mount, cgroup)?.join("cpu.stat"))?
-            .get("throttled_usec")?
-            .checked_mul(1000),
+        Hierarchy::V1(mount) => read_key(
+            &cgroup_dir(mount, cgroup)?.join("cpu.stat"),
+            "throttled_time",
+        ),
+        Hierarchy::V2(mount) => read_key(
+            &cgroup_dir(mount, cgroup)?.join("cpu.stat"),
+            "throttled_usec",
+        )?
+        .checked_mul(1000),
     }
 }
 
@@ -618,7 +630,7 @@ fn read_oom_kills(h: &Hierarchy, cgroup: &str) -> Option<u64> {
         Hierarchy::V1(mount) => (cgroup_dir(mount, cgroup)?, "memory.oom_control"),
         Hierarchy::V2(mount) => (cgroup_dir(mount, cgroup)?, "memory.events"),
     };
-    read_keyed(&dir.join(file))?.get("oom_kill").copied()
+    read_key(&dir.join(file), "oom_kill")
 }
 
 /// Bytes read and written per device: v2 `io.stat` (`8:0 rbytes=… wbytes=…`),
