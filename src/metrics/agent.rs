@@ -242,6 +242,9 @@ impl EncodeMetric for Untyped {
     fn metric_type(&self) -> MetricType {
         MetricType::Unknown
     }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The `/metrics` body for the pods `views` on node `node_name`.
