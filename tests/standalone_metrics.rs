@@ -174,6 +174,8 @@ spec:
 
     // Negotiation, over plain HTTP on loopback.
     let (head, body) = get(port, "/metrics/cadvisor", None).unwrap();
+    // Kept beside the node's logs for a failed run's diagnosis.
+    std::fs::write(node.dir.join("cadvisor.txt"), &body).unwrap();
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: text/plain; version=0.0.4"),
