@@ -53,6 +53,11 @@ const MAX_SERIES: usize = 100_000;
 /// The `/metrics/probes` body; forgets pods not in `views`.
 pub fn render(views: &[PodView], format: Format) -> String {
     let live: HashSet<&str> = views.iter().map(|v| v.rec.uid()).collect();
+    render_live(&live, format)
+}
+
+/// The body for the pods whose UIDs are `live`.
+fn render_live(live: &HashSet<&str>, format: Format) -> String {
     let family: Family<[(&'static str, String); 6], Counter> = Family::default();
     {
         let mut counts = COUNTS.lock().unwrap();
@@ -76,4 +81,24 @@ pub fn render(views: &[PodView], format: Format) -> String {
         family,
     );
     super::http::encode(&r, format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_result_and_forgets_gone_pods() {
+        probe_result("Readiness", true, "c", "ns", "p", "uid-probes-test");
+        probe_result("Readiness", true, "c", "ns", "p", "uid-probes-test");
+        probe_result("Liveness", false, "c", "ns", "p", "uid-probes-test");
+        let live = HashSet::from(["uid-probes-test"]);
+        let text = render_live(&live, Format::Text);
+        assert!(text.contains("# HELP prober_probe_total [BETA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter\n"), "{text}");
+        assert!(text.contains("prober_probe_total{probe_type=\"Readiness\",result=\"successful\",container=\"c\",pod=\"p\",namespace=\"ns\",pod_uid=\"uid-probes-test\"} 2\n"), "{text}");
+        assert!(text.contains("prober_probe_total{probe_type=\"Liveness\",result=\"failed\",container=\"c\",pod=\"p\",namespace=\"ns\",pod_uid=\"uid-probes-test\"} 1\n"), "{text}");
+        let gone = render_live(&HashSet::new(), Format::Text);
+        assert!(!gone.contains("uid-probes-test"), "{gone}");
+        assert!(!render_live(&live, Format::Text).contains("uid-probes-test"));
+    }
 }
