@@ -248,6 +248,75 @@ fn logs_pods_and_healthz_over_tls_with_client_certificates() {
     node.stop_agent();
 }
 
+/// `/metrics/cadvisor` and `/metrics/probes` go through the kubelet API's
+/// authentication like everything else: refused without credentials,
+/// served with them, with the pod's container and probe series.
+#[test]
+fn cadvisor_and_probe_metrics_need_credentials() {
+    let api = ApiServer::start();
+    let mut node = Node::boot("kubelet_api_metrics");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    let masters = client_pki(
+        &node,
+        "apiserver",
+        "kube-apiserver-kubelet-client",
+        "system:masters",
+    );
+    let port = start_with_self_signed_cert(&mut node, &kc, &masters.ca);
+    let nn = node.name.clone();
+    api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "probed", "namespace": "default"},
+            "spec": {"nodeName": nn, "containers": [{
+                "name": "c", "image": "host",
+                "command": ["/bin/sleep", "infinity"],
+                "readinessProbe": {"periodSeconds": 1, "exec": {"command": ["/bin/true"]}}
+            }]}
+        }),
+    );
+    let get = |path: &str| call(&node, port, Some(&masters), path);
+    let probes = node.wait_for("a probe result in /metrics/probes", default_wait(), || {
+        let (code, body) = get("/metrics/probes");
+        (code == 200 && body.contains("pod=\"probed\"")).then_some(body)
+    });
+    assert!(
+        probes.contains(
+            "prober_probe_total{probe_type=\"Readiness\",result=\"successful\",container=\"c\",pod=\"probed\",namespace=\"default\",pod_uid=\""
+        ),
+        "{probes}"
+    );
+    let (code, body) = get("/metrics/cadvisor");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(
+            "container_cpu_usage_seconds_total{container=\"c\",cpu=\"total\",id=\"/unitlet.slice/"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("namespace=\"default\",pod=\"probed\"}"),
+        "{body}"
+    );
+    let (code, body) = get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&format!("kubelet_node_name{{node=\"{nn}\"}} 1\n")),
+        "{body}"
+    );
+    for path in ["/metrics/cadvisor", "/metrics/probes", "/metrics"] {
+        assert_eq!(
+            call(&node, port, None, path),
+            (401, "Unauthorized".into()),
+            "{path}"
+        );
+    }
+    node.stop_agent();
+}
+
 /// Accepts any server certificate (the node's is self-signed here).
 #[derive(Debug)]
 struct AnyServer;

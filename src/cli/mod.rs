@@ -540,6 +540,12 @@ pub struct RunArgs {
     /// IP to report as host and pod IP (default: the address of the default route).
     #[arg(long)]
     pub node_ip: Option<String>,
+    /// Where to serve /metrics, /metrics/cadvisor, /metrics/probes and
+    /// /healthz: plain HTTP on a loopback address, HTTPS with a self-signed
+    /// certificate (kept in the state directory) on any other; empty or 0
+    /// serves none.
+    #[arg(long, default_value = "127.0.0.1:10255", value_parser = crate::metrics::http::parse_bind_address)]
+    pub metrics_bind_address: crate::metrics::http::BindAddress,
     /// Reconciler settings.
     #[command(flatten)]
     pub reconciler: ReconcilerArgs,
@@ -885,16 +891,27 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         Some(objects),
         tx,
     ));
-    let runtime = Runtime::new(std::sync::Arc::new(sd), state, cfg);
+    let rt = Runtime::new(std::sync::Arc::new(sd), state, cfg);
     // Standalone nodes evict too; the conditions are logged.
     let signals = crate::eviction::HostSignals::new(state_dir.clone(), Some(image_dir));
-    let _pressure = crate::eviction::spawn(runtime.clone(), std::sync::Arc::new(signals), eviction);
-    let runtime = tokio::spawn(runtime.run(rx));
+    let _pressure = crate::eviction::spawn(rt.clone(), std::sync::Arc::new(signals), eviction);
+    let metrics = args.metrics_bind_address.0.map(|addr| {
+        let dir = state_dir.join("metrics");
+        crate::metrics::http::serve(addr, rt.clone(), node.node_name.clone(), dir)
+    });
+    let metrics = async move {
+        match metrics {
+            Some(serving) => serving.await,
+            None => std::future::pending().await,
+        }
+    };
+    let runtime = tokio::spawn(rt.run(rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = source => r?.context("watching the manifest directory")?,
+        r = metrics => r?,
         r = runtime => r??,
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

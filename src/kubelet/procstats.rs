@@ -132,23 +132,31 @@ impl ProcReader {
     /// groups below it, from the first tracking hierarchy that has the
     /// group; `None` when none has it.
     pub fn pids(&self, cgroup: &str) -> Option<BTreeSet<u32>> {
-        let dir = self
-            .tracking
+        // Every group has cgroup.procs: reading it is the existence check
+        // (a directory without a readable one is still walked).
+        self.tracking
             .iter()
             .filter_map(|mount| cgroup_dir(mount, cgroup))
-            .find(|dir| dir.is_dir())?;
-        Some(group_pids(&dir))
+            .find_map(|dir| match fs::read_to_string(dir.join("cgroup.procs")) {
+                Ok(top) => Some(group_pids(&dir, Some(top))),
+                Err(_) if dir.is_dir() => Some(group_pids(&dir, None)),
+                Err(_) => None,
+            })
     }
 
     /// The summed usage of the processes of the group at `cgroup`. Both
     /// parts are `None` when the group has no (readable) processes: an
     /// empty group reads as nothing, not as 0.
     pub fn read(&self, cgroup: &str) -> CgroupUsage {
-        let stats: Vec<(ProcessStat, ProcessMemory)> = self
-            .pids(cgroup)
-            .unwrap_or_default()
+        self.read_pids(self.pids(cgroup).as_ref())
+    }
+
+    /// The summed usage of `pids` (as [`ProcReader::pids`] lists them).
+    pub fn read_pids(&self, pids: Option<&BTreeSet<u32>>) -> CgroupUsage {
+        let stats: Vec<(ProcessStat, ProcessMemory)> = pids
             .into_iter()
-            .filter_map(|pid| self.process(pid))
+            .flatten()
+            .filter_map(|&pid| self.process(pid))
             .collect();
         let time = Timestamp::now();
         if stats.is_empty() {
@@ -156,6 +164,7 @@ impl ProcReader {
                 time,
                 cpu_usage_ns: None,
                 memory: None,
+                more: Default::default(),
             };
         }
         let mut ticks: u64 = 0;
@@ -181,10 +190,33 @@ impl ProcReader {
                 working_set_bytes: rss,
                 rss_bytes: anon_kb.map(|a| a.saturating_mul(1024)),
                 limit_bytes: None,
+                // Unmapped page cache is not any process's.
+                cache_bytes: None,
                 page_faults: Some(minor),
                 major_page_faults: Some(major),
             }),
+            more: Default::default(),
         }
+    }
+
+    /// Bytes `pids` caused to be read from and written to storage
+    /// (`read_bytes`/`write_bytes` of `/proc/<pid>/io`, the block-layer
+    /// figures, not `rchar`/`wchar`, which count page-cache hits and pipes
+    /// too). What exited processes did leaves with them (the file has no
+    /// children's share), so the sum can go down. `None` when no process
+    /// could be read (reading it needs the agent's privileges).
+    pub fn io(&self, pids: &BTreeSet<u32>) -> Option<(u64, u64)> {
+        let mut got = None;
+        for pid in pids {
+            let path = self.root.join("proc").join(pid.to_string()).join("io");
+            let Ok(text) = fs::read_to_string(path) else {
+                continue;
+            };
+            let (r, w) = parse_io(&text)?;
+            let (tr, tw) = got.unwrap_or((0u64, 0u64));
+            got = Some((tr.saturating_add(r), tw.saturating_add(w)));
+        }
+        got
     }
 
     /// One process's figures; `None` when it is gone (either file missing
@@ -228,6 +260,20 @@ pub fn parse_stat(text: &str) -> Option<ProcessStat> {
     })
 }
 
+/// `read_bytes` and `write_bytes` of `/proc/<pid>/io`.
+pub fn parse_io(text: &str) -> Option<(u64, u64)> {
+    let get = |key: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((get("read_bytes")?, get("write_bytes")?))
+}
+
 fn parse_status(text: &str) -> ProcessMemory {
     let kb = |key: &str| {
         text.lines().find_map(|l| {
@@ -244,11 +290,16 @@ fn parse_status(text: &str) -> ProcessMemory {
 /// `cgroup.procs` of `dir` and every group below it. Groups that vanish
 /// during the walk are skipped; cgroup file systems have no symlinks, so
 /// the walk cannot loop.
-fn group_pids(dir: &Path) -> BTreeSet<u32> {
+fn group_pids(dir: &Path, top: Option<String>) -> BTreeSet<u32> {
     let mut pids = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut top = top;
     while let Some(d) = stack.pop() {
-        if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+        let procs = match top.take() {
+            Some(t) => Ok(t),
+            None => fs::read_to_string(d.join("cgroup.procs")),
+        };
+        if let Ok(text) = procs {
             // A process in another PID namespace shows as 0.
             pids.extend(
                 text.split_whitespace()
@@ -477,6 +528,7 @@ mod tests {
                 working_set_bytes: 120 * 1024,
                 rss_bytes: Some(65 * 1024),
                 limit_bytes: None,
+                cache_bytes: None,
                 page_faults: Some(6),
                 major_page_faults: Some(2),
             })

@@ -412,17 +412,11 @@ async fn route(state: &State, req: Request<Incoming>, method: &str, path: &str) 
         ("GET" | "POST", ["portForward", ns, pod]) => port_forward(state, req, ns, pod).await,
         ("GET", ["stats", "summary"]) => stats(state, false).await,
         ("GET", ["metrics", "resource"]) => stats(state, true).await,
-        ("GET", ["metrics"]) => {
-            let mut by_phase: std::collections::BTreeMap<String, usize> = Default::default();
-            for v in state.runtime.pod_views() {
-                let phase = v.status.phase.clone().unwrap_or_else(|| "Pending".into());
-                *by_phase.entry(phase).or_default() += 1;
-            }
-            let pods: Vec<(String, usize)> = by_phase.into_iter().collect();
-            Response::builder()
-                .header("content-type", "text/plain; version=0.0.4")
-                .body(full(crate::metrics::render(&pods)))
-                .expect("static response parts")
+        ("GET", ["metrics"] | ["metrics", "cadvisor"] | ["metrics", "probes"]) => {
+            let accept = req.headers().get("accept").and_then(|v| v.to_str().ok());
+            crate::metrics::http::respond(path, accept, &state.runtime, &state.cfg.node_name)
+                .await
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "404 page not found\n"))
         }
         ("GET", ["containerLogs", ns, pod, container]) => {
             logs::handle(state, ns, pod, container, req.uri().query().unwrap_or("")).await

@@ -109,6 +109,11 @@ pub struct CgroupReader {
     pub unified: Option<PathBuf>,
     /// The last resort for a unit's usage: its processes.
     pub procs: ProcReader,
+    /// Where CFS throttling is read: the v1 `cpu` controller (mounted
+    /// apart from `cpuacct` on some hosts) or the v2 tree.
+    pub cpu_ctl: Option<Hierarchy>,
+    /// Where block I/O is read: the v1 `blkio` controller or the v2 tree.
+    pub io: Option<Hierarchy>,
 }
 
 /// One reading of a control group. Each part is `None` when its files are
@@ -122,6 +127,42 @@ pub struct CgroupUsage {
     pub cpu_usage_ns: Option<u64>,
     /// Memory figures; all come from one `memory.stat` read.
     pub memory: Option<MemoryUsage>,
+    /// What only cAdvisor's series need, filled by
+    /// [`CgroupReader::read_full`] (left empty by the other reads, which
+    /// `kubectl top` scrapes and which need none of it).
+    pub more: MoreUsage,
+}
+
+/// The figures of a control group beyond CPU and memory usage, each
+/// `None` when it cannot be read, so the series is left out rather than
+/// reported as 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoreUsage {
+    /// Cumulative time the group was throttled by its CPU quota, in
+    /// nanoseconds (v2 `cpu.stat` `throttled_usec`, v1 `cpu.stat`
+    /// `throttled_time`).
+    pub throttled_ns: Option<u64>,
+    /// OOM kills inside the group (v2 `memory.events` `oom_kill`, v1
+    /// `memory.oom_control` `oom_kill`).
+    pub oom_events: Option<u64>,
+    /// Processes in the group and the groups below it (the tracking
+    /// hierarchy's `cgroup.procs`, which exists with or without
+    /// controllers).
+    pub processes: Option<u64>,
+    /// Bytes read and written per block device.
+    pub io: Option<Vec<IoBytes>>,
+}
+
+/// Block I/O of a group on one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoBytes {
+    /// `/dev/<name>` as cAdvisor labels it; empty when the source does
+    /// not say (summed from `/proc/<pid>/io`).
+    pub device: String,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
 }
 
 /// Memory of one control group, in bytes, computed as cAdvisor does.
@@ -136,6 +177,8 @@ pub struct MemoryUsage {
     pub rss_bytes: Option<u64>,
     /// The limit, when one is set (the node's is `MemTotal`).
     pub limit_bytes: Option<u64>,
+    /// Page cache (v2 `file`, v1 `total_cache`), when reported.
+    pub cache_bytes: Option<u64>,
     /// Cumulative minor page faults, when reported.
     pub page_faults: Option<u64>,
     /// Cumulative major page faults, when reported.
@@ -159,12 +202,18 @@ impl CgroupReader {
             ),
             None => (probe(root), probe_unified(root)),
         };
+        let (cpu_ctl, io) = match &mounts {
+            Some(mounts) => (controller(mounts, "cpu"), controller(mounts, "blkio")),
+            None => (cpu.clone(), unified.clone().map(Hierarchy::V2)),
+        };
         CgroupReader {
             root: root.to_path_buf(),
             cpu,
             memory,
             unified,
             procs: ProcReader::from_mounts(root, mounts.as_deref()),
+            cpu_ctl,
+            io,
         }
     }
 
@@ -181,11 +230,22 @@ impl CgroupReader {
     /// replaced, and the root is only ever read from its control groups:
     /// the node is the root container, not a sum of processes.
     pub fn read(&self, cgroup: &str) -> CgroupUsage {
-        let mut usage = self.read_cgroup(cgroup);
-        if cgroup.trim_matches('/').is_empty() {
-            return usage;
+        let mut usage = self.read_groups(cgroup);
+        if !cgroup.trim_matches('/').is_empty()
+            && (usage.cpu_usage_ns.is_none() || usage.memory.is_none())
+        {
+            let procs = self.procs.read(cgroup);
+            usage.cpu_usage_ns = usage.cpu_usage_ns.or(procs.cpu_usage_ns);
+            usage.memory = usage.memory.or(procs.memory);
         }
-        if usage.cpu_usage_ns.is_none() {
+        usage
+    }
+
+    /// CPU and memory from the control groups only, the unified tree's
+    /// `cpu.stat` included (no process sums).
+    fn read_groups(&self, cgroup: &str) -> CgroupUsage {
+        let mut usage = self.read_cgroup(cgroup);
+        if usage.cpu_usage_ns.is_none() && !cgroup.trim_matches('/').is_empty() {
             if let Some(unified) = &self.unified {
                 let h = Hierarchy::V2(unified.clone());
                 if self.cpu.as_ref() != Some(&h) {
@@ -193,12 +253,94 @@ impl CgroupReader {
                 }
             }
         }
+        usage
+    }
+
+    /// [`CgroupReader::read`] plus what cAdvisor's series need
+    /// ([`MoreUsage`]): throttling and OOM kills from the control groups
+    /// only (a process sum cannot tell them), the process count from the
+    /// tracking hierarchy, block I/O from the `io`/`blkio` controller, else
+    /// summed from the processes' `/proc/<pid>/io`. The group's processes
+    /// are listed once for all of it.
+    pub fn read_full(&self, cgroup: &str) -> CgroupUsage {
+        let mut usage = self.read_groups(cgroup);
+        let pids = self.procs.pids(cgroup);
         if usage.cpu_usage_ns.is_none() || usage.memory.is_none() {
-            let procs = self.procs.read(cgroup);
+            let procs = self.procs.read_pids(pids.as_ref());
             usage.cpu_usage_ns = usage.cpu_usage_ns.or(procs.cpu_usage_ns);
             usage.memory = usage.memory.or(procs.memory);
         }
+        usage.more = self.read_more(cgroup);
+        usage.more.processes = pids.as_ref().map(|p| p.len() as u64);
+        if usage.more.io.is_none() {
+            usage.more.io = pids.as_ref().and_then(|p| {
+                let (r, w) = self.procs.io(p)?;
+                Some(vec![IoBytes {
+                    device: String::new(),
+                    read_bytes: r,
+                    write_bytes: w,
+                }])
+            });
+        }
         usage
+    }
+
+    /// As [`CgroupReader::read_full`] from the control groups alone: no
+    /// process is listed or read (the parts only processes would give are
+    /// `None`). For a pod's slice whose containers were just read in full,
+    /// whose sums give those parts without reading every process twice.
+    pub fn read_full_groups(&self, cgroup: &str) -> CgroupUsage {
+        let mut usage = self.read_groups(cgroup);
+        usage.more = self.read_more(cgroup);
+        usage
+    }
+
+    fn read_more(&self, cgroup: &str) -> MoreUsage {
+        MoreUsage {
+            throttled_ns: self
+                .cpu_ctl
+                .as_ref()
+                .and_then(|h| read_throttled(h, cgroup)),
+            oom_events: self.memory.as_ref().and_then(|h| read_oom_kills(h, cgroup)),
+            processes: None,
+            io: self
+                .io
+                .as_ref()
+                .and_then(|h| read_io(&self.root, h, cgroup)),
+        }
+    }
+
+    /// This reader without the hierarchies in which the group `prefix`
+    /// (`/unitlet.slice`) has no accounting: on a host where units get no
+    /// group of their own in a controller (see [`CgroupSupport`]) every
+    /// read of a unit there would be a failed lookup of a deep path, which
+    /// for a scrape of a thousand containers is most of its cost. Checked
+    /// once per scrape, so a controller enabled meanwhile is picked up.
+    pub fn within(&self, prefix: &str) -> CgroupReader {
+        let has = |h: &Option<Hierarchy>, v2_file: &str| {
+            h.clone().filter(|h| match h {
+                Hierarchy::V1(m) => cgroup_dir(m, prefix).is_some_and(|d| d.is_dir()),
+                Hierarchy::V2(m) => {
+                    cgroup_dir(m, prefix).is_some_and(|d| d.join(v2_file).is_file())
+                }
+            })
+        };
+        let mut procs = self.procs.clone();
+        procs
+            .tracking
+            .retain(|m| cgroup_dir(m, prefix).is_some_and(|d| d.is_dir()));
+        CgroupReader {
+            root: self.root.clone(),
+            cpu: has(&self.cpu, "cpu.stat"),
+            memory: has(&self.memory, "memory.stat"),
+            unified: self
+                .unified
+                .clone()
+                .filter(|u| cgroup_dir(u, prefix).is_some_and(|d| d.join("cpu.stat").is_file())),
+            procs,
+            cpu_ctl: has(&self.cpu_ctl, "cpu.max"),
+            io: has(&self.io, "io.stat"),
+        }
     }
 
     /// Reads the control group at `cgroup` from the cpu and memory
@@ -210,6 +352,7 @@ impl CgroupReader {
             time: Timestamp::now(),
             cpu_usage_ns,
             memory,
+            more: MoreUsage::default(),
         }
     }
 
@@ -345,6 +488,20 @@ fn from_mounts(mounts: &[CgroupMount]) -> (Option<Hierarchy>, Option<Hierarchy>)
     (v1("cpuacct").or_else(|| v2.clone()), v1("memory").or(v2))
 }
 
+/// The v1 hierarchy carrying `name`, else the v2 one.
+fn controller(mounts: &[CgroupMount], name: &str) -> Option<Hierarchy> {
+    mounts
+        .iter()
+        .find(|m| !m.v2 && m.has(name))
+        .map(|m| Hierarchy::V1(m.dir.clone()))
+        .or_else(|| {
+            mounts
+                .iter()
+                .find(|m| m.v2)
+                .map(|m| Hierarchy::V2(m.dir.clone()))
+        })
+}
+
 fn probe(root: &Path) -> (Option<Hierarchy>, Option<Hierarchy>) {
     let base = root.join("sys/fs/cgroup");
     if base.join("cgroup.controllers").is_file() {
@@ -423,6 +580,16 @@ fn read_u64(path: &Path) -> Option<u64> {
 }
 
 /// A flat-keyed file (`memory.stat`, `cpu.stat`): `key value` per line.
+/// One key of a flat-keyed file, without building the whole map (the
+/// scrape of a thousand containers reads a few of these each).
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
 fn read_keyed(path: &Path) -> Option<HashMap<String, u64>> {
     let text = fs::read_to_string(path).ok()?;
     Some(
@@ -439,10 +606,96 @@ fn read_cpu(h: &Hierarchy, cgroup: &str) -> Option<u64> {
     match h {
         Hierarchy::V1(mount) => read_u64(&cgroup_dir(mount, cgroup)?.join("cpuacct.usage")),
         Hierarchy::V2(mount) => {
-            let stat = read_keyed(&cgroup_dir(mount, cgroup)?.join("cpu.stat"))?;
-            stat.get("usage_usec")?.checked_mul(1000)
+            read_key(&cgroup_dir(mount, cgroup)?.join("cpu.stat"), "usage_usec")?.checked_mul(1000)
         }
     }
+}
+
+fn read_throttled(h: &Hierarchy, cgroup: &str) -> Option<u64> {
+    match h {
+        Hierarchy::V1(mount) => read_key(
+            &cgroup_dir(mount, cgroup)?.join("cpu.stat"),
+            "throttled_time",
+        ),
+        Hierarchy::V2(mount) => read_key(
+            &cgroup_dir(mount, cgroup)?.join("cpu.stat"),
+            "throttled_usec",
+        )?
+        .checked_mul(1000),
+    }
+}
+
+fn read_oom_kills(h: &Hierarchy, cgroup: &str) -> Option<u64> {
+    let (dir, file) = match h {
+        Hierarchy::V1(mount) => (cgroup_dir(mount, cgroup)?, "memory.oom_control"),
+        Hierarchy::V2(mount) => (cgroup_dir(mount, cgroup)?, "memory.events"),
+    };
+    read_key(&dir.join(file), "oom_kill")
+}
+
+/// Bytes read and written per device: v2 `io.stat` (`8:0 rbytes=… wbytes=…`),
+/// v1 `blkio.throttle.io_service_bytes_recursive` (`8:0 Read …`), which
+/// count also what the kernel issues for the group without a throttle set,
+/// as cAdvisor reads them. Devices are named from `/sys/dev/block`.
+fn read_io(root: &Path, h: &Hierarchy, cgroup: &str) -> Option<Vec<IoBytes>> {
+    let mut by_dev: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    match h {
+        Hierarchy::V2(mount) => {
+            let text = fs::read_to_string(cgroup_dir(mount, cgroup)?.join("io.stat")).ok()?;
+            for line in text.lines() {
+                let mut parts = line.split_whitespace();
+                let Some(dev) = parts.next() else { continue };
+                let e = by_dev.entry(dev.to_string()).or_default();
+                for kv in parts {
+                    match kv.split_once('=') {
+                        Some(("rbytes", v)) => e.0 = v.parse().unwrap_or(0),
+                        Some(("wbytes", v)) => e.1 = v.parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Hierarchy::V1(mount) => {
+            let dir = cgroup_dir(mount, cgroup)?;
+            let text = fs::read_to_string(dir.join("blkio.throttle.io_service_bytes_recursive"))
+                .or_else(|_| fs::read_to_string(dir.join("blkio.throttle.io_service_bytes")))
+                .ok()?;
+            for line in text.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let [dev, op, v] = f[..] else { continue };
+                let v: u64 = v.parse().unwrap_or(0);
+                let e = by_dev.entry(dev.to_string()).or_default();
+                match op {
+                    "Read" => e.0 = v,
+                    "Write" => e.1 = v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(
+        by_dev
+            .into_iter()
+            .map(|(dev, (r, w))| IoBytes {
+                device: device_name(root, &dev),
+                read_bytes: r,
+                write_bytes: w,
+            })
+            .collect(),
+    )
+}
+
+/// `/dev/<DEVNAME>` of a block device `major:minor`, from its `uevent`;
+/// the number itself when the device is unknown.
+fn device_name(root: &Path, dev: &str) -> String {
+    fs::read_to_string(root.join("sys/dev/block").join(dev).join("uevent"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("DEVNAME="))
+                .map(|n| format!("/dev/{}", n.trim()))
+        })
+        .unwrap_or_else(|| dev.to_string())
 }
 
 fn read_memory(h: &Hierarchy, cgroup: &str) -> Option<MemoryUsage> {
@@ -453,7 +706,7 @@ fn read_memory(h: &Hierarchy, cgroup: &str) -> Option<MemoryUsage> {
     // runc fails the whole memory read without memory.stat, so do we.
     let stat = read_keyed(&dir.join("memory.stat"))?;
     let get = |k: &str| stat.get(k).copied();
-    let (usage, inactive_file, rss, limit) = if v2 {
+    let (usage, inactive_file, rss, limit, cache) = if v2 {
         let usage = match read_u64(&dir.join("memory.current")) {
             Some(u) => u,
             // The root has no memory.current; runc sums anon and file.
@@ -465,12 +718,13 @@ fn read_memory(h: &Hierarchy, cgroup: &str) -> Option<MemoryUsage> {
         let limit = fs::read_to_string(dir.join("memory.max"))
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok());
-        (usage, get("inactive_file"), get("anon"), limit)
+        (usage, get("inactive_file"), get("anon"), limit, get("file"))
     } else {
         let usage = read_u64(&dir.join("memory.usage_in_bytes"))?;
         let limit = read_u64(&dir.join("memory.limit_in_bytes"));
         let rss = get("total_rss").or_else(|| get("rss"));
-        (usage, get("total_inactive_file"), rss, limit)
+        let cache = get("total_cache").or_else(|| get("cache"));
+        (usage, get("total_inactive_file"), rss, limit, cache)
     };
     Some(MemoryUsage {
         usage_bytes: usage,
@@ -478,6 +732,7 @@ fn read_memory(h: &Hierarchy, cgroup: &str) -> Option<MemoryUsage> {
         working_set_bytes: usage.saturating_sub(inactive_file.unwrap_or(0)),
         rss_bytes: rss,
         limit_bytes: limit.filter(|&l| l <= MAX_MEMORY_SIZE),
+        cache_bytes: cache,
         page_faults: get("pgfault"),
         major_page_faults: get("pgmajfault"),
     })
@@ -1356,6 +1611,7 @@ mod tests {
                 working_set_bytes: 7000,
                 rss_bytes: Some(4000),
                 limit_bytes: None,
+                cache_bytes: Some(5000),
                 page_faults: Some(7),
                 major_page_faults: Some(2),
             })
@@ -1712,6 +1968,7 @@ mod tests {
                 working_set_bytes: 7168,
                 rss_bytes: Some(4096),
                 limit_bytes: None,
+                cache_bytes: Some(4096),
                 page_faults: Some(3),
                 major_page_faults: Some(0),
             })
@@ -1768,6 +2025,190 @@ mod tests {
     }
 
     #[test]
+    fn full_read_on_a_v2_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        write(root, "proc/self/mountinfo", V2_MOUNTINFO);
+        let dir = format!("sys/fs/cgroup{UNIT}");
+        // As the kernel writes them (Linux 6.1, controllers delegated).
+        write(
+            root,
+            &format!("{dir}/cpu.stat"),
+            "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\ncore_sched.force_idle_usec 0\n\
+             nr_periods 40\nnr_throttled 3\nthrottled_usec 1500\nnr_bursts 0\nburst_usec 0\n",
+        );
+        write(root, &format!("{dir}/memory.current"), "8192\n");
+        write(root, &format!("{dir}/memory.max"), "67108864\n");
+        write(
+            root,
+            &format!("{dir}/memory.stat"),
+            "anon 4096\nfile 2048\nkernel 2048\ninactive_file 1024\npgfault 3\npgmajfault 0\n",
+        );
+        write(
+            root,
+            &format!("{dir}/memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 2\noom_kill 1\noom_group_kill 0\n",
+        );
+        write(
+            root,
+            &format!("{dir}/io.stat"),
+            "253:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n\
+             7:1 rbytes=100 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
+        );
+        write(
+            root,
+            "sys/dev/block/253:0/uevent",
+            "MAJOR=253\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n",
+        );
+        write(root, &format!("{dir}/cgroup.procs"), "10\n11\n");
+        write(root, &format!("{dir}/payload/cgroup.procs"), "12\n");
+
+        let r = CgroupReader::detect(root);
+        let u = r.read_full(UNIT);
+        assert_eq!(u.cpu_usage_ns, Some(2_500_000));
+        assert_eq!(u.memory.as_ref().unwrap().cache_bytes, Some(2048));
+        assert_eq!(
+            u.more,
+            MoreUsage {
+                throttled_ns: Some(1_500_000),
+                oom_events: Some(1),
+                processes: Some(3),
+                io: Some(vec![
+                    IoBytes {
+                        device: "/dev/vda".into(),
+                        read_bytes: 4096,
+                        write_bytes: 512,
+                    },
+                    IoBytes {
+                        device: "7:1".into(),
+                        read_bytes: 100,
+                        write_bytes: 0,
+                    },
+                ]),
+            }
+        );
+        // The summary's reads leave them out.
+        assert_eq!(r.read(UNIT).more, MoreUsage::default());
+        // A group the controllers do not cover: nothing, not 0.
+        write(root, "sys/fs/cgroup/other.service/cgroup.procs", "");
+        let o = r.read_full("/other.service");
+        assert_eq!(
+            (o.more.throttled_ns, o.more.oom_events, o.more.io),
+            (None, None, None)
+        );
+        assert_eq!(o.more.processes, Some(0));
+    }
+
+    #[test]
+    fn full_read_on_v1_controllers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        write(
+            root,
+            "proc/self/mountinfo",
+            &format!(
+                "{HYBRID_MOUNTINFO}42 31 0:39 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio\n"
+            ),
+        );
+        write(
+            root,
+            &format!("sys/fs/cgroup/cpu{UNIT}/cpu.stat"),
+            "nr_periods 10\nnr_throttled 2\nthrottled_time 123456\n",
+        );
+        write(
+            root,
+            &format!("sys/fs/cgroup/memory{UNIT}/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        );
+        write(
+            root,
+            &format!("sys/fs/cgroup/blkio{UNIT}/blkio.throttle.io_service_bytes_recursive"),
+            "8:0 Read 700\n8:0 Write 300\n8:0 Sync 1000\n8:0 Async 0\n8:0 Total 1000\nTotal 1000\n",
+        );
+        write(
+            root,
+            &format!("sys/fs/cgroup/systemd{UNIT}/cgroup.procs"),
+            "10\n",
+        );
+        let r = CgroupReader::detect(root);
+        let m = r.read_full(UNIT).more;
+        assert_eq!(m.throttled_ns, Some(123456));
+        assert_eq!(m.oom_events, Some(3));
+        assert_eq!(m.processes, Some(1));
+        assert_eq!(
+            m.io,
+            Some(vec![IoBytes {
+                device: "8:0".into(),
+                read_bytes: 700,
+                write_bytes: 300,
+            }])
+        );
+    }
+
+    #[test]
+    fn full_read_on_hybrid_read_only_falls_back_to_processes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        hybrid_ro_node(root);
+        let io = |r: u64, w: u64| {
+            format!("rchar: 99999\nwchar: 99999\nsyscr: 1\nsyscw: 1\nread_bytes: {r}\nwrite_bytes: {w}\ncancelled_write_bytes: 0\n")
+        };
+        write(root, "proc/100/io", &io(4096, 100));
+        write(root, "proc/102/io", &io(1, 2));
+        let r = CgroupReader::detect(root);
+        let m = r.read_full(UNIT).more;
+        // 101 is listed but gone: counted as listed, as cAdvisor counts
+        // cgroup.procs.
+        assert_eq!(m.processes, Some(3));
+        assert_eq!(
+            m.io,
+            Some(vec![IoBytes {
+                device: String::new(),
+                read_bytes: 4097,
+                write_bytes: 102,
+            }])
+        );
+        // No throttling or OOM count without the controllers' groups.
+        assert_eq!((m.throttled_ns, m.oom_events), (None, None));
+        // Within unitlet's slice, the read-only v1 hierarchies (which have
+        // no group of it) are left out, and the figures stay the same.
+        // (The kernel keeps cpu.stat in every v2 group.)
+        write(
+            root,
+            "sys/fs/cgroup/unified/unitlet.slice/cpu.stat",
+            "usage_usec 1\n",
+        );
+        let w = r.within("/unitlet.slice");
+        assert_eq!((&w.cpu, &w.memory, &w.cpu_ctl), (&None, &None, &None));
+        assert_eq!(w.unified, r.unified);
+        assert_eq!(w.procs.tracking, [root.join("sys/fs/cgroup/unified")]);
+        let (a, b) = (r.read_full(UNIT), w.read_full(UNIT));
+        assert_eq!(
+            (a.cpu_usage_ns, a.memory, a.more),
+            (b.cpu_usage_ns, b.memory, b.more)
+        );
+        // The slice from its groups alone: CPU from the unified tree, the
+        // rest left to the containers' sums.
+        write(
+            root,
+            &format!("sys/fs/cgroup/unified{POD}/cpu.stat"),
+            "usage_usec 9\n",
+        );
+        let p = w.read_full_groups(POD);
+        assert_eq!(
+            (p.cpu_usage_ns, p.memory, p.more),
+            (Some(9000), None, MoreUsage::default())
+        );
+        // No readable io file: no io series.
+        assert_eq!(
+            r.read_full(&format!("{POD}/unitlet_ns_p_d_abc.service"))
+                .more
+                .io,
+            None
+        );
+    }
+
+    #[test]
     fn support_hybrid_read_only_falls_back_to_processes() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
@@ -1813,6 +2254,7 @@ mod tests {
                 working_set_bytes: (2048 + 512) * 1024,
                 rss_bytes: Some((1024 + 256) * 1024),
                 limit_bytes: None,
+                cache_bytes: None,
                 page_faults: Some(0),
                 major_page_faults: Some(0),
             })

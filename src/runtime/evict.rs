@@ -109,7 +109,7 @@ impl Runtime {
             why = message,
             "evicting pod"
         );
-        // TODO(merge): crate::metrics::evicted(signal)
+        crate::metrics::evicted(signal);
         self.report(PodReport::Event {
             uid: uid.to_string(),
             namespace: ns,

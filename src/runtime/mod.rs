@@ -570,8 +570,12 @@ impl Runtime {
     /// One reconcile pass for one pod.
     async fn sync(&self, uid: &str) {
         let started = Instant::now();
+        let operation = update::worker_operation(&self.shared.inner.lock().unwrap(), uid);
         self.sync_pass(uid).await;
         crate::metrics::reconciled(started.elapsed());
+        if let Some(op) = operation {
+            crate::metrics::pod_worker(op, started.elapsed());
+        }
     }
 
     async fn sync_pass(&self, uid: &str) {
@@ -632,6 +636,7 @@ impl Runtime {
                     return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
                 }
                 info!(pod = pod.key(), uid, "admitted pod");
+                crate::metrics::pod_admitted(uid, crate::metrics::agent::is_static(&rec.pod));
                 self.register(rec, HashMap::new());
                 self.drive(uid).await;
             }

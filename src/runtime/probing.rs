@@ -182,6 +182,21 @@ impl Runtime {
         if first_at > now {
             tokio::time::sleep(Duration::from_micros(first_at - now)).await;
         }
+        // The pod's namespace and name label its `prober_probe_total`.
+        let (namespace, pod) = s
+            .inner
+            .lock()
+            .unwrap()
+            .pods
+            .get(&job.uid)
+            .map(|e| {
+                let m = &e.rec.pod.metadata;
+                (
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default();
         let mut state = ProbeState::new(spec.kind);
         if spec.kind == ProbeKind::Readiness {
             state.result = job.ready;
@@ -197,6 +212,14 @@ impl Runtime {
             // Liveness and readiness wait for the startup probe.
             if spec.kind == ProbeKind::Startup || started {
                 let result = probes::run(&*s.sd, &job.unit, &spec.action, spec.timeout).await;
+                crate::metrics::probe_result(
+                    spec.kind.title(),
+                    result.is_ok(),
+                    &job.container,
+                    &namespace,
+                    &pod,
+                    &job.uid,
+                );
                 if let Err(msg) = &result {
                     info!(
                         uid = job.uid,

@@ -209,6 +209,9 @@ impl Runtime {
             });
         }
         let status = update::pod_status(e, &s.cfg.node, &units, now_us());
+        if status.phase.as_deref() == Some("Running") {
+            crate::metrics::pod_running(uid, e.rec.admitted_us, s.started_us, now_us());
+        }
         let ended = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
         if ended && !e.ended {
             e.ended = true;
@@ -451,6 +454,7 @@ impl Runtime {
                 if let Some(old) = &restart_of {
                     memo.restart_issued.insert(old.clone());
                 }
+                crate::metrics::container_started(field_path);
                 match self.create(&spec, place).await {
                     Ok(()) => {
                         if rec.create_error.take().is_some() {
@@ -489,6 +493,7 @@ impl Runtime {
                     }
                     Err(e) if e.is_exists() => {}
                     Err(e) => {
+                        crate::metrics::container_start_failed(field_path, &e);
                         let msg = e.to_string();
                         if rec.create_error.as_deref() != Some(msg.as_str()) {
                             warn!(uid, container = c.name, error = %e, "systemd refused the unit; retrying every 10 s");
@@ -555,7 +560,9 @@ impl Runtime {
                     container = c.name,
                     "container definition changed; restarting it"
                 );
+                crate::metrics::container_started(field_path);
                 if let Err(e) = self.recreate(&spec, true, place).await {
+                    crate::metrics::container_start_failed(field_path, &e);
                     warn!(uid, container = c.name, error = %e, "restart failed; will retry");
                     memo.restart_issued.remove(&invocation);
                     self.schedule(uid, now_us() + 1_000_000);
@@ -621,7 +628,9 @@ impl Runtime {
                 if let Err(e) = s.state.save_container(uid, &c.name, rec) {
                     warn!(error = %e, "cannot save container record");
                 }
+                crate::metrics::container_started(field_path);
                 if let Err(e) = self.recreate(&spec, stop_first, place).await {
+                    crate::metrics::container_start_failed(field_path, &e);
                     warn!(uid, container = c.name, error = %e, "restart failed; will retry");
                     memo.restart_issued.remove(&invocation);
                     self.schedule(uid, now_us() + 1_000_000);

@@ -36,6 +36,23 @@ pub(super) fn pod_status(
     status
 }
 
+/// The kubelet's pod worker `operation_type` of the pass about to run for
+/// `uid`: `create` for a pod not admitted yet, `kill` for one being
+/// stopped, `update` when its definition changed, else `sync`; `None` when
+/// there is nothing to do.
+pub(super) fn worker_operation(inner: &Inner, uid: &str) -> Option<&'static str> {
+    let desired = inner.desired.as_ref()?.get(uid);
+    let admitted = inner.pods.get(uid);
+    Some(match (desired, admitted) {
+        (None, None) => return None,
+        (None, Some(_)) => "kill",
+        (Some(d), _) if d.deletion_grace_s.is_some() => "kill",
+        (Some(_), None) => "create",
+        (Some(d), Some(e)) if d.pod.spec != e.rec.pod.spec => "update",
+        (Some(_), Some(_)) => "sync",
+    })
+}
+
 /// Queues every pod whose resize is pending, to try it again (the
 /// kubelet retries them when another pod ends).
 pub(super) fn retry_pending_resizes(inner: &Inner, s: &Shared) {

@@ -13,11 +13,15 @@
 //! 3. re-adopt: the agent is killed with SIGKILL and restarted; it must reach
 //!    "initial sync complete" quickly and restart none of the N units.
 //!
+//! Between 2 and 3, with the N pods running, the first agent's
+//! `/metrics/cadvisor` is scraped a few times (see `scrape.rs`).
+//!
 //! Build both binaries first (`cargo build --release --bins`); the agent is
 //! the `unitlet` next to this binary. Needs root (systemd-nspawn).
 
 mod agent;
 mod bus;
+mod scrape;
 
 use agent::{now_us, Agent};
 use anyhow::{bail, Context};
@@ -66,6 +70,9 @@ struct Args {
     /// tree mounted read-only into each unit). Compare with a run without.
     #[arg(long)]
     cached_artifact: bool,
+    /// `/metrics/cadvisor` scrapes per size (their mean is reported).
+    #[arg(long, default_value_t = 5)]
+    scrapes: usize,
 }
 
 /// The `--json` output: settings, then one object per size.
@@ -127,6 +134,12 @@ struct SizeResult {
     readopt_cpu_s: f64,
     /// Units whose MainPID or InvocationID changed (or that vanished) across the agent restart.
     units_restarted: usize,
+    /// One `/metrics/cadvisor` scrape with the N pods running: the agent's
+    /// CPU and the wall time, ms; the containers it reported.
+    scrape_cpu_ms: f64,
+    scrape_wall_ms: f64,
+    scrape_containers: usize,
+    scrape_bytes: usize,
 }
 
 fn main() {
@@ -306,13 +319,12 @@ fn measure(
 
     // 2. unitlet
     eprintln!("[N={n}] unitlet: writing {n} manifests");
-    let mut agent = Agent::spawn(
-        node,
-        exe,
-        manifests,
-        &agent_args(args),
-        &work.join("agent-1.log"),
-    )?;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut first_args = agent_args(args);
+    first_args.push(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"));
+    let mut agent = Agent::spawn(node, exe, manifests, &first_args, &work.join("agent-1.log"))?;
     eprintln!("[N={n}] agent running as host pid {}", agent.pid());
     agent.wait_message("initial sync complete", Instant::now() + timeout)?;
     let cpu_before = cpu.read()?;
@@ -350,6 +362,14 @@ fn measure(
         }
     }
 
+    eprintln!("[N={n}] scraping /metrics/cadvisor {} times", args.scrapes);
+    let scraped = scrape::measure(
+        agent.pid(),
+        metrics_port,
+        args.scrapes.max(1),
+        Instant::now() + timeout,
+    )?;
+
     // 3. re-adopt
     eprintln!("[N={n}] re-adopt: SIGKILL the agent, start another");
     // A safety net: wait until systemd lists every unit running before
@@ -375,11 +395,13 @@ fn measure(
         );
     }
     agent.stop(nix::sys::signal::Signal::SIGKILL)?;
+    let mut second_args = agent_args(args);
+    second_args.push("--metrics-bind-address=0".into());
     let mut agent = Agent::spawn(
         node,
         exe,
         manifests,
-        &agent_args(args),
+        &second_args,
         &work.join("agent-2.log"),
     )?;
     let synced = agent.wait_message("initial sync complete", Instant::now() + timeout)?;
@@ -428,6 +450,10 @@ fn measure(
         readopt_peak_rss_mib: usage2.peak_rss_kib as f64 / 1024.0,
         readopt_cpu_s: usage2.cpu_s,
         units_restarted,
+        scrape_cpu_ms: scraped.cpu_ms,
+        scrape_wall_ms: scraped.wall_ms,
+        scrape_containers: scraped.containers,
+        scrape_bytes: scraped.bytes,
     })
 }
 
@@ -595,6 +621,8 @@ fn table(results: &[SizeResult]) -> String {
         "agent CPU s",
         "re-adopt s",
         "units restarted",
+        "scrape CPU ms",
+        "scrape wall ms",
     ];
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -612,6 +640,8 @@ fn table(results: &[SizeResult]) -> String {
                 format!("{:.2}", r.agent_cpu_s),
                 format!("{:.3}", r.readopt_s),
                 r.units_restarted.to_string(),
+                format!("{:.1}", r.scrape_cpu_ms),
+                format!("{:.1}", r.scrape_wall_ms),
             ]
         })
         .collect();
@@ -691,6 +721,15 @@ fn targets(results: &[SizeResult]) -> String {
                     r.agent_peak_rss_mib
                 ),
                 r.agent_peak_rss_mib * 1.048_576 < 50.0,
+            );
+        }
+        if r.n == 1000 {
+            check(
+                format!(
+                    "N=1000: a /metrics/cadvisor scrape of {} containers < 100 ms of agent CPU: {:.1} ms",
+                    r.scrape_containers, r.scrape_cpu_ms
+                ),
+                r.scrape_cpu_ms < 100.0 && r.scrape_containers == 1000,
             );
         }
         check(
