@@ -1429,6 +1429,7 @@ fn the_eviction_manager_evicts_the_biggest_memory_user_once() {
     let opts = unitlet::eviction::Options {
         config: unitlet::core::eviction::Config::default(),
         interval: Duration::from_millis(50),
+        pressure_file: None,
     };
     let runtime = agent.runtime.clone();
     let pressure = agent

@@ -506,6 +506,7 @@ impl ReconcilerArgs {
         Ok(crate::eviction::Options {
             config: s.config()?,
             interval: self.eviction_monitoring_interval,
+            pressure_file: Some("/proc/pressure/memory".into()),
         })
     }
 

@@ -38,6 +38,9 @@ pub struct Options {
     pub config: Config,
     /// How often the node is observed (`--eviction-monitoring-interval`).
     pub interval: Duration,
+    /// A PSI file (`/proc/pressure/memory`) whose stall trigger makes the
+    /// manager look at once (see [`super::psi`]); `None`: only the interval.
+    pub pressure_file: Option<std::path::PathBuf>,
 }
 
 /// Starts the eviction manager for `runtime`; the receiver follows the
@@ -62,8 +65,17 @@ async fn run(
     let mut state = State::default();
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stalls = Arc::new(tokio::sync::Notify::new());
+    if let Some(file) = &opts.pressure_file {
+        if let Err(e) = super::psi::watch(file, stalls.clone()) {
+            info!(file = %file.display(), error = %e, "no memory stall trigger; the eviction manager looks every interval only");
+        }
+    }
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stalls.notified() => tick.reset(),
+        }
         let s = signals.clone();
         let Ok(obs) = tokio::task::spawn_blocking(move || s.observe()).await else {
             continue;

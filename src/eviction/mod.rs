@@ -4,9 +4,11 @@
 //! provider does (the root control group, statfs of the state and image
 //! directories, `pid_max`); `manager` runs the pure step every monitoring
 //! interval (the kubelet's 10 s), publishes the pressure conditions for
-//! the node status, and evicts through [`crate::runtime::Runtime::evict`].
+//! the node status, and evicts through [`crate::runtime::Runtime::evict`];
+//! `psi` wakes it at once when the kernel sees tasks stall for memory.
 
 mod manager;
+pub mod psi;
 mod signals;
 
 pub use manager::{spawn, Options, Pressure};
