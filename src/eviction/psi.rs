@@ -87,7 +87,7 @@ mod tests {
     fn the_trigger_is_one_the_kernel_accepts_from_anyone() {
         assert_eq!(trigger(), "some 100000 2000000");
         // Unprivileged triggers: a window that is a multiple of 2 s.
-        const { assert!(WINDOW_US % 2_000_000 == 0 && STALL_US < WINDOW_US) };
+        const { assert!(WINDOW_US.is_multiple_of(2_000_000) && STALL_US < WINDOW_US) };
     }
 
     #[test]
