@@ -27,14 +27,6 @@ spec:
     )
 }
 
-/// `MainPID` and `InvocationID` of a unit.
-fn identity(node: &Node, unit: &str) -> (String, String) {
-    let p = node.show(unit, &["MainPID", "InvocationID"]);
-    assert_ne!(p["MainPID"], "0", "{unit} has no main process");
-    assert!(!p["InvocationID"].is_empty(), "{unit} has no invocation");
-    (p["MainPID"].clone(), p["InvocationID"].clone())
-}
-
 /// Three running pods survive `kill -9` of the agent untouched; a new agent
 /// adopts them without restarting anything and still applies changes.
 #[test]
@@ -70,7 +62,7 @@ spec:
     });
     let before: BTreeMap<&str, (String, String)> = ["a", "b", "c"]
         .into_iter()
-        .map(|n| (n, identity(&node, &node.unit_of("default", n, "c"))))
+        .map(|n| (n, node.identity(&node.unit_of("default", n, "c"))))
         .collect();
     let uids: BTreeMap<&str, String> = ["a", "b", "c"]
         .into_iter()
@@ -105,7 +97,7 @@ spec:
     for (name, id) in &before {
         let unit = node.unit_of("default", name, "c");
         assert_eq!(
-            &identity(&node, &unit),
+            &node.identity(&unit),
             id,
             "pod {name} was restarted by the new agent"
         );
@@ -114,7 +106,7 @@ spec:
     std::thread::sleep(Duration::from_secs(3));
     for (name, id) in &before {
         let unit = node.unit_of("default", name, "c");
-        assert_eq!(&identity(&node, &unit), id, "pod {name} restarted later");
+        assert_eq!(&node.identity(&unit), id, "pod {name} restarted later");
         let p = node.pod("default", name).unwrap();
         assert_eq!(uid(&p), uids[name]);
         assert_eq!(restarts(&p, "c"), if *name == "c" { 1 } else { 0 }, "{p}");
@@ -133,7 +125,7 @@ spec:
     assert_ne!(new_unit, old_unit);
     assert!(node.units(&old_unit).is_empty(), "{old_unit} still loaded");
     assert_eq!(
-        identity(&node, &node.unit_of("default", "b", "c")),
+        node.identity(&node.unit_of("default", "b", "c")),
         before["b"],
         "an unrelated pod was touched"
     );
@@ -154,7 +146,7 @@ fn changes_made_while_the_agent_is_down_are_applied_on_restart() {
     }
     let gone = node.pod("default", "gone").unwrap();
     let edited_uid = uid(&node.pod("default", "edited").unwrap());
-    let kept = identity(&node, &node.unit_of("default", "kept", "c"));
+    let kept = node.identity(&node.unit_of("default", "kept", "c"));
     node.stop_agent(); // SIGTERM: pods keep running
     assert!(node
         .agent_lines()
@@ -183,7 +175,7 @@ fn changes_made_while_the_agent_is_down_are_applied_on_restart() {
         uid(p) != edited_uid && running(p, "c")
     });
     node.wait_logs(&["edited"], "V=new\n");
-    assert_eq!(identity(&node, &node.unit_of("default", "kept", "c")), kept);
+    assert_eq!(node.identity(&node.unit_of("default", "kept", "c")), kept);
     assert_eq!(node.pods().len(), 3);
     node.stop_agent();
 }
@@ -215,14 +207,14 @@ spec:
     node.wait_pod("r", "running", |p| running(p, "c"));
     node.wait_logs(&["r"], "V=kept\n");
     let unit = node.unit_of("default", "r", "c");
-    let (_, inv) = identity(&node, &unit);
+    let (_, inv) = node.identity(&unit);
     node.sh("systemctl daemon-reload");
     node.sh(&format!("systemctl kill --signal=KILL '{unit}'"));
     let p = node.wait_pod("r", "restarted after the reload", |p| {
         restarts(p, "c") == 1 && running(p, "c")
     });
     assert_eq!(cstatus(&p, "c")["lastState"]["terminated"]["exitCode"], 137);
-    let (_, new_inv) = identity(&node, &unit);
+    let (_, new_inv) = node.identity(&unit);
     assert_ne!(new_inv, inv);
     node.wait_logs(&["r"], "V=kept\n");
     node.wait_logs(&["r", "--previous"], "V=kept\n");

@@ -30,12 +30,6 @@ spec:
     )
 }
 
-/// `MainPID` and `InvocationID` of a unit.
-fn identity(node: &Node, unit: &str) -> (String, String) {
-    let p = node.show(unit, &["MainPID", "InvocationID"]);
-    (p["MainPID"].clone(), p["InvocationID"].clone())
-}
-
 #[test]
 fn ended_pods_give_their_units_back_and_keep_status_and_logs() {
     let mut node = Node::boot("gc_ended");
@@ -48,7 +42,7 @@ fn ended_pods_give_their_units_back_and_keep_status_and_logs() {
     node.start_agent(&[]);
     let web = node.unit_of("default", "web", "c");
     node.wait_pod("web", "running", |p| running(p, "c"));
-    let before = identity(&node, &web);
+    let before = node.identity(&web);
     node.wait_pod("job", "Succeeded", |p| phase(p) == "Succeeded");
     node.wait_pod("bad", "Failed", |p| phase(p) == "Failed");
     // The ended pods' units are unloaded: none left failed or exited.
@@ -81,7 +75,7 @@ fn ended_pods_give_their_units_back_and_keep_status_and_logs() {
     // Nothing ran again and the running pod was not touched.
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(restarts(&node.pod("default", "bad").unwrap(), "c"), 0);
-    assert_eq!(identity(&node, &web), before, "the running pod was touched");
+    assert_eq!(node.identity(&web), before, "the running pod was touched");
     // A restarted agent keeps it so: no unit comes back.
     node.kill_agent_9();
     node.start_agent_synced(&[]);
@@ -90,7 +84,7 @@ fn ended_pods_give_their_units_back_and_keep_status_and_logs() {
         "a collected unit came back"
     );
     assert_eq!(phase(&node.pod("default", "bad").unwrap()), "Failed");
-    assert_eq!(identity(&node, &web), before, "the running pod was touched");
+    assert_eq!(node.identity(&web), before, "the running pod was touched");
     // The manifest gone, so are the pod's directory and its volumes.
     let uid = uid(&node.pod("default", "bad").unwrap());
     let dir = format!("/var/lib/unitlet/pods/{uid}");
@@ -103,7 +97,7 @@ fn ended_pods_give_their_units_back_and_keep_status_and_logs() {
             .code()
             .filter(|&c| c == 1)
     });
-    assert_eq!(identity(&node, &web), before, "the running pod was touched");
+    assert_eq!(node.identity(&web), before, "the running pod was touched");
     node.stop_agent();
 }
 
@@ -155,7 +149,7 @@ fn orphaned_units_and_pod_directories_are_removed_and_named() {
     node.start_agent(&[]);
     let web = node.unit_of("default", "web", "c");
     node.wait_pod("web", "running", |p| running(p, "c"));
-    let before = identity(&node, &web);
+    let before = node.identity(&web);
     node.wait_log("the stale directory named", |l| {
         l["message"]
             .as_str()
@@ -177,6 +171,6 @@ fn orphaned_units_and_pod_directories_are_removed_and_named() {
     node.wait_for("the orphan stopped", default_wait(), || {
         (node.show_value(ghost, "ActiveState") != "active").then_some(())
     });
-    assert_eq!(identity(&node, &web), before, "the running pod was touched");
+    assert_eq!(node.identity(&web), before, "the running pod was touched");
     node.stop_agent();
 }

@@ -401,17 +401,16 @@ impl Collector for Scrape {
                 }
             }
         }
-        for (name, help, kind, get) in &FAMILIES[..1] {
-            family(
-                &mut encoder,
-                &self.rows,
-                self.now_s,
-                name,
-                help,
-                *kind,
-                *get,
-            )?;
-        }
+        let families = |encoder: &mut DescriptorEncoder,
+                        which: &[(&str, &str, MetricType, Getter)]| {
+            for (name, help, kind, get) in which {
+                family(encoder, &self.rows, self.now_s, name, help, *kind, *get)?;
+            }
+            Ok(())
+        };
+        // In name order, as cAdvisor writes them: the I/O families fall
+        // between the first and the rest.
+        families(&mut encoder, &FAMILIES[..1])?;
         for (name, help, which) in [
             (
                 "container_fs_reads_bytes",
@@ -433,18 +432,7 @@ impl Collector for Scrape {
                 }
             }
         }
-        for (name, help, kind, get) in &FAMILIES[1..] {
-            family(
-                &mut encoder,
-                &self.rows,
-                self.now_s,
-                name,
-                help,
-                *kind,
-                *get,
-            )?;
-        }
-        Ok(())
+        families(&mut encoder, &FAMILIES[1..])
     }
 }
 

@@ -171,13 +171,7 @@ impl Runtime {
             }
             kill
         };
-        for (container, unit, invocation, grace) in kill {
-            let (me, uid) = (self.clone(), uid.to_string());
-            tokio::spawn(async move {
-                me.kill_container(&uid, &container, &unit, &invocation, grace)
-                    .await
-            });
-        }
+        self.spawn_kills(uid, kill);
         true
     }
 }

@@ -324,6 +324,13 @@ impl Runtime {
             reason: "DeadlineExceeded",
             message: crate::core::live::DEADLINE_MESSAGE.into(),
         });
+        self.spawn_kills(uid, kill);
+        true
+    }
+
+    /// Kills each (container, unit, invocation, grace seconds) of pod
+    /// `uid` off this pass (the pod's end: deadline, eviction).
+    pub(super) fn spawn_kills(&self, uid: &str, kill: Vec<(String, String, String, u64)>) {
         for (container, unit, invocation, grace) in kill {
             let (me, uid) = (self.clone(), uid.to_string());
             tokio::spawn(async move {
@@ -331,6 +338,5 @@ impl Runtime {
                     .await
             });
         }
-        true
     }
 }

@@ -531,6 +531,15 @@ impl Node {
             .collect()
     }
 
+    /// `MainPID` and `InvocationID` of a running unit: what stays the same
+    /// while nothing restarts it.
+    pub fn identity(&self, unit: &str) -> (String, String) {
+        let p = self.show(unit, &["MainPID", "InvocationID"]);
+        assert_ne!(p["MainPID"], "0", "{unit} has no main process");
+        assert!(!p["InvocationID"].is_empty(), "{unit} has no invocation");
+        (p["MainPID"].clone(), p["InvocationID"].clone())
+    }
+
     /// One property's value (may span lines), from `systemctl show --value`.
     pub fn show_value(&self, unit: &str, prop: &str) -> String {
         let out = self.sh(&format!("systemctl show '{unit}' -p {prop} --value"));
