@@ -157,10 +157,10 @@ spec:
     assert_eq!(phase(&node.pod("default", "quiet").unwrap()), "Running");
 }
 
-/// Memory pressure, real but bounded: the threshold is set 150 MiB below
+/// Memory pressure, real but bounded: the threshold is set 1 GiB below
 /// what the node has available when the agent starts (`MemTotal` minus the
 /// node's own control group's working set, as the agent computes it), and
-/// a pod then holds 400 MiB. It is evicted with the kubelet's memory
+/// a pod then holds 2 GiB (on a host with 24 GiB). It is evicted with the kubelet's memory
 /// message naming its container; the quiet pod keeps running.
 #[test]
 fn a_pod_taking_the_nodes_memory_is_evicted() {
@@ -173,7 +173,10 @@ fn a_pod_taking_the_nodes_memory_is_evicted() {
         .trim()
         .parse()
         .unwrap_or_else(|e| panic!("the node's available memory: {out:?}: {e}"));
-    let threshold = format!("memory.available<{}Ki", (available - (150 << 20)) / 1024);
+    // Memory is the host's, shared with whatever else runs (other tests'
+    // nodes, builds): the margin must dwarf that noise, and the hog must
+    // take twice the margin.
+    let threshold = format!("memory.available<{}Ki", (available - (1 << 30)) / 1024);
     node.write_manifest(
         "quiet.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\nspec:\n  containers:\n  - {name: c, image: host, command: [sleep, infinity]}\n",
@@ -203,7 +206,7 @@ spec:
   containers:
   - name: c
     image: host
-    command: ["python3", "-c", "import time\nb = bytearray(400 << 20)\nb[::4096] = b'x' * (len(b) // 4096)\ntime.sleep(100000)"]
+    command: ["python3", "-c", "import time\nb = bytearray(2 << 30)\nb[::4096] = b'x' * (len(b) // 4096)\ntime.sleep(100000)"]
 "#,
     );
     let evicted = node.wait_pod_in("default", "hog", "Failed/Evicted", patient(60), |p| {
