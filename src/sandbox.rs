@@ -168,6 +168,28 @@ impl Sandbox {
                 "sandbox node did not boot: systemd says {state:?}"
             )));
         }
+        // `systemctl` talks over systemd's private socket; the agent needs
+        // the system bus, whose socket a loaded machine may not have yet
+        // when boot is reported done (seen once in CI: the agent could not
+        // connect).
+        let bus = Path::new("/proc")
+            .join(init_pid.to_string())
+            .join("root/run/dbus/system_bus_socket");
+        while !bus.exists() {
+            if Instant::now() > deadline {
+                let failed = sb
+                    .command("systemctl")
+                    .args(["--failed", "--no-legend", "--plain"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                sb.shutdown();
+                return Err(io::Error::other(format!(
+                    "sandbox node booted without a system bus (failed units: {failed})"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::fs::create_dir_all(REGISTRY);
         let _ = std::fs::write(Path::new(REGISTRY).join(&sb.name), init_pid.to_string());
         Ok(sb)
