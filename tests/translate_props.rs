@@ -109,7 +109,7 @@ proptest! {
         let keys: Vec<&str> = rendered.lines().filter(|l| !l.starts_with('#') && !l.starts_with('[')).map(|l| l.split('=').next().unwrap()).collect();
         prop_assert_eq!(keys.iter().filter(|k| **k == "ExecStart").count(), 1);
         for k in keys {
-            prop_assert!(["Description", "StartLimitIntervalSec", "Slice", "Type", "RemainAfterExit", "ExecStart", "Environment", "SyslogIdentifier", "KillSignal", "TimeoutStopSec", "CPUAccounting", "MemoryAccounting", "TasksAccounting", "IOAccounting", "Delegate", "CapabilityBoundingSet", "NoNewPrivileges", "ProtectSystem", "SystemCallFilter", "SystemCallErrorNumber", "ReadOnlyPaths", "ProtectControlGroups", "DevicePolicy"].contains(&k), "unexpected key {k} in\n{rendered}");
+            prop_assert!(["Description", "StartLimitIntervalSec", "Slice", "Type", "RemainAfterExit", "ExecStart", "Environment", "SyslogIdentifier", "KillSignal", "KillMode", "TimeoutStopSec", "CPUAccounting", "MemoryAccounting", "TasksAccounting", "IOAccounting", "Delegate", "CapabilityBoundingSet", "NoNewPrivileges", "ProtectSystem", "SystemCallFilter", "SystemCallErrorNumber", "ReadOnlyPaths", "ProtectControlGroups", "DevicePolicy"].contains(&k), "unexpected key {k} in\n{rendered}");
         }
     }
 

@@ -786,6 +786,13 @@ fn container_plan(
         Property::Environment(env),
         Property::SyslogIdentifier(c.name.clone()),
         Property::KillSignal(15),
+        // As a container runtime stops a container: the stop signal to its
+        // main process (PID 1 of the container) only; what is left is
+        // killed once it is gone or at the grace period. With systemd's
+        // default (the whole group), a preStop-like trap's own children
+        // were signalled too. Under a terminal helper, the helper passes
+        // the signal on, so the program does not get it twice.
+        Property::KillMode("mixed".into()),
         Property::TimeoutStopUSec(grace * 1_000_000),
         Property::StartLimitIntervalUSec(0),
         Property::Accounting(true),
@@ -793,11 +800,6 @@ fn container_plan(
     ];
     if let Some(wd) = &workdir {
         props.push(Property::WorkingDirectory(wd.clone()));
-    }
-    if tty_host {
-        // SIGTERM to the helper, which passes it on; the program would
-        // otherwise get it twice.
-        props.push(Property::KillMode("mixed".into()));
     }
     props.extend(super::resources::properties(c.resources.as_ref()));
     if let Some(f) = &env_file {
