@@ -1332,7 +1332,18 @@ fn an_evicted_pod_is_failed_for_good_and_never_restarted() {
         (at(9) - asked) / 1000
     );
     rig.wait("stopped", || !rig.fake.running().contains(&c));
-    rig.wait("Failed", || rig.phase("p") == "Failed");
+    // Failed from the eviction on; the container shows terminated once the
+    // pass after its unit stopped has reported.
+    rig.wait("Failed with the container terminated", || {
+        rig.status("p").is_some_and(|st| {
+            st.phase.as_deref() == Some("Failed")
+                && st
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .all(|cs| cs.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+        })
+    });
     let st = rig.status("p").unwrap();
     assert_eq!(st.reason.as_deref(), Some("Evicted"));
     assert_eq!(st.message.as_deref(), Some(message));
