@@ -71,21 +71,34 @@ pub fn now_us() -> i64 {
 }
 
 impl Agent {
-    /// Starts `unitlet --log-format json run` inside the node; its stderr is
-    /// parsed and, with stdout, copied to `log`.
+    /// Starts `unitlet --log-format json run` inside the node with the
+    /// safety-net relist every `relist`; its stderr is parsed and, with
+    /// stdout, copied to `log`.
     pub fn spawn(
         node: &Sandbox,
         exe: &Path,
         manifests: &Path,
+        relist: &str,
         extra_args: &[String],
         log: &Path,
     ) -> anyhow::Result<Agent> {
+        let mut args: Vec<String> = vec!["run".into(), "--manifests".into()];
+        args.push(manifests.to_string_lossy().into_owned());
+        args.extend(["--relist".into(), relist.into()]);
+        args.extend(extra_args.iter().cloned());
+        Agent::spawn_with(node, exe, &args, log)
+    }
+
+    /// Starts `unitlet --log-format json ARGS…` inside the node (`run` or
+    /// `node` and their arguments).
+    pub fn spawn_with(
+        node: &Sandbox,
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
         let mut cmd = node.command(exe);
-        cmd.args(["--log-format", "json", "run", "--manifests"])
-            .arg(manifests)
-            // The relist is a safety net; keep it out of the measured window.
-            .args(["--relist", "60s"]);
-        cmd.args(extra_args);
+        cmd.args(["--log-format", "json"]).args(args);
         // The host environment travels through nsenter; pin what unitlet reads.
         for var in [
             "UNITLET_STATE_DIR",

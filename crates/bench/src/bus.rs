@@ -144,6 +144,26 @@ impl NodeBus {
             .await?
             .len())
     }
+
+    /// Waits until no unit matching `pattern` is loaded; returns the time
+    /// since `since`.
+    pub async fn wait_none(
+        &self,
+        pattern: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        loop {
+            let left = self.count(pattern).await?;
+            if left == 0 {
+                return Ok(since.elapsed());
+            }
+            if since.elapsed() > timeout {
+                bail!("{left} units {pattern} still loaded {timeout:?} after stopping began");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// What identifies one running instance of a unit: a restart changes both.
@@ -167,6 +187,7 @@ pub struct Identity {
 pub async fn raw_start(
     bus: &NodeBus,
     n: usize,
+    in_flight: usize,
     job_window: usize,
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
@@ -194,7 +215,7 @@ pub async fn raw_start(
             name
         })
         .map(|name| start_sleep(&bus.manager, name))
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight.clamp(1, IN_FLIGHT))
         .try_for_each(|()| async { Ok(()) });
     let done = async {
         while !pending.is_empty() {
@@ -226,25 +247,24 @@ pub async fn raw_start(
     Ok(elapsed)
 }
 
-/// Stops every raw unit (`StopUnit` on their slice) and returns the time
-/// until systemd has none of them loaded any more.
-pub async fn raw_stop(bus: &NodeBus, timeout: Duration) -> anyhow::Result<Duration> {
+/// Stops every raw unit, one `StopUnit` call after another (each reply
+/// awaited, as a hand-written client would), then the slice, and returns
+/// the time until systemd has none of them loaded any more.
+pub async fn raw_stop(bus: &NodeBus, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
     let stopping = Instant::now();
+    for i in 1..=n {
+        let name = format!("{RAW_PREFIX}{i:05}.service");
+        bus.manager
+            .stop_unit(&name, "replace")
+            .await
+            .with_context(|| format!("StopUnit {name}"))?;
+    }
     bus.manager
         .stop_unit(RAW_SLICE, "replace")
         .await
         .context("StopUnit on the raw slice")?;
-    let pattern = format!("{RAW_PREFIX}*.service");
-    loop {
-        let left = bus.count(&pattern).await?;
-        if left == 0 {
-            return Ok(stopping.elapsed());
-        }
-        if stopping.elapsed() > timeout {
-            bail!("raw systemd: {left} units still loaded {timeout:?} after stopping the slice");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bus.wait_none(&format!("{RAW_PREFIX}*.service"), stopping, timeout)
+        .await
 }
 
 /// One transient unit shaped as unitlet shapes a container (`Type=exec`,
