@@ -98,6 +98,14 @@ pub struct NodeConfig {
     /// Client burst above `apiQps` (default 100).
     #[serde(default = "default_burst")]
     pub api_burst: u32,
+    /// Events per second sent to the API server, on a client of their own
+    /// as the kubelet's (its `eventRecordQPS`, default 50), so a burst of
+    /// events never delays status writes.
+    #[serde(default = "default_qps", rename = "eventRecordQPS")]
+    pub event_record_qps: u32,
+    /// Event burst above `eventRecordQPS` (the kubelet's `eventBurst`, default 100).
+    #[serde(default = "default_burst")]
+    pub event_burst: u32,
     /// Image garbage collection starts above this percentage of the image
     /// store's file system (the kubelet's field; default 85, or the flag).
     #[serde(rename = "imageGCHighThresholdPercent")]
@@ -219,9 +227,14 @@ impl NodeConfig {
                 return Err(format!("logFormat: {f:?} is not text or json"));
             }
         }
-        if cfg.lease_renew_seconds == 0 || cfg.status_update_seconds == 0 || cfg.api_qps == 0 {
+        if cfg.lease_renew_seconds == 0
+            || cfg.status_update_seconds == 0
+            || cfg.api_qps == 0
+            || cfg.event_record_qps == 0
+        {
             return Err(
-                "leaseRenewSeconds, statusUpdateSeconds and apiQps must be positive".into(),
+                "leaseRenewSeconds, statusUpdateSeconds, apiQps and eventRecordQPS must be positive"
+                    .into(),
             );
         }
         Ok(cfg)

@@ -15,6 +15,7 @@ pub mod events;
 pub mod mirror;
 pub mod node;
 pub mod pods;
+pub mod ratelimit;
 pub mod refs;
 
 use crate::core::manifest::StaticPod;
@@ -84,7 +85,8 @@ pub struct NodeOptions {
 }
 
 /// A client for the API server, from `kubeconfig` (else the usual search),
-/// sending at most `burst` requests per `burst / qps` seconds: the API
+/// sending at most `burst` requests at once and `qps` per second over time
+/// (client-go's token bucket, see [`ratelimit`]): the API
 /// server's fairness would otherwise be this agent's only brake. 429 and
 /// 503/504 answers are retried with back-off by kube's own stack.
 /// Also returns the cluster CA the kubeconfig names (DER), if any: the
@@ -111,11 +113,9 @@ async fn client(
         // no roots, and a host without a CA bundle must not fail for it.
         cfg.root_cert = Some(Vec::new());
     }
-    let burst = burst.max(1);
-    let window = Duration::from_secs_f64(f64::from(burst) / f64::from(qps.max(1)));
     let client = kube::client::ClientBuilder::try_from(cfg)
         .map_err(|e| err(&e))?
-        .with_layer(&tower::limit::RateLimitLayer::new(u64::from(burst), window))
+        .with_layer(&ratelimit::TokenBucketLayer::new(qps, burst))
         .with_layer(&tower::util::MapResultLayer::new(count_api_errors))
         .build();
     Ok((client, cluster_ca))
@@ -215,7 +215,13 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
         api_tx,
     ));
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(events::write(client.clone(), name.clone(), events_rx));
+    let (events_client, _) = self::client(
+        &opts.kubeconfig,
+        opts.config.event_record_qps,
+        opts.config.event_burst,
+    )
+    .await?;
+    tokio::spawn(events::write(events_client, name.clone(), events_rx));
     let _ = events_tx.send(node_event(
         &name,
         false,

@@ -309,6 +309,9 @@ pub async fn write_status(
     let mut backoff = Duration::from_millis(500);
     let mut failed = false;
     let mut api_changed = known.subscribe();
+    // When a pod's first status that is only "containers being created"
+    // may be written (see [`PASSING_HOLD`]).
+    let mut hold: HashMap<String, tokio::time::Instant> = HashMap::new();
     let take = |r: PodReport,
                 latest: &mut HashMap<String, (String, String, PodStatus)>,
                 stops: &mut HashMap<String, (String, String)>| match r {
@@ -358,12 +361,14 @@ pub async fn write_status(
             backoff = (backoff * 2).min(Duration::from_secs(30));
         } else {
             backoff = Duration::from_millis(500);
+            let next_hold = hold.values().min().copied();
             tokio::select! {
                 r = reports.recv() => match r {
                     Some(r) => take(r, &mut latest, &mut stops),
                     None => return,
                 },
                 _ = api_changed.changed() => {}
+                _ = tokio::time::sleep_until(next_hold.unwrap_or_else(tokio::time::Instant::now)), if next_hold.is_some() => {}
             }
         }
         while let Ok(r) = reports.try_recv() {
@@ -372,20 +377,47 @@ pub async fn write_status(
         // Forget what was written for pods the API no longer has.
         written.retain(|uid, _| known.get(uid).is_some());
         failed = false;
-        for (uid, (ns, name, status)) in &latest {
-            let Some(api_uid) = known.get(uid).map(|p| p.api_uid) else {
-                continue; // not in the API (yet, for a mirror pod)
-            };
-            if written
-                .get(uid)
-                .is_some_and(|(a, w)| *a == api_uid && w == status)
-            {
-                continue;
-            }
-            match write_one(&client, &known, uid, status).await {
+        let now = tokio::time::Instant::now();
+        hold.retain(|uid, _| latest.get(uid).is_some_and(|(_, _, st)| passing(st)));
+        let due: Vec<(String, (String, String, PodStatus), String)> = latest
+            .iter()
+            .filter_map(|(uid, entry)| {
+                // Not in the API (yet, for a mirror pod): skipped.
+                let api_uid = known.get(uid)?.api_uid;
+                let done = written
+                    .get(uid)
+                    .is_some_and(|(a, w)| *a == api_uid && *w == entry.2);
+                if done {
+                    return None;
+                }
+                if !written.contains_key(uid) && passing(&entry.2) {
+                    let until = *hold.entry(uid.clone()).or_insert(now + PASSING_HOLD);
+                    if until > now {
+                        return None;
+                    }
+                }
+                Some((uid.clone(), entry.clone(), api_uid))
+            })
+            .collect();
+        // Several patches in flight (the client's QPS/burst limit still
+        // applies): written one after another, each waiting for the
+        // previous reply, a burst of 100 pods took 5.8 s to show Running.
+        let outcomes: Vec<_> = futures_util::stream::iter(due)
+            .map(|(uid, entry, api_uid)| {
+                let (client, known) = (client.clone(), known.clone());
+                async move {
+                    let r = write_one(&client, &known, &uid, &entry.2).await;
+                    (uid, entry, api_uid, r)
+                }
+            })
+            .buffer_unordered(STATUS_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        for (uid, (ns, name, status), api_uid, r) in outcomes {
+            match r {
                 // Written, or refused for good: not again until it changes.
                 Ok(true) => {
-                    written.insert(uid.clone(), (api_uid, status.clone()));
+                    written.insert(uid, (api_uid, status));
                 }
                 // Not in the API yet: written once it appears.
                 Ok(false) => {}
@@ -419,6 +451,42 @@ pub async fn write_status(
         }
     }
 }
+
+/// How long a new pod's first status is held while it only says that its
+/// containers are being created. Most pods run within it, and their first
+/// write is then `Running`: a burst of 100 pods costs 100 writes instead of
+/// 200, which fits the client's default burst, so the pods show Running in
+/// the API that much sooner. A pod still being created after it (an image
+/// pull, a volume waited for) shows `ContainerCreating` as before.
+const PASSING_HOLD: Duration = Duration::from_secs(1);
+
+/// Whether `status` is the passing one of a pod whose containers are all
+/// being created (see [`PASSING_HOLD`]).
+fn passing(status: &PodStatus) -> bool {
+    let waiting_for = |reasons: &[&str]| {
+        status
+            .container_statuses
+            .iter()
+            .flatten()
+            .chain(status.init_container_statuses.iter().flatten())
+            .all(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| reasons.contains(&r))
+            })
+    };
+    status.phase.as_deref() == Some("Pending")
+        && status
+            .container_statuses
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+        && waiting_for(&["ContainerCreating", "PodInitializing"])
+}
+
+/// Status patches sent at once (see [`write_status`]).
+const STATUS_WRITES_IN_FLIGHT: usize = 16;
 
 /// Patches one pod's status. `Ok(true)`: done with this status (written,
 /// or not to be written: refused, or it would move a terminal phase back);

@@ -181,6 +181,12 @@ struct Inner {
     by_path: HashMap<String, String>,
     /// A place in the start window per unit whose start job is unfinished.
     starting: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
+    /// Places in the window held by pods being stopped: one per stop job
+    /// their slice's stop queues (each container's unit and the slice),
+    /// given back once every unit is down (see `terminate`).
+    stopping: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
+    /// Places a pod waiting to stop needs at once (others need one).
+    stop_needs: HashMap<String, u32>,
     /// Pods that found the start window full, woken one per freed place.
     window_waiters: std::collections::VecDeque<String>,
     waiting_for_window: HashSet<String>,
@@ -199,6 +205,13 @@ impl Inner {
         }
     }
 
+    /// Gives back the places pod `uid` held for its stop jobs.
+    fn free_stop_places(&mut self, uid: &str, s: &Shared) {
+        if self.stopping.remove(uid).is_some() {
+            self.wake_waiters(s);
+        }
+    }
+
     /// Wakes, longest waiting first, as many waiting pods as there are free
     /// places not yet promised to a pod woken earlier. A woken pod may not
     /// take its place (it got one on another pass, or no longer needs one);
@@ -207,6 +220,15 @@ impl Inner {
     fn wake_waiters(&mut self, s: &Shared) {
         let free = s.start_window.available_permits();
         while self.woken.len() < free {
+            let Some(uid) = self.window_waiters.front() else {
+                break;
+            };
+            // First come, first served: a stop needing more places than
+            // are free is not overtaken (nor woken to find too few).
+            let need = self.stop_needs.get(uid).map_or(1, |&n| n as usize);
+            if self.waiting_for_window.contains(uid) && need > free - self.woken.len() {
+                break;
+            }
             let Some(uid) = self.window_waiters.pop_front() else {
                 break;
             };

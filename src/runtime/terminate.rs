@@ -27,10 +27,43 @@ impl Runtime {
         let (slice, units, key, first) = {
             let mut guard = s.inner.lock().unwrap();
             let inner = &mut *guard;
-            let Some(e) = inner.pods.get_mut(uid) else {
+            let Some(e) = inner.pods.get(uid) else {
                 return;
             };
             let first = !e.terminating;
+            if first {
+                // Stopping the slice queues a stop job for it and for each
+                // of its loaded units: those count against the same window
+                // as start jobs, for the same reasons (systemd runs jobs
+                // only between D-Bus calls, and dbus-daemon allows it one
+                // match per queued job: a burst of deletions unbounded made
+                // systemd lose its bus at 1,000 pods). Without the places,
+                // the pod waits, as a start does, and is synced again once
+                // places are free.
+                let jobs = 1 + e
+                    .plan
+                    .unit_names()
+                    .filter(|u| inner.units.contains_key(*u))
+                    .count();
+                let jobs = (jobs as u32).min(s.cfg.max_starting.max(1) as u32);
+                match s.start_window.clone().try_acquire_many_owned(jobs) {
+                    Ok(places) => {
+                        inner.waiting_for_window.remove(uid);
+                        inner.stop_needs.remove(uid);
+                        inner.stopping.insert(uid.to_string(), places);
+                    }
+                    Err(_) => {
+                        inner.stop_needs.insert(uid.to_string(), jobs);
+                        if inner.waiting_for_window.insert(uid.to_string()) {
+                            inner.window_waiters.push_back(uid.to_string());
+                        }
+                        return;
+                    }
+                }
+            }
+            let Some(e) = inner.pods.get_mut(uid) else {
+                return;
+            };
             e.terminating = true;
             s.probing.lock().unwrap().retain(|(u, _), _| u != uid);
             let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
@@ -203,6 +236,8 @@ impl Runtime {
         if busy {
             return; // signals bring us back when the units stop
         }
+        // Every unit is down: its stop jobs are over.
+        s.inner.lock().unwrap().free_stop_places(uid, s);
         self.report_final_status(uid, last);
         for unit in loaded {
             let _ = s.sd.reset_failed(&unit).await;
