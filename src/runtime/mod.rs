@@ -428,11 +428,21 @@ impl Runtime {
                 unit_interface,
                 props,
             } => (path, serial, unit_interface, props),
-            UnitEvent::Unloaded { name } => {
-                // Collected (gone for good) or reloading (back at once):
-                // reading it tells which.
-                if !inner.reloading && inner.owner.contains_key(&name) {
-                    s.units_q.add(&name);
+            UnitEvent::Unloaded { name, serial } => {
+                // While systemd reloads, units go and come back at once
+                // (they are read again when it is done). Otherwise the unit
+                // was collected: gone, as the cache now says. Not read back:
+                // reading a unit's object makes systemd load it again (as
+                // not found), collect it again and say so again, a loop that
+                // cost eleven reads per deleted pod.
+                if inner.reloading {
+                    return;
+                }
+                if let Some(uid) = inner.owner.get(&name).cloned() {
+                    inner.units.remove(&name);
+                    inner.serials.insert(name.clone(), serial);
+                    inner.free_place(&name, s);
+                    s.pods_q.add(&uid);
                 }
                 return;
             }

@@ -194,42 +194,21 @@ impl Runtime {
                 });
             }
         }
+        // From the cache, which systemd's signals keep (the relist is its
+        // safety net): reading each unit back cost a call per unit per
+        // pass, and reading an unloaded one makes systemd load it again.
         let mut busy = false;
-        let mut loaded = Vec::new();
+        let mut failed = Vec::new();
         let mut last: HashMap<String, UnitSnapshot> = HashMap::new();
-        for unit in &units {
-            match s.sd.snapshot(unit).await {
-                Ok(Some(snap)) => {
-                    if snap.active_state.busy() {
-                        busy = true;
+        {
+            let inner = s.inner.lock().unwrap();
+            for unit in &units {
+                if let Some(snap) = inner.units.get(unit) {
+                    busy |= snap.active_state.busy();
+                    if snap.active_state == ActiveState::Failed {
+                        failed.push(unit.clone());
                     }
-                    loaded.push(unit.clone());
-                    last.insert(unit.clone(), snap);
-                }
-                Ok(None) => {
-                    // Unloaded, but the signals saying how it ended may not
-                    // be applied yet (systemd sent them before this reply):
-                    // until they are, the cache still shows it running, and
-                    // applying them (or the unload) brings us back.
-                    let inner = s.inner.lock().unwrap();
-                    let ended_known = inner
-                        .pods
-                        .get(uid)
-                        .is_some_and(|e| e.finals.contains_key(unit));
-                    if !ended_known
-                        && inner.units.get(unit).is_some_and(|u| {
-                            matches!(
-                                instance(Some(u)),
-                                Instance::Running { .. } | Instance::Creating
-                            )
-                        })
-                    {
-                        busy = true;
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "reading unit during stop");
-                    busy = true;
+                    last.insert(unit.clone(), snap.clone());
                 }
             }
         }
@@ -239,7 +218,9 @@ impl Runtime {
         // Every unit is down: its stop jobs are over.
         s.inner.lock().unwrap().free_stop_places(uid, s);
         self.report_final_status(uid, last);
-        for unit in loaded {
+        // systemd keeps failed units until told; cleanly stopped ones it
+        // unloads itself.
+        for unit in failed {
             let _ = s.sd.reset_failed(&unit).await;
         }
         if let Err(e) = s.volumes.teardown(&s.cfg.node.pods_dir, uid) {

@@ -227,7 +227,10 @@ impl State {
 
     fn unload(&mut self, unit: &str) {
         self.units.remove(unit);
-        let ev = UnitEvent::Unloaded { name: unit.into() };
+        let ev = UnitEvent::Unloaded {
+            name: unit.into(),
+            serial: self.next_serial(),
+        };
         self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
     }
 
