@@ -20,6 +20,7 @@ pub mod host;
 pub mod images;
 pub mod journal;
 pub mod kubelet;
+pub mod local;
 pub mod metrics;
 pub mod objects;
 pub mod podview;

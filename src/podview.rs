@@ -95,6 +95,27 @@ pub async fn collect(
         .collect())
 }
 
+/// What `unitlet pods` shows of a pod: the pod with its status, and when
+/// it was admitted (its age).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PodRow {
+    /// The pod, `status` filled in.
+    pub pod: k8s_openapi::api::core::v1::Pod,
+    /// When this node admitted it, µs since the epoch.
+    pub admitted_us: u64,
+}
+
+impl From<PodView> for PodRow {
+    fn from(v: PodView) -> Self {
+        let mut pod = v.rec.pod;
+        pod.status = Some(v.status);
+        PodRow {
+            pod,
+            admitted_us: v.rec.admitted_us,
+        }
+    }
+}
+
 /// The pod as `kubectl get -o json` prints it.
 pub fn with_status(v: &PodView) -> k8s_openapi::api::core::v1::Pod {
     let mut pod = v.rec.pod.clone();

@@ -171,17 +171,23 @@ impl ManifestDir {
 
     /// Re-reads the whole directory. Fails only if the directory cannot be listed.
     pub fn scan(&mut self) -> std::io::Result<()> {
+        // Names in a set of plain strings: with a list, every relist
+        // compared each known file with every present one (4 million path
+        // comparisons at 2,000 pods, a quarter of the idle agent's CPU), and
+        // paths compare and hash component by component.
         let mut present = Vec::new();
+        let mut names = std::collections::HashSet::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if is_manifest(&path) {
+                names.insert(path.as_os_str().to_owned());
                 present.push(path);
             }
         }
         let gone: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !present.contains(p))
+            .filter(|p| !names.contains(p.as_os_str()))
             .cloned()
             .collect();
         for p in gone {

@@ -285,3 +285,37 @@ fn orphaned_units_are_stopped_at_startup() {
     }
     node.stop_agent();
 }
+
+/// `unitlet pods` asks the running agent (its socket answers from memory,
+/// root only) and reads systemd itself without one: both say the same.
+#[test]
+fn pods_answers_the_same_from_the_agent_and_without_it() {
+    let mut node = Node::boot("pods_socket");
+    node.write_manifest("a.yaml", &sleeper("a", "one"));
+    node.write_manifest("b.yaml", &sleeper("b", "two"));
+    node.start_agent_synced(&[]);
+    for name in ["a", "b"] {
+        node.wait_pod(name, "running", |p| running(p, "c"));
+    }
+    assert_eq!(
+        node.sh("stat -c %a /var/lib/unitlet/agent.sock").trim(),
+        "600"
+    );
+    let key = |p: &serde_json::Value| {
+        let c = cstatus(p, "c");
+        (
+            p["metadata"]["name"].to_string(),
+            phase(p).to_string(),
+            c["ready"].clone(),
+            c["restartCount"].clone(),
+            c["state"].clone(),
+            c["containerID"].clone(),
+            p["status"]["startTime"].clone(),
+        )
+    };
+    let from_agent: Vec<_> = node.pods().iter().map(key).collect();
+    node.stop_agent();
+    let from_systemd: Vec<_> = node.pods().iter().map(key).collect();
+    assert_eq!(from_agent.len(), 2);
+    assert_eq!(from_agent, from_systemd);
+}

@@ -675,22 +675,28 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             all_namespaces,
             output,
         } => {
-            let sd = Systemd::connect().await?;
-            let state = StateDir::at(&cli.state_dir);
-            let node = node_facts(&state, &cli.state_dir);
-            let mut views = pods::collect(&sd, &state, &node).await?;
+            let socket = crate::local::socket_path(&cli.state_dir);
+            let mut views = match crate::local::pods(&socket).await {
+                Some(rows) => rows,
+                None => {
+                    let sd = Systemd::connect().await?;
+                    let state = StateDir::at(&cli.state_dir);
+                    let node = node_facts(&state, &cli.state_dir);
+                    let views = pods::collect(&sd, &state, &node).await?;
+                    views.into_iter().map(pods::PodRow::from).collect()
+                }
+            };
             views.retain(|v| {
-                all_namespaces
-                    || v.rec.pod.metadata.namespace.as_deref() == Some(namespace.as_str())
+                all_namespaces || v.pod.metadata.namespace.as_deref() == Some(namespace.as_str())
             });
             views.sort_by(|a, b| {
-                (&a.rec.pod.metadata.namespace, &a.rec.pod.metadata.name)
-                    .cmp(&(&b.rec.pod.metadata.namespace, &b.rec.pod.metadata.name))
+                (&a.pod.metadata.namespace, &a.pod.metadata.name)
+                    .cmp(&(&b.pod.metadata.namespace, &b.pod.metadata.name))
             });
             match output {
                 Some(Output::Json) | Some(Output::Yaml) => {
                     let list = k8s_openapi::List {
-                        items: views.iter().map(pods::with_status).collect(),
+                        items: views.into_iter().map(|v| v.pod).collect(),
                         metadata: Default::default(),
                     };
                     if output == Some(Output::Json) {
@@ -906,6 +912,7 @@ async fn run(args: RunArgs, state_dir: PathBuf) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    crate::local::spawn(crate::local::socket_path(&state_dir), rt.clone());
     let runtime = tokio::spawn(rt.run(rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     spawn_watchdog();

@@ -1,9 +1,10 @@
-//! `unitlet pods`: status straight from systemd and the state directory, so
-//! it answers the same whether or not the daemon is running.
+//! `unitlet pods`: status from the running agent (see [`crate::local`]), or
+//! straight from systemd and the state directory when none runs, so it
+//! answers the same whether or not the daemon is running.
 
 use crate::clock::now_us;
 
-pub use crate::podview::{collect, kubectl_status, summary, with_status, PodView};
+pub use crate::podview::{collect, kubectl_status, summary, with_status, PodRow, PodView};
 
 /// kubectl's human durations (`5s`, `3m20s`, `12m`, `5h`, `3d`).
 pub fn human_duration(us: u64) -> String {
@@ -18,7 +19,7 @@ pub fn human_duration(us: u64) -> String {
 }
 
 /// Renders the table.
-pub fn table(views: &[PodView], wide: bool, all_namespaces: bool) -> String {
+pub fn table(views: &[PodRow], wide: bool, all_namespaces: bool) -> String {
     let now = now_us();
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec![];
@@ -30,8 +31,9 @@ pub fn table(views: &[PodView], wide: bool, all_namespaces: bool) -> String {
         header.extend(["IP", "NODE"]);
     }
     rows.push(header.into_iter().map(String::from).collect());
+    let none = Default::default();
     for v in views {
-        let st = &v.status;
+        let st = v.pod.status.as_ref().unwrap_or(&none);
         let cs = st.container_statuses.as_deref().unwrap_or(&[]);
         let ready = cs.iter().filter(|c| c.ready).count();
         let restarts: i32 = cs.iter().map(|c| c.restart_count).sum();
@@ -55,20 +57,19 @@ pub fn table(views: &[PodView], wide: bool, all_namespaces: bool) -> String {
         };
         let mut row = vec![];
         if all_namespaces {
-            row.push(v.rec.pod.metadata.namespace.clone().unwrap_or_default());
+            row.push(v.pod.metadata.namespace.clone().unwrap_or_default());
         }
         row.extend([
-            v.rec.pod.metadata.name.clone().unwrap_or_default(),
+            v.pod.metadata.name.clone().unwrap_or_default(),
             format!("{ready}/{}", cs.len()),
             kubectl_status(st, false),
             restarts,
-            human_duration(now.saturating_sub(v.rec.admitted_us)),
+            human_duration(now.saturating_sub(v.admitted_us)),
         ]);
         if wide {
             row.push(st.pod_ip.clone().unwrap_or_default());
             row.push(
-                v.rec
-                    .pod
+                v.pod
                     .spec
                     .as_ref()
                     .and_then(|s| s.node_name.clone())

@@ -244,6 +244,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
     ));
     let pki = state.root().join("pki");
     let state_root = state.root().to_path_buf();
+    let local_socket = crate::local::socket_path(&state_root);
     let runtime = Runtime::new(Arc::new(sd.clone()), state, rcfg);
     let signals = crate::eviction::HostSignals::new(
         state_root.clone(),
@@ -300,6 +301,7 @@ pub async fn run(opts: NodeOptions, state: StateDir) -> Result<(), ClusterError>
             }
         });
     }
+    crate::local::spawn(local_socket, runtime.clone());
     let runtime = tokio::spawn(runtime.run(desired_rx));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     match runtime.await {

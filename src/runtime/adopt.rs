@@ -40,7 +40,7 @@ impl Runtime {
     }
 
     pub(super) fn register(&self, rec: PodRecord, containers: HashMap<String, ContainerRecord>) {
-        let plan = translate(&rec.pod, &self.shared.cfg.node, &lookup_user);
+        let plan = Arc::new(translate(&rec.pod, &self.shared.cfg.node, &lookup_user));
         let uid = rec.uid().to_string();
         let mut inner = self.shared.inner.lock().unwrap();
         inner.by_key.insert(pod_key(&rec.pod), uid.clone());
@@ -62,6 +62,7 @@ impl Runtime {
                 last_summary: String::new(),
                 last_reported: None,
                 ended: false,
+                applied: None,
             },
         );
     }

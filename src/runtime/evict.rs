@@ -39,7 +39,7 @@ pub struct ActivePod {
     /// The pod as admitted.
     pub pod: Pod,
     /// Its units and volumes.
-    pub plan: PodPlan,
+    pub plan: Arc<PodPlan>,
 }
 
 impl Runtime {
@@ -54,7 +54,7 @@ impl Runtime {
             .map(|(uid, e)| ActivePod {
                 uid: uid.clone(),
                 pod: e.rec.pod.clone(),
-                plan: e.plan.clone(),
+                plan: Arc::clone(&e.plan),
             })
             .collect()
     }

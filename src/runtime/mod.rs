@@ -95,7 +95,9 @@ use terminate::remove_env_files;
 
 struct PodEntry {
     rec: PodRecord,
-    plan: PodPlan,
+    /// Shared: every pass of the pod takes it (a relist makes a pass of
+    /// every pod), and a copy was most of what an idle relist cost.
+    plan: Arc<PodPlan>,
     containers: HashMap<String, ContainerRecord>,
     terminating: bool,
     /// While terminating: how each container's unit ended, kept from its
@@ -106,6 +108,8 @@ struct PodEntry {
     last_reported: Option<k8s_openapi::api::core::v1::PodStatus>,
     /// Its phase is Succeeded or Failed: it holds no resources.
     ended: bool,
+    /// The desired pod last applied to it (see `update::update_spec`).
+    applied: Option<Arc<StaticPod>>,
 }
 
 /// What this agent process did to an invocation, so a repeated pass does not
@@ -194,6 +198,8 @@ struct Inner {
     woken: HashSet<String>,
     /// systemd is in a `daemon-reload`.
     reloading: bool,
+    /// Units queued for a read because systemd unloaded them.
+    unloaded: HashSet<String>,
 }
 
 impl Inner {
@@ -259,6 +265,8 @@ struct Shared {
     volumes: crate::volumes::Volumes,
     /// Orphaned units already named in the log (see `gc`).
     orphans_reported: Mutex<HashSet<String>>,
+    /// The initial sync is complete: [`Runtime::pod_views`] shows every pod.
+    synced: std::sync::atomic::AtomicBool,
 }
 
 /// Handle on a running reconciler.
@@ -289,6 +297,7 @@ impl Runtime {
                 started_us: now_us(),
                 probing: Mutex::default(),
                 orphans_reported: Mutex::default(),
+                synced: Default::default(),
             }),
         }
     }
@@ -311,13 +320,21 @@ impl Runtime {
                 let status = update::pod_status(e, &s.cfg.node, &units, now);
                 crate::podview::PodView {
                     rec: e.rec.clone(),
-                    plan: e.plan.clone(),
+                    plan: (*e.plan).clone(),
                     units,
                     records: e.containers.clone(),
                     status,
                 }
             })
             .collect()
+    }
+
+    /// Whether the initial sync is complete (before it, [`Runtime::pod_views`]
+    /// may lack pods still being adopted).
+    pub fn synced(&self) -> bool {
+        self.shared
+            .synced
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The systemd connection (the kubelet API reads the journal and runs
@@ -385,6 +402,7 @@ impl Runtime {
         }
         s.units_q.wait_idle().await;
         s.pods_q.wait_idle().await;
+        s.synced.store(true, std::sync::atomic::Ordering::Release);
         info!(
             pods = adopted,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -428,21 +446,14 @@ impl Runtime {
                 unit_interface,
                 props,
             } => (path, serial, unit_interface, props),
-            UnitEvent::Unloaded { name, serial } => {
-                // While systemd reloads, units go and come back at once
-                // (they are read again when it is done). Otherwise the unit
-                // was collected: gone, as the cache now says. Not read back:
-                // reading a unit's object makes systemd load it again (as
-                // not found), collect it again and say so again, a loop that
-                // cost eleven reads per deleted pod.
-                if inner.reloading {
-                    return;
-                }
-                if let Some(uid) = inner.owner.get(&name).cloned() {
-                    inner.units.remove(&name);
-                    inner.serials.insert(name.clone(), serial);
-                    inner.free_place(&name, s);
-                    s.pods_q.add(&uid);
+            UnitEvent::Unloaded { name, .. } => {
+                // Collected (gone for good) or reloading (back at once):
+                // reading it tells which, without loading it again (see
+                // `Units::snapshot_if_loaded`: reading back with a plain
+                // read cost eleven reads per deleted pod).
+                if !inner.reloading && inner.owner.contains_key(&name) {
+                    inner.unloaded.insert(name.clone());
+                    s.units_q.add(&name);
                 }
                 return;
             }
@@ -505,7 +516,13 @@ impl Runtime {
         let s = &self.shared;
         loop {
             let unit = s.units_q.next().await;
-            match s.sd.snapshot_serial(&unit).await {
+            let unloaded = s.inner.lock().unwrap().unloaded.remove(&unit);
+            let read = if unloaded {
+                s.sd.snapshot_if_loaded(&unit).await
+            } else {
+                s.sd.snapshot_serial(&unit).await
+            };
+            match read {
                 Ok((serial, snap)) => {
                     let mut inner = s.inner.lock().unwrap();
                     let newer = inner

@@ -70,20 +70,38 @@ impl Runtime {
     /// [`decide`] replaces each container whose definition changed; new
     /// CPU and memory are allocated if they fit the node (else the resize
     /// is pending, as the kubelet's) and then applied to the running units.
-    pub(super) fn update_spec(&self, uid: &str, d: &StaticPod) {
+    pub(super) fn update_spec(&self, uid: &str, d: &Arc<StaticPod>) {
         let s = &self.shared;
         let mut guard = s.inner.lock().unwrap();
         let inner = &mut *guard;
-        // The other admitted pods' allocated requests, for a resize.
-        let others = inner
-            .pods
-            .iter()
-            .filter(|(u, e)| {
-                // As the kubelet's: pods that ended hold nothing.
-                u.as_str() != uid && !e.terminating && !e.ended
-            })
-            .map(|(_, e)| resources::pod_requests(&e.rec.pod))
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let Some(e) = inner.pods.get(uid) else {
+            return;
+        };
+        // The same desired pod as last time, and no resize waiting for
+        // room: nothing to do. Every pass of every pod comes here (a relist
+        // makes 2,000 of them), and the comparisons below cost clones of
+        // the whole pod.
+        if e.applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, d))
+            && e.rec.live.resize_pending.is_none()
+        {
+            return;
+        }
+        // The other admitted pods' allocated requests, for a resize (only
+        // then: summing them is a walk over every pod).
+        let resizing = d.update_error.is_none() && resources::differ(&d.pod, &e.rec.pod);
+        let others = if resizing {
+            inner
+                .pods
+                .iter()
+                .filter(|(u, e)| {
+                    // As the kubelet's: pods that ended hold nothing.
+                    u.as_str() != uid && !e.terminating && !e.ended
+                })
+                .map(|(_, e)| resources::pod_requests(&e.rec.pod))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        } else {
+            (0, 0)
+        };
         let Some(e) = inner.pods.get_mut(uid) else {
             return;
         };
@@ -106,7 +124,7 @@ impl Runtime {
             to.annotations.clone_from(&from.annotations);
             to.generation = from.generation;
             let mut spec = d.pod.clone();
-            let pending = if resources::differ(&d.pod, &e.rec.pod) {
+            let pending = if resizing {
                 match resources::fits(&d.pod, others, &s.cfg.node.allocatable) {
                     Ok(()) => {
                         rec.live.resized_us = now;
@@ -142,14 +160,16 @@ impl Runtime {
         let changed =
             spec_changed || rec.pod.metadata != e.rec.pod.metadata || rec.live != e.rec.live;
         if !changed {
+            e.applied = Some(Arc::clone(d));
             return;
         }
         if let Err(err) = s.state.save_pod(&rec) {
             return warn!(pod = d.key(), error = %err, "cannot record the changed pod; will retry");
         }
+        e.applied = Some(Arc::clone(d));
         if spec_changed {
             info!(pod = d.key(), uid, "pod spec changed");
-            e.plan = translate(&rec.pod, &s.cfg.node, &lookup_user);
+            e.plan = Arc::new(translate(&rec.pod, &s.cfg.node, &lookup_user));
         }
         e.rec = rec;
         let (ns, name) = (

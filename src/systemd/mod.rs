@@ -508,6 +508,37 @@ impl Systemd {
         Ok((serial, (snap.load_state == "loaded").then_some(snap)))
     }
 
+    /// See [`Units::snapshot_if_loaded`]: `GetUnit` (which never loads)
+    /// first, then the properties.
+    pub async fn snapshot_if_loaded(
+        &self,
+        unit: &str,
+    ) -> Result<(u32, Option<UnitSnapshot>), SystemdError> {
+        let reply = self
+            .conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some(MANAGER_INTERFACE),
+                "GetUnit",
+                &(unit,),
+            )
+            .await;
+        match reply {
+            Ok(_) => self.snapshot_serial(unit).await,
+            Err(zbus::Error::MethodError(name, _, msg))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok((msg.primary_header().serial_num().get(), None))
+            }
+            Err(source) => Err(crate::metrics::dbus_error(SystemdError::Unit {
+                op: "read",
+                unit: unit.into(),
+                source,
+            })),
+        }
+    }
+
     /// `Properties.GetAll` of one interface of a unit ("" for all, in one
     /// round trip), with the reply's serial (see [`UnitEvent`]).
     async fn get_all(

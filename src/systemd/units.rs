@@ -55,6 +55,16 @@ pub trait Units: Send + Sync + 'static {
         &'a self,
         unit: &'a str,
     ) -> BoxFuture<'a, Result<(u32, Option<UnitSnapshot>), SystemdError>>;
+    /// Like [`Units::snapshot_serial`], but a unit that is not loaded stays
+    /// unloaded: reading a unit's object makes systemd load it (as not
+    /// found), collect it again and announce that, so a read answering an
+    /// unload would start a loop of them.
+    fn snapshot_if_loaded<'a>(
+        &'a self,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<(u32, Option<UnitSnapshot>), SystemdError>> {
+        self.snapshot_serial(unit)
+    }
     /// The unit signals, in the order they were sent: property changes of
     /// units whose object paths start with one of `prefixes`, and unloads
     /// of units whose names start with one of `name_prefixes`.
@@ -139,6 +149,12 @@ impl Units for super::Systemd {
         unit: &'a str,
     ) -> BoxFuture<'a, Result<(u32, Option<UnitSnapshot>), SystemdError>> {
         super::Systemd::snapshot_serial(self, unit).boxed()
+    }
+    fn snapshot_if_loaded<'a>(
+        &'a self,
+        unit: &'a str,
+    ) -> BoxFuture<'a, Result<(u32, Option<UnitSnapshot>), SystemdError>> {
+        super::Systemd::snapshot_if_loaded(self, unit).boxed()
     }
     fn unit_events(
         &self,
