@@ -378,7 +378,13 @@ pub async fn write_status(
         written.retain(|uid, _| known.get(uid).is_some());
         failed = false;
         let now = tokio::time::Instant::now();
-        hold.retain(|uid, _| latest.get(uid).is_some_and(|(_, _, st)| passing(st)));
+        // Held only until first written (a past instant left here would
+        // wake the loop at once, again and again).
+        hold.retain(|uid, _| {
+            !written.contains_key(uid)
+                && known.get(uid).is_some()
+                && latest.get(uid).is_some_and(|(_, _, st)| passing(st))
+        });
         let due: Vec<(String, (String, String, PodStatus), String)> = latest
             .iter()
             .filter_map(|(uid, entry)| {
@@ -399,6 +405,9 @@ pub async fn write_status(
                 Some((uid.clone(), entry.clone(), api_uid))
             })
             .collect();
+        for (uid, _, _) in &due {
+            hold.remove(uid);
+        }
         // Several patches in flight (the client's QPS/burst limit still
         // applies): written one after another, each waiting for the
         // previous reply, a burst of 100 pods took 5.8 s to show Running.
