@@ -446,7 +446,7 @@ impl Runtime {
                 unit_interface,
                 props,
             } => (path, serial, unit_interface, props),
-            UnitEvent::Unloaded { name, .. } => {
+            UnitEvent::Unloaded { name } => {
                 // Collected (gone for good) or reloading (back at once):
                 // reading it tells which, without loading it again (see
                 // `Units::snapshot_if_loaded`: reading back with a plain

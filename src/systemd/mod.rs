@@ -163,8 +163,6 @@ pub enum UnitEvent {
     Unloaded {
         /// Unit name.
         name: String,
-        /// The signal's serial.
-        serial: u32,
     },
     /// `Reloading`: systemd starts (`true`) or finished (`false`) a
     /// `daemon-reload`, which unloads and loads every unit and sends no
@@ -200,7 +198,7 @@ impl UnitEvent {
                 name_prefixes
                     .iter()
                     .any(|p| name.starts_with(p.as_str()))
-                    .then_some(UnitEvent::Unloaded { name, serial })
+                    .then_some(UnitEvent::Unloaded { name })
             }
             "Reloading" if iface == MANAGER_INTERFACE => {
                 m.body().deserialize().ok().map(UnitEvent::Reloading)

@@ -227,10 +227,7 @@ impl State {
 
     fn unload(&mut self, unit: &str) {
         self.units.remove(unit);
-        let ev = UnitEvent::Unloaded {
-            name: unit.into(),
-            serial: self.next_serial(),
-        };
+        let ev = UnitEvent::Unloaded { name: unit.into() };
         self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
     }
 
