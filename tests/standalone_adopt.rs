@@ -319,3 +319,32 @@ fn pods_answers_the_same_from_the_agent_and_without_it() {
     assert_eq!(from_agent.len(), 2);
     assert_eq!(from_agent, from_systemd);
 }
+
+/// systemd re-executed (package upgrades of systemd run `daemon-reexec`)
+/// and the bus daemon restarted under the agent: the agent connects again
+/// where its connection closed, reads every unit afresh and goes on.
+/// Nothing is restarted by either, and signals and calls work after both.
+#[test]
+fn the_agent_survives_daemon_reexec_and_a_bus_restart_without_restarting_anything() {
+    let mut node = Node::boot("daemon_reexec");
+    node.write_manifest("kept.yaml", &sleeper("kept", "x"));
+    node.start_agent_synced(&[]);
+    node.wait_pod("kept", "running", |p| running(p, "c"));
+    let unit = node.unit_of("default", "kept", "c");
+    let before = node.identity(&unit);
+    node.sh("systemctl daemon-reexec");
+    node.sh("systemctl restart dbus.service");
+    node.wait_log("the agent connecting to systemd again", |l| {
+        l["message"] == "connected to systemd again"
+    });
+    assert_eq!(node.identity(&unit), before, "nothing was restarted");
+    // Signals arrive on the new connection: a crash is seen and restarted.
+    node.sh(&format!("systemctl kill --signal=KILL '{unit}'"));
+    node.wait_pod("kept", "restarted after the crash", |p| {
+        restarts(p, "c") == 1 && running(p, "c")
+    });
+    // Calls work on it: a new pod starts.
+    node.write_manifest("new.yaml", &sleeper("new", "y"));
+    node.wait_pod("new", "running", |p| running(p, "c"));
+    node.stop_agent();
+}

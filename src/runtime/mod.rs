@@ -468,6 +468,17 @@ impl Runtime {
                 }
                 return;
             }
+            UnitEvent::Reconnected => {
+                // Serials are per connection: the old ones would make every
+                // new signal look older than what is cached.
+                info!("systemd connection restored; reading every unit again");
+                inner.reloading = false;
+                inner.serials.clear();
+                for unit in inner.owner.keys() {
+                    s.units_q.add(unit);
+                }
+                return;
+            }
         };
         let Some(unit) = inner.by_path.get(&path).cloned() else {
             return;

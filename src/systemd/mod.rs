@@ -13,6 +13,7 @@ use crate::core::observe::UnitSnapshot;
 use crate::core::unit::UnitSpec;
 use futures_util::{Stream, StreamExt};
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 /// A failed systemd operation, naming the unit and what was attempted.
@@ -168,6 +169,9 @@ pub enum UnitEvent {
     /// `daemon-reload`, which unloads and loads every unit and sends no
     /// property change for those whose state it kept.
     Reloading(bool),
+    /// The connection was lost and made again: changes in between were not
+    /// signalled, and serials (numbered per connection) start over.
+    Reconnected,
 }
 
 impl UnitEvent {
@@ -249,18 +253,48 @@ const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
 /// Messages the connection queues for a signal reader that lags behind.
 const SIGNAL_QUEUE: usize = 65536;
 
-/// A connection to the system manager.
+/// A connection to the system manager. Clones share it; when the bus
+/// closes it (dbus-daemon restarted) the signal stream of [`Systemd::unit_events`] opens a new one for all of
+/// them, and calls made in between fail like any refused call.
 #[derive(Clone)]
 pub struct Systemd {
+    link: Arc<RwLock<Link>>,
+    /// Held while a lost connection is replaced, so concurrent streams make
+    /// one new connection, not one each.
+    relink: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Clone)]
+struct Link {
     conn: zbus::Connection,
     manager: ManagerProxy<'static>,
+    /// Counts connections made, so a stream knows whether the one it lost
+    /// was replaced already.
+    generation: u64,
 }
 
 impl Systemd {
     /// Connects to systemd on the system bus.
     pub async fn connect() -> Result<Self, SystemdError> {
-        let conn = zbus::connection::Builder::system()
-            .map_err(SystemdError::Connect)?
+        Ok(Systemd {
+            link: Arc::new(RwLock::new(Self::open(0).await?)),
+            relink: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    async fn open(generation: u64) -> Result<Link, SystemdError> {
+        Self::finish(
+            zbus::connection::Builder::system().map_err(SystemdError::Connect)?,
+            generation,
+        )
+        .await
+    }
+
+    async fn finish(
+        builder: zbus::connection::Builder<'static>,
+        generation: u64,
+    ) -> Result<Link, SystemdError> {
+        let conn = builder
             .method_timeout(METHOD_TIMEOUT)
             // The queue of the signal stream (see `unit_events`): a burst of
             // pods brings tens of thousands of signals, and a full queue
@@ -272,7 +306,35 @@ impl Systemd {
         let manager = ManagerProxy::new(&conn)
             .await
             .map_err(SystemdError::Connect)?;
-        Ok(Systemd { conn, manager })
+        Ok(Link {
+            conn,
+            manager,
+            generation,
+        })
+    }
+
+    fn link(&self) -> Link {
+        self.link.read().unwrap().clone()
+    }
+
+    fn manager(&self) -> ManagerProxy<'static> {
+        self.link.read().unwrap().manager.clone()
+    }
+
+    fn conn(&self) -> zbus::Connection {
+        self.link.read().unwrap().conn.clone()
+    }
+
+    /// The connection after `lost`: a new one if nobody replaced it yet.
+    async fn replace(&self, lost: u64) -> Result<Link, SystemdError> {
+        let _one = self.relink.lock().await;
+        let current = self.link();
+        if current.generation != lost {
+            return Ok(current);
+        }
+        let fresh = Self::open(lost + 1).await?;
+        *self.link.write().unwrap() = fresh.clone();
+        Ok(fresh)
     }
 
     /// Creates and starts a transient unit.
@@ -280,7 +342,7 @@ impl Systemd {
         let values = props::to_dbus(&spec.properties);
         let borrowed: Vec<(&str, Value<'_>)> =
             values.iter().map(|(k, v)| (*k, v.clone())).collect();
-        self.manager
+        self.manager()
             .start_transient_unit(&spec.name, "fail", &borrowed, &[])
             .await
             .map(drop)
@@ -303,7 +365,7 @@ impl Systemd {
         let values = props::to_dbus(properties);
         let borrowed: Vec<(&str, Value<'_>)> =
             values.iter().map(|(k, v)| (*k, v.clone())).collect();
-        self.manager
+        self.manager()
             .set_unit_properties(unit, true, &borrowed)
             .await
             .map_err(|source| {
@@ -317,7 +379,7 @@ impl Systemd {
 
     /// Starts a loaded unit again (a new invocation).
     pub async fn start(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()
             .start_unit(unit, "replace")
             .await
             .map(drop)
@@ -332,7 +394,7 @@ impl Systemd {
 
     /// Restarts a unit (stop, then start: a new invocation).
     pub async fn restart(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()
             .restart_unit(unit, "replace")
             .await
             .map(drop)
@@ -347,7 +409,7 @@ impl Systemd {
 
     /// Stops a unit (for a slice: everything in it), honouring its stop timeout.
     pub async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()
             .stop_unit(unit, "replace")
             .await
             .map(drop)
@@ -362,7 +424,7 @@ impl Systemd {
 
     /// Clears a failed state so systemd can unload the unit.
     pub async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()
             .reset_failed_unit(unit)
             .await
             .map_err(|source| {
@@ -376,7 +438,7 @@ impl Systemd {
 
     /// Sends a signal to every process of a unit.
     pub async fn kill_all(&self, unit: &str, signal: i32) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()
             .kill_unit(unit, "all", signal)
             .await
             .map_err(|source| {
@@ -390,7 +452,7 @@ impl Systemd {
 
     /// Moves a process into the unit's cgroup (`AttachProcessesToUnit`).
     pub async fn attach(&self, unit: &str, pid: u32) -> Result<(), SystemdError> {
-        self.manager
+        self.manager()
             .attach_processes_to_unit(unit, "", &[pid])
             .await
             .map_err(|source| {
@@ -452,7 +514,7 @@ impl Systemd {
             })
         };
         let reply = self
-            .conn
+            .conn()
             .call_method(
                 Some("org.freedesktop.systemd1"),
                 "/org/freedesktop/systemd1",
@@ -469,7 +531,7 @@ impl Systemd {
     /// Lists loaded units matching glob patterns, in one call.
     pub async fn list(&self, patterns: &[&str]) -> Result<Vec<UnitListing>, SystemdError> {
         let rows = self
-            .manager
+            .manager()
             .list_units_by_patterns(&[], patterns)
             .await
             .map_err(|source| {
@@ -513,7 +575,7 @@ impl Systemd {
         unit: &str,
     ) -> Result<(u32, Option<UnitSnapshot>), SystemdError> {
         let reply = self
-            .conn
+            .conn()
             .call_method(
                 Some("org.freedesktop.systemd1"),
                 "/org/freedesktop/systemd1",
@@ -553,7 +615,7 @@ impl Systemd {
             })
         };
         let reply = self
-            .conn
+            .conn()
             .call_method(
                 Some("org.freedesktop.systemd1"),
                 path.as_str(),
@@ -571,17 +633,82 @@ impl Systemd {
     /// sent them, the property changes of units under `prefixes` (with their
     /// values, so nothing needs reading back) and the loading and unloading
     /// of units whose names start with one of `name_prefixes`.
+    /// Everything arrives on one connection queue, read as one stream, so
+    /// the order is systemd's.
     ///
-    /// The bus is asked for exactly the three signals used, not for all of
-    /// systemd's: every pod start also brings `UnitNew`, `JobNew` and
-    /// `JobRemoved` per unit, which the bus daemon would otherwise route and
-    /// the agent decode for nothing. All three rules feed one connection
-    /// queue, read here as one stream, so their order is systemd's.
+    /// When the bus closes the connection, the stream connects again (with
+    /// back-off, for as long as it is read), yields
+    /// [`UnitEvent::Reconnected`] and goes on: what changed in between was
+    /// not signalled, and serials restart on the new connection.
     pub async fn unit_events(
         &self,
         prefixes: Vec<String>,
         name_prefixes: Vec<String>,
     ) -> Result<impl Stream<Item = UnitEvent> + use<>, SystemdError> {
+        let link = self.link();
+        let mut signals = Self::subscribe(&link).await?;
+        let mut generation = link.generation;
+        let (tx, rx) = tokio::sync::mpsc::channel(SIGNAL_QUEUE);
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                loop {
+                    // A stream nobody reads any more must not hold its queue
+                    // on the connection: a full queue stalls every reply.
+                    let msg = tokio::select! {
+                        msg = signals.next() => msg,
+                        () = tx.closed() => return,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Ok(m) = msg else { continue };
+                    if m.message_type() != zbus::message::Type::Signal {
+                        continue;
+                    }
+                    if let Some(ev) = UnitEvent::decode(&m, &prefixes, &name_prefixes) {
+                        if tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tracing::warn!("the connection to systemd closed; connecting again");
+                let mut delay = std::time::Duration::from_millis(100);
+                loop {
+                    tokio::time::sleep(delay).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                    let again = match me.replace(generation).await {
+                        Ok(link) => Self::subscribe(&link).await.map(|s| (s, link.generation)),
+                        Err(e) => Err(e),
+                    };
+                    match again {
+                        Ok((s, g)) => {
+                            (signals, generation) = (s, g);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "connecting to systemd again failed");
+                            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                        }
+                    }
+                }
+                tracing::info!("connected to systemd again");
+                if tx.send(UnitEvent::Reconnected).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|ev| (ev, rx))
+        }))
+    }
+
+    /// Starts reading the connection's messages and asks systemd for its
+    /// signals: only the three used, not all of systemd's, as every pod
+    /// start also brings `UnitNew`, `JobNew` and `JobRemoved` per unit,
+    /// which the bus daemon would otherwise route and the agent decode for
+    /// nothing.
+    async fn subscribe(link: &Link) -> Result<zbus::MessageStream, SystemdError> {
         let map_err = |source| {
             crate::metrics::dbus_error(SystemdError::Manager {
                 op: "subscribe",
@@ -589,8 +716,8 @@ impl Systemd {
             })
         };
         // Reading starts before the rules are added, so nothing is missed.
-        let stream = zbus::MessageStream::from(&self.conn);
-        let dbus = zbus::fdo::DBusProxy::new(&self.conn)
+        let stream = zbus::MessageStream::from(&link.conn);
+        let dbus = zbus::fdo::DBusProxy::new(&link.conn)
             .await
             .map_err(map_err)?;
         for member in ["PropertiesChanged", "UnitRemoved", "Reloading"] {
@@ -604,14 +731,8 @@ impl Systemd {
                 .await
                 .map_err(|e| map_err(e.into()))?;
         }
-        self.manager.subscribe().await.map_err(map_err)?;
-        Ok(stream.filter_map(move |msg| {
-            let ev = msg
-                .ok()
-                .filter(|m| m.message_type() == zbus::message::Type::Signal)
-                .and_then(|m| UnitEvent::decode(&m, &prefixes, &name_prefixes));
-            std::future::ready(ev)
-        }))
+        link.manager.subscribe().await.map_err(map_err)?;
+        Ok(stream)
     }
 
     /// Subscribes to unit change signals and yields the object path of each
