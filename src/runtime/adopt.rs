@@ -52,7 +52,7 @@ impl Runtime {
         }
         inner.pods.insert(
             uid,
-            PodEntry {
+            Box::new(PodEntry {
                 rec,
                 plan,
                 containers,
@@ -63,7 +63,7 @@ impl Runtime {
                 last_reported: None,
                 ended: false,
                 applied: None,
-            },
+            }),
         );
     }
 

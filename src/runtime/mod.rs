@@ -172,7 +172,10 @@ struct ContainerEvent {
 struct Inner {
     /// Desired pods by UID; `None` until the source has been read once.
     desired: Option<HashMap<String, Arc<StaticPod>>>,
-    pods: HashMap<String, PodEntry>,
+    /// Boxed: an entry is about 3.9 KB, and a table of them inline is
+    /// twice the entries' size (half its slots empty) and briefly three
+    /// times while it grows; at 2,000 pods that was 24 MB of the peak.
+    pods: HashMap<String, Box<PodEntry>>,
     units: HashMap<String, UnitSnapshot>,
     /// Serial of the latest systemd message (signal or reply) applied to
     /// each unit's cache entry, so an older `GetAll` reply that is processed
