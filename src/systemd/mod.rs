@@ -254,8 +254,9 @@ const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
 const SIGNAL_QUEUE: usize = 65536;
 
 /// A connection to the system manager. Clones share it; when the bus
-/// closes it (dbus-daemon restarted) the signal stream of [`Systemd::unit_events`] opens a new one for all of
-/// them, and calls made in between fail like any refused call.
+/// closes it (dbus-daemon restarted) the signal stream of
+/// [`Systemd::unit_events`] opens a new one for all of them, and calls made
+/// in between fail like any refused call.
 #[derive(Clone)]
 pub struct Systemd {
     link: Arc<RwLock<Link>>,
