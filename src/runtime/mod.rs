@@ -464,19 +464,14 @@ impl Runtime {
                 inner.reloading = true;
                 return;
             }
-            UnitEvent::Reloading(false) => {
-                inner.reloading = false;
-                for unit in inner.owner.keys() {
-                    s.units_q.add(unit);
+            ev @ (UnitEvent::Reloading(false) | UnitEvent::Reconnected) => {
+                if matches!(ev, UnitEvent::Reconnected) {
+                    // Serials are per connection: the old ones would make
+                    // every new signal look older than what is cached.
+                    info!("systemd connection restored; reading every unit again");
+                    inner.serials.clear();
                 }
-                return;
-            }
-            UnitEvent::Reconnected => {
-                // Serials are per connection: the old ones would make every
-                // new signal look older than what is cached.
-                info!("systemd connection restored; reading every unit again");
                 inner.reloading = false;
-                inner.serials.clear();
                 for unit in inner.owner.keys() {
                     s.units_q.add(unit);
                 }

@@ -284,18 +284,8 @@ impl Systemd {
     }
 
     async fn open(generation: u64) -> Result<Link, SystemdError> {
-        Self::finish(
-            zbus::connection::Builder::system().map_err(SystemdError::Connect)?,
-            generation,
-        )
-        .await
-    }
-
-    async fn finish(
-        builder: zbus::connection::Builder<'static>,
-        generation: u64,
-    ) -> Result<Link, SystemdError> {
-        let conn = builder
+        let conn = zbus::connection::Builder::system()
+            .map_err(SystemdError::Connect)?
             .method_timeout(METHOD_TIMEOUT)
             // The queue of the signal stream (see `unit_events`): a burst of
             // pods brings tens of thousands of signals, and a full queue
