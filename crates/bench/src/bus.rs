@@ -34,6 +34,9 @@ pub const JOB_WINDOW: usize = 256;
 const RAW_SLICE: &str = "unitletbench.slice";
 /// Prefix of the raw units; must not match unitlet's `unitlet_*` patterns.
 const RAW_PREFIX: &str = "unitletbench-";
+/// Namespace of the raw units made by unitlet's translation: the bench's
+/// own pods are in `default`.
+const RAW_NAMESPACE: &str = "raw-bench";
 
 type UnitRow = (
     String,
@@ -177,8 +180,93 @@ pub struct Identity {
     pub active: String,
 }
 
-/// Starts `n` transient `sleep infinity` units straight over D-Bus and
-/// returns the time from the first call until every start job is done.
+/// One unit the raw client starts: its name and D-Bus properties.
+pub struct RawUnit {
+    pub name: String,
+    pub props: Vec<(&'static str, Value<'static>)>,
+}
+
+/// What the raw client starts and stops.
+pub struct RawUnits {
+    pub units: Vec<RawUnit>,
+    /// Stopped after the units, one call each.
+    pub slices: Vec<String>,
+    /// Matches every unit, for waiting until none is loaded.
+    pub pattern: String,
+}
+
+/// `n` plain `sleep infinity` units in one slice: the least a hand-written
+/// client would send (`Type=exec`, argv as a structured `ExecStart`).
+pub fn plain_units(n: usize) -> RawUnits {
+    let units = (1..=n)
+        .map(|i| {
+            let argv = vec!["/usr/bin/sleep".to_string(), "infinity".to_string()];
+            let exec = vec![("/usr/bin/sleep".to_string(), argv, false)];
+            RawUnit {
+                name: format!("{RAW_PREFIX}{i:05}.service"),
+                props: vec![
+                    ("Description", Value::from("unitlet-bench raw unit")),
+                    ("Slice", Value::from(RAW_SLICE)),
+                    ("Type", Value::from("exec")),
+                    ("ExecStart", Value::from(exec)),
+                ],
+            }
+        })
+        .collect();
+    RawUnits {
+        units,
+        slices: vec![RAW_SLICE.to_string()],
+        pattern: format!("{RAW_PREFIX}*.service"),
+    }
+}
+
+/// The units unitlet's own translation makes of the bench's `n` pods (a
+/// slice per pod, the default hardening, accounting, delegation), in a
+/// namespace of their own so their names never meet the agent's: a
+/// hand-written client starting exactly what the agent starts.
+pub fn unitlet_units(n: usize) -> anyhow::Result<RawUnits> {
+    use unitlet::core::{manifest::parse_manifest, translate::translate};
+    let node = unitlet::core::NodeFacts {
+        node_name: "bench".into(),
+        host_ip: "127.0.0.1".into(),
+        allocatable: unitlet::host::allocatable(std::path::Path::new("/var/lib/unitlet")),
+        pods_dir: "/var/lib/unitlet/pods".into(),
+        hardening: Default::default(),
+        agent_exe: unitlet::host::agent_exe(),
+    };
+    let mut units = Vec::with_capacity(n);
+    let mut slices = Vec::with_capacity(n);
+    for i in 1..=n {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i:05}\n  namespace: {RAW_NAMESPACE}\nspec:\n  containers:\n  - name: c\n    image: host\n    command: [\"/usr/bin/sleep\", \"infinity\"]\n"
+        );
+        let pod = parse_manifest(
+            yaml.as_bytes(),
+            &format!("/raw/p{i:05}.yaml"),
+            "bench",
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("the bench's own pod: {e}"))?;
+        let plan = translate(&pod.pod, &node, &|_| None);
+        let spec = match &plan.containers[0].spec {
+            Ok(spec) => spec,
+            Err(w) => bail!("the bench's own pod does not translate: {w:?}"),
+        };
+        units.push(RawUnit {
+            name: spec.name.clone(),
+            props: unitlet::systemd::to_dbus(&spec.properties),
+        });
+        slices.push(plan.slice.clone());
+    }
+    Ok(RawUnits {
+        units,
+        slices,
+        pattern: format!("unitlet_{RAW_NAMESPACE}_*.service"),
+    })
+}
+
+/// Starts `units` straight over D-Bus and returns the time from the first
+/// call until every start job is done.
 ///
 /// Completion is taken from `JobRemoved` signals: for `Type=exec` a start job
 /// ends `done` only once `execve()` of the main process succeeded, which is
@@ -186,7 +274,7 @@ pub struct Identity {
 /// before the first call, so no signal can be missed.
 pub async fn raw_start(
     bus: &NodeBus,
-    n: usize,
+    raw: &RawUnits,
     in_flight: usize,
     job_window: usize,
     timeout: Duration,
@@ -199,22 +287,20 @@ pub async fn raw_start(
         .build();
     // The socket reader blocks when a stream's queue is full, so size it for
     // every job of the run (units plus the slice) with room to spare.
+    let n = raw.units.len();
     let mut jobs = zbus::MessageStream::for_match_rule(rule, &bus.conn, Some(4 * n + 1024)).await?;
     bus.manager.subscribe().await.context("Subscribe")?;
 
-    let names: Vec<String> = (1..=n)
-        .map(|i| format!("{RAW_PREFIX}{i:05}.service"))
-        .collect();
-    let mut pending: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut pending: HashSet<&str> = raw.units.iter().map(|u| u.name.as_str()).collect();
     let started = Instant::now();
     let window = &tokio::sync::Semaphore::new(job_window.max(1));
-    let calls = stream::iter(&names)
-        .then(|name| async move {
+    let calls = stream::iter(&raw.units)
+        .then(|unit| async move {
             // Released by the unit's JobRemoved below.
             window.acquire().await.expect("never closed").forget();
-            name
+            unit
         })
-        .map(|name| start_sleep(&bus.manager, name))
+        .map(|unit| start(&bus.manager, unit))
         .buffer_unordered(in_flight.clamp(1, IN_FLIGHT))
         .try_for_each(|()| async { Ok(()) });
     let done = async {
@@ -248,39 +334,32 @@ pub async fn raw_start(
 }
 
 /// Stops every raw unit, one `StopUnit` call after another (each reply
-/// awaited, as a hand-written client would), then the slice, and returns
+/// awaited, as a hand-written client would), then the slices, and returns
 /// the time until systemd has none of them loaded any more.
-pub async fn raw_stop(bus: &NodeBus, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
+pub async fn raw_stop(
+    bus: &NodeBus,
+    raw: &RawUnits,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     let stopping = Instant::now();
-    for i in 1..=n {
-        let name = format!("{RAW_PREFIX}{i:05}.service");
+    for name in raw.units.iter().map(|u| &u.name).chain(&raw.slices) {
         bus.manager
-            .stop_unit(&name, "replace")
+            .stop_unit(name, "replace")
             .await
             .with_context(|| format!("StopUnit {name}"))?;
     }
-    bus.manager
-        .stop_unit(RAW_SLICE, "replace")
-        .await
-        .context("StopUnit on the raw slice")?;
-    bus.wait_none(&format!("{RAW_PREFIX}*.service"), stopping, timeout)
-        .await
+    bus.wait_none(&raw.pattern, stopping, timeout).await
 }
 
-/// One transient unit shaped as unitlet shapes a container (`Type=exec`,
-/// argv as a structured `ExecStart`), minus what only a pod needs.
-async fn start_sleep(manager: &ManagerProxy<'_>, name: &str) -> anyhow::Result<()> {
-    let argv = vec!["/usr/bin/sleep".to_string(), "infinity".to_string()];
-    let exec = vec![("/usr/bin/sleep".to_string(), argv, false)];
-    let props: Vec<(&str, Value<'_>)> = vec![
-        ("Description", Value::from("unitlet-bench raw unit")),
-        ("Slice", Value::from(RAW_SLICE)),
-        ("Type", Value::from("exec")),
-        ("ExecStart", Value::from(exec)),
-    ];
+async fn start(manager: &ManagerProxy<'_>, unit: &RawUnit) -> anyhow::Result<()> {
+    let props: Vec<(&str, Value<'_>)> = unit
+        .props
+        .iter()
+        .map(|(k, v)| (*k, v.try_clone().expect("no file descriptors")))
+        .collect();
     manager
-        .start_transient_unit(name, "fail", &props, &[])
+        .start_transient_unit(&unit.name, "fail", &props, &[])
         .await
-        .with_context(|| format!("StartTransientUnit {name}"))?;
+        .with_context(|| format!("StartTransientUnit {}", unit.name))?;
     Ok(())
 }

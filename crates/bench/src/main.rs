@@ -69,6 +69,13 @@ struct Args {
     /// pipelines them as unitlet can.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     raw_in_flight: u32,
+    /// Raw phase: what the raw client starts. `plain` (the default):
+    /// `sleep` units in one slice, the least a hand-written client sends.
+    /// `unitlet`: the very units unitlet's translation makes of the same
+    /// pods (a slice per pod, the default hardening, accounting,
+    /// delegation), so the ratio compares the clients on the same work.
+    #[arg(long, value_enum, default_value_t = RawShape::Plain)]
+    raw_units: RawShape,
     /// Write manifests at this many per second instead of as fast as
     /// possible. pods/s then measures keeping up with that arrival rate, not
     /// peak throughput; useful to get N pods running where a burst of N
@@ -94,9 +101,18 @@ struct Args {
     scrapes: usize,
 }
 
+/// What the raw phase starts (`--raw-units`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RawShape {
+    Plain,
+    Unitlet,
+}
+
 /// The `--json` output: settings, then one object per size.
 #[derive(Debug, Serialize)]
 struct Report<'a> {
+    raw_units: RawShape,
     raw_calls_in_flight: usize,
     raw_job_window: usize,
     workers: Option<usize>,
@@ -233,6 +249,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     if args.json {
         let report = Report {
+            raw_units: args.raw_units,
             raw_calls_in_flight: args.raw_in_flight as usize,
             raw_job_window: args.raw_job_window,
             workers: args.workers,
@@ -249,6 +266,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        println!(
+            "raw: {} units, {} call(s) in flight",
+            match args.raw_units {
+                RawShape::Plain => "plain `sleep`",
+                RawShape::Unitlet => "unitlet's own (translated from the same pods)",
+            },
+            args.raw_in_flight
+        );
         print!("{}", table(&results));
         print!("{}", targets(&results));
         for (n, e) in &failures {
@@ -409,20 +434,27 @@ fn measure(
     let cpu = NodeCpu::find(node)?;
 
     // 1. raw systemd
-    eprintln!("[N={n}] raw systemd: {n} transient units over D-Bus");
+    eprintln!(
+        "[N={n}] raw systemd: {n} transient units over D-Bus ({:?})",
+        args.raw_units
+    );
+    let raw = match args.raw_units {
+        RawShape::Plain => bus::plain_units(n),
+        RawShape::Unitlet => bus::unitlet_units(n)?,
+    };
     let (raw_start, raw_cpu, raw_stop) = rt.block_on(async {
         let bus = bus::NodeBus::connect(node.init_pid()).await?;
         let before = cpu.read()?;
         let start = bus::raw_start(
             &bus,
-            n,
+            &raw,
             args.raw_in_flight as usize,
             args.raw_job_window,
             timeout,
         )
         .await?;
         let used = cpu.read()? - before;
-        let stop = bus::raw_stop(&bus, n, timeout).await?;
+        let stop = bus::raw_stop(&bus, &raw, timeout).await?;
         anyhow::Ok((start, used, stop))
     })?;
 
