@@ -24,7 +24,7 @@ pub struct PodView {
     /// Live unit state, by unit name.
     pub units: HashMap<String, UnitSnapshot>,
     /// The agent's container records.
-    pub records: HashMap<String, observe::ContainerRecord>,
+    pub records: observe::Records,
     /// Computed status.
     pub status: PodStatus,
 }
@@ -107,8 +107,7 @@ pub struct PodRow {
 
 impl From<PodView> for PodRow {
     fn from(v: PodView) -> Self {
-        let mut pod = v.rec.pod;
-        pod.status = Some(v.status);
+        let pod = with_status(&v);
         PodRow {
             pod,
             admitted_us: v.rec.admitted_us,
@@ -116,9 +115,14 @@ impl From<PodView> for PodRow {
     }
 }
 
-/// The pod as `kubectl get -o json` prints it.
+/// The pod as `kubectl get -o json` prints it. A pod without a
+/// `creationTimestamp` (a manifest's) was created when this node admitted
+/// it; the record shares the desired pod, so it is filled in here.
 pub fn with_status(v: &PodView) -> k8s_openapi::api::core::v1::Pod {
-    let mut pod = v.rec.pod.clone();
+    let mut pod = (*v.rec.pod).clone();
+    pod.metadata
+        .creation_timestamp
+        .get_or_insert_with(|| crate::core::observe::time_us(v.rec.admitted_us));
     pod.status = Some(v.status.clone());
     pod
 }

@@ -32,7 +32,7 @@ pub struct StateError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
     /// The pod as admitted (defaulted, with uid).
-    pub pod: Pod,
+    pub pod: std::sync::Arc<Pod>,
     /// Where it came from (manifest path).
     pub source: String,
     /// Admission time, µs since the epoch (`status.startTime`).
@@ -153,7 +153,7 @@ impl StateDir {
     }
 
     /// All container records of a pod, by container name.
-    pub fn load_containers(&self, uid: &str) -> HashMap<String, ContainerRecord> {
+    pub fn load_containers(&self, uid: &str) -> crate::core::observe::Records {
         let mut out = HashMap::new();
         let Ok(entries) = std::fs::read_dir(self.pod_dir(uid).join("containers")) else {
             return out;

@@ -826,7 +826,7 @@ fn an_update_that_cannot_apply_leaves_the_pod_running() {
         ..(*bad).clone()
     });
     let mut fresh_pod = (*fresh).clone();
-    fresh_pod.pod.metadata.name = Some("fresh".into());
+    Arc::make_mut(&mut fresh_pod.pod).metadata.name = Some("fresh".into());
     rig.set(vec![bad, Arc::new(fresh_pod)]);
     rig.wait("fresh rejected", || rig.phase("fresh") == "Failed");
     assert_eq!(

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 /// The mirror pod of static pod `sp` on node `node` (UID `node_uid`).
 pub fn mirror_pod(sp: &StaticPod, node: &str, node_uid: &str) -> Pod {
-    let mut pod = sp.pod.clone();
+    let mut pod = (*sp.pod).clone();
     let meta = &mut pod.metadata;
     meta.uid = None;
     meta.resource_version = None;

@@ -126,7 +126,7 @@ pub fn to_desired(pod: &Pod) -> Result<StaticPod, crate::core::manifest::Manifes
         .map(|_| p.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64);
     Ok(StaticPod {
         uid: p.metadata.uid.clone().unwrap_or_default(),
-        pod: p,
+        pod: Arc::new(p),
         deletion_grace_s,
         update_error: None,
         terminal,
@@ -153,7 +153,7 @@ pub fn desired_or_rejected(pod: &Pod) -> StaticPod {
                     .deletion_timestamp
                     .as_ref()
                     .map(|_| p.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0) as u64),
-                pod: p,
+                pod: Arc::new(p),
                 update_error: Some(e.to_string()),
                 terminal: is_terminal(pod.status.as_ref().and_then(|s| s.phase.as_deref())),
             }
@@ -232,7 +232,7 @@ pub async fn watch(
         }
         if synced && changed {
             // Watch what the pods' env names before they reach the runtime.
-            refs.set_wanted(super::refs::wanted(pods.values().map(|p| &p.pod)));
+            refs.set_wanted(super::refs::wanted(pods.values().map(|p| &*p.pod)));
         }
         if synced
             && changed

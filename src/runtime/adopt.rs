@@ -39,16 +39,13 @@ impl Runtime {
         Ok(count)
     }
 
-    pub(super) fn register(&self, rec: PodRecord, containers: HashMap<String, ContainerRecord>) {
+    pub(super) fn register(&self, rec: PodRecord, containers: crate::core::observe::Records) {
         let plan = Arc::new(translate(&rec.pod, &self.shared.cfg.node, &lookup_user));
         let uid = rec.uid().to_string();
         let mut inner = self.shared.inner.lock().unwrap();
         inner.by_key.insert(pod_key(&rec.pod), uid.clone());
         for unit in plan.unit_names() {
             inner.owner.insert(unit.to_string(), uid.clone());
-            inner
-                .by_path
-                .insert(names::unit_object_path(unit), unit.to_string());
         }
         inner.pods.insert(
             uid,

@@ -37,7 +37,7 @@ pub struct ActivePod {
     /// Pod UID.
     pub uid: String,
     /// The pod as admitted.
-    pub pod: Pod,
+    pub pod: Arc<Pod>,
     /// Its units and volumes.
     pub plan: Arc<PodPlan>,
 }

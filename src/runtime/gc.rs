@@ -69,7 +69,7 @@ impl Runtime {
                     // it ended for good too, so its record says so first.
                     (Instance::Terminated(t, _), _) if !snap.active_state.busy() => {
                         let rec = e.containers.entry(c.name.clone()).or_default();
-                        rec.finished = Some(t);
+                        rec.finished = Some(Box::new(t));
                         if let Err(err) = s.state.save_container(uid, &c.name, rec) {
                             warn!(error = %err, "cannot save container record");
                             all_done = false;

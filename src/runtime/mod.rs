@@ -98,7 +98,7 @@ struct PodEntry {
     /// Shared: every pass of the pod takes it (a relist makes a pass of
     /// every pod), and a copy was most of what an idle relist cost.
     plan: Arc<PodPlan>,
-    containers: HashMap<String, ContainerRecord>,
+    containers: crate::core::observe::Records,
     terminating: bool,
     /// While terminating: how each container's unit ended, kept from its
     /// signals, since systemd unloads a cleanly stopped unit at once.
@@ -185,7 +185,6 @@ struct Inner {
     /// Admitted pod UID by `namespace/name`: a pod waits for an admitted
     /// one of the same name (an edit's old version) to stop first.
     by_key: HashMap<String, String>,
-    by_path: HashMap<String, String>,
     /// A place in the start window per unit whose start job is unfinished.
     starting: HashMap<String, tokio::sync::OwnedSemaphorePermit>,
     /// Places in the window held by pods being stopped: one per stop job
@@ -478,7 +477,7 @@ impl Runtime {
                 return;
             }
         };
-        let Some(unit) = inner.by_path.get(&path).cloned() else {
+        let Some(unit) = names::unit_from_object_path(&path) else {
             return;
         };
         let Some(uid) = inner.owner.get(&unit).cloned() else {
@@ -678,13 +677,10 @@ impl Runtime {
                 });
             }
             (Some(pod), false) => {
-                let mut p = pod.pod.clone();
                 let now = now_us();
-                p.metadata
-                    .creation_timestamp
-                    .get_or_insert_with(|| observe::time_us(now));
+                // Shared with the desired pod: one copy of each pod in memory.
                 let rec = PodRecord {
-                    pod: p,
+                    pod: Arc::clone(&pod.pod),
                     source: String::new(),
                     admitted_us: now,
                     live: Default::default(),

@@ -97,7 +97,7 @@ impl Runtime {
         let mut pass = Pass {
             apps_done: !plan.containers.is_empty()
                 && plan.containers.iter().all(|c| {
-                    match instance_of(units.get(&c.unit), records.get(&c.name)) {
+                    match instance_of(units.get(&c.unit), records.get(&c.name).map(|r| &**r)) {
                         Instance::Terminated(t, inv) => {
                             records
                                 .get(&c.name)

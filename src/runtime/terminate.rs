@@ -244,7 +244,6 @@ impl Runtime {
             }
             for unit in &units {
                 inner.owner.remove(unit);
-                inner.by_path.remove(&names::unit_object_path(unit));
                 inner.units.remove(unit);
                 inner.serials.remove(unit);
                 inner.free_place(unit, s);

@@ -119,11 +119,12 @@ impl Runtime {
             }
         } else {
             rec.live.update_error = None;
-            let (to, from) = (&mut rec.pod.metadata, &d.pod.metadata);
+            let pod = Arc::make_mut(&mut rec.pod);
+            let (to, from) = (&mut pod.metadata, &d.pod.metadata);
             to.labels.clone_from(&from.labels);
             to.annotations.clone_from(&from.annotations);
             to.generation = from.generation;
-            let mut spec = d.pod.clone();
+            let mut spec = (*d.pod).clone();
             let pending = if resizing {
                 match resources::fits(&d.pod, others, &s.cfg.node.allocatable) {
                     Ok(()) => {
@@ -154,12 +155,18 @@ impl Runtime {
                 }
                 (None, _) => None,
             };
-            rec.pod.spec = spec.spec;
+            pod.spec = spec.spec;
+        }
+        // The record holds the desired pod itself where they are alike (a
+        // restarted agent reads its own copy from disk): one copy in memory.
+        if !Arc::ptr_eq(&rec.pod, &d.pod) && rec.pod == d.pod {
+            rec.pod = Arc::clone(&d.pod);
         }
         let spec_changed = rec.pod.spec != e.rec.pod.spec;
         let changed =
             spec_changed || rec.pod.metadata != e.rec.pod.metadata || rec.live != e.rec.live;
         if !changed {
+            e.rec.pod = rec.pod;
             e.applied = Some(Arc::clone(d));
             return;
         }
@@ -179,9 +186,6 @@ impl Runtime {
         // New units (ephemeral containers) are the pod's too.
         let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
         for unit in units {
-            inner
-                .by_path
-                .insert(names::unit_object_path(&unit), unit.clone());
             inner.owner.insert(unit, uid.to_string());
         }
         drop(guard);

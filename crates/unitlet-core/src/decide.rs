@@ -269,7 +269,7 @@ pub fn decide(
         },
         Instance::Creating => {}
         Instance::Terminated(t, inv) => {
-            if d.record.finished.as_ref() == Some(&t) {
+            if d.record.finished.as_deref() == Some(&t) {
                 // Ended for good once: never run again, whatever changes.
                 d.step = if cx.init && !c.sidecar && t.exit_code == 0 {
                     Step::Succeeded
@@ -308,7 +308,7 @@ pub fn decide(
                 let rec = &mut d.record;
                 rec.restart_of = Some(inv.clone());
                 rec.restart_at_us = t.finished_us + delay;
-                rec.restarting = Some(t.clone());
+                rec.restarting = Some(Box::new(t.clone()));
                 d.changed = true;
                 if delay > 0 {
                     d.actions.push(Action::BackOff {
@@ -337,8 +337,8 @@ pub fn decide(
 
 /// Records that the container ended for good.
 fn finish(d: &mut Decision, t: &observe::Termination) {
-    if d.record.finished.as_ref() != Some(t) {
-        d.record.finished = Some(t.clone());
+    if d.record.finished.as_deref() != Some(t) {
+        d.record.finished = Some(Box::new(t.clone()));
         d.changed = true;
     }
 }
@@ -737,10 +737,10 @@ mod tests {
                 restart_count: count,
                 restart_of,
                 restart_at_us: restart_at * S,
-                finished: finished.then(|| observe::Termination {
+                finished: finished.then(|| Box::new(observe::Termination {
                     exit_code: 1, signal: None, reason: "Error".into(), message: None,
                     started_us: S, finished_us: 2 * S, container_id: "systemd://x0".into(), pid: 0,
-                }),
+                })),
                 ..Default::default()
             };
             let d = decide(&c, &rec, unit.as_ref(), &cx.at(policy, init || sidecar, now * S));

@@ -7,7 +7,7 @@
 //! units alone: these come from decisions the agent made about the pod
 //! (an allocation, a deadline) and recorded in its [`LiveState`].
 
-use super::observe::{condition, ContainerRecord, UnitSnapshot};
+use super::observe::{condition, UnitSnapshot};
 use super::resources::{Pending, Sizes};
 use super::translate::PodPlan;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
@@ -57,7 +57,7 @@ pub fn pod_status(
     plan: &PodPlan,
     node: &super::NodeFacts,
     units: &HashMap<String, UnitSnapshot>,
-    records: &HashMap<String, ContainerRecord>,
+    records: &super::observe::Records,
     admitted_us: u64,
     now_us: u64,
     live: &LiveState,
@@ -75,7 +75,7 @@ pub fn amend(
     pod: &Pod,
     plan: &PodPlan,
     units: &HashMap<String, UnitSnapshot>,
-    records: &HashMap<String, ContainerRecord>,
+    records: &super::observe::Records,
     live: &LiveState,
 ) {
     let generation = pod.metadata.generation;

@@ -65,7 +65,7 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticPod {
     /// The defaulted pod (namespace, uid and static-pod annotations set).
-    pub pod: Pod,
+    pub pod: std::sync::Arc<Pod>,
     /// `metadata.uid`: derived from node, path and content for a static
     /// pod, assigned by the API server otherwise.
     pub uid: String,
@@ -341,7 +341,7 @@ fn pod_from_value(value: Value, source: &str, node_name: &str) -> Result<StaticP
     spec.termination_grace_period_seconds.get_or_insert(30);
     pod.status = None;
     Ok(StaticPod {
-        pod,
+        pod: std::sync::Arc::new(pod),
         uid,
         deletion_grace_s: None,
         update_error: None,
@@ -370,7 +370,7 @@ pub fn node_static_pod(mut p: StaticPod, node_name: &str) -> Result<StaticPod, M
         e.pod = Some(p.key());
         e
     })?;
-    p.pod.metadata.name = Some(name);
+    std::sync::Arc::make_mut(&mut p.pod).metadata.name = Some(name);
     Ok(p)
 }
 
@@ -1405,7 +1405,7 @@ mod tests {
             "    - {name: s, mountPath: /s}\n",
         )
         .unwrap();
-        let vols = ok.pod.spec.unwrap().volumes.unwrap();
+        let vols = ok.pod.spec.clone().unwrap().volumes.unwrap();
         assert_eq!(vols[0].secret.as_ref().unwrap().default_mode, Some(0o400));
         for (vols, mounts, field) in [
             (

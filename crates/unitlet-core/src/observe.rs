@@ -147,6 +147,11 @@ pub struct Termination {
     pub pid: u32,
 }
 
+/// A pod's container records by container name. Boxed: a map of one
+/// container still has four places, and inline records made these maps a
+/// tenth of a 2,000-pod agent's heap.
+pub type Records = HashMap<String, Box<ContainerRecord>>;
+
 /// What the agent remembers about a container beyond systemd's own state.
 /// Persisted in the state directory so a restarted agent (and the CLI) see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,13 +161,13 @@ pub struct ContainerRecord {
     /// Invocation of the instance before the current one (for `--previous`).
     pub previous_invocation: Option<String>,
     /// How the previous instance ended (`lastState`).
-    pub last_termination: Option<Termination>,
+    pub last_termination: Option<Box<Termination>>,
     /// A restart decided for this invocation (the unit's current, terminated one).
     pub restart_of: Option<String>,
     /// When that restart may happen, µs since the epoch.
     pub restart_at_us: u64,
     /// The termination being restarted, moved to `last_termination` once the restart happens.
-    pub restarting: Option<Termination>,
+    pub restarting: Option<Box<Termination>>,
     /// Back-off entry.
     pub backoff: BackoffState,
     /// Why systemd refused to create the unit, if it did (`CreateContainerError`).
@@ -184,7 +189,7 @@ pub struct ContainerRecord {
     /// collected afterwards, or the agent restarted, and the container
     /// must still never run again and still show how it ended.
     #[serde(default)]
-    pub finished: Option<Termination>,
+    pub finished: Option<Box<Termination>>,
     /// The CPU and memory the current unit has (made with, or resized
     /// to): the container status's `resources`.
     #[serde(default)]
@@ -218,7 +223,7 @@ pub struct ProbeRecord {
 pub fn instance_of(unit: Option<&UnitSnapshot>, record: Option<&ContainerRecord>) -> Instance {
     match (instance(unit), record.and_then(|r| r.finished.as_ref())) {
         (Instance::Absent, Some(t)) => Instance::Terminated(
-            t.clone(),
+            (**t).clone(),
             t.container_id
                 .strip_prefix("systemd://")
                 .unwrap_or(&t.container_id)
@@ -437,7 +442,7 @@ fn build(
 ) -> Built {
     let record = inputs.record.cloned().unwrap_or_default();
     let inst = instance_of(inputs.unit, Some(&record));
-    let mut last = record.last_termination.clone();
+    let mut last = record.last_termination.as_deref().cloned();
     let mut done = None;
     let mut running = false;
     let mut ever_started = record.restart_count > 0 || last.is_some();
@@ -614,7 +619,7 @@ pub fn observe_terminal(
     plan: &PodPlan,
     node: &NodeFacts,
     units: &HashMap<String, UnitSnapshot>,
-    records: &HashMap<String, ContainerRecord>,
+    records: &Records,
     admitted_us: u64,
     now_us: u64,
 ) -> PodStatus {
@@ -622,7 +627,7 @@ pub fn observe_terminal(
     if let Some(spec) = pod.spec.as_mut() {
         spec.restart_policy = Some("Never".into());
     }
-    let records: HashMap<String, ContainerRecord> = records
+    let records: Records = records
         .iter()
         .map(|(k, r)| {
             let mut r = r.clone();
@@ -639,7 +644,7 @@ pub fn observe(
     plan: &PodPlan,
     node: &NodeFacts,
     units: &HashMap<String, UnitSnapshot>,
-    records: &HashMap<String, ContainerRecord>,
+    records: &Records,
     admitted_us: u64,
     now_us: u64,
 ) -> PodStatus {
@@ -650,7 +655,7 @@ pub fn observe(
         .unwrap_or("Always");
     let inputs = |c: &super::translate::ContainerPlan| ContainerInputs {
         unit: units.get(&c.unit),
-        record: records.get(&c.name),
+        record: records.get(&c.name).map(|r| &**r),
     };
     let wait = |c: &super::translate::ContainerPlan| c.spec.as_ref().err().cloned();
 
@@ -999,7 +1004,7 @@ mod tests {
         });
         let p = parse_manifest(doc.to_string().as_bytes(), "/m", "n", true).unwrap();
         let plan = translate(&p.pod, &node(), &|_| None);
-        (p.pod, plan)
+        ((*p.pod).clone(), plan)
     }
 
     fn running(inv: &str) -> UnitSnapshot {
@@ -1050,7 +1055,7 @@ mod tests {
         let units = units.iter().map(|(c, s)| (unit_of(c), s.clone())).collect();
         let records = records
             .iter()
-            .map(|(c, r)| (c.to_string(), r.clone()))
+            .map(|(c, r)| (c.to_string(), Box::new(r.clone())))
             .collect();
         observe(pod, plan, &node(), &units, &records, T0, now)
     }
@@ -1290,7 +1295,7 @@ mod tests {
         let rec = ContainerRecord {
             restart_count: 1,
             previous_invocation: Some("old".into()),
-            last_termination: Some(prev),
+            last_termination: Some(Box::new(prev)),
             ..Default::default()
         };
         let s = status(
