@@ -241,6 +241,11 @@ pub struct UnitListing {
     pub job_id: u32,
 }
 
+/// Maps a failed manager call (`op`) to its error, counted in the metrics.
+fn manager_error(op: &'static str) -> impl Fn(zbus::Error) -> SystemdError + Copy {
+    move |source| crate::metrics::dbus_error(SystemdError::Manager { op, source })
+}
+
 /// How long a call may wait for systemd's answer. zbus waits forever by
 /// default, and a reconcile step stuck in a call would hold its pod (and a
 /// worker) until the agent restarts. systemd answers even a busy burst within
@@ -503,50 +508,58 @@ impl Systemd {
     /// systemd's version (`Manager.Version`); also a cheap check that
     /// systemd answers.
     pub async fn version(&self) -> Result<String, SystemdError> {
-        let map_err = |source| {
-            crate::metrics::dbus_error(SystemdError::Manager {
-                op: "read version",
-                source,
-            })
-        };
+        let op = "read version";
         let reply = self
-            .conn()
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                "/org/freedesktop/systemd1",
-                Some("org.freedesktop.DBus.Properties"),
+            .call_manager(
+                op,
+                "org.freedesktop.DBus.Properties",
                 "Get",
                 &(MANAGER_INTERFACE, "Version"),
             )
+            .await?;
+        let v: OwnedValue = reply.body().deserialize().map_err(manager_error(op))?;
+        String::try_from(v).map_err(|e| manager_error(op)(e.into()))
+    }
+
+    /// Calls `method` on systemd's manager object (raw, so the reply can be
+    /// read in place); errors name `op`.
+    async fn call_manager<B>(
+        &self,
+        op: &'static str,
+        interface: &str,
+        method: &str,
+        body: &B,
+    ) -> Result<zbus::Message, SystemdError>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.conn()
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some(interface),
+                method,
+                body,
+            )
             .await
-            .map_err(map_err)?;
-        let v: OwnedValue = reply.body().deserialize().map_err(map_err)?;
-        String::try_from(v).map_err(|e| map_err(e.into()))
+            .map_err(manager_error(op))
     }
 
     /// Lists loaded units matching glob patterns, in one call.
     pub async fn list(&self, patterns: &[&str]) -> Result<Vec<UnitListing>, SystemdError> {
-        let map_err = |source| {
-            crate::metrics::dbus_error(SystemdError::Manager {
-                op: "list units",
-                source,
-            })
-        };
+        let op = "list units";
         let reply = self
-            .conn()
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                "/org/freedesktop/systemd1",
-                Some(MANAGER_INTERFACE),
+            .call_manager(
+                op,
+                MANAGER_INTERFACE,
                 "ListUnitsByPatterns",
                 &(&[] as &[&str], patterns),
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         // Rows borrowed from the reply: a relist of 2,000 pods lists 4,000
         // units, and owned rows (ten fields each) were 0.9 MB of copies.
         let body = reply.body();
-        let rows: Vec<BorrowedUnitRow<'_>> = body.deserialize().map_err(map_err)?;
+        let rows: Vec<BorrowedUnitRow<'_>> = body.deserialize().map_err(manager_error(op))?;
         Ok(rows
             .into_iter()
             .map(|r| UnitListing {
@@ -716,12 +729,7 @@ impl Systemd {
     /// which the bus daemon would otherwise route and the agent decode for
     /// nothing.
     async fn subscribe(link: &Link) -> Result<zbus::MessageStream, SystemdError> {
-        let map_err = |source| {
-            crate::metrics::dbus_error(SystemdError::Manager {
-                op: "subscribe",
-                source,
-            })
-        };
+        let map_err = manager_error("subscribe");
         // Reading starts before the rules are added, so nothing is missed.
         let stream = zbus::MessageStream::from(&link.conn);
         let dbus = zbus::fdo::DBusProxy::new(&link.conn)
