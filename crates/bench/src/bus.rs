@@ -237,12 +237,10 @@ pub fn unitlet_units(n: usize) -> anyhow::Result<RawUnits> {
     let mut units = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
     for i in 1..=n {
-        let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i:05}\n  namespace: {RAW_NAMESPACE}\nspec:\n  containers:\n  - name: c\n    image: host\n    command: [\"/usr/bin/sleep\", \"infinity\"]\n"
-        );
+        let yaml = crate::pod_manifest(&format!("bench-{i:05}"), RAW_NAMESPACE, "host");
         let pod = parse_manifest(
             yaml.as_bytes(),
-            &format!("/raw/p{i:05}.yaml"),
+            &format!("/raw/bench-{i:05}.yaml"),
             "bench",
             false,
         )
@@ -352,13 +350,8 @@ pub async fn raw_stop(
 }
 
 async fn start(manager: &ManagerProxy<'_>, unit: &RawUnit) -> anyhow::Result<()> {
-    let props: Vec<(&str, Value<'_>)> = unit
-        .props
-        .iter()
-        .map(|(k, v)| (*k, v.try_clone().expect("no file descriptors")))
-        .collect();
     manager
-        .start_transient_unit(&unit.name, "fail", &props, &[])
+        .start_transient_unit(&unit.name, "fail", &unit.props, &[])
         .await
         .with_context(|| format!("StartTransientUnit {}", unit.name))?;
     Ok(())

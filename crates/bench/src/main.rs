@@ -776,9 +776,7 @@ fn write_manifests(dir: &Path, n: usize, rate: Option<f64>, image: &str) -> anyh
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
         let name = format!("bench-{i:05}");
-        let text = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: c\n    image: \"{image}\"\n    command: [\"/usr/bin/sleep\", \"infinity\"]\n"
-        );
+        let text = pod_manifest(&name, "default", image);
         let tmp: PathBuf = dir.join(format!(".{name}.yaml"));
         std::fs::write(&tmp, text).with_context(|| tmp.display().to_string())?;
         std::fs::rename(&tmp, dir.join(format!("{name}.yaml")))?;
@@ -790,6 +788,13 @@ fn write_manifests(dir: &Path, n: usize, rate: Option<f64>, image: &str) -> anyh
         last_us,
         done_us,
     })
+}
+
+/// The bench's pod: one `sleep infinity` container.
+pub fn pod_manifest(name: &str, namespace: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  containers:\n  - name: c\n    image: \"{image}\"\n    command: [\"/usr/bin/sleep\", \"infinity\"]\n"
+    )
 }
 
 /// Nearest-rank percentile (0 for no samples).
