@@ -304,6 +304,7 @@ impl Systemd {
             .build()
             .await
             .map_err(SystemdError::Connect)?;
+        Self::wait_for_manager(&conn).await?;
         let manager = ManagerProxy::new(&conn)
             .await
             .map_err(SystemdError::Connect)?;
@@ -312,6 +313,41 @@ impl Systemd {
             manager,
             generation,
         })
+    }
+
+    /// Waits until systemd owns its name on the bus. Early in boot, and
+    /// while systemd re-executes, the bus runs without it: every call would
+    /// fail, and an agent started then (ordered only after `dbus.service`)
+    /// must wait for its manager as the kubelet waits for its runtime,
+    /// not exit.
+    async fn wait_for_manager(conn: &zbus::Connection) -> Result<(), SystemdError> {
+        const NAME: &str = "org.freedesktop.systemd1";
+        let dbus = zbus::fdo::DBusProxy::new(conn)
+            .await
+            .map_err(SystemdError::Connect)?;
+        // Watching first, so an owner arriving between the two is seen.
+        let mut owners = dbus
+            .receive_name_owner_changed_with_args(&[(0, NAME)])
+            .await
+            .map_err(SystemdError::Connect)?;
+        let name = zbus::names::BusName::try_from(NAME).expect("a valid bus name");
+        if dbus
+            .name_has_owner(name)
+            .await
+            .map_err(|e| SystemdError::Connect(e.into()))?
+        {
+            return Ok(());
+        }
+        tracing::warn!("systemd is not on the system bus yet; waiting for it");
+        while let Some(change) = owners.next().await {
+            if change.args().is_ok_and(|a| a.new_owner().is_some()) {
+                tracing::info!("systemd joined the system bus");
+                return Ok(());
+            }
+        }
+        Err(SystemdError::Connect(zbus::Error::InputOutput(
+            std::io::Error::other("the system bus closed while waiting for systemd").into(),
+        )))
     }
 
     fn link(&self) -> Link {

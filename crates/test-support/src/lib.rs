@@ -269,7 +269,7 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("spawning nsenter");
-        let pid = find_unitlet(&mut nsenter);
+        let pid = find_unitlet(&mut nsenter, &log_path);
         self.agent = Some(Agent { nsenter, pid });
     }
 
@@ -645,7 +645,7 @@ fn comm(pid: u32) -> String {
 /// Finds unitlet under the nsenter we spawned. nsenter forks when it enters a
 /// PID namespace, so unitlet is normally its child; if it ever exec'd
 /// directly, it is the spawned process itself.
-fn find_unitlet(nsenter: &mut Child) -> i32 {
+fn find_unitlet(nsenter: &mut Child, log: &Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let me = nsenter.id();
@@ -662,7 +662,13 @@ fn find_unitlet(nsenter: &mut Child) -> i32 {
             return pid as i32;
         }
         if let Ok(Some(status)) = nsenter.try_wait() {
-            panic!("the agent exited at once: {status}");
+            let out = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = out.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "the agent exited at once: {status}; the end of its log:\n{}",
+                tail.join("\n")
+            );
         }
         assert!(
             Instant::now() < deadline,
