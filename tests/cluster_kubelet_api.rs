@@ -88,6 +88,32 @@ fn call(node: &Node, port: u16, pki: Option<&Pki>, path: &str) -> (u16, String) 
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Match rules the node's dbus-daemon holds for the agent's connections
+/// (its `Debug.Stats` interface).
+fn agent_match_rules(node: &Node) -> u32 {
+    let names = node.sh("busctl --system list --unique --no-legend --no-pager");
+    let agent: Vec<&str> = names
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("unitlet"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!agent.is_empty(), "the agent is not on the bus:\n{names}");
+    agent
+        .iter()
+        .map(|name| {
+            let stats = node.sh(&format!(
+                "busctl --system call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus.Debug.Stats GetConnectionStats s {name}"
+            ));
+            let words: Vec<&str> = stats.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|w| *w == "\"MatchRules\"")
+                .unwrap_or_else(|| panic!("no MatchRules in {stats}"));
+            words[at + 2].parse::<u32>().expect("a count")
+        })
+        .sum()
+}
+
 #[test]
 fn logs_pods_and_healthz_over_tls_with_client_certificates() {
     let api = ApiServer::start();
@@ -170,6 +196,21 @@ fn logs_pods_and_healthz_over_tls_with_client_certificates() {
         out.status.code(),
         Some(28),
         "curl timed out: the stream was still open"
+    );
+    // Each follow watches the unit's signals on the agent's one bus
+    // connection; the bus refuses a connection its 513th match rule, so
+    // followers must not leave rules behind.
+    let rules = agent_match_rules(&node);
+    for _ in 0..3 {
+        node.sh_output(&format!(
+            "curl -sk -N --max-time 1 --cert {} --key {} 'https://127.0.0.1:{port}/containerLogs/default/talker/c?follow=true'",
+            masters.cert, masters.key
+        ));
+    }
+    assert_eq!(
+        agent_match_rules(&node),
+        rules,
+        "following logs added bus match rules"
     );
 
     // /pods: a PodList with the pod and its status.

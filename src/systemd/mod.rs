@@ -283,6 +283,12 @@ struct Link {
     /// Counts connections made, so a stream knows whether the one it lost
     /// was replaced already.
     generation: u64,
+    /// Set once systemd's signals are asked for on this connection: match
+    /// rules and `Subscribe` belong to the connection, not to a stream, so
+    /// every later stream (each `logs -f` makes one) shares them. Adding
+    /// them per stream left three rules behind each time, and the bus
+    /// refuses a connection its 513th.
+    subscribed: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Systemd {
@@ -312,6 +318,7 @@ impl Systemd {
             conn,
             manager,
             generation,
+            subscribed: Arc::default(),
         })
     }
 
@@ -768,21 +775,25 @@ impl Systemd {
         let map_err = manager_error("subscribe");
         // Reading starts before the rules are added, so nothing is missed.
         let stream = zbus::MessageStream::from(&link.conn);
-        let dbus = zbus::fdo::DBusProxy::new(&link.conn)
-            .await
-            .map_err(map_err)?;
-        for member in ["PropertiesChanged", "UnitRemoved", "Reloading"] {
-            let rule = zbus::MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .sender("org.freedesktop.systemd1")
-                .and_then(|b| b.member(member))
-                .map_err(map_err)?
-                .build();
-            dbus.add_match_rule(rule)
-                .await
-                .map_err(|e| map_err(e.into()))?;
-        }
-        link.manager.subscribe().await.map_err(map_err)?;
+        link.subscribed
+            .get_or_try_init(|| async {
+                let dbus = zbus::fdo::DBusProxy::new(&link.conn)
+                    .await
+                    .map_err(map_err)?;
+                for member in ["PropertiesChanged", "UnitRemoved", "Reloading"] {
+                    let rule = zbus::MatchRule::builder()
+                        .msg_type(zbus::message::Type::Signal)
+                        .sender("org.freedesktop.systemd1")
+                        .and_then(|b| b.member(member))
+                        .map_err(map_err)?
+                        .build();
+                    dbus.add_match_rule(rule)
+                        .await
+                        .map_err(|e| map_err(e.into()))?;
+                }
+                link.manager.subscribe().await.map_err(map_err)
+            })
+            .await?;
         Ok(stream)
     }
 
