@@ -348,3 +348,71 @@ fn the_agent_survives_daemon_reexec_and_a_bus_restart_without_restarting_anythin
     node.wait_pod("new", "running", |p| running(p, "c"));
     node.stop_agent();
 }
+
+/// A damaged pod record (cut short, or not JSON at all) found at startup
+/// is named in the log and touches nothing: the pod's unit keeps running
+/// (not stopped as an orphan, not started again), and the pod is recorded
+/// anew from its manifest.
+#[test]
+fn a_damaged_pod_record_leaves_its_pod_running_and_is_recorded_anew() {
+    let mut node = Node::boot("damaged_record");
+    node.write_manifest("a.yaml", &sleeper("a", "one"));
+    node.write_manifest("b.yaml", &sleeper("b", "one"));
+    node.start_agent_synced(&[]);
+    for name in ["a", "b"] {
+        node.wait_pod(name, "running", |p| running(p, "c"));
+    }
+    let before: BTreeMap<&str, (String, String)> = ["a", "b"]
+        .into_iter()
+        .map(|n| (n, node.identity(&node.unit_of("default", n, "c"))))
+        .collect();
+    let files: BTreeMap<&str, String> = ["a", "b"]
+        .into_iter()
+        .map(|n| {
+            let uid = uid(&node.pod("default", n).unwrap());
+            (n, format!("/var/lib/unitlet/pods/{uid}/pod.json"))
+        })
+        .collect();
+
+    node.kill_agent_9();
+    node.sh(&format!(
+        "head -c 100 {0} > {0}.cut && mv {0}.cut {0}",
+        files["a"]
+    ));
+    node.sh(&format!("printf garbage > {}", files["b"]));
+    node.start_agent_synced(&[]);
+
+    let lines = node.agent_lines();
+    for (name, file) in &files {
+        assert!(
+            lines.iter().any(|l| l["file"] == file.as_str()
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("pod record unreadable"))),
+            "no warning names {file} (pod {name}):\n{lines:#?}"
+        );
+    }
+    for (name, file) in &files {
+        node.wait_for(
+            &format!("{name}'s record rewritten"),
+            default_wait(),
+            || {
+                let text = node.sh_output(&format!("cat {file}")).stdout;
+                serde_json::from_slice::<serde_json::Value>(&text)
+                    .ok()
+                    .filter(|v| v["pod"]["metadata"]["name"] == *name)
+            },
+        );
+    }
+    // A relist period later, still nothing restarted.
+    std::thread::sleep(Duration::from_secs(3));
+    for (name, id) in &before {
+        let unit = node.unit_of("default", name, "c");
+        assert_eq!(&node.identity(&unit), id, "pod {name} was restarted");
+        let p = node.pod("default", name).unwrap();
+        assert!(running(&p, "c"), "{p}");
+        assert_eq!(restarts(&p, "c"), 0, "{p}");
+    }
+    assert_eq!(node.logs(&["a"]).0, "V=one\n");
+    node.stop_agent();
+}

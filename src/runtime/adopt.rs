@@ -11,7 +11,24 @@ impl Runtime {
         let s = &self.shared;
         let (records, errors) = s.state.load_pods();
         for e in errors {
-            warn!(error = %e, "skipping unreadable pod state");
+            // `pods/<uid>/pod.json`: whatever runs for that pod is left
+            // alone (a damaged file must not stop a running service).
+            let uid = e
+                .path
+                .parent()
+                .filter(|_| e.path.file_name() == Some("pod.json".as_ref()))
+                .and_then(|d| d.file_name())
+                .map(|u| u.to_string_lossy().into_owned());
+            match uid {
+                Some(uid) => {
+                    warn!(file = %e.path.display(), error = %e, uid, "pod record unreadable: its units are left running, and the pod is recorded anew when its manifest or the API server names it again; otherwise remove the pod's units and directory by hand");
+                    s.unreadable
+                        .lock()
+                        .unwrap()
+                        .insert(names::uid_tag(&uid), (uid, e.path.clone()));
+                }
+                None => warn!(error = %e, "skipping unreadable pod state"),
+            }
         }
         let count = records.len();
         for rec in records {

@@ -143,6 +143,7 @@ impl Runtime {
     /// left to systemd, which unloads them; each unit is named once.
     pub(super) fn stop_orphans(&self, listing: &[crate::systemd::UnitListing]) {
         let s = &self.shared;
+        let unreadable = s.unreadable.lock().unwrap().clone();
         let orphans: Vec<String> = {
             let mut inner = s.inner.lock().unwrap();
             let inner = &mut *inner;
@@ -151,6 +152,7 @@ impl Runtime {
                 .filter(|row| {
                     !inner.owner.contains_key(&row.name)
                         && row.active_state != ActiveState::Inactive
+                        && names::uid_tag_of(&row.name).is_none_or(|t| !unreadable.contains_key(t))
                 })
                 .map(|row| row.name.clone())
                 .collect()

@@ -267,6 +267,10 @@ struct Shared {
     volumes: crate::volumes::Volumes,
     /// Orphaned units already named in the log (see `gc`).
     orphans_reported: Mutex<HashSet<String>>,
+    /// Pods whose record could not be read at adoption, by UID tag (see
+    /// `names::uid_tag`), with the file: their units are not orphans, and
+    /// the pod is recorded anew when its source names it again.
+    unreadable: Mutex<HashMap<String, (String, std::path::PathBuf)>>,
     /// The initial sync is complete: [`Runtime::pod_views`] shows every pod.
     synced: std::sync::atomic::AtomicBool,
 }
@@ -299,6 +303,7 @@ impl Runtime {
                 started_us: now_us(),
                 probing: Mutex::default(),
                 orphans_reported: Mutex::default(),
+                unreadable: Mutex::default(),
                 synced: Default::default(),
             }),
         }
@@ -689,9 +694,23 @@ impl Runtime {
                 if let Err(e) = s.state.save_pod(&rec) {
                     return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
                 }
-                info!(pod = pod.key(), uid, "admitted pod");
+                let tag = names::uid_tag(uid);
+                let unreadable = s.unreadable.lock().unwrap().remove(&tag);
+                // A pod whose record was lost keeps its containers'
+                // records (restart counts, instances) and running units:
+                // adopted as after a restart, nothing started again.
+                let containers = match unreadable {
+                    Some((_, file)) => {
+                        info!(pod = pod.key(), uid, file = %file.display(), "recorded a pod anew whose record was unreadable; its running containers are adopted");
+                        s.state.load_containers(uid)
+                    }
+                    None => {
+                        info!(pod = pod.key(), uid, "admitted pod");
+                        HashMap::new()
+                    }
+                };
                 crate::metrics::pod_admitted(uid, crate::metrics::agent::is_static(&rec.pod));
-                self.register(rec, HashMap::new());
+                self.register(rec, containers);
                 self.drive(uid).await;
             }
             (Some(d), true) => {

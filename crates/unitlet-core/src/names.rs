@@ -45,6 +45,23 @@ pub fn pod_slice(uid: &str) -> String {
     format!("unitlet-{}-pod{tag}.slice", &tag[..1])
 }
 
+/// The UID tag in the name of a unit made by [`container_unit`] or
+/// [`pod_slice`] (`None` for any other name): which pod a unit belongs to
+/// when the pod's record is gone.
+pub fn uid_tag_of(unit: &str) -> Option<&str> {
+    let (stem, separator) = if unit.starts_with(SERVICE_PREFIX) {
+        (unit.strip_suffix(".service")?, "_")
+    } else if unit.starts_with(SLICE_PREFIX) {
+        (unit.strip_suffix(".slice")?, "-pod")
+    } else {
+        return None;
+    };
+    let at = stem.len().checked_sub(12)?;
+    let tag = stem.get(at..)?;
+    let hex = tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (hex && stem[..at].ends_with(separator)).then_some(tag)
+}
+
 /// The unit of one container (init or app) of a pod.
 pub fn container_unit(namespace: &str, pod: &str, container: &str, uid: &str) -> String {
     let tag = uid_tag(uid);
@@ -100,6 +117,27 @@ pub fn service_path_prefix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_name_their_pods_tag() {
+        let tag = uid_tag("some-uid");
+        assert_eq!(
+            uid_tag_of(&container_unit("ns", "web", "c", "some-uid")),
+            Some(tag.as_str())
+        );
+        assert_eq!(uid_tag_of(&pod_slice("some-uid")), Some(tag.as_str()));
+        for other in [
+            "unitlet-3.slice",
+            "unitlet.slice",
+            "sshd.service",
+            "unitlet_x.service",
+            "unitlet_ns_p_c_0123456789AB.service",
+            "unitlet_ns_p_c0123456789ab.service",
+            "unitlet-0-podé123456789ab.slice",
+        ] {
+            assert_eq!(uid_tag_of(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn object_paths_decode_to_their_unit_and_nothing_else_does() {
