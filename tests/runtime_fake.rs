@@ -452,6 +452,47 @@ fn a_restarted_agent_adopts_running_units_and_stops_orphans() {
     assert_eq!(st.container_statuses.unwrap()[0].restart_count, 0);
 }
 
+/// A pod record the new agent cannot read is not a licence to stop the
+/// pod: its unit is no orphan, and once the pod is named again it is
+/// recorded anew and its running unit adopted.
+#[test]
+fn a_damaged_record_neither_orphans_nor_restarts_its_pod() {
+    let mut rig = Rig::new();
+    let p = pod("p", json!({"containers": [sh("c")]}));
+    let c = rig.unit(&p, "c");
+    rig.start(vec![p.clone()]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    let before = rig.fake.unit(&c).unwrap();
+    rig.kill();
+    let uid = p.pod.metadata.uid.clone().unwrap();
+    let record = rig.dir.path().join(format!("state/pods/{uid}/pod.json"));
+    std::fs::write(&record, b"{\"pod\": {\"metadata\"").unwrap();
+    // Nothing names the pod at first (its manifest is being rewritten).
+    rig.start(vec![]);
+    rig.wait("the initial sync", || {
+        rig.agent.as_ref().unwrap().runtime.synced()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !rig.fake.calls().iter().any(|x| matches!(x, Call::Stop(_))),
+        "a unit was stopped: {:#?}",
+        rig.fake.calls()
+    );
+    rig.set(vec![p]);
+    rig.wait("Running reported by the new agent", || {
+        rig.phase("p") == "Running"
+    });
+    assert_eq!(
+        rig.starts_of(&c).len(),
+        1,
+        "the container was started again"
+    );
+    assert_eq!(rig.fake.unit(&c).unwrap(), before);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(saved["pod"]["metadata"]["uid"], uid.as_str());
+}
+
 #[test]
 fn a_terminal_phase_never_moves_backwards() {
     let mut rig = Rig::new();

@@ -699,6 +699,7 @@ impl Runtime {
                 // A pod whose record was lost keeps its containers'
                 // records (restart counts, instances) and running units:
                 // adopted as after a restart, nothing started again.
+                let adopting = unreadable.is_some();
                 let containers = match unreadable {
                     Some((_, file)) => {
                         info!(pod = pod.key(), uid, file = %file.display(), "recorded a pod anew whose record was unreadable; its running containers are adopted");
@@ -711,6 +712,22 @@ impl Runtime {
                 };
                 crate::metrics::pod_admitted(uid, crate::metrics::agent::is_static(&rec.pod));
                 self.register(rec, containers);
+                if adopting {
+                    // Adoption did not read these units (nobody owned them
+                    // then): the pod is driven once they are read, as a
+                    // unit read queues its owner.
+                    let units: Vec<String> = {
+                        let inner = s.inner.lock().unwrap();
+                        let plan = inner.pods.get(uid).map(|e| e.plan.clone());
+                        plan.iter()
+                            .flat_map(|p| p.unit_names().map(str::to_string))
+                            .collect()
+                    };
+                    for unit in &units {
+                        s.units_q.add(unit);
+                    }
+                    return;
+                }
                 self.drive(uid).await;
             }
             (Some(d), true) => {
