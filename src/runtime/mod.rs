@@ -275,6 +275,10 @@ struct Shared {
     synced: std::sync::atomic::AtomicBool,
 }
 
+/// How long a pod whose record could not be written (a full disk) waits
+/// before admission is tried again.
+const RECORD_RETRY_US: u64 = 5_000_000;
+
 /// Handle on a running reconciler.
 #[derive(Clone)]
 pub struct Runtime {
@@ -692,7 +696,11 @@ impl Runtime {
                     evicted: None,
                 };
                 if let Err(e) = s.state.save_pod(&rec) {
-                    return warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
+                    // Not started unrecorded (a restarted agent would not
+                    // know it); tried again in a while, until it is
+                    // recorded or no longer wanted.
+                    warn!(pod = pod.key(), error = %e, "cannot record pod; will retry");
+                    return self.schedule(uid, now_us() + RECORD_RETRY_US);
                 }
                 let tag = names::uid_tag(uid);
                 let unreadable = s.unreadable.lock().unwrap().remove(&tag);

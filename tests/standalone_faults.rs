@@ -1,0 +1,64 @@
+//! Faults of the machine under the agent (#15): what breaks must be named,
+//! and no running pod may pay for it.
+
+use unitlet_test_support as support;
+
+use support::*;
+
+fn sleeper(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", "echo up; exec sleep infinity"]
+"#
+    )
+}
+
+/// The state directory's file system full (a small tmpfs): a new pod is
+/// not admitted, the warning names the file and the error, the running
+/// pod is untouched, and once there is room again the new pod starts.
+#[test]
+fn a_full_state_directory_holds_new_pods_and_touches_no_running_one() {
+    let mut node = Node::boot("state_enospc");
+    node.sh("mkdir -p /var/lib/unitlet && mount -t tmpfs -o size=4m tmpfs /var/lib/unitlet");
+    node.write_manifest("a.yaml", &sleeper("a"));
+    node.start_agent_synced(&[]);
+    node.wait_pod("a", "running", |p| running(p, "c"));
+    let unit_a = node.unit_of("default", "a", "c");
+    let before = node.identity(&unit_a);
+
+    // Fill it (dd ends with ENOSPC).
+    let _ = node.sh_output("dd if=/dev/zero of=/var/lib/unitlet/fill bs=64k");
+    node.write_manifest("b.yaml", &sleeper("b"));
+    let warning = node.wait_for("a warning about recording b", default_wait(), || {
+        node.agent_lines().into_iter().find(|l| {
+            l["message"] == "cannot record pod; will retry"
+                && l["pod"].as_str().is_some_and(|p| p.ends_with("/b"))
+        })
+    });
+    let error = warning["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("/var/lib/unitlet/pods/") && error.contains("No space left on device"),
+        "the error names neither the file nor the cause: {warning}"
+    );
+    // A relist period later: a still runs as it did, b has no unit.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(node.identity(&unit_a), before, "pod a was touched");
+    assert!(
+        node.units("unitlet_default_b_*").is_empty(),
+        "b started without a record"
+    );
+
+    node.sh("rm /var/lib/unitlet/fill");
+    node.wait_pod("b", "running once there is room", |p| running(p, "c"));
+    node.wait_logs(&["b"], "up\n");
+    assert_eq!(node.identity(&unit_a), before, "pod a was touched");
+    node.stop_agent();
+}
