@@ -62,3 +62,66 @@ fn a_full_state_directory_holds_new_pods_and_touches_no_running_one() {
     assert_eq!(node.identity(&unit_a), before, "pod a was touched");
     node.stop_agent();
 }
+
+/// journald restarted, then stopped and started: pods keep running (same
+/// process, same invocation); `logs` answers throughout from the journal
+/// files, and output written after a restart is there too (journald keeps
+/// its streams across a restart; a stop closes them, so output written
+/// by a running process after a stop is lost: systemd's behaviour).
+#[test]
+fn journald_restarted_or_stopped_leaves_pods_running_and_logs_readable() {
+    let mut node = Node::boot("journald_gone");
+    node.write_manifest(
+        "talker.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
+"#,
+    );
+    node.start_agent_synced(&[]);
+    node.wait_pod("talker", "running", |p| running(p, "c"));
+    node.wait_output("talker", "c", "tick 3\n");
+    let unit = node.unit_of("default", "talker", "c");
+    let before = node.identity(&unit);
+    let lines = |node: &Node| {
+        let (out, err, ok) = node.logs(&["talker"]);
+        assert!(ok, "logs failed: {err}");
+        out.lines().count()
+    };
+
+    node.sh("systemctl restart systemd-journald.service");
+    let seen = lines(&node);
+    node.wait_for("output after journald's restart", default_wait(), || {
+        (lines(&node) >= seen + 5).then_some(())
+    });
+    assert_eq!(node.identity(&unit), before, "restarted with journald");
+
+    node.sh(
+        "systemctl stop systemd-journald.socket systemd-journald-dev-log.socket \
+         systemd-journald-audit.socket systemd-journald.service",
+    );
+    let (out, err, ok) = node.logs(&["talker"]);
+    assert!(ok, "logs while journald is stopped: {err}");
+    assert!(out.starts_with("tick 1\n"), "{out}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(node.identity(&unit), before, "stopped with journald");
+    let pod = node.pod("default", "talker").unwrap();
+    assert!(running(&pod, "c"), "{pod}");
+    assert_eq!(restarts(&pod, "c"), 0, "{pod}");
+
+    node.sh("systemctl start systemd-journald.socket systemd-journald.service");
+    let (out, err, ok) = node.logs(&["talker"]);
+    assert!(
+        ok && out.starts_with("tick 1\n"),
+        "logs after journald came back: {err}\n{out}"
+    );
+    assert_eq!(node.identity(&unit), before);
+    node.stop_agent();
+}
