@@ -107,6 +107,41 @@ pub struct ManifestDir {
     cluster: bool,
     files: BTreeMap<PathBuf, FileState>,
     reported_conflicts: HashMap<PathBuf, String>,
+    /// Why the directory is refused (see [`others_may_write`]), as last
+    /// logged; `None` while it is trusted.
+    refused: Option<String>,
+}
+
+/// Why a file or directory with this metadata lets someone other than
+/// root change it, if it does: the agent runs what a manifest says as
+/// root, so such a manifest (or a directory where one could be put or
+/// replaced) would hand that user root.
+fn others_may_write(m: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = m.mode() & 0o7777;
+    if m.uid() != 0 {
+        Some(format!("owned by uid {} (mode {mode:04o})", m.uid()))
+    } else if mode & 0o002 != 0 {
+        Some(format!("writable by everyone (mode {mode:04o})"))
+    } else if mode & 0o020 != 0 && m.gid() != 0 {
+        Some(format!("writable by group {} (mode {mode:04o})", m.gid()))
+    } else {
+        None
+    }
+}
+
+/// Why `dir` or a directory above it is open to others, if one is. Above
+/// it, a root-owned sticky directory (`/tmp`) is safe: others may add
+/// entries there but not rename or remove root's.
+fn dir_open_to_others(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().enumerate().find_map(|(i, d)| {
+        let m = std::fs::metadata(d).ok()?;
+        if i > 0 && m.uid() == 0 && m.mode() & 0o1000 != 0 {
+            return None;
+        }
+        others_may_write(&m).map(|why| format!("{}: {why}", d.display()))
+    })
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -124,6 +159,7 @@ impl ManifestDir {
             cluster: false,
             files: BTreeMap::new(),
             reported_conflicts: HashMap::new(),
+            refused: None,
         }
     }
 
@@ -145,7 +181,8 @@ impl ManifestDir {
     /// times are coarse (a few ms), so two writes of the same size within
     /// one tick look alike, and the inotify event of the second must read.
     fn update_with(&mut self, path: &Path, trust_stamp: bool) {
-        if !is_manifest(path) || path.parent() != Some(self.dir.as_path()) {
+        if !is_manifest(path) || path.parent() != Some(self.dir.as_path()) || self.refused.is_some()
+        {
             return;
         }
         let mut seen = None;
@@ -153,6 +190,19 @@ impl ManifestDir {
             Ok(m) if m.is_file() => {
                 let st = stamp(&m);
                 if trust_stamp && self.files.get(path).is_some_and(|f| f.stamp == st) {
+                    return;
+                }
+                // A permission change changes the stamp: read again then.
+                if let Some(why) = others_may_write(&m) {
+                    error!(file = %path.display(), reason = why, "refusing manifest: a user other than root can change it, and its pod would run as root; make it root's and not group- or world-writable (chown root:root, chmod go-w)");
+                    self.files.insert(
+                        path.to_path_buf(),
+                        FileState {
+                            digest: [0; 32],
+                            stamp: st,
+                            parsed: Parsed::Invalid,
+                        },
+                    );
                     return;
                 }
                 seen = Some(st);
@@ -227,6 +277,23 @@ impl ManifestDir {
         // compared each known file with every present one (4 million path
         // comparisons at 2,000 pods, a quarter of the idle agent's CPU), and
         // paths compare and hash component by component.
+        let refused = dir_open_to_others(&self.dir);
+        if refused != self.refused {
+            match &refused {
+                Some(why) => {
+                    error!(dir = %self.dir.display(), reason = why, "refusing the manifest directory: a user other than root can put or replace manifests in it, and their pods would run as root; make it and the directories above it root's and not group- or world-writable")
+                }
+                None if self.refused.is_some() => {
+                    info!(dir = %self.dir.display(), "the manifest directory is trusted again")
+                }
+                None => {}
+            }
+            self.refused = refused;
+        }
+        if self.refused.is_some() {
+            self.files.clear();
+            return Ok(());
+        }
         let mut present = Vec::new();
         let mut names = std::collections::HashSet::new();
         for entry in std::fs::read_dir(&self.dir)? {
@@ -387,6 +454,60 @@ mod tests {
         let pods = src.pods();
         let spec = pods[0].pod.spec.as_ref().unwrap();
         spec.containers[0].command.as_ref().unwrap()[1].clone()
+    }
+
+    /// Run as root (as the suite is): files and directories others can
+    /// change are refused, and trusted again once fixed.
+    #[test]
+    fn manifests_others_can_change_are_refused() {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        if !nix::unistd::geteuid().is_root() {
+            return eprintln!("skipped: needs root to give files away");
+        }
+        let chmod = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let path = dir.path().join("web.yaml");
+        std::fs::write(&path, pod("1")).unwrap();
+        chmod(&path, 0o644);
+        let mut src = ManifestDir::new(dir.path(), "n");
+        let count = |src: &mut ManifestDir| {
+            src.rescan().unwrap();
+            src.pods().len()
+        };
+        assert_eq!(count(&mut src), 1);
+        for (mode, owner, trusted) in [
+            (0o666, (0, 0), false),
+            (0o646, (0, 0), false),
+            (0o664, (0, 0), true),
+            (0o664, (0, 1000), false),
+            (0o644, (1000, 0), false),
+            (0o644, (0, 1000), true),
+            (0o600, (0, 0), true),
+        ] {
+            chmod(&path, mode);
+            chown(&path, Some(owner.0), Some(owner.1)).unwrap();
+            let want = usize::from(trusted);
+            assert_eq!(count(&mut src), want, "file mode {mode:o} owner {owner:?}");
+        }
+        chmod(&path, 0o644);
+        chown(&path, Some(0), Some(0)).unwrap();
+        for (mode, trusted) in [
+            (0o777, false),
+            (0o1777, false),
+            (0o775, true),
+            (0o755, true),
+        ] {
+            chmod(dir.path(), mode);
+            assert_eq!(count(&mut src), usize::from(trusted), "dir mode {mode:o}");
+        }
+        // The event path honours a refused directory too.
+        chmod(dir.path(), 0o757);
+        assert_eq!(count(&mut src), 0);
+        src.update(&path);
+        assert_eq!(src.pods().len(), 0);
     }
 
     #[test]
