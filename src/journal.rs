@@ -373,6 +373,11 @@ impl Attributor {
 
 /// Formats µs since the epoch as the kubelet does (`2006-01-02T15:04:05.000000000Z`).
 pub fn rfc3339_nano(us: u64) -> String {
+    // The width stays fixed past year 9999 too (journald writes what the
+    // clock says): such times print as the latest jiff takes in
+    // microseconds, 9999-12-30T22:00:00Z.
+    const MAX_US: u64 = 253_402_207_200_000_000;
+    let us = us.min(MAX_US);
     let ts = k8s_openapi::jiff::Timestamp::from_microsecond(us as i64)
         .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     format!(
@@ -701,5 +706,8 @@ mod tests {
             rfc3339_nano(1_700_000_000_123_456),
             "2023-11-14T22:13:20.123456000Z"
         );
+        for far in [253_402_300_800_000_000, i64::MAX as u64 + 1, u64::MAX] {
+            assert_eq!(rfc3339_nano(far), "9999-12-30T22:00:00.000000000Z");
+        }
     }
 }

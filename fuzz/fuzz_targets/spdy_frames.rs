@@ -25,10 +25,6 @@ use unitlet::kubelet::spdy::{
     Headers, Limits, RstStatus, Setting, SpdyError,
 };
 
-/// The smallest header-block limit the target uses. `HeaderDecompressor`
-/// panics below 1023 (`clamp(1024, limit + 1)` with min > max in
-/// `decompress`); lower this to 0 once that is fixed.
-const MIN_HEADER_LIMIT: usize = 1023;
 /// Total DATA payload one `Serve` input may send, so that an input cannot
 /// make the target allocate or loop without bound.
 const MAX_SERVE_DATA: usize = 1 << 20;
@@ -138,7 +134,7 @@ fn limits(small: bool) -> Limits {
         Limits {
             max_data_frame: 512,
             max_control_frame: 512,
-            max_header_block: MIN_HEADER_LIMIT.max(1024),
+            max_header_block: 1024,
             max_headers: 4,
         }
     } else {
@@ -255,7 +251,9 @@ fn zlib_prefix() -> Vec<u8> {
 }
 
 fn decompress(zlib_header: bool, limit: u16, blocks: Vec<Vec<u8>>) {
-    let limit = usize::from(limit).max(MIN_HEADER_LIMIT);
+    // Any limit, 0 included (a limit below 1023 once made `decompress`
+    // panic).
+    let limit = usize::from(limit);
     let mut hd = HeaderDecompressor::new(limit);
     for (i, block) in blocks.into_iter().enumerate() {
         let block = if i == 0 && zlib_header {

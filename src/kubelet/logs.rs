@@ -42,15 +42,15 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
+            // Two hex digits exactly: `from_str_radix` would also take a
+            // sign ("%+1").
+            b'%' if b
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("ASCII hex digits");
+                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+                i += 2;
             }
             c => out.push(c),
         }
@@ -113,7 +113,7 @@ pub fn parse(query: &str, now_us: u64) -> Result<Params, String> {
         (Some(_), Some(_)) => {
             return Err("at most one of `sinceTime` or `sinceSeconds` may be specified".into())
         }
-        (Some(s), None) => Some(now_us.saturating_sub(s * 1_000_000)),
+        (Some(s), None) => Some(now_us.saturating_sub(s.saturating_mul(1_000_000))),
         (None, t) => t,
     };
     Ok(p)
@@ -288,6 +288,13 @@ mod tests {
             "tailLines: Invalid value: -1: must be greater than or equal to 0"
         );
         assert_eq!(parse("", now).unwrap(), Params::default());
+        // Further back than the epoch: from the beginning, not an overflow.
+        assert_eq!(
+            parse("sinceSeconds=99999999999999999", now)
+                .unwrap()
+                .since_us,
+            Some(0)
+        );
     }
 
     #[test]
@@ -299,6 +306,15 @@ mod tests {
                 ("d".into(), "e f".into()),
                 ("g".into(), "".into()),
                 ("h".into(), "%zz".into())
+            ]
+        );
+        // Exactly two hex digits: no sign, no short escape at the end.
+        assert_eq!(
+            query_pairs("a=%+1&b=%-f&c=%4"),
+            vec![
+                ("a".to_string(), "% 1".to_string()),
+                ("b".into(), "%-f".into()),
+                ("c".into(), "%4".into())
             ]
         );
     }

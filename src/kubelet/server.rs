@@ -705,6 +705,28 @@ fn ws_streams(
     }
 }
 
+/// The ports a WebSocket port-forward asks for (`port` or `ports`,
+/// repeated or comma-separated, as the kubelet reads them); the error is
+/// the 400 response's text.
+pub fn port_forward_ports(query: &str) -> Result<Vec<u16>, String> {
+    let mut ports: Vec<u16> = Vec::new();
+    for (k, v) in super::logs::query_pairs(query) {
+        if k == "ports" || k == "port" {
+            for p in v.split(',').filter(|p| !p.is_empty()) {
+                match p.trim().parse::<u16>() {
+                    Ok(n) if n > 0 && ports.len() < 128 => ports.push(n),
+                    Ok(n) if n > 0 => break,
+                    _ => return Err(format!("invalid port {p:?}: must be 1 to 65535")),
+                }
+            }
+        }
+    }
+    if ports.is_empty() || ports.len() > 127 {
+        return Err("query parameter \"port\" is required (1 to 127 ports)".into());
+    }
+    Ok(ports)
+}
+
 /// `/portForward/{ns}/{pod}?ports=…`: each port's data channel spliced to
 /// that port on the pod's network (the host's: pods share it), errors on
 /// the port's error channel.
@@ -742,28 +764,10 @@ async fn port_forward(
         });
         return super::streams::head(head);
     }
-    let mut ports: Vec<u16> = Vec::new();
-    for (k, v) in super::logs::query_pairs(req.uri().query().unwrap_or("")) {
-        if k == "ports" || k == "port" {
-            for p in v.split(',').filter(|p| !p.is_empty()) {
-                match p.trim().parse::<u16>() {
-                    Ok(n) if n > 0 => ports.push(n),
-                    _ => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            format!("invalid port {p:?}: must be 1 to 65535"),
-                        )
-                    }
-                }
-            }
-        }
-    }
-    if ports.is_empty() || ports.len() > 127 {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "query parameter \"port\" is required (1 to 127 ports)",
-        );
-    }
+    let ports = match port_forward_ports(req.uri().query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+    };
     if !ws::is_websocket_request(&req) {
         return text(
             StatusCode::BAD_REQUEST,
@@ -979,5 +983,26 @@ mod tests {
             "/unitlet.slice/unitlet-3.slice/unitlet-3-podab.slice"
         );
         assert_eq!(super::slice_cgroup("a.slice"), "/a.slice");
+    }
+
+    #[test]
+    fn port_forward_ports_as_the_kubelet_reads_them() {
+        use super::port_forward_ports as ports;
+        assert_eq!(ports("ports=80,443&port=8080"), Ok(vec![80, 443, 8080]));
+        assert_eq!(ports("ports=%2080"), Ok(vec![80]));
+        assert!(ports("").is_err());
+        assert!(ports("ports=0").is_err());
+        assert!(ports("ports=65536").is_err());
+        assert!(ports("ports=x").is_err());
+        let many = (1..=127)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(ports(&format!("ports={many}")).map(|p| p.len()), Ok(127));
+        let too_many = (1..=1000)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(ports(&format!("ports={too_many}")).is_err());
     }
 }
