@@ -261,7 +261,8 @@ impl ManifestDir {
         );
     }
 
-    /// Re-reads the whole directory. Fails only if the directory cannot be listed.
+    /// Re-reads the whole directory. Fails if the directory cannot be
+    /// listed, or is refused because others can change it.
     pub fn scan(&mut self) -> std::io::Result<()> {
         self.scan_with(false)
     }
@@ -290,9 +291,13 @@ impl ManifestDir {
             }
             self.refused = refused;
         }
-        if self.refused.is_some() {
-            self.files.clear();
-            return Ok(());
+        if let Some(why) = &self.refused {
+            // As a directory that cannot be read: the pods stay as they
+            // were (an agent starting on it stops with this error).
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{}: refused, as a user other than root can change what is in it ({why}); make it and the directories above it root's and not group- or world-writable", self.dir.display()),
+            ));
         }
         let mut present = Vec::new();
         let mut names = std::collections::HashSet::new();
@@ -477,6 +482,7 @@ mod tests {
             src.rescan().unwrap();
             src.pods().len()
         };
+        let refused = |src: &mut ManifestDir| src.rescan().is_err();
         assert_eq!(count(&mut src), 1);
         for (mode, owner, trusted) in [
             (0o666, (0, 0), false),
@@ -494,6 +500,8 @@ mod tests {
         }
         chmod(&path, 0o644);
         chown(&path, Some(0), Some(0)).unwrap();
+        // A refused directory fails the scan (at startup the agent stops
+        // with the error) and keeps the pods as they were.
         for (mode, trusted) in [
             (0o777, false),
             (0o1777, false),
@@ -501,13 +509,18 @@ mod tests {
             (0o755, true),
         ] {
             chmod(dir.path(), mode);
-            assert_eq!(count(&mut src), usize::from(trusted), "dir mode {mode:o}");
+            assert_eq!(refused(&mut src), !trusted, "dir mode {mode:o}");
+            assert_eq!(src.pods().len(), 1, "dir mode {mode:o}");
         }
-        // The event path honours a refused directory too.
+        // Nothing is read from it meanwhile, by the event path either.
         chmod(dir.path(), 0o757);
-        assert_eq!(count(&mut src), 0);
-        src.update(&path);
-        assert_eq!(src.pods().len(), 0);
+        assert!(refused(&mut src));
+        let other = dir.path().join("other.yaml");
+        std::fs::write(&other, pod("1").replace("name: web", "name: other")).unwrap();
+        src.update(&other);
+        assert_eq!(src.pods().len(), 1);
+        chmod(dir.path(), 0o755);
+        assert_eq!(count(&mut src), 2);
     }
 
     #[test]
