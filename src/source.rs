@@ -110,6 +110,9 @@ pub struct ManifestDir {
     /// Why the directory is refused (see [`others_may_write`]), as last
     /// logged; `None` while it is trusted.
     refused: Option<String>,
+    /// What was last said about the directories above it (see
+    /// [`parent_open_to_others`]).
+    parent_warned: Option<String>,
 }
 
 /// Why a file or directory with this metadata lets someone other than
@@ -130,14 +133,16 @@ fn others_may_write(m: &std::fs::Metadata) -> Option<String> {
     }
 }
 
-/// Why `dir` or a directory above it is open to others, if one is. Above
-/// it, a root-owned sticky directory (`/tmp`) is safe: others may add
-/// entries there but not rename or remove root's.
-fn dir_open_to_others(dir: &Path) -> Option<String> {
+/// Why a directory above `dir` is open to others, if one is (a root-owned
+/// sticky directory such as `/tmp` is not: others may add entries there
+/// but not rename or remove root's). Such a directory lets its owner swap
+/// the manifest directory for another; it is warned about, not refused,
+/// since the directory itself is what the agent can hold to a rule.
+fn parent_open_to_others(dir: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    dir.ancestors().enumerate().find_map(|(i, d)| {
+    dir.ancestors().skip(1).find_map(|d| {
         let m = std::fs::metadata(d).ok()?;
-        if i > 0 && m.uid() == 0 && m.mode() & 0o1000 != 0 {
+        if m.uid() == 0 && m.mode() & 0o1000 != 0 {
             return None;
         }
         others_may_write(&m).map(|why| format!("{}: {why}", d.display()))
@@ -160,6 +165,7 @@ impl ManifestDir {
             files: BTreeMap::new(),
             reported_conflicts: HashMap::new(),
             refused: None,
+            parent_warned: None,
         }
     }
 
@@ -274,15 +280,20 @@ impl ManifestDir {
     }
 
     fn scan_with(&mut self, trust_stamps: bool) -> std::io::Result<()> {
-        // Names in a set of plain strings: with a list, every relist
-        // compared each known file with every present one (4 million path
-        // comparisons at 2,000 pods, a quarter of the idle agent's CPU), and
-        // paths compare and hash component by component.
-        let refused = dir_open_to_others(&self.dir);
+        let refused = std::fs::metadata(&self.dir)
+            .ok()
+            .and_then(|m| others_may_write(&m));
+        let parent = parent_open_to_others(&self.dir);
+        if parent != self.parent_warned {
+            if let Some(why) = &parent {
+                warn!(dir = %self.dir.display(), reason = why, "a directory above the manifest directory can be changed by a user other than root, who could replace the manifest directory and have their pods run as root; make it root's and not group- or world-writable");
+            }
+            self.parent_warned = parent;
+        }
         if refused != self.refused {
             match &refused {
                 Some(why) => {
-                    error!(dir = %self.dir.display(), reason = why, "refusing the manifest directory: a user other than root can put or replace manifests in it, and their pods would run as root; make it and the directories above it root's and not group- or world-writable")
+                    error!(dir = %self.dir.display(), reason = why, "refusing the manifest directory: a user other than root can put or replace manifests in it, and their pods would run as root; make it root's and not group- or world-writable")
                 }
                 None if self.refused.is_some() => {
                     info!(dir = %self.dir.display(), "the manifest directory is trusted again")
@@ -296,9 +307,13 @@ impl ManifestDir {
             // were (an agent starting on it stops with this error).
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!("{}: refused, as a user other than root can change what is in it ({why}); make it and the directories above it root's and not group- or world-writable", self.dir.display()),
+                format!("{}: refused, as a user other than root can change what is in it ({why}); make it root's and not group- or world-writable", self.dir.display()),
             ));
         }
+        // Names in a set of plain strings: with a list, every relist
+        // compared each known file with every present one (4 million path
+        // comparisons at 2,000 pods, a quarter of the idle agent's CPU), and
+        // paths compare and hash component by component.
         let mut present = Vec::new();
         let mut names = std::collections::HashSet::new();
         for entry in std::fs::read_dir(&self.dir)? {
