@@ -96,3 +96,27 @@ fn the_agent_waits_for_systemd_to_join_the_bus() {
     });
     wait_for_line(&log, "systemd joined the system bus", &mut agent);
 }
+
+/// On a node whose bus is not up yet (dbus stopped, as before it starts
+/// in a boot) the agent waits for it, then for systemd on it, and runs
+/// pods once both are there.
+#[test]
+fn the_agent_waits_for_the_system_bus_on_a_booted_node() {
+    use support::*;
+    let mut node = Node::boot("bus_not_up");
+    node.sh("systemctl stop dbus.socket dbus.service");
+    node.start_agent(&[]);
+    node.wait_for("the agent to wait for the bus", default_wait(), || {
+        node.agent_lines()
+            .into_iter()
+            .find(|l| l["message"] == "the system bus is not up yet; waiting for it")
+    });
+    node.sh("systemctl start dbus.socket dbus.service");
+    node.wait_synced();
+    node.write_manifest(
+        "p.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c, image: host, command: [sleep, infinity]}\n",
+    );
+    node.wait_pod("p", "running", |p| running(p, "c"));
+    node.stop_agent();
+}

@@ -291,6 +291,11 @@ struct Link {
     subscribed: Arc<tokio::sync::OnceCell<()>>,
 }
 
+/// Whether systemd booted this machine (its `sd_booted` test).
+fn booted_by_systemd() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
 impl Systemd {
     /// Connects to systemd on the system bus.
     pub async fn connect() -> Result<Self, SystemdError> {
@@ -301,15 +306,43 @@ impl Systemd {
     }
 
     async fn open(generation: u64) -> Result<Link, SystemdError> {
-        let conn = zbus::connection::Builder::system()
-            .map_err(SystemdError::Connect)?
-            .method_timeout(METHOD_TIMEOUT)
-            // A full queue stalls the connection, replies included, until
-            // the signal stream (see `unit_events`) is read.
-            .max_queued(CONNECTION_QUEUE)
-            .build()
-            .await
-            .map_err(SystemdError::Connect)?;
+        // systemd's own spelling of the system bus (sd-bus's default), not
+        // the D-Bus specification's `/var/run/...` (zbus's default): early
+        // in a boot `/var/run` may not link to `/run` yet (seen in CI: the
+        // socket was in /run, the agent found nothing in /var/run).
+        let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+            .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".into());
+        let mut told = false;
+        let conn = loop {
+            let built = zbus::connection::Builder::address(address.as_str())
+                .map_err(SystemdError::Connect)?
+                .method_timeout(METHOD_TIMEOUT)
+                // A full queue stalls the connection, replies included,
+                // until the signal stream (see `unit_events`) is read.
+                .max_queued(CONNECTION_QUEUE)
+                .build()
+                .await;
+            match built {
+                Ok(conn) => break conn,
+                // On a machine systemd booted, the bus is only not up yet:
+                // wait for it as for systemd itself (below). Elsewhere the
+                // error says what is wrong at once.
+                Err(zbus::Error::Connection(e, _))
+                    if booted_by_systemd()
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                        ) =>
+                {
+                    if !told {
+                        tracing::warn!(%address, error = %e, "the system bus is not up yet; waiting for it");
+                        told = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(SystemdError::Connect(e)),
+            }
+        };
         Self::wait_for_manager(&conn).await?;
         let manager = ManagerProxy::new(&conn)
             .await
