@@ -9,6 +9,14 @@ use crate::core::translate::HostUser;
 use crate::core::Allocatable;
 use std::path::Path;
 
+/// This boot of the machine (`/proc/sys/kernel/random/boot_id`; empty if
+/// unreadable, which turns the reboot checks off rather than guessing).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// CPUs this process may run on.
 pub fn cpus() -> u64 {
     std::thread::available_parallelism()

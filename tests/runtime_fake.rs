@@ -49,6 +49,8 @@ struct Rig {
     agent: Option<Agent>,
     objects: Option<Arc<dyn ObjectSource>>,
     images: Option<Images>,
+    /// The machine's boot ID the next agent reads.
+    boot_id: String,
 }
 
 /// Every ConfigMap or Secret a pod names holds `k: v`.
@@ -94,6 +96,7 @@ impl Rig {
             agent: None,
             objects: None,
             images: None,
+            boot_id: "boot-1".into(),
         }
     }
 
@@ -134,6 +137,7 @@ impl Rig {
             objects: self.objects.clone(),
             allowed_host_paths: Vec::new(),
             images: self.images.clone(),
+            boot_id: self.boot_id.clone(),
         };
         let (tx, rx) = mpsc::channel(4);
         let runtime = Runtime::new(self.fake.clone(), state, cfg);
@@ -153,6 +157,14 @@ impl Rig {
         if let Some(a) = self.agent.take() {
             a.rt.shutdown_background();
         }
+    }
+
+    /// The machine restarts under a dead agent: its units are gone and the
+    /// boot ID is new; the state directory is kept.
+    fn reboot(&mut self) {
+        self.kill();
+        self.fake.power_cut();
+        self.boot_id = format!("{}+", self.boot_id);
     }
 
     fn set(&self, pods: Vec<Arc<StaticPod>>) {
@@ -491,6 +503,118 @@ fn a_damaged_record_neither_orphans_nor_restarts_its_pod() {
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(saved["pod"]["metadata"]["uid"], uid.as_str());
+}
+
+/// The container status of `c` in the last status reported for pod `p`.
+fn container(rig: &Rig, p: &str, c: &str) -> serde_json::Value {
+    let status = serde_json::to_value(rig.status(p).expect("a status")).unwrap();
+    status["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == c).cloned())
+        .unwrap_or_else(|| panic!("no status of {p}/{c} in {status:#}"))
+}
+
+#[test]
+fn after_a_reboot_each_pod_follows_its_restart_policy() {
+    let mut rig = Rig::new();
+    let always = pod(
+        "always",
+        json!({"initContainers": [sh("init")], "containers": [sh("app")]}),
+    );
+    let never = pod(
+        "never",
+        json!({"restartPolicy": "Never", "containers": [sh("c")]}),
+    );
+    let done = pod(
+        "done",
+        json!({"restartPolicy": "OnFailure", "containers": [sh("c")]}),
+    );
+    let failing = pod(
+        "failing",
+        json!({"restartPolicy": "OnFailure", "containers": [sh("c")]}),
+    );
+    let (init, app) = (rig.unit(&always, "init"), rig.unit(&always, "app"));
+    let (never_c, done_c, failing_c) = (
+        rig.unit(&never, "c"),
+        rig.unit(&done, "c"),
+        rig.unit(&failing, "c"),
+    );
+    let all = vec![always.clone(), never.clone(), done.clone(), failing.clone()];
+    rig.start(all.clone());
+    rig.wait("the init container", || rig.fake.running().contains(&init));
+    rig.fake.exit(&init, 0);
+    rig.wait("everything running", || {
+        let r = rig.fake.running();
+        [&app, &never_c, &done_c, &failing_c]
+            .iter()
+            .all(|u| r.contains(u))
+    });
+    rig.fake.exit(&done_c, 0);
+    rig.wait("Succeeded", || rig.phase("done") == "Succeeded");
+    rig.wait("Running", || {
+        rig.phase("always") == "Running" && rig.phase("failing") == "Running"
+    });
+
+    rig.reboot();
+    rig.start(all);
+    // Always: the pod starts over from its init container.
+    rig.wait("the init container again", || {
+        rig.fake.running().contains(&init)
+    });
+    assert_eq!(
+        rig.starts_of(&app).len(),
+        1,
+        "the app started before its init container"
+    );
+    rig.fake.exit(&init, 0);
+    rig.wait("Running again", || {
+        rig.fake.running().contains(&app) && rig.phase("always") == "Running"
+    });
+    rig.wait("the status of the new instance", || {
+        container(&rig, "always", "app")["restartCount"] == 1
+    });
+    let app_status = container(&rig, "always", "app");
+    let last = &app_status["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 255, "{app_status:#}");
+    assert_eq!(last["reason"], "Unknown", "{app_status:#}");
+    // OnFailure, still running at the reboot: it ran again, counted.
+    rig.wait("failing restarted", || {
+        rig.fake.running().contains(&failing_c)
+            && container(&rig, "failing", "c")["restartCount"] == 1
+    });
+    // Never: it ran once, and the reboot ended it.
+    rig.wait("Failed", || rig.phase("never") == "Failed");
+    let c = container(&rig, "never", "c");
+    assert_eq!(c["state"]["terminated"]["exitCode"], 255, "{c:#}");
+    assert_eq!(c["state"]["terminated"]["reason"], "Unknown", "{c:#}");
+    // OnFailure that had succeeded stays so.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.phase("done"), "Succeeded");
+    assert_eq!(rig.starts_of(&never_c).len(), 1, "a Never pod ran twice");
+    assert_eq!(
+        rig.starts_of(&done_c).len(),
+        1,
+        "a pod that succeeded ran twice"
+    );
+    assert_eq!(rig.starts_of(&init).len(), 2);
+    assert_eq!(rig.starts_of(&app).len(), 2);
+    assert_eq!(rig.starts_of(&failing_c).len(), 2);
+
+    // An agent restarted on the same boot changes none of this.
+    rig.kill();
+    let calls = rig.fake.calls().len();
+    rig.start(vec![always, never, done, failing]);
+    rig.wait("the initial sync", || {
+        rig.agent.as_ref().unwrap().runtime.synced()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let later: Vec<Call> = rig.fake.calls().split_off(calls);
+    assert!(
+        !later
+            .iter()
+            .any(|c| matches!(c, Call::StartTransient { .. } | Call::Stop(_))),
+        "the agent restarted on the same boot acted: {later:#?}"
+    );
 }
 
 #[test]

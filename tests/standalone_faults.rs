@@ -125,3 +125,138 @@ spec:
     assert_eq!(node.identity(&unit), before);
     node.stop_agent();
 }
+
+/// A pod whose container appends a line to `<dir>/<file>` each time it
+/// starts, then runs `then`.
+fn counted(name: &str, policy: &str, file: &str, then: &str, dir: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", "echo run >> {dir}/{file}; {then}"]
+"#
+    )
+}
+
+/// The node restarts with its state directory kept (bound from the work
+/// directory, as a disk would keep it): the units went with the boot,
+/// and each pod follows its restart policy, as the kubelet's pods do after
+/// a reboot. An Always pod starts over from its init container, its
+/// restart counted, its last state the reboot's (exit 255, Unknown); a
+/// Never pod that ran is Failed and does not run twice; an OnFailure pod
+/// that had succeeded stays Succeeded; a pod whose manifest was removed
+/// while the node was down is not started, and its record goes.
+#[test]
+fn after_a_reboot_pods_follow_their_restart_policy_and_nothing_stale_runs() {
+    let mut node = Node::boot("reboot_kept_state");
+    let dir = node.dir.to_string_lossy().into_owned();
+    let keep = format!(
+        "mkdir -p {dir}/state /var/lib/unitlet && mount --bind {dir}/state /var/lib/unitlet"
+    );
+    node.sh(&keep);
+    node.write_manifest(
+        "always.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: always}}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: init
+    image: host
+    command: ["/bin/sh", "-c", "echo run >> {dir}/init-runs"]
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", "echo run >> {dir}/always-runs; exec sleep infinity"]
+"#
+        ),
+    );
+    node.write_manifest(
+        "never.yaml",
+        &counted("never", "Never", "never-runs", "exec sleep infinity", &dir),
+    );
+    node.write_manifest(
+        "done.yaml",
+        &counted("done", "OnFailure", "done-runs", "exit 0", &dir),
+    );
+    node.write_manifest(
+        "gone.yaml",
+        &counted("gone", "Always", "gone-runs", "exec sleep infinity", &dir),
+    );
+    node.start_agent_synced(&[]);
+    node.wait_pod("always", "running", |p| running(p, "c"));
+    node.wait_pod("never", "running", |p| running(p, "c"));
+    node.wait_pod("gone", "running", |p| running(p, "c"));
+    node.wait_pod("done", "Succeeded", |p| phase(p) == "Succeeded");
+    let gone_uid = uid(&node.pod("default", "gone").unwrap());
+    let boot = |node: &Node| node.sh("cat /proc/sys/kernel/random/boot_id");
+    let first_boot = boot(&node);
+
+    node.reboot();
+    node.remove_manifest("gone.yaml");
+    assert_ne!(boot(&node), first_boot, "the node kept its boot ID");
+    assert!(
+        node.units("unitlet_*").is_empty(),
+        "units survived the reboot"
+    );
+    node.sh(&keep);
+    node.start_agent_synced(&[]);
+
+    let always = node.wait_pod("always", "running again, counted", |p| {
+        running(p, "c") && restarts(p, "c") == 1
+    });
+    let last = &cstatus(&always, "c")["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 255, "{always:#}");
+    assert_eq!(last["reason"], "Unknown", "{always:#}");
+    assert_eq!(
+        node.read("init-runs").lines().count(),
+        2,
+        "the init container did not run again"
+    );
+    assert_eq!(node.read("always-runs").lines().count(), 2);
+
+    let never = node.wait_pod("never", "Failed", |p| phase(p) == "Failed");
+    let t = terminated(&never, "c");
+    assert_eq!(
+        (t["exitCode"].as_i64(), t["reason"].as_str()),
+        (Some(255), Some("Unknown")),
+        "{never:#}"
+    );
+
+    node.wait_for("gone's record removed", default_wait(), || {
+        (!std::path::Path::new(&format!("{dir}/state/pods/{gone_uid}")).exists()).then_some(())
+    });
+    // A relist period later, nothing else has run.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(phase(&node.pod("default", "done").unwrap()), "Succeeded");
+    assert!(
+        node.pod("default", "gone").is_none(),
+        "the removed pod is listed"
+    );
+    assert_eq!(
+        node.read("never-runs").lines().count(),
+        1,
+        "a Never pod ran twice"
+    );
+    assert_eq!(
+        node.read("done-runs").lines().count(),
+        1,
+        "a pod that succeeded ran again"
+    );
+    assert_eq!(
+        node.read("gone-runs").lines().count(),
+        1,
+        "a removed pod ran again"
+    );
+    assert!(node.units("unitlet_default_gone_*").is_empty());
+}

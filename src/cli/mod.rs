@@ -525,6 +525,7 @@ impl ReconcilerArgs {
             max_starting: self.max_starting as usize,
             reports: None,
             allowed_host_paths: self.allowed_host_paths.clone(),
+            boot_id: crate::host::boot_id(),
         }
     }
 }

@@ -332,7 +332,7 @@ pub fn read_host_facts(state_dir: &std::path::Path, systemd_version: String) -> 
         memory_bytes,
         ephemeral_storage_bytes,
         machine_id: read("/etc/machine-id"),
-        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        boot_id: crate::host::boot_id(),
         kernel_version: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),

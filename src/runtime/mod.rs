@@ -82,6 +82,9 @@ pub struct Config {
     pub allowed_host_paths: Vec<String>,
     /// The node's images; `None`: only `image: host` runs.
     pub images: Option<crate::images::manager::Images>,
+    /// This boot of the machine ([`crate::host::boot_id`]): a container
+    /// recorded running on another boot ended with it.
+    pub boot_id: String,
 }
 
 pub use crate::clock::now_us;
@@ -154,6 +157,9 @@ struct Pass {
     /// Every regular container has ended for good (restart policy Never
     /// or OnFailure): sidecars are stopped, not restarted.
     apps_done: bool,
+    /// The pod starts over if its units went with an earlier boot
+    /// ([`decide::pod_restarts`]).
+    pod_restarts: bool,
     /// Containers whose unit waits for their image this pass.
     image_wait: HashSet<String>,
     /// The imageID of the image each container's unit is being made from.

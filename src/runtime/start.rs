@@ -107,6 +107,12 @@ impl Runtime {
                         _ => false,
                     }
                 }),
+            pod_restarts: decide::pod_restarts(
+                &policy,
+                plan.containers
+                    .iter()
+                    .map(|c| records.get(&c.name).map(|r| &**r)),
+            ),
             ..Pass::default()
         };
         // Init containers, one at a time, each to success; a sidecar only
@@ -332,6 +338,8 @@ impl Runtime {
             backoff: &s.cfg.backoff,
             restart_issued: &memo.restart_issued,
             leftovers_killed: &memo.leftovers_killed,
+            boot_id: &s.cfg.boot_id,
+            pod_restarts: pass.pod_restarts,
         };
         let d = decide::decide(c, rec, unit, &cx);
         if d.changed {

@@ -130,6 +130,14 @@ impl FakeUnits {
         st.units.insert(name.into(), snap);
     }
 
+    /// The machine restarts: every unit and slice is gone (transient
+    /// units live in /run), without a call or a signal.
+    pub fn power_cut(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.units.clear();
+        st.slices.clear();
+    }
+
     /// How `unit`'s process answers SIGTERM from now on.
     pub fn on_stop(&self, unit: &str, how: OnStop) {
         self.state.lock().unwrap().on_stop.insert(unit.into(), how);

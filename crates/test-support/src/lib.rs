@@ -108,6 +108,15 @@ fn machine_name(test: &str) -> String {
     )
 }
 
+fn boot_sandbox(opts: &SandboxOptions) -> Sandbox {
+    Sandbox::boot(opts).unwrap_or_else(|e| {
+        panic!(
+            "cannot boot sandbox node {:?} (these tests need root and systemd-nspawn): {e}",
+            opts.name
+        )
+    })
+}
+
 /// The running agent: the nsenter child we spawned and unitlet inside it.
 struct Agent {
     /// `nsenter`, which forks because it enters a PID namespace: unitlet is its child.
@@ -119,6 +128,8 @@ struct Agent {
 /// A booted node with (optionally) a unitlet agent running in it.
 pub struct Node {
     sb: Sandbox,
+    /// How the node was booted (for [`Node::reboot`]).
+    opts: SandboxOptions,
     /// Machine name, also the node's host name and unitlet's node name.
     pub name: String,
     /// Work directory, the same path inside the node and on the host.
@@ -145,26 +156,34 @@ impl Node {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).expect("creating the node's work directory");
         let bin_dir = Path::new(bin()).parent().expect("binary has a directory");
-        let sb = Sandbox::boot(&SandboxOptions {
+        let opts = SandboxOptions {
             name: name.clone(),
             binds: vec![dir.clone()],
             ro_binds: vec![bin_dir.to_path_buf()],
             console_log: Some(dir.join("console.log")),
             network_namespace: netns,
-        })
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot boot sandbox node {name:?} (these tests need root and systemd-nspawn): {e}"
-            )
-        });
+        };
         Node {
-            sb,
+            sb: boot_sandbox(&opts),
+            opts,
             name,
             dir,
             manifests,
             agent: None,
             log_offset: 0,
         }
+    }
+
+    /// Restarts the machine: the agent, if one runs, dies with it (as
+    /// in a power cut, it is not asked to stop), systemd powers the node
+    /// off (stopping every unit), and the node boots again with a new boot
+    /// ID. Only the work directory is kept; the volatile root is new.
+    pub fn reboot(&mut self) {
+        if self.agent.is_some() {
+            self.kill_agent_9();
+        }
+        self.sb.shutdown();
+        self.sb = boot_sandbox(&self.opts);
     }
 
     /// The node's systemd, as the host sees it (for `nsenter -t`).

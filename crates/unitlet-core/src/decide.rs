@@ -47,6 +47,37 @@ pub struct Context<'a> {
     pub restart_issued: &'a HashSet<String>,
     /// Invocations whose leftover processes were killed already.
     pub leftovers_killed: &'a HashSet<String>,
+    /// The machine's boot ID (`/proc/sys/kernel/random/boot_id`): an
+    /// instance recorded running on another boot ended with it.
+    pub boot_id: &'a str,
+    /// The pod starts over after such a reboot (see [`pod_restarts`]).
+    pub pod_restarts: bool,
+}
+
+/// Whether a pod whose units went with an earlier boot starts over: the
+/// kubelet's rule for a pod whose sandbox is gone. Not under `Never`
+/// (its containers ran once), nor once every regular container has ended
+/// for good (an `OnFailure` pod that succeeded).
+pub fn pod_restarts<'r>(
+    policy: &str,
+    regular: impl IntoIterator<Item = Option<&'r ContainerRecord>>,
+) -> bool {
+    policy != "Never"
+        && regular
+            .into_iter()
+            .any(|r| r.is_none_or(|r| r.finished.is_none()))
+}
+
+/// The instance `record` remembers, when its unit is gone because the
+/// machine has booted since it was seen.
+fn stale_run<'r>(
+    record: &'r ContainerRecord,
+    unit: Option<&UnitSnapshot>,
+    cx: &Context<'_>,
+) -> Option<&'r observe::LastRun> {
+    let run = record.run.as_deref()?;
+    let gone = observe::instance(unit) == Instance::Absent;
+    (gone && !cx.boot_id.is_empty() && run.boot_id != cx.boot_id).then_some(run)
 }
 
 /// One thing to do.
@@ -147,7 +178,75 @@ pub fn decide(
             message,
         })
     };
-    let inst = instance_of(unit, Some(record));
+    let mut inst = instance_of(unit, Some(record));
+    if let Some(run) = stale_run(record, unit, cx) {
+        // The unit went with an earlier boot of the machine, and with it
+        // the instance the record knows. As the kubelet when the pod's
+        // sandbox is gone: under `Never` nothing runs again; otherwise the
+        // pod starts over (init containers anew, except under `OnFailure`
+        // a regular container that succeeded), each start counted as a
+        // restart of the instance the reboot ended.
+        let t = match record.finished.as_deref() {
+            Some(f) if f.container_id.strip_prefix("systemd://") == Some(&run.invocation) => {
+                f.clone()
+            }
+            _ => run.lost(cx.now_us),
+        };
+        let again = if cx.init || c.sidecar {
+            cx.pod_restarts
+        } else {
+            observe::should_restart(cx.policy, t.exit_code)
+        };
+        if !again {
+            if record.finished.is_none() {
+                finish(&mut d, &t);
+            }
+            d.step = if cx.init && !c.sidecar && t.exit_code == 0 {
+                Step::Succeeded
+            } else {
+                Step::Finished
+            };
+            return d;
+        }
+        if record.restart_of.as_deref() != Some(run.invocation.as_str()) {
+            let rec = &mut d.record;
+            rec.finished = None;
+            rec.restart_of = Some(run.invocation.clone());
+            rec.restarting = Some(Box::new(t));
+            rec.restart_at_us = cx.now_us;
+            // The back-off lived in the earlier boot's kubelet.
+            rec.backoff = Default::default();
+            d.changed = true;
+        }
+        inst = Instance::Absent;
+    }
+    // The instance systemd shows (not one kept in the record): remembered
+    // with the boot it runs in.
+    let shown = match (&inst, unit) {
+        (
+            Instance::Running {
+                invocation,
+                started_us,
+            },
+            Some(u),
+        ) => Some((invocation, *started_us, u.main_pid)),
+        (Instance::Terminated(t, invocation), Some(u)) if !u.invocation_id.is_empty() => {
+            Some((invocation, t.started_us, t.pid))
+        }
+        _ => None,
+    };
+    if let Some((invocation, started_us, pid)) = shown {
+        let seen = d.record.run.as_deref();
+        if seen.is_none_or(|r| r.invocation != *invocation || r.boot_id != cx.boot_id) {
+            d.record.run = Some(Box::new(observe::LastRun {
+                boot_id: cx.boot_id.to_string(),
+                invocation: invocation.clone(),
+                started_us,
+                pid,
+            }));
+            d.changed = true;
+        }
+    }
     let spec = match &c.spec {
         Ok(spec) => spec,
         Err(w) => {
@@ -437,8 +536,130 @@ mod tests {
                 backoff: &self.backoff,
                 restart_issued: &self.issued,
                 leftovers_killed: &self.killed,
+                boot_id: "boot-2",
+                pod_restarts: policy != "Never",
             }
         }
+    }
+
+    /// A record whose instance `aa` ran on boot `boot`.
+    fn ran_on(boot: &str) -> ContainerRecord {
+        ContainerRecord {
+            run: Some(Box::new(observe::LastRun {
+                boot_id: boot.into(),
+                invocation: "aa".into(),
+                started_us: 50 * S,
+                pid: 10,
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// (policy, init, ended for good before the reboot with exit code) →
+    /// what a container whose unit went with an earlier boot gets.
+    #[test]
+    fn a_run_of_an_earlier_boot_ended_with_it() {
+        let table: &[(&str, bool, Option<i32>, Step, &[&str])] = &[
+            ("Always", false, None, Step::Waiting, &["create-restart"]),
+            ("OnFailure", false, None, Step::Waiting, &["create-restart"]),
+            ("Never", false, None, Step::Finished, &[]),
+            ("OnFailure", false, Some(0), Step::Finished, &[]),
+            ("Never", false, Some(1), Step::Finished, &[]),
+            // Init containers run again when the pod starts over.
+            ("Always", true, Some(0), Step::Waiting, &["create-restart"]),
+            (
+                "OnFailure",
+                true,
+                Some(0),
+                Step::Waiting,
+                &["create-restart"],
+            ),
+            ("Never", true, Some(0), Step::Succeeded, &[]),
+            ("Never", true, None, Step::Finished, &[]),
+        ];
+        for &(policy, init, ended, step, want) in table {
+            let c = plan(policy, init, false);
+            let cx = Cx::new();
+            let mut rec = ran_on("boot-1");
+            if let Some(code) = ended {
+                let mut t = observe::instance(Some(&exited("aa", code, 60 * S)));
+                if let Instance::Terminated(t, _) = &mut t {
+                    rec.finished = Some(Box::new(t.clone()));
+                }
+            }
+            let d = decide(&c, &rec, None, &cx.at(policy, init, 100 * S));
+            let what = format!("{policy} init={init} ended={ended:?}");
+            assert_eq!(d.step, step, "{what}");
+            assert_eq!(kinds(&d), want, "{what}");
+            let ended_as = match step {
+                Step::Waiting => {
+                    assert_eq!(d.record.restart_of.as_deref(), Some("aa"), "{what}");
+                    assert!(d.record.finished.is_none(), "{what}");
+                    d.record.restarting.clone()
+                }
+                _ => d.record.finished.clone(),
+            }
+            .expect(&what);
+            match ended {
+                Some(code) => assert_eq!(ended_as.exit_code, code, "{what}"),
+                None => {
+                    assert_eq!(
+                        (ended_as.exit_code, ended_as.reason.as_str()),
+                        (255, "Unknown"),
+                        "{what}"
+                    );
+                    assert_eq!(ended_as.container_id, "systemd://aa", "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_unit_gone_on_the_same_boot_is_created_not_restarted() {
+        let c = plan("Never", false, false);
+        let cx = Cx::new();
+        let d = decide(&c, &ran_on("boot-2"), None, &cx.at("Never", false, 100 * S));
+        assert_eq!(kinds(&d), ["create"]);
+        // No boot ID known: nothing is assumed.
+        let mut unknown = cx.at("Never", false, 100 * S);
+        unknown.boot_id = "";
+        let d = decide(&c, &ran_on("boot-1"), None, &unknown);
+        assert_eq!(kinds(&d), ["create"]);
+    }
+
+    #[test]
+    fn the_instance_seen_is_remembered_with_its_boot() {
+        let c = plan("Always", false, false);
+        let cx = Cx::new();
+        let d = decide(
+            &c,
+            &ran_on("boot-1"),
+            Some(&running("bb", 90 * S)),
+            &cx.at("Always", false, 100 * S),
+        );
+        let run = d.record.run.as_deref().unwrap();
+        assert_eq!(
+            (run.boot_id.as_str(), run.invocation.as_str()),
+            ("boot-2", "bb")
+        );
+        assert_eq!((run.started_us, run.pid), (90 * S, 10));
+        assert!(d.changed);
+        // Seen again: nothing to write.
+        let again = decide(
+            &c,
+            &d.record,
+            Some(&running("bb", 90 * S)),
+            &cx.at("Always", false, 101 * S),
+        );
+        assert!(!again.changed);
+        // An instance seen only once it had ended is remembered too.
+        let d = decide(
+            &c,
+            &d.record,
+            Some(&exited("cc", 1, 99 * S)),
+            &cx.at("Always", false, 100 * S),
+        );
+        assert_eq!(d.record.run.as_deref().unwrap().invocation, "cc");
     }
 
     fn kinds(d: &Decision) -> Vec<String> {

@@ -205,6 +205,45 @@ pub struct ContainerRecord {
     /// The `imageID` of the image the current unit was made from.
     #[serde(default)]
     pub image_id: Option<String>,
+    /// The instance last seen running, and on which boot of the machine:
+    /// after a reboot its unit is gone with the boot, and that instance
+    /// ended (as after a crash) rather than never having run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Box<LastRun>>,
+}
+
+/// A container instance seen running (see [`ContainerRecord::run`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// `/proc/sys/kernel/random/boot_id` when it ran.
+    pub boot_id: String,
+    /// Its systemd invocation ID.
+    pub invocation: String,
+    /// When its main process started, µs since the epoch.
+    pub started_us: u64,
+    /// Its main process (selects its output in the journal).
+    pub pid: u32,
+}
+
+impl LastRun {
+    /// How an instance ended that a reboot took away: what containerd
+    /// reports to the kubelet for a container whose task is gone with the
+    /// machine (exit code 255, reason `Unknown`); the time it ended is not
+    /// known, so `now_us`, when the agent found out, stands in.
+    pub fn lost(&self, now_us: u64) -> Termination {
+        Termination {
+            exit_code: 255,
+            signal: None,
+            reason: "Unknown".into(),
+            message: Some(
+                "the machine restarted while the container ran (its boot ID changed)".into(),
+            ),
+            started_us: self.started_us,
+            finished_us: now_us.max(self.started_us),
+            container_id: format!("systemd://{}", self.invocation),
+            pid: self.pid,
+        }
+    }
 }
 
 /// Probe results of one container instance.
