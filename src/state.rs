@@ -45,6 +45,23 @@ pub struct PodRecord {
     /// never started again, also by a restarted agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evicted: Option<crate::core::eviction::Evicted>,
+    /// The pod's termination under way: a restarted agent carries it on
+    /// rather than starting it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<Stopping>,
+}
+
+/// How far a pod's termination has gone (see [`PodRecord::stopping`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    /// When it began, µs since the epoch: the grace period counts from
+    /// here, not from when an agent restarted.
+    pub since_us: u64,
+    /// Units whose preStop hook has run to its end: not run again. (A hook
+    /// an agent's death cut short may run again, which Kubernetes allows:
+    /// hooks are delivered at least once.)
+    #[serde(default)]
+    pub hooks_done: Vec<String>,
 }
 
 impl PodRecord {

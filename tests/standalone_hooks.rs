@@ -78,3 +78,96 @@ spec:
     assert!(log.contains("postStart hook failed"), "{log}");
     node.stop_agent();
 }
+
+/// The agent dies (`kill -9`) while a pod is stopping, once after its
+/// preStop hook has finished and the container has its SIGTERM, once in
+/// the middle of the hook: the restarted agent carries the termination
+/// through (unit gone, record removed), never runs a hook that finished
+/// again, and runs one that was cut short to its end before SIGTERM.
+#[test]
+fn a_termination_survives_the_agents_death_without_a_second_pre_stop() {
+    let mut node = Node::boot("hooks_kill_9_stopping");
+    let dir = node.path("");
+    let pod = |name: &str, hook: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: c
+    image: host
+    command: [/bin/sh, -c, 'trap "echo term >> {dir}/{name}-term; sleep 3; exit 0" TERM; while :; do sleep 0.1; done']
+    lifecycle:
+      preStop:
+        exec: {{command: [/bin/sh, -c, '{hook}']}}
+"#
+        )
+    };
+    node.write_manifest(
+        "done.yaml",
+        &pod("done", &format!("echo pre >> {dir}/done-pre")),
+    );
+    node.write_manifest(
+        "cut.yaml",
+        &pod(
+            "cut",
+            &format!("echo begun >> {dir}/cut-pre; sleep 2; echo ended >> {dir}/cut-pre"),
+        ),
+    );
+    node.start_agent_synced(&[]);
+    node.wait_pod("done", "running", |p| running(p, "c"));
+    node.wait_pod("cut", "running", |p| running(p, "c"));
+    let (done_unit, cut_unit) = (
+        node.unit_of("default", "done", "c"),
+        node.unit_of("default", "cut", "c"),
+    );
+    let uids = [
+        uid(&node.pod("default", "done").unwrap()),
+        uid(&node.pod("default", "cut").unwrap()),
+    ];
+
+    // done: its hook finished, its SIGTERM handler is running.
+    node.remove_manifest("done.yaml");
+    node.wait_file("done's SIGTERM handler", "done-term");
+    node.kill_agent_9();
+    node.start_agent_synced(&[]);
+    node.wait_pod_gone("default", "done");
+
+    // cut: killed in the middle of its hook.
+    node.remove_manifest("cut.yaml");
+    node.wait_file("cut's hook begun", "cut-pre");
+    node.kill_agent_9();
+    node.start_agent_synced(&[]);
+    node.wait_pod_gone("default", "cut");
+
+    for unit in [&done_unit, &cut_unit] {
+        node.wait_for(&format!("{unit} gone"), default_wait(), || {
+            node.units(unit).is_empty().then_some(())
+        });
+    }
+    for uid in uids {
+        assert!(
+            !std::path::Path::new(&format!(
+                "/proc/{}/root/var/lib/unitlet/pods/{uid}",
+                node.sandbox_pid()
+            ))
+            .exists(),
+            "the record of {uid} was kept"
+        );
+    }
+    assert_eq!(
+        node.read("done-pre"),
+        "pre\n",
+        "a finished preStop hook ran again"
+    );
+    assert_eq!(node.read("done-term"), "term\n");
+    let cut = node.read("cut-pre");
+    assert!(
+        cut.ends_with("ended\n") && cut.lines().filter(|l| *l == "begun").count() <= 2,
+        "the preStop hook cut short was not run to its end: {cut:?}"
+    );
+    assert_eq!(node.read("cut-term"), "term\n");
+}

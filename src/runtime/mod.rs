@@ -700,6 +700,7 @@ impl Runtime {
                     admitted_us: now,
                     live: Default::default(),
                     evicted: None,
+                    stopping: None,
                 };
                 if let Err(e) = s.state.save_pod(&rec) {
                     // Not started unrecorded (a restarted agent would not

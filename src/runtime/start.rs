@@ -55,11 +55,21 @@ impl Runtime {
         let s = &self.shared;
         let exceeded = self.deadline_exceeded(uid);
         let (plan, policy, mut records, units, mut memo, pod, live, ended_before) = {
-            let inner = s.inner.lock().unwrap();
-            let Some(e) = inner.pods.get(uid) else { return };
+            let mut inner = s.inner.lock().unwrap();
+            let Some(e) = inner.pods.get_mut(uid) else {
+                return;
+            };
             if e.terminating {
                 return;
             }
+            if e.rec.stopping.take().is_some() {
+                // An earlier agent's termination of a pod wanted again (its
+                // manifest came back): a later one starts afresh.
+                if let Err(err) = s.state.save_pod(&e.rec) {
+                    warn!(uid, error = %err, "cannot record that the pod is no longer stopping");
+                }
+            }
+            let e = &inner.pods[uid];
             let pod = (!e.plan.volumes.is_empty()).then(|| e.rec.pod.clone());
             let units: HashMap<String, UnitSnapshot> = e
                 .plan

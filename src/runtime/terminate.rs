@@ -24,6 +24,8 @@ impl Runtime {
         let mut sidecars: Vec<(String, Option<crate::core::probe::Hook>)> = Vec::new();
         let mut others: Vec<String> = Vec::new();
         let mut pod_grace_s = 30;
+        // Of a termination an earlier agent began: how long ago.
+        let mut elapsed_s = 0;
         let (slice, units, key, first) = {
             let mut guard = s.inner.lock().unwrap();
             let inner = &mut *guard;
@@ -68,6 +70,21 @@ impl Runtime {
             s.probing.lock().unwrap().retain(|(u, _), _| u != uid);
             let units: Vec<String> = e.plan.unit_names().map(str::to_string).collect();
             if first {
+                // Kept on disk, so that an agent restarted during the
+                // termination goes on with it (see `Stopping`).
+                if e.rec.stopping.is_none() {
+                    e.rec.stopping = Some(crate::state::Stopping {
+                        since_us: now_us(),
+                        hooks_done: Vec::new(),
+                    });
+                    if let Err(err) = s.state.save_pod(&e.rec) {
+                        warn!(uid, error = %err, "cannot record that the pod is stopping; an agent restarted now would run its preStop hooks again");
+                    }
+                }
+                let stopping = e.rec.stopping.as_ref().expect("set above");
+                elapsed_s = now_us().saturating_sub(stopping.since_us) / 1_000_000;
+                // The preStop hooks it saw through.
+                let hooks_done = stopping.hooks_done.clone();
                 pod_grace_s =
                     e.rec
                         .pod
@@ -81,10 +98,15 @@ impl Runtime {
                         .units
                         .get(&c.unit)
                         .is_some_and(|u| matches!(instance(Some(u)), Instance::Running { .. }));
+                    let hook = c
+                        .hooks
+                        .pre_stop
+                        .clone()
+                        .filter(|_| !hooks_done.contains(&c.unit));
                     if running && c.sidecar {
-                        sidecars.push((c.unit.clone(), c.hooks.pre_stop.clone()));
-                    } else if let (true, Some(h)) = (running, &c.hooks.pre_stop) {
-                        pre_stops.push((c.unit.clone(), h.clone()));
+                        sidecars.push((c.unit.clone(), hook));
+                    } else if let (true, Some(h)) = (running, hook) {
+                        pre_stops.push((c.unit.clone(), h));
                     }
                     if running && !c.sidecar {
                         others.push(c.unit.clone());
@@ -127,6 +149,7 @@ impl Runtime {
                 // timeout; a shorter one asked at deletion is enforced here.
                 let sd = s.sd.clone();
                 let units = units.clone();
+                let g = g.saturating_sub(elapsed_s);
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(g)).await;
                     for unit in &units {
@@ -143,20 +166,23 @@ impl Runtime {
                 // stop (SIGTERM); with sidecars, the other containers stop
                 // first. Not in this worker, which must not wait.
                 let sd = s.sd.clone();
-                let within = Duration::from_secs(grace_s.unwrap_or(pod_grace_s));
+                let within =
+                    Duration::from_secs(grace_s.unwrap_or(pod_grace_s).saturating_sub(elapsed_s));
+                let (me, uid) = (self.clone(), uid.to_string());
                 tokio::spawn(async move {
                     let deadline = tokio::time::Instant::now() + within;
                     let run_all = |hooks: Vec<(String, crate::core::probe::Hook)>| {
-                        let sd = sd.clone();
+                        let (sd, me, uid) = (sd.clone(), me.clone(), uid.clone());
                         async move {
                             let runs = hooks.into_iter().map(|(unit, hook)| {
-                                let sd = sd.clone();
+                                let (sd, me, uid) = (sd.clone(), me.clone(), uid.clone());
                                 async move {
                                     if let Err(e) =
                                         probes::run_hook(&*sd, &unit, &hook, within).await
                                     {
                                         warn!(unit, error = e, "preStop hook failed");
                                     }
+                                    me.pre_stop_done(&uid, unit);
                                 }
                             });
                             futures_util::future::join_all(runs).await;
@@ -264,6 +290,22 @@ impl Runtime {
         }
         for w in waiting {
             s.pods_q.add(&w);
+        }
+    }
+
+    /// Records that the preStop hook of `unit` of pod `uid` has ended.
+    fn pre_stop_done(&self, uid: &str, unit: String) {
+        let s = &self.shared;
+        let mut inner = s.inner.lock().unwrap();
+        let Some(e) = inner.pods.get_mut(uid) else {
+            return;
+        };
+        let Some(stopping) = e.rec.stopping.as_mut() else {
+            return;
+        };
+        stopping.hooks_done.push(unit);
+        if let Err(err) = s.state.save_pod(&e.rec) {
+            warn!(uid, error = %err, "cannot record that a preStop hook ran; an agent restarted now would run it again");
         }
     }
 
