@@ -976,3 +976,498 @@ fn the_serving_certificate_comes_from_a_csr_and_is_renewed() {
     assert!(api.csrs().len() >= 2);
     node.stop_agent();
 }
+
+/// A client certificate to issue: file name, CN, O, and validity (two
+/// (year, month, day) dates; None is rcgen's default, 1975 to 4096).
+type ClientSpec<'a> = (&'a str, &'a str, &'a str, Option<[(i32, u8, u8); 2]>);
+
+/// One CA, written as `{prefix}-ca.pem`, and a client certificate it issued
+/// for each of `clients`.
+fn client_pkis(node: &Node, prefix: &str, clients: &[ClientSpec]) -> Vec<Pki> {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{prefix} CA"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let write = |name: &str, pem: String| {
+        std::fs::write(node.dir.join(name), pem).unwrap();
+        node.path(name)
+    };
+    let ca_path = write(&format!("{prefix}-ca.pem"), ca.pem());
+    clients
+        .iter()
+        .map(|(file, cn, org, validity)| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, *cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *org);
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            if let Some([(y0, m0, d0), (y1, m1, d1)]) = *validity {
+                params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+                params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+            }
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            Pki {
+                ca: ca_path.clone(),
+                cert: write(&format!("{prefix}-{file}-cert.pem"), cert.pem()),
+                key: write(&format!("{prefix}-{file}-key.pem"), key.serialize_pem()),
+            }
+        })
+        .collect()
+}
+
+/// What a caller of the kubelet API presents.
+enum Cred<'a> {
+    Nothing,
+    Cert(&'a Pki),
+    Token(&'a str),
+}
+
+/// One request from the host's curl (HTTP/1.1, as upgrades need): the HTTP
+/// status (0: no HTTP answer at all, the TLS handshake was refused) and
+/// everything that came back, headers and body.
+fn kubelet_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    cred: &Cred,
+    max_time: u32,
+) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sk", "--http1.1", "-i", "--max-time"])
+        .arg(max_time.to_string())
+        .args(["-X", method, "-w", "\n%{http_code}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    match cred {
+        Cred::Nothing => {}
+        Cred::Cert(p) => {
+            cmd.args(["--cert", &p.cert, "--key", &p.key]);
+        }
+        Cred::Token(t) => {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (got, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), got.to_string())
+}
+
+/// Issue #15, item 3: every endpoint of the kubelet API (those unitlet
+/// serves and those a kubelet serves that unitlet does not), called as a
+/// client would (plain, and with SPDY and WebSocket upgrades for the
+/// streaming ones), with every kind of bad credential: no credentials, a
+/// client certificate from a CA the agent does not trust, an expired one
+/// from the CA it trusts, bearer tokens the TokenReview refuses, and a
+/// certificate and a token of users the SubjectAccessReview denies. Every
+/// cell is refused with the kubelet's status (401 unauthenticated, 403
+/// denied; a certificate that does not verify is refused in the TLS
+/// handshake, or 401 as the kubelet answers it), and nothing of the pod
+/// (its output, its spec, its uid) comes back. Two authorized callers (a
+/// certificate and a token) are the controls: they reach every endpoint
+/// and read the pod's output.
+#[test]
+fn every_endpoint_refuses_every_bad_credential() {
+    let started = std::time::Instant::now();
+    let api = ApiServer::start();
+    let mut node = Node::boot("kubelet_api_refusals");
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    let trusted = client_pkis(
+        &node,
+        "trusted",
+        &[
+            (
+                "admin",
+                "kube-apiserver-kubelet-client",
+                "system:masters",
+                None,
+            ),
+            // Expired yesterday and long before: valid 2020-01-01 to 01-02.
+            (
+                "expired",
+                "expired-admin",
+                "system:masters",
+                Some([(2020, 1, 1), (2020, 1, 2)]),
+            ),
+            ("eve", "eve", "developers", None),
+        ],
+    );
+    let (admin, expired, eve) = (&trusted[0], &trusted[1], &trusted[2]);
+    let strangers = client_pkis(
+        &node,
+        "stranger",
+        &[(
+            "admin",
+            "kube-apiserver-kubelet-client",
+            "system:masters",
+            None,
+        )],
+    );
+    let stranger = &strangers[0];
+    // Tokens: one TokenReview authenticates into system:masters, one
+    // (a user with no rules) the SubjectAccessReview denies, one no
+    // authenticator knows, and a service account token this API server
+    // signed that expired an hour ago.
+    api.add_static_token("admin-token", "token-admin", &["system:masters"]);
+    api.add_static_token("mallory-token", "mallory", &[]);
+    let unknown_token = "no-authenticator-knows-this-token";
+    let now = jiff::Timestamp::now().as_second();
+    let expired_token = api.sign_token_claims(&json!({
+        "iss": support::apiserver::API_AUDIENCE,
+        "aud": [support::apiserver::API_AUDIENCE],
+        "sub": "system:serviceaccount:default:default",
+        "iat": now - 7200, "nbf": now - 7200, "exp": now - 3600,
+        "kubernetes.io": {"namespace": "default",
+            "serviceaccount": {"name": "default", "uid": "5b0c6a48-0d7e-4d0e-9d1c-2f6b3c1f0a11"}}
+    }));
+    // Webhook authentication and authorization, anonymous off (the
+    // defaults): TokenReview and SubjectAccessReview against the API server.
+    let port = free_port();
+    let port_s = port.to_string();
+    node.start_node_agent(
+        &kc,
+        &[
+            "--port",
+            &port_s,
+            "--self-signed-serving-cert",
+            "--client-ca-file",
+            &admin.ca,
+        ],
+    );
+    let nn = node.name.clone();
+    let marker = format!(
+        "canary-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "leaky", "namespace": "default"},
+            "spec": {"nodeName": nn, "containers": [{
+                "name": "c", "image": "host",
+                "env": [{"name": "MARKER", "value": marker}],
+                "command": ["/bin/sh", "-c", "while :; do echo \"$MARKER\"; sleep 0.2; done"],
+                "readinessProbe": {"periodSeconds": 1, "exec": {"command": ["/bin/true"]}}
+            }]}
+        }),
+    );
+    // The positive control: an authorized caller reads the marker.
+    node.wait_for("the marker in the pod's logs", default_wait(), || {
+        let (code, got) = kubelet_request(
+            port,
+            "GET",
+            "/containerLogs/default/leaky/c?tailLines=5",
+            &[],
+            &Cred::Cert(admin),
+            10,
+        );
+        (code == 200 && got.contains(&marker)).then_some(())
+    });
+    let uid = api.get("pods", Some("default"), "leaky").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Nothing of the pod may come back to a refused caller: its output
+    // and spec (the marker), its uid (stats, metrics, the pod list).
+    let canaries = [marker.as_str(), uid.as_str()];
+
+    const SPDY: &[&str] = &[
+        "Connection: Upgrade",
+        "Upgrade: SPDY/3.1",
+        "X-Stream-Protocol-Version: v4.channel.k8s.io",
+    ];
+    const SPDY_PF: &[&str] = &[
+        "Connection: Upgrade",
+        "Upgrade: SPDY/3.1",
+        "X-Stream-Protocol-Version: portforward.k8s.io",
+    ];
+    const WS: &[&str] = &[
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Protocol: v5.channel.k8s.io",
+    ];
+    const WS_PF: &[&str] = &[
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Protocol: v4.channel.k8s.io",
+    ];
+    let exec_q = "command=/bin/sh&command=-c&command=echo+%24MARKER&stdout=1&stderr=1";
+    // (label, method, path, headers). The first group is what
+    // src/kubelet/server.rs routes; the second, paths a kubelet serves that
+    // unitlet does not (404 once authorized), and one no kubelet has.
+    let endpoints: Vec<(&str, &str, String, &[&str])> = vec![
+        ("healthz", "GET", "/healthz".into(), &[]),
+        ("pods", "GET", "/pods".into(), &[]),
+        ("stats/summary", "GET", "/stats/summary".into(), &[]),
+        ("metrics", "GET", "/metrics".into(), &[]),
+        ("metrics/cadvisor", "GET", "/metrics/cadvisor".into(), &[]),
+        ("metrics/probes", "GET", "/metrics/probes".into(), &[]),
+        ("metrics/resource", "GET", "/metrics/resource".into(), &[]),
+        (
+            "containerLogs",
+            "GET",
+            "/containerLogs/default/leaky/c".into(),
+            &[],
+        ),
+        (
+            "containerLogs follow",
+            "GET",
+            "/containerLogs/default/leaky/c?follow=true".into(),
+            &[],
+        ),
+        (
+            "exec POST plain",
+            "POST",
+            format!("/exec/default/leaky/c?{exec_q}"),
+            &[],
+        ),
+        (
+            "exec POST SPDY",
+            "POST",
+            format!("/exec/default/leaky/c?{exec_q}"),
+            SPDY,
+        ),
+        (
+            "exec GET WebSocket",
+            "GET",
+            format!("/exec/default/leaky/c?{exec_q}"),
+            WS,
+        ),
+        (
+            "attach POST plain",
+            "POST",
+            "/attach/default/leaky/c?stdout=1".into(),
+            &[],
+        ),
+        (
+            "attach POST SPDY",
+            "POST",
+            "/attach/default/leaky/c?stdout=1".into(),
+            SPDY,
+        ),
+        (
+            "attach GET WebSocket",
+            "GET",
+            "/attach/default/leaky/c?stdout=1".into(),
+            WS,
+        ),
+        (
+            "portForward POST plain",
+            "POST",
+            "/portForward/default/leaky".into(),
+            &[],
+        ),
+        (
+            "portForward POST SPDY",
+            "POST",
+            "/portForward/default/leaky".into(),
+            SPDY_PF,
+        ),
+        (
+            "portForward GET WebSocket",
+            "GET",
+            "/portForward/default/leaky?ports=80".into(),
+            WS_PF,
+        ),
+        // A kubelet's, not unitlet's.
+        ("runningpods", "GET", "/runningpods/".into(), &[]),
+        ("logs (node)", "GET", "/logs/".into(), &[]),
+        (
+            "run",
+            "POST",
+            "/run/default/leaky/c?cmd=echo+%24MARKER".into(),
+            &[],
+        ),
+        ("configz", "GET", "/configz".into(), &[]),
+        ("debug/pprof", "GET", "/debug/pprof/".into(), &[]),
+        ("debug/flags/v", "PUT", "/debug/flags/v".into(), &[]),
+        (
+            "checkpoint",
+            "POST",
+            "/checkpoint/default/leaky/c".into(),
+            &[],
+        ),
+        ("(unknown path)", "GET", "/nothing/here".into(), &[]),
+    ];
+    // (column, credential, the statuses that are right). A certificate
+    // that does not verify: the agent refuses the handshake (0); the
+    // kubelet accepts the connection and answers 401 — either refuses.
+    let bad: Vec<(&str, Cred, &[u16])> = vec![
+        ("none", Cred::Nothing, &[401]),
+        ("wrong-CA", Cred::Cert(stranger), &[0, 401]),
+        ("expired-cert", Cred::Cert(expired), &[0, 401]),
+        ("TR-unknown", Cred::Token(unknown_token), &[401]),
+        ("TR-expired", Cred::Token(&expired_token), &[401]),
+        ("SAR-cert", Cred::Cert(eve), &[403]),
+        ("SAR-token", Cred::Token("mallory-token"), &[403]),
+    ];
+    let controls: Vec<(&str, Cred)> = vec![
+        ("ok-cert", Cred::Cert(admin)),
+        ("ok-token", Cred::Token("admin-token")),
+    ];
+    // Every cell of a column at once (streams an authorized caller opens
+    // run until curl's time limit).
+    let column = |cred: &Cred, max_time: u32| -> Vec<(u16, String)> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = endpoints
+                .iter()
+                .map(|(_, method, path, headers)| {
+                    s.spawn(move || kubelet_request(port, method, path, headers, cred, max_time))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let bad_results: Vec<Vec<(u16, String)>> =
+        bad.iter().map(|(_, cred, _)| column(cred, 15)).collect();
+    let control_results: Vec<Vec<(u16, String)>> =
+        controls.iter().map(|(_, cred)| column(cred, 3)).collect();
+
+    // The matrix: rows endpoints, columns credentials; TLS = handshake
+    // refused; a cell marked ! has the wrong status, LEAK gave the pod away.
+    let mut wrong = vec![];
+    let mut leaks = vec![];
+    let mut matrix = format!("{:<28}", "endpoint \\ credential");
+    for (name, _, _) in &bad {
+        matrix.push_str(&format!("{name:>14}"));
+    }
+    for (name, _) in &controls {
+        matrix.push_str(&format!("{name:>10}"));
+    }
+    matrix.push('\n');
+    for (row, (label, method, path, _)) in endpoints.iter().enumerate() {
+        matrix.push_str(&format!("{label:<28}"));
+        for (col, (name, _, want)) in bad.iter().enumerate() {
+            let (code, got) = &bad_results[col][row];
+            let mut cell = if *code == 0 {
+                "TLS".to_string()
+            } else {
+                code.to_string()
+            };
+            if !want.contains(code) {
+                cell.push('!');
+                wrong.push(format!(
+                    "{method} {path} with {name}: got {code}, want one of {want:?}: {got}"
+                ));
+            }
+            if canaries.iter().any(|c| got.contains(c)) {
+                cell.push_str(" LEAK");
+                leaks.push(format!("{method} {path} with {name}: {got}"));
+            }
+            matrix.push_str(&format!("{cell:>14}"));
+        }
+        for (col, (name, _)) in controls.iter().enumerate() {
+            let (code, got) = &control_results[col][row];
+            let mut cell = code.to_string();
+            if [0, 401, 403].contains(code) {
+                cell.push('!');
+                wrong.push(format!(
+                    "control: {method} {path} with {name} was refused ({code}): {got}"
+                ));
+            }
+            matrix.push_str(&format!("{cell:>10}"));
+        }
+        matrix.push('\n');
+    }
+    let cells = endpoints.len() * bad.len();
+    let refused = cells - wrong.iter().filter(|w| !w.starts_with("control")).count();
+    eprintln!(
+        "{matrix}{cells} cells, {refused} refused with the right status, {} leaks ({:.0?})",
+        leaks.len(),
+        started.elapsed()
+    );
+    assert!(wrong.is_empty(), "wrong statuses:\n{}", wrong.join("\n"));
+    assert!(leaks.is_empty(), "the pod leaked:\n{}", leaks.join("\n"));
+
+    // The controls read the pod: its output in the logs, its spec and uid
+    // in the pod list, and the exec's output over the WebSocket.
+    let row = |label: &str| endpoints.iter().position(|e| e.0 == label).unwrap();
+    for (col, (name, _)) in controls.iter().enumerate() {
+        let (code, got) = &control_results[col][row("containerLogs")];
+        assert_eq!(*code, 200, "{name}");
+        assert!(got.contains(&marker), "{name}: {got}");
+        let (code, got) = &control_results[col][row("pods")];
+        assert_eq!(*code, 200, "{name}");
+        assert!(got.contains(&marker) && got.contains(&uid), "{name}: {got}");
+    }
+    // The refusals came from where they should: the handshake's alerts
+    // name why the certificate did not verify (when the agent refuses
+    // there; over TLS 1.2, where the client hears it within the
+    // handshake), TokenReviews were asked about the tokens, and
+    // SubjectAccessReviews denied eve and mallory.
+    for (col, pki, alert) in [
+        (1, stranger, "unknown ca"),
+        (2, expired, "certificate expired"),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-tls1_2", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-cert", &pki.cert, "-key", &pki.key])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running openssl");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(alert) || bad_results[col][0].0 != 0,
+            "refused without the alert {alert:?}: {err}"
+        );
+    }
+    let reviewed: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/tokenreviews"))
+        .filter_map(|r| Some(r.body.as_ref()?["spec"]["token"].as_str()?.to_string()))
+        .collect();
+    for token in [unknown_token, expired_token.as_str(), "mallory-token"] {
+        assert!(
+            reviewed.iter().any(|t| t == token),
+            "no TokenReview of {token}: {reviewed:?}"
+        );
+    }
+    let reviews = api.access_reviews();
+    for user in ["eve", "mallory"] {
+        let theirs: Vec<&Value> = reviews
+            .iter()
+            .filter(|r| r["spec"]["user"] == user)
+            .collect();
+        assert!(!theirs.is_empty(), "no SubjectAccessReview for {user}");
+        assert!(
+            theirs.iter().all(|r| r["status"]["allowed"] == false),
+            "{theirs:?}"
+        );
+    }
+    assert!(
+        !reviews.iter().any(|r| r["spec"]["user"] == "expired-admin"),
+        "the expired certificate's user was authenticated"
+    );
+    node.stop_agent();
+    eprintln!(
+        "every_endpoint_refuses_every_bad_credential: {:.0?}",
+        started.elapsed()
+    );
+}

@@ -559,7 +559,9 @@ mod tests {
     /// what a container whose unit went with an earlier boot gets.
     #[test]
     fn a_run_of_an_earlier_boot_ended_with_it() {
-        let table: &[(&str, bool, Option<i32>, Step, &[&str])] = &[
+        // (policy, init, ended with, step, actions)
+        type Row<'a> = (&'a str, bool, Option<i32>, Step, &'a [&'a str]);
+        let table: &[Row] = &[
             ("Always", false, None, Step::Waiting, &["create-restart"]),
             ("OnFailure", false, None, Step::Waiting, &["create-restart"]),
             ("Never", false, None, Step::Finished, &[]),
