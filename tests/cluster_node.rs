@@ -1211,3 +1211,188 @@ fn an_ended_pod_gives_back_its_units_and_volumes_once_its_status_is_written() {
     );
     node.stop_agent();
 }
+
+/// The API server gone for five minutes (`UNITLET_OUTAGE_SECONDS` shortens
+/// it for a quick local run), then storms of 429 and 500 answers and a
+/// watch history compacted away (410): no pod is restarted or killed, what
+/// happened meanwhile (a container that ended, restarts of a crashing one
+/// and their events) reaches the API server once it is back, the Lease and
+/// the node's heartbeat resume, and the agent backs off instead of
+/// hammering the server.
+#[test]
+fn an_api_server_outage_of_five_minutes_and_error_storms_restart_nothing() {
+    let outage = std::time::Duration::from_secs(
+        std::env::var("UNITLET_OUTAGE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300),
+    );
+    let (api, mut node) = join("api_outage_5min");
+    let nn = node.name.clone();
+    let steady: Vec<String> = (0..5).map(|i| format!("steady-{i}")).collect();
+    for name in &steady {
+        api.create("pods", Some("default"), sleeper(name, &nn));
+    }
+    api.create("pods", Some("default"), stopper("ends", &node));
+    // Crashes 5 s after each start: restarts and BackOff events during the outage.
+    api.create(
+        "pods",
+        Some("default"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "crash", "namespace": "default"},
+            "spec": {"nodeName": nn, "restartPolicy": "OnFailure", "containers": [{
+                "name": "c", "image": "host", "command": ["/bin/sh", "-c", "sleep 5; exit 1"]
+            }]}
+        }),
+    );
+    for name in steady.iter().map(String::as_str).chain(["ends", "crash"]) {
+        wait_api_phase(&api, &node, name, "Running");
+    }
+    let identity: Vec<(String, String)> = steady
+        .iter()
+        .map(|s| node.identity(&node.unit_of("default", s, "c")))
+        .collect();
+
+    api.set_available(false);
+    let down = std::time::Instant::now();
+    let down_at = jiff::Timestamp::now();
+    let before = api.requests().len();
+    std::thread::sleep(outage / 2);
+    std::fs::write(node.dir.join("stop"), "").unwrap();
+    std::thread::sleep(outage - outage / 2);
+    let during = api.requests().len() - before;
+    api.set_available(true);
+    let up = std::time::Instant::now();
+    let up_at = jiff::Timestamp::now();
+    let rate = during as f64 / down.elapsed().as_secs_f64();
+
+    // Caught up: the ended pod, the crashing one's restarts and events,
+    // the Lease and the node's heartbeat.
+    let ends = wait_api_phase(&api, &node, "ends", "Failed");
+    let crash_restarts = |api: &ApiServer| {
+        api.get("pods", Some("default"), "crash").map(|p| {
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+        })
+    };
+    let expected_restarts = 3;
+    node.wait_for(
+        "the crashing pod's restarts in the API",
+        default_wait(),
+        || (crash_restarts(&api)? >= expected_restarts).then_some(()),
+    );
+    let after = |v: &Value, t: jiff::Timestamp| {
+        v.as_str()
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|x| x >= t)
+    };
+    node.wait_for(
+        "a BackOff event from during the outage",
+        default_wait(),
+        || {
+            api.list("events", Some("default")).into_iter().find(|e| {
+                e["involvedObject"]["name"] == "crash"
+                    && e["reason"] == "BackOff"
+                    && after(
+                        &e["lastTimestamp"],
+                        down_at
+                            .checked_add(jiff::SignedDuration::from_secs(1))
+                            .unwrap(),
+                    )
+            })
+        },
+    );
+    node.wait_for("the Lease renewed after the outage", default_wait(), || {
+        let l = api.get("leases", Some("kube-node-lease"), &nn)?;
+        after(&l["spec"]["renewTime"], up_at).then_some(())
+    });
+    node.wait_for(
+        "the node's heartbeat after the outage",
+        default_wait(),
+        || {
+            let n = api.get("nodes", None, &nn)?;
+            let ready = cond(&n, "Ready")?;
+            (ready["status"] == "True" && after(&ready["lastHeartbeatTime"], up_at)).then_some(())
+        },
+    );
+    let converged_s = up.elapsed().as_secs_f64();
+
+    // Storms: 429 (with Retry-After) and 500 answers while new pods come,
+    // then a watch too old to resume (410 Gone).
+    let mut storm_rates = Vec::new();
+    for (code, name) in [(429, "storm-429"), (500, "storm-500")] {
+        let from = api.requests().len();
+        let t = std::time::Instant::now();
+        api.fail_next(20, code);
+        api.create("pods", Some("default"), sleeper(name, &nn));
+        // Every caller backs off on its own: 20 failures take a while.
+        node.wait_for(
+            &format!("pod {name} Running in the API through the storm"),
+            patient(120),
+            || {
+                let p = api.get("pods", Some("default"), name)?;
+                (p["status"]["phase"] == "Running").then_some(())
+            },
+        );
+        let failed = api.requests()[from..]
+            .iter()
+            .filter(|r| r.status == code)
+            .count();
+        storm_rates.push(failed as f64 / t.elapsed().as_secs_f64());
+    }
+    api.set_available(false);
+    api.compact();
+    api.create("pods", Some("default"), sleeper("after-410", &nn));
+    api.set_available(true);
+    wait_api_phase(&api, &node, "after-410", "Running");
+
+    let now: Vec<(String, String)> = steady
+        .iter()
+        .map(|s| node.identity(&node.unit_of("default", s, "c")))
+        .collect();
+    let pods: Vec<Value> = steady
+        .iter()
+        .filter_map(|s| api.get("pods", Some("default"), s))
+        .collect();
+    let figures = FaultFigures {
+        fault: format!(
+            "API server gone {} s ({rate:.2} requests/s meanwhile), then 429 and 500 storms ({:.1} and {:.1} failed requests/s) and a 410",
+            outage.as_secs(), storm_rates[0], storm_rates[1]
+        ),
+        injected: 4,
+        pods: steady.len() + 5,
+        lost: steady.len() - pods.iter().filter(|p| p["status"]["phase"] == "Running").count()
+            + usize::from(ends["status"]["phase"] != "Failed"),
+        duplicated: steady
+            .iter()
+            .filter(|s| node.units(&format!("unitlet_default_{s}_*")).len() > 1)
+            .count(),
+        restarted: identity.iter().zip(&now).filter(|(a, b)| a != b).count()
+            + pods
+                .iter()
+                .filter(|p| p["status"]["containerStatuses"][0]["restartCount"] != 0)
+                .count(),
+        converged_s,
+    };
+    report_fault(&figures);
+    assert_eq!(
+        (figures.lost, figures.duplicated, figures.restarted),
+        (0, 0, 0),
+        "{figures:?}"
+    );
+    // Backing off: the agent's renewals, status writes and watches ask a
+    // server that is away a few times a minute, not many times a second.
+    assert!(
+        rate < 2.0,
+        "{rate:.2} requests/s to an unavailable API server"
+    );
+    for r in &storm_rates {
+        assert!(
+            *r < 10.0,
+            "{r:.1} failed requests/s in a storm: no back-off"
+        );
+    }
+    node.stop_agent();
+}

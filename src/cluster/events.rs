@@ -7,8 +7,10 @@
 //! (same object, type, reason and message) only bumps that one's `count`
 //! and `lastTimestamp`, and each object may emit a burst of 25 events, then
 //! one per 5 minutes (client-go's defaults). Deciding what to send is
-//! [`Correlator`], pure and table-tested; [`write`] sends it. Events are best
-//! effort: one that cannot be written is logged and dropped.
+//! [`Correlator`], pure and table-tested; [`write`] sends it. An event the
+//! API server cannot take now (it is away, or overloaded) is kept and sent
+//! once it is back, in order, within bounds ([`after_failure`]); one it
+//! refuses is logged and dropped.
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -189,44 +191,141 @@ impl Correlator {
     }
 }
 
-/// Sends recorded events to the API server.
+/// Events kept while the API server cannot take them; beyond this the
+/// oldest go (a node agent's memory stays bounded through any outage).
+pub const MAX_PENDING: usize = 1000;
+/// How long an event that could not be written is kept: the API server
+/// expires events after an hour (`--event-ttl`), so an older one would
+/// only come back to go again.
+pub const MAX_AGE: SignedDuration = SignedDuration::from_secs(3600);
+/// First and longest wait before trying the oldest pending event again.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What to do after a write failed with HTTP status `code` (`None`: no
+/// answer at all, the server is unreachable), for an event recorded at
+/// `at`. Unlike client-go's recorder, which gives an event 12 tries 10 s
+/// apart, an event is kept (bounded by [`MAX_PENDING`] and [`MAX_AGE`])
+/// until the server is back, so an outage of any length is caught up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Try again later: the server is away or overloaded.
+    Retry,
+    /// The event is there already (an earlier try went through unseen).
+    Done,
+    /// The server refuses it for good, or it is too old: drop it.
+    Drop,
+}
+
+/// See [`AfterFailure`].
+pub fn after_failure(code: Option<u16>, at: Timestamp, now: Timestamp) -> AfterFailure {
+    if now.duration_since(at) >= MAX_AGE {
+        return AfterFailure::Drop;
+    }
+    match code {
+        None | Some(429) | Some(500..) => AfterFailure::Retry,
+        Some(409) => AfterFailure::Done,
+        Some(_) => AfterFailure::Drop,
+    }
+}
+
+/// A correlated event waiting to be written.
+struct Pending {
+    action: Action,
+    reason: String,
+    at: Timestamp,
+}
+
+async fn send(client: &kube::Client, action: &Action) -> Result<(), kube::Error> {
+    match action {
+        Action::Drop => Ok(()),
+        Action::Create(ev) => {
+            let ns = ev.metadata.namespace.clone().unwrap_or_default();
+            let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+            api.create(&PostParams::default(), ev).await.map(drop)
+        }
+        Action::Bump {
+            namespace,
+            name,
+            count,
+            last,
+        } => {
+            let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+            let patch = serde_json::json!({"count": count, "lastTimestamp": Time(*last)});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        }
+    }
+}
+
+/// Sends recorded events to the API server, in the order they happened,
+/// keeping them through an outage (see [`after_failure`]).
 pub async fn write(client: kube::Client, host: String, mut rx: mpsc::UnboundedReceiver<Record>) {
     let mut c = Correlator::new(&host);
     let mut n = 0u64;
-    while let Some(r) = rx.recv().await {
-        let now = Timestamp::now();
-        n += 1;
-        if n.is_multiple_of(256) {
-            c.expire(now);
-        }
-        let result = match c.record(&r, now) {
-            Action::Drop => {
-                debug!(
+    let mut queue: std::collections::VecDeque<Pending> = Default::default();
+    let mut wait = RETRY_FIRST;
+    let mut admit =
+        |c: &mut Correlator, queue: &mut std::collections::VecDeque<Pending>, r: Record| {
+            let now = Timestamp::now();
+            n += 1;
+            if n.is_multiple_of(256) {
+                c.expire(now);
+            }
+            match c.record(&r, now) {
+                Action::Drop => debug!(
                     reason = r.reason,
                     "event over its object's rate limit; dropped"
-                );
-                continue;
-            }
-            Action::Create(ev) => {
-                let ns = ev.metadata.namespace.clone().unwrap_or_default();
-                let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-                api.create(&PostParams::default(), &ev).await.map(drop)
-            }
-            Action::Bump {
-                namespace,
-                name,
-                count,
-                last,
-            } => {
-                let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-                let patch = serde_json::json!({"count": count, "lastTimestamp": Time(last)});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(drop)
+                ),
+                action => {
+                    if queue.len() == MAX_PENDING {
+                        let old = queue.pop_front().expect("full");
+                        tracing::warn!(
+                            reason = old.reason,
+                            pending = MAX_PENDING,
+                            "too many events waiting for the API server; the oldest is dropped"
+                        );
+                    }
+                    queue.push_back(Pending {
+                        action,
+                        reason: r.reason,
+                        at: now,
+                    });
+                }
             }
         };
-        if let Err(e) = result {
-            tracing::warn!(reason = r.reason, error = %e, "cannot write event; dropped");
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(r) => admit(&mut c, &mut queue, r),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            admit(&mut c, &mut queue, r);
+        }
+        let Some(head) = queue.front() else { continue };
+        let Err(e) = send(&client, &head.action).await else {
+            queue.pop_front();
+            wait = RETRY_FIRST;
+            continue;
+        };
+        match after_failure(super::api_code(&e), head.at, Timestamp::now()) {
+            AfterFailure::Retry => {
+                if wait == RETRY_FIRST {
+                    tracing::warn!(reason = head.reason, pending = queue.len(), error = %e, "cannot write event; keeping it and the ones after it until the API server takes them");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+            AfterFailure::Done => {
+                queue.pop_front();
+            }
+            AfterFailure::Drop => {
+                tracing::warn!(reason = head.reason, error = %e, "cannot write event; dropped");
+                queue.pop_front();
+            }
         }
     }
 }
@@ -254,6 +353,26 @@ mod tests {
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn failed_writes_are_kept_while_the_server_is_away_and_dropped_when_refused() {
+        let t = at(0);
+        for (code, want) in [
+            (None, AfterFailure::Retry),
+            (Some(429), AfterFailure::Retry),
+            (Some(500), AfterFailure::Retry),
+            (Some(503), AfterFailure::Retry),
+            (Some(409), AfterFailure::Done),
+            (Some(404), AfterFailure::Drop),
+            (Some(422), AfterFailure::Drop),
+            (Some(403), AfterFailure::Drop),
+        ] {
+            assert_eq!(after_failure(code, t, at(60)), want, "{code:?}");
+        }
+        // Kept for the API server's event TTL, not longer.
+        assert_eq!(after_failure(None, t, at(3599)), AfterFailure::Retry);
+        assert_eq!(after_failure(None, t, at(3600)), AfterFailure::Drop);
     }
 
     #[test]

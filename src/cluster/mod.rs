@@ -107,6 +107,12 @@ async fn client(
         None => kube::Config::infer().await.map_err(|e| err(&e))?,
     };
     let mut cfg = cfg;
+    // kube's own retry of 429/503/504 answers tries a request 15 times
+    // over up to minutes, inside the call: a status written during an
+    // outage then waited a minute and more after the server was back, and
+    // every caller was stuck meanwhile. Each caller here retries on its
+    // own with a bounded back-off instead, as client-go's callers do.
+    cfg.default_retry = false;
     let cluster_ca = cfg.root_cert.clone().unwrap_or_default();
     if cfg.cluster_url.scheme_str() == Some("http") && cfg.root_cert.is_none() {
         // A plain-HTTP server (`kubectl proxy`, a local test server) needs

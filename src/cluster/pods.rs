@@ -290,6 +290,10 @@ fn accept(pod: &Pod, set: &mut HashMap<String, Arc<StaticPod>>, known: &Known) {
     }
 }
 
+/// The longest wait between tries to write statuses the API server did
+/// not take: the kubelet's status manager tries again every 10 s.
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// Writes what the reconciler reports: the newest status per pod, and the
 /// removal of deleted pods once stopped. Failed writes are retried with
 /// back-off; a newer status replaces an unwritten older one. The newest
@@ -358,7 +362,7 @@ pub async fn write_status(
     loop {
         if failed {
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = (backoff * 2).min(STATUS_RETRY_MAX);
         } else {
             backoff = Duration::from_millis(500);
             let next_hold = hold.values().min().copied();

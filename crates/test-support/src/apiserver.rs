@@ -80,7 +80,9 @@
 //! Mind that kube-rs's default client retries 429, 503 and 504 answers (up
 //! to 15 times, backing off up to minutes, honouring `Retry-After`): through
 //! it, [`ApiServer::fail_next`] shows as a delay and an outage from
-//! [`ApiServer::set_available`] as slow calls rather than errors.
+//! [`ApiServer::set_available`] as slow calls rather than errors. The
+//! agent's client turns that off (each of its callers retries with a
+//! bounded back-off), so through the agent they show as errors.
 
 mod csr;
 mod http;
