@@ -325,6 +325,13 @@ impl Node {
         );
     }
 
+    /// Whether the agent started last is still running.
+    pub fn agent_alive(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|a| matches!(a.nsenter.try_wait(), Ok(None)))
+    }
+
     /// Stops the agent with SIGTERM (SIGKILL after 10 s).
     pub fn stop_agent(&mut self) {
         let Some(mut agent) = self.agent.take() else {
@@ -756,4 +763,74 @@ pub fn time_secs(v: &Value) -> f64 {
     let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
     let ts: jiff::Timestamp = s.parse().unwrap_or_else(|e| panic!("bad time {s:?}: {e}"));
     ts.as_microsecond() as f64 / 1e6
+}
+
+// ----- the fault suite's table -----
+
+/// What one fault test measured, for the table `scripts/faults` prints:
+/// each figure counted by the test from what it observed (units, processes,
+/// pod status), never assumed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FaultFigures {
+    /// The fault, in a few words.
+    pub fault: String,
+    /// How many times it was injected.
+    pub injected: usize,
+    /// Pods on the node when it hit.
+    pub pods: usize,
+    /// Pods missing afterwards (not running, or not terminated, as wanted).
+    pub lost: usize,
+    /// Pods with more than one instance (process) afterwards.
+    pub duplicated: usize,
+    /// Containers restarted without cause: a unit seen running before a
+    /// fault with another invocation after it, or a restart counted.
+    pub restarted: usize,
+    /// Seconds from the last fault until every pod was as wanted.
+    pub converged_s: f64,
+}
+
+/// Appends `f` (a JSON line) to the file `UNITLET_FAULT_TABLE` names, when
+/// it names one (`scripts/faults` does), and prints it either way.
+pub fn report_fault(f: &FaultFigures) {
+    let line = serde_json::to_string(f).expect("serializable");
+    eprintln!("fault figures: {line}");
+    if let Ok(path) = std::env::var("UNITLET_FAULT_TABLE") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+        writeln!(file, "{line}").expect("writing the fault table");
+    }
+}
+
+/// A small deterministic random sequence (xorshift64*) for fault points,
+/// seeded from `UNITLET_FAULT_SEED` or the clock; the seed is printed so a
+/// failing run can be repeated.
+pub struct FaultRng(u64);
+
+impl FaultRng {
+    pub fn new(test: &str) -> FaultRng {
+        let seed = std::env::var("UNITLET_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            })
+            .max(1);
+        eprintln!("{test}: fault points from UNITLET_FAULT_SEED={seed}");
+        FaultRng(seed)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        lo + self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % (hi - lo).max(1)
+    }
 }
