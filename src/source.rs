@@ -10,7 +10,9 @@
 //! those from the API server and ignores them here.
 
 use crate::core::envref::{Lookup, ObjectData, ObjectRef};
-use crate::core::manifest::{node_static_pod, parse_document, Document, StaticPod};
+use crate::core::manifest::{
+    check_manifest_size, node_static_pod, parse_document, Document, StaticPod, MAX_MANIFEST_BYTES,
+};
 use crate::core::volume::TokenRef;
 use crate::objects::{IssuedToken, ObjectSource, TokenFor};
 use futures_util::{FutureExt, StreamExt};
@@ -149,6 +151,16 @@ fn parent_open_to_others(dir: &Path) -> Option<String> {
     })
 }
 
+/// The first `limit` bytes of the file at `path`.
+fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn is_manifest(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     !name.starts_with('.')
@@ -212,7 +224,23 @@ impl ManifestDir {
                     return;
                 }
                 seen = Some(st);
-                std::fs::read(path)
+                // Refused unread if too large, and read no further than
+                // the limit if it grows meanwhile (or is a file whose size
+                // says nothing, as in /proc): a hostile or mistaken file
+                // of gigabytes costs no memory.
+                if let Err(e) = check_manifest_size(m.len()) {
+                    error!(file = %path.display(), field = e.field, error = %e, "skipping invalid manifest");
+                    self.files.insert(
+                        path.to_path_buf(),
+                        FileState {
+                            digest: [0; 32],
+                            stamp: st,
+                            parsed: Parsed::Invalid,
+                        },
+                    );
+                    return;
+                }
+                read_at_most(path, MAX_MANIFEST_BYTES as u64 + 1)
             }
             Ok(_) => {
                 self.files.remove(path);

@@ -21,6 +21,20 @@ use std::fmt;
 pub const MAX_ARG_TOTAL: usize = 1536 * 1024;
 /// Largest manifest file accepted.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Most values (mappings, lists and scalars, keys included, and what
+/// YAML aliases expand to) one manifest may hold. A pod with 10,000
+/// environment variables holds about 50,000; the cap keeps decoding a
+/// hostile file to a tenth of a second and some MiB in a release build
+/// (refusing one at serde_saphyr's own default, 250,000, took 0.4 s).
+pub const MAX_MANIFEST_VALUES: usize = 100_000;
+/// Deepest nesting of mappings and lists in a manifest: a Pod needs about
+/// a dozen levels; the cap keeps recursive decoding (and dropping) of a
+/// document far from the end of a thread's stack.
+pub const MAX_MANIFEST_DEPTH: usize = 64;
+/// Most text (scalar bytes, with what YAML aliases expand to) a YAML
+/// manifest may decode to: twice what a file of the largest size holds,
+/// so aliases can share text but not multiply it.
+pub const MAX_MANIFEST_TEXT: usize = 2 * MAX_MANIFEST_BYTES;
 
 /// A manifest that cannot be admitted, with enough context for the user to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -234,29 +248,30 @@ pub fn parse_manifest(
     pod_from_value(value, source, node_name)
 }
 
-/// One document of a manifest file, as JSON.
-fn decode_value(bytes: &[u8], is_json: bool) -> Result<Value, ManifestError> {
-    if bytes.len() > MAX_MANIFEST_BYTES {
+/// Refuses a manifest of `len` bytes if it is over [`MAX_MANIFEST_BYTES`]
+/// (the manifest directory checks a file's size before reading it).
+pub fn check_manifest_size(len: u64) -> Result<(), ManifestError> {
+    if len > MAX_MANIFEST_BYTES as u64 {
         return Err(err(
             "",
             format!(
-                "manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
-                bytes.len()
+                "manifest is {len} bytes, over the limit of {MAX_MANIFEST_BYTES} (4 MiB); a Pod manifest is far smaller: put large data in a file the pod mounts (hostPath) instead"
             ),
         ));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|e| err("", format!("manifest is not UTF-8: {e}")))?;
+    Ok(())
+}
+
+/// One document of a manifest file, as JSON.
+fn decode_value(bytes: &[u8], is_json: bool) -> Result<Value, ManifestError> {
+    check_manifest_size(bytes.len() as u64)?;
+    let text = std::str::from_utf8(bytes).map_err(|e| not_utf8(bytes, e))?;
     let value: Value = if is_json {
+        check_json_shape(text)?;
         serde_json::from_str(text).map_err(|e| err("", format!("invalid JSON: {e}")))?
     } else {
         let docs: Vec<Value> =
-            // YAML 1.1 octal (`defaultMode: 0400`), as kubectl reads it.
-            serde_saphyr::from_multiple_with_options(
-                text,
-                serde_saphyr::options! { legacy_octal_numbers: true },
-            )
-            .map_err(|e| err("", format!("invalid YAML: {e}")))?;
+            serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(yaml_error)?;
         let mut docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
         match docs.len() {
             0 => return Err(err("", "manifest is empty; it must hold exactly one Pod")),
@@ -270,6 +285,146 @@ fn decode_value(bytes: &[u8], is_json: bool) -> Result<Value, ManifestError> {
         }
     };
     Ok(value)
+}
+
+/// How manifests are read as YAML: YAML 1.1 octal (`defaultMode: 0400`),
+/// as kubectl reads it, and a budget that keeps a hostile file (deep
+/// nesting, alias bombs) from costing more than a few tens of MiB or
+/// deep recursion: it is refused once over the budget, before it is built.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_MANIFEST_VALUES,
+            max_depth: MAX_MANIFEST_DEPTH,
+            flow_nesting_limit: MAX_MANIFEST_DEPTH,
+            max_total_scalar_bytes: MAX_MANIFEST_TEXT,
+        },
+    };
+    o.alias_limits.max_total_replayed_events = MAX_MANIFEST_VALUES;
+    o
+}
+
+/// The error for bytes that are not UTF-8, saying where.
+fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> ManifestError {
+    let good = &bytes[..e.valid_up_to()];
+    let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    // The prefix is valid UTF-8: count characters, not bytes.
+    let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+    err(
+        "",
+        format!(
+            "manifest is not UTF-8 text: byte 0x{:02x} at line {line}, column {column} (byte offset {}) is not valid UTF-8; save the file as UTF-8 (e.g. iconv -t UTF-8)",
+            bytes[e.valid_up_to()],
+            e.valid_up_to()
+        ),
+    )
+}
+
+/// A YAML decoding error, with the manifest limits it ran into spelled out.
+fn yaml_error(e: serde_saphyr::Error) -> ManifestError {
+    use serde_saphyr::budget::BudgetBreach;
+    use serde_saphyr::granit_parser::ErrorKind;
+    use serde_saphyr::localizer::ExternalMessageSource;
+    use serde_saphyr::Error as E;
+    let mut inner = &e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    let at = e
+        .location()
+        .map(|l| format!(" (at line {}, column {})", l.line(), l.column()))
+        .unwrap_or_default();
+    let message = match inner {
+        E::Budget {
+            breach: BudgetBreach::Depth { .. },
+            ..
+        } => too_deep(&at),
+        E::ExternalMessage { source, .. }
+            if matches!(&**source, ExternalMessageSource::Parser(scan) if matches!(scan.kind(), ErrorKind::RecursionLimitExceeded)) =>
+        {
+            too_deep(&at)
+        }
+        E::Budget {
+            breach: BudgetBreach::Nodes { .. },
+            ..
+        }
+        | E::AliasReplayLimitExceeded { .. } => too_many_values(&at, " (counting what YAML aliases expand to)"),
+        E::Budget {
+            breach: BudgetBreach::ScalarBytes { .. },
+            ..
+        } => format!("manifest text adds up to more than {MAX_MANIFEST_TEXT} bytes once YAML aliases are expanded{at}; a Pod needs far less: use fewer aliases (*name) to long text"),
+        E::Budget {
+            breach:
+                BudgetBreach::Aliases { .. }
+                | BudgetBreach::Anchors { .. }
+                | BudgetBreach::AliasAnchorRatio { .. }
+                | BudgetBreach::RecordedAnchorEvents { .. }
+                | BudgetBreach::RecordedAnchorBytes { .. },
+            ..
+        }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. } => format!("manifest uses more YAML anchors and aliases than a Pod needs{at} ({}); write the values out instead", e.without_snippet()),
+        _ => format!("invalid YAML: {e}"),
+    };
+    err("", message)
+}
+
+fn too_deep(at: &str) -> String {
+    format!("mappings and lists nest more than {MAX_MANIFEST_DEPTH} levels deep{at}; a Pod needs far fewer: check the indentation and brackets")
+}
+
+fn too_many_values(at: &str, what: &str) -> String {
+    format!("manifest holds more than {MAX_MANIFEST_VALUES} values{what}{at}; a Pod needs far fewer: remove what the pod does not need")
+}
+
+/// Refuses JSON that nests deeper or holds more values than a YAML
+/// manifest may ([`MAX_MANIFEST_DEPTH`], [`MAX_MANIFEST_VALUES`]), in one
+/// pass over the text before it is decoded: serde_json checks neither
+/// (only a recursion limit of 128), and a 4 MiB file of `[0,0,…]` decodes
+/// to 64 MiB.
+fn check_json_shape(text: &str) -> Result<(), ManifestError> {
+    let (mut depth, mut values, mut line, mut line_start) = (0usize, 1usize, 1usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, b) in text.bytes().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        let at = || {
+            let column = text[line_start..i].chars().count() + 1;
+            format!(" (at line {line}, column {column})")
+        };
+        match b {
+            b'"' => in_string = true,
+            b'\n' => {
+                line += 1;
+                line_start = i + 1;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_MANIFEST_DEPTH {
+                    return Err(err("", too_deep(&at())));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            // Every value but the first follows a comma or a colon.
+            b',' | b':' => {
+                values += 1;
+                if values > MAX_MANIFEST_VALUES {
+                    return Err(err("", too_many_values(&at(), "")));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A static pod from a decoded manifest document.
@@ -375,7 +530,8 @@ pub fn node_static_pod(mut p: StaticPod, node_name: &str) -> Result<StaticPod, M
 }
 
 /// Names the pod and container of a decoding error from the raw document,
-/// since the typed pod does not exist yet.
+/// since the typed pod does not exist yet. Keeps the container names, not
+/// a copy of the document.
 fn error_context(value: &Value) -> impl FnOnce(ManifestError) -> ManifestError {
     let name = value
         .pointer("/metadata/name")
@@ -386,10 +542,22 @@ fn error_context(value: &Value) -> impl FnOnce(ManifestError) -> ManifestError {
         .and_then(Value::as_str)
         .unwrap_or("default")
         .to_string();
-    let value = value.clone();
+    let names = |list: &str| -> Vec<Option<String>> {
+        value
+            .pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    };
+    let containers = [
+        ("containers", names("containers")),
+        ("initContainers", names("initContainers")),
+    ];
     move |mut e| {
         e.pod = name.map(|n| format!("{ns}/{n}"));
-        for list in ["containers", "initContainers"] {
+        for (list, names) in containers {
             let prefix = format!("spec.{list}[");
             let rest = e.field.replace(&format!("spec.{list}.["), &prefix);
             if let Some(idx) = rest
@@ -397,10 +565,7 @@ fn error_context(value: &Value) -> impl FnOnce(ManifestError) -> ManifestError {
                 .and_then(|r| r.split(']').next())
                 .and_then(|i| i.parse::<usize>().ok())
             {
-                e.container = value
-                    .pointer(&format!("/spec/{list}/{idx}/name"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                e.container = names.get(idx).cloned().flatten();
             }
         }
         e
@@ -635,7 +800,7 @@ pub fn validate_with(pod: &Pod, api_objects: bool) -> Result<(), ManifestError> 
         let idx = counters.entry(list).or_insert(0usize);
         let base = format!("{list}[{idx}]");
         *idx += 1;
-        validate_container(&base, spec, c, list == "spec.initContainers", api_objects).map_err(
+        validate_container(&base, pod, c, list == "spec.initContainers", api_objects).map_err(
             |mut e| {
                 if !c.name.is_empty() {
                     e.container.get_or_insert(c.name.clone());
@@ -856,10 +1021,12 @@ fn validate_container_security(base: &str, sc: &SecurityContext) -> Result<(), M
 /// Checks that unitlet can run the `index`th ephemeral container of `pod`,
 /// given as the [`Container`] it runs as; the error names its field.
 pub fn validate_ephemeral(pod: &Pod, index: usize, c: &Container) -> Result<(), ManifestError> {
-    let spec = pod.spec.as_ref().ok_or_else(|| err("spec", "required"))?;
+    if pod.spec.is_none() {
+        return Err(err("spec", "required"));
+    }
     validate_container(
         &format!("spec.ephemeralContainers[{index}]"),
-        spec,
+        pod,
         c,
         false,
         true,
@@ -871,13 +1038,15 @@ pub fn validate_ephemeral(pod: &Pod, index: usize, c: &Container) -> Result<(), 
     })
 }
 
+/// Checks one container of `pod` (whose spec is set).
 fn validate_container(
     base: &str,
-    pod_spec: &k8s_openapi::api::core::v1::PodSpec,
+    pod: &Pod,
     c: &Container,
     init: bool,
     api_objects: bool,
 ) -> Result<(), ManifestError> {
+    let pod_spec = pod.spec.as_ref().expect("checked by the caller");
     if !is_dns_label(&c.name) {
         return Err(err(format!("{base}.name"), format!("{:?} is not a valid container name: use at most 63 lowercase letters, digits and '-'", c.name)));
     }
@@ -888,7 +1057,6 @@ fn validate_container(
             "required; use image: host to run a binary from this machine",
         ));
     }
-    let mut total = 0usize;
     for (list, items) in [("command", &c.command), ("args", &c.args)] {
         for (i, a) in items.iter().flatten().enumerate() {
             let f = format!("{base}.{list}[{i}]");
@@ -902,7 +1070,6 @@ fn validate_container(
                     ),
                 ));
             }
-            total += a.len() + 1;
         }
     }
     if image == HOST_IMAGE && c.command.as_ref().is_none_or(|v| v.is_empty()) {
@@ -926,11 +1093,9 @@ fn validate_container(
         }
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
-        total += validate_env(&format!("{base}.env[{i}]"), e, api_objects)?;
+        validate_env(&format!("{base}.env[{i}]"), e, api_objects)?;
     }
-    if total > MAX_ARG_TOTAL {
-        return Err(err(base.to_string(), format!("command, args and env add up to {total} bytes; keep them under {MAX_ARG_TOTAL} bytes so the process can start")));
-    }
+    check_arg_budget(base, pod, c)?;
     for (i, f) in c.env_from.iter().flatten().enumerate() {
         let field = format!("{base}.envFrom[{i}]");
         if !api_objects {
@@ -1034,7 +1199,7 @@ fn validate_container(
     Ok(())
 }
 
-fn validate_env(field: &str, e: &EnvVar, api_objects: bool) -> Result<usize, ManifestError> {
+fn validate_env(field: &str, e: &EnvVar, api_objects: bool) -> Result<(), ManifestError> {
     if !is_env_name(&e.name) {
         return Err(err(format!("{field}.name"), format!("{:?} is not usable: systemd accepts environment names made of letters, digits and '_' that do not start with a digit", e.name)));
     }
@@ -1143,7 +1308,203 @@ fn validate_env(field: &str, e: &EnvVar, api_objects: bool) -> Result<usize, Man
             ));
         }
     }
-    Ok(size)
+    Ok(())
+}
+
+/// What a string costs, in bytes: as it is ([`Cost::Raw`]), or as systemd
+/// writes it into a transient unit's file on the `Environment=` or
+/// `ExecStart=` line (systemd 252, rounded up: quotes and backslashes
+/// escaped, `%` doubled, other control characters and, in `Environment=`,
+/// bytes outside ASCII written as `\ooo`; `$` as `\$\$` and `;` as `\;`
+/// in `ExecStart=`, where non-ASCII is counted as in `Environment=` too).
+#[derive(Clone, Copy, PartialEq)]
+enum Cost {
+    Raw,
+    Env,
+    Exec,
+}
+
+impl Cost {
+    fn of(self, s: &str) -> usize {
+        if self == Cost::Raw {
+            return s.len();
+        }
+        s.bytes()
+            .map(|b| match b {
+                b'\\' | b'"' | b'\'' | b'%' | 0x07..=0x0d => 2,
+                b'$' if self == Cost::Exec => 4,
+                b';' if self == Cost::Exec => 2,
+                0..=0x1f | 0x7f.. => 4,
+                _ => 1,
+            })
+            .sum()
+    }
+}
+
+/// What the `$(VAR)` expansion of `input` ([`super::expand::expand`])
+/// costs, given what each defined variable's value costs: computed
+/// without building the text, in one pass even over many unclosed `$(`.
+fn expanded_len(input: &str, cost: Cost, var_len: impl Fn(&str) -> Option<usize>) -> usize {
+    let mut n = 0usize;
+    let mut rest = input;
+    // Once no `)` follows, every `$(` stays as written.
+    let mut may_close = true;
+    while let Some(pos) = rest.find('$') {
+        n = n.saturating_add(cost.of(&rest[..pos]));
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            n = n.saturating_add(cost.of("$"));
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('(') {
+            match body.find(')').filter(|_| may_close) {
+                Some(end) => {
+                    let name = &body[..end];
+                    let len = var_len(name).unwrap_or_else(|| cost.of("$()") + cost.of(name));
+                    n = n.saturating_add(len);
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    may_close = false;
+                    n = n.saturating_add(cost.of("$("));
+                    rest = body;
+                }
+            }
+        } else {
+            n = n.saturating_add(cost.of("$"));
+            rest = after;
+        }
+    }
+    n.saturating_add(cost.of(rest))
+}
+
+/// The size of a `fieldRef`'s value ([`super::downward::field_ref`]): what
+/// the pod says, or the most the node can make it.
+fn field_ref_len(pod: &Pod, path: &str) -> usize {
+    let meta = &pod.metadata;
+    let get = |map: &Option<std::collections::BTreeMap<String, String>>, prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .and_then(|k| map.as_ref()?.get(k))
+            .map_or(0, String::len)
+    };
+    match path {
+        "metadata.name" => meta.name.as_deref().map_or(0, str::len),
+        "metadata.namespace" => meta.namespace.as_deref().unwrap_or("default").len(),
+        "metadata.uid" => meta.uid.as_deref().map_or(36, |u| u.len().max(36)),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .map_or(0, str::len),
+        // A DNS name; an IPv6 address in text.
+        "spec.nodeName" => 253,
+        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => 45,
+        p if p.starts_with("metadata.labels['") => get(&meta.labels, "metadata.labels['"),
+        _ => get(&meta.annotations, "metadata.annotations['"),
+    }
+}
+
+/// Longest line systemd reads back from a unit file (its LONG_LINE_MAX).
+/// It writes a transient unit's whole command line on one `ExecStart=`
+/// line and every variable on one `Environment=` line; a longer one makes
+/// the unit fail to load at the next `systemctl daemon-reload` ("No
+/// buffer space available"), with its container still running.
+pub const MAX_UNIT_LINE: usize = 1024 * 1024;
+
+/// Room left on those lines for what the agent adds (the program's path,
+/// helper arguments, `HOME` and the like).
+const UNIT_LINE_ROOM: usize = 16 * 1024;
+
+/// Checks that the container's command, args and env, with `$(VAR)`
+/// references expanded as translation expands them, are what Linux can
+/// start a process with (no string over [`MAX_ARG_STRLEN`], all of them
+/// within [`MAX_ARG_TOTAL`]) and what systemd can read back from the
+/// unit's file ([`MAX_UNIT_LINE`]). Expansion can multiply text (a
+/// variable of 100 KiB named ten thousand times, or each variable twice
+/// its predecessor): such a pod is refused here, before translation would
+/// build gigabytes. Values from ConfigMaps and Secrets are not known here
+/// and count as empty; variables count on the `Environment=` line even
+/// where a Secret's value will send them to an environment file instead.
+fn check_arg_budget(base: &str, pod: &Pod, c: &Container) -> Result<(), ManifestError> {
+    use std::collections::HashMap;
+    const COSTS: [Cost; 3] = [Cost::Raw, Cost::Env, Cost::Exec];
+    // Each variable's value: its size, and its size on each unit-file line.
+    let mut vars: HashMap<&str, [usize; 3]> = HashMap::new();
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        let from = e.value_from.as_ref();
+        let sizes = if let Some(f) = from.and_then(|f| f.field_ref.as_ref()) {
+            // Escaped, an annotation's bytes may take four each.
+            let len = field_ref_len(pod, &f.field_path);
+            [len, len.saturating_mul(4), len.saturating_mul(4)]
+        } else if from.is_some_and(|f| f.resource_field_ref.is_some()) {
+            [20; 3] // the digits of a u64
+        } else if from.is_some() {
+            [0; 3]
+        } else {
+            let value = e.value.as_deref().unwrap_or("");
+            let size = |k: usize| expanded_len(value, COSTS[k], |n| vars.get(n).map(|s| s[k]));
+            let sizes = [size(0), size(1), size(2)];
+            if e.name.len() + sizes[0] + 2 > MAX_ARG_STRLEN {
+                return Err(err(
+                    format!("{base}.env[{i}].value"),
+                    format!("is {} bytes once $(VAR) references are expanded; Linux refuses a single environment entry over {MAX_ARG_STRLEN} bytes, so no process could start with it: name fewer or shorter variables", sizes[0]),
+                ));
+            }
+            sizes
+        };
+        vars.insert(&e.name, sizes);
+    }
+    let (mut total, mut exec_line) = (0usize, 0usize);
+    let mut over = None;
+    let mut last = "command";
+    for (list, items) in [("command", &c.command), ("args", &c.args)] {
+        for (i, a) in items.iter().flatten().enumerate() {
+            let size = expanded_len(a, Cost::Raw, |n| vars.get(n).map(|s| s[0]));
+            if size + 1 > MAX_ARG_STRLEN {
+                return Err(err(
+                    format!("{base}.{list}[{i}]"),
+                    format!("is {size} bytes once $(VAR) references are expanded; Linux refuses a single argument over {MAX_ARG_STRLEN} bytes: name fewer or shorter variables"),
+                ));
+            }
+            total = total.saturating_add(size + 1);
+            if total > MAX_ARG_TOTAL {
+                over.get_or_insert(list);
+            }
+            let escaped = expanded_len(a, Cost::Exec, |n| vars.get(n).map(|s| s[2]));
+            exec_line = exec_line.saturating_add(escaped + 3);
+            last = list;
+        }
+    }
+    // A variable set twice is passed once, with its last value.
+    let mut env_line = 0usize;
+    for (name, sizes) in &vars {
+        total = total.saturating_add(name.len() + sizes[0] + 2);
+        env_line = env_line.saturating_add(name.len() + sizes[1] + 4);
+    }
+    if total > MAX_ARG_TOTAL {
+        let list = over.unwrap_or("env");
+        let n = [&c.command, &c.args]
+            .iter()
+            .map(|l| l.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+            + vars.len();
+        return Err(err(
+            format!("{base}.{list}"),
+            format!("command, args and env ({n} strings, with $(VAR) references expanded) add up to {total} bytes, over the limit of {MAX_ARG_TOTAL}: Linux starts no process with that much (E2BIG); shorten them, or put the data in a file the container reads"),
+        ));
+    }
+    for (field, what, line, setting) in [
+        (last, "command and args", exec_line, "ExecStart="),
+        ("env", "env", env_line, "Environment="),
+    ] {
+        if line + UNIT_LINE_ROOM > MAX_UNIT_LINE {
+            return Err(err(
+                format!("{base}.{field}"),
+                format!("{what} take {line} bytes as systemd writes them, quoted and escaped, on the one {setting} line of the unit's file, and systemd reads back no line over {MAX_UNIT_LINE} bytes (with {UNIT_LINE_ROOM} left for unitlet's own): the unit would fail to load at the next daemon-reload; shorten them, or put the data in a file the container reads"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1378,6 +1739,390 @@ mod tests {
         ] {
             parse(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+    }
+
+    // ----- hostile input: every limit, at and beyond it -----
+
+    /// A pod whose container `c` runs `/bin/sleep 100` with `extra` after
+    /// its command (env, args).
+    fn pod_with(extra: &str) -> String {
+        format!("{OK}{extra}")
+    }
+
+    /// `n` environment variables `E_00000`… with values of `len` bytes.
+    fn env_list(n: usize, len: usize) -> String {
+        let mut s = String::from("    env:\n");
+        for i in 0..n {
+            s.push_str(&format!(
+                "    - {{name: E_{i:05}, value: '{}'}}\n",
+                "v".repeat(len)
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn names_at_253_bytes_run_and_longer_ones_are_refused() {
+        let name = |n: usize| {
+            let mut s = vec!["a".repeat(63); 4].join(".");
+            s.truncate(n);
+            s.push_str(&"b".repeat(n.saturating_sub(s.len())));
+            s
+        };
+        let yaml = |pod: &str, ns: &str, c: &str| {
+            OK.replace("name: web.v1", &format!("name: {pod}\n  namespace: {ns}"))
+                .replace("- name: c\n", &format!("- name: {c}\n"))
+        };
+        let (n63, c63) = ("n".repeat(63), "c".repeat(63));
+        assert_eq!(name(253).len(), 253);
+        let p = parse(&yaml(&name(253), &n63, &c63)).unwrap();
+        assert_eq!(p.key(), format!("{n63}/{}", name(253)));
+        for (doc, field, limit) in [
+            (
+                yaml(&name(254), "default", "c"),
+                "metadata.name",
+                "at most 253",
+            ),
+            (
+                yaml(&name(255), "default", "c"),
+                "metadata.name",
+                "at most 253",
+            ),
+            (
+                yaml("p", &"n".repeat(64), "c"),
+                "metadata.namespace",
+                "at most 63",
+            ),
+            (
+                yaml("p", "default", &"c".repeat(64)),
+                "spec.containers[0].name",
+                "at most 63",
+            ),
+        ] {
+            let e = parse(&doc).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains(field), "{e}");
+            assert!(e.message.contains(limit), "{e}");
+        }
+        // 253 is the name's limit, and also what a cluster node's suffix must fit in.
+        let e = node_static_pod(p, "node1").unwrap_err();
+        assert_eq!(e.field, "metadata.name", "{e}");
+        assert!(e.message.contains("shorten the name"), "{e}");
+    }
+
+    #[test]
+    fn ten_thousand_env_vars_run_within_the_limits_and_are_refused_beyond_them() {
+        // systemd writes `"E_00000=<len>" ` for each, on one line of the
+        // unit's file: 10,000 × (len + 11) bytes and 16 KiB of room must
+        // fit in 1 MiB. So 92 bytes each fit and 93 do not.
+        let fits = pod_with(&env_list(10_000, 92));
+        let p = parse(&fits).unwrap();
+        let env = p.pod.spec.as_ref().unwrap().containers[0]
+            .env
+            .as_ref()
+            .unwrap();
+        assert_eq!(env.len(), 10_000);
+        const { assert!(10_000 * (92 + 11) + UNIT_LINE_ROOM <= MAX_UNIT_LINE) };
+
+        let e = parse(&pod_with(&env_list(10_000, 93))).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].env", "{e}");
+        assert_eq!(
+            e.to_string(),
+            "pod default/web.v1: container \"c\": field spec.containers[0].env: env take 1040000 bytes as systemd writes them, quoted and escaped, on the one Environment= line of the unit's file, and systemd reads back no line over 1048576 bytes (with 16384 left for unitlet's own): the unit would fail to load at the next daemon-reload; shorten them, or put the data in a file the container reads"
+        );
+        // Escaped, a value takes more: 47 bytes of `%` take 94.
+        let percent = env_list(10_000, 47).replace(&"v".repeat(47), &"%".repeat(47));
+        let e = parse(&pod_with(&percent)).unwrap_err();
+        assert!(e.message.contains("env take 1050000 bytes"), "{e}");
+
+        // Beyond what Linux starts a process with: 15 + 10,000 × (len + 9)
+        // bytes, against 1,572,864.
+        let e = parse(&pod_with(&env_list(10_000, 149))).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].env", "{e}");
+        assert_eq!(e.container.as_deref(), Some("c"));
+        assert_eq!(e.pod.as_deref(), Some("default/web.v1"));
+        assert_eq!(
+            e.to_string(),
+            format!("pod default/web.v1: container \"c\": field spec.containers[0].env: command, args and env (10002 strings, with $(VAR) references expanded) add up to 1580015 bytes, over the limit of {MAX_ARG_TOTAL}: Linux starts no process with that much (E2BIG); shorten them, or put the data in a file the container reads")
+        );
+    }
+
+    #[test]
+    fn a_one_mib_argument_and_arguments_over_the_total_are_refused() {
+        let args = |list: &[usize]| {
+            let items: Vec<String> = list
+                .iter()
+                .map(|n| format!("'{}'", "a".repeat(*n)))
+                .collect();
+            pod_with(&format!("    args: [{}]\n", items.join(", ")))
+        };
+        let e = parse(&args(&[1 << 20])).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].args[0]", "{e}");
+        assert_eq!(
+            e.message,
+            format!(
+                "is 1048576 bytes; Linux refuses a single argument over {MAX_ARG_STRLEN} bytes"
+            )
+        );
+        // With its NUL, an argument may be MAX_ARG_STRLEN bytes in all.
+        parse(&args(&[MAX_ARG_STRLEN - 1])).unwrap();
+        let e = parse(&args(&[1, MAX_ARG_STRLEN])).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].args[1]", "{e}");
+        // Eight of 120 KiB fit on the ExecStart= line, nine do not...
+        parse(&args(&[120 << 10; 8])).unwrap();
+        let e = parse(&args(&[120 << 10; 9])).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].args", "{e}");
+        assert!(e.message.starts_with("command and args take 1105966 bytes as systemd writes them, quoted and escaped, on the one ExecStart= line"), "{e}");
+        // ... and thirteen are more than Linux takes.
+        let e = parse(&args(&[120 << 10; 13])).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].args", "{e}");
+        assert!(e.message.contains("add up to 1597468 bytes"), "{e}");
+        // Command and args count together; so does the environment.
+        let yaml = format!(
+            "{}    env:\n    - {{name: BIG, value: '{}'}}\n",
+            args(&[120 << 10; 12]),
+            "e".repeat(120 << 10)
+        );
+        let e = parse(&yaml).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].env", "{e}");
+        assert!(e.message.contains("E2BIG"), "{e}");
+    }
+
+    #[test]
+    fn expansion_bombs_are_refused_before_translation_builds_them() {
+        use super::super::expand::expand;
+        // One variable of 100 KiB, named in twenty arguments: 2 MB of argv
+        // from a 100 KiB manifest.
+        let wide = pod_with(&format!(
+            "    args: [{}]\n    env:\n    - {{name: B, value: '{}'}}\n",
+            vec!["'$(B)'"; 20].join(", "),
+            "b".repeat(100 << 10)
+        ));
+        assert!(wide.len() < 110 << 10);
+        let e = parse(&wide).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].args", "{e}");
+        assert!(e.message.contains("add up to 2150438 bytes"), "{e}");
+        // Each variable twice its predecessor: V30 would be a terabyte.
+        let mut env = String::from("    env:\n    - {name: V0, value: '");
+        env.push_str(&"x".repeat(1000));
+        env.push_str("'}\n");
+        for i in 1..=30 {
+            env.push_str(&format!(
+                "    - {{name: V{i}, value: '$(V{0})$(V{0})'}}\n",
+                i - 1
+            ));
+        }
+        let e = parse(&pod_with(&env)).unwrap_err();
+        assert_eq!(e.field, "spec.containers[0].env[8].value", "{e}");
+        assert!(
+            e.message
+                .contains("is 256000 bytes once $(VAR) references are expanded"),
+            "{e}"
+        );
+        // A value may embed the pod's own (large) annotations.
+        let ann = OK.replace(
+            "  name: web.v1\n",
+            &format!(
+                "  name: web.v1\n  annotations: {{big: '{}'}}\n",
+                "a".repeat(100 << 10)
+            ),
+        );
+        let many = format!(
+            "{ann}    env:\n    - name: A\n      valueFrom:\n        fieldRef: {{fieldPath: \"metadata.annotations['big']\"}}\n    args: [{}]\n",
+            vec!["'$(A)'"; 16].join(", ")
+        );
+        assert_eq!(parse(&many).unwrap_err().field, "spec.containers[0].args");
+        // Unclosed `$(` cost one pass, not one per `$(`, and stay as written.
+        let unclosed = "$(".repeat(60_000);
+        parse(&pod_with(&format!("    args: ['{unclosed}']\n"))).unwrap();
+        // The size is the one expansion gives.
+        let vars = |n: &str| match n {
+            "A" => Some("alpha".to_string()),
+            "E" => Some(String::new()),
+            _ => None,
+        };
+        for input in [
+            "",
+            "$",
+            "$$",
+            "$$$",
+            "$(A)",
+            "$$(A)",
+            "$$$(A)",
+            "$(A",
+            "$(B)",
+            "x$(A)y$(E)z",
+            "$(",
+            "$()",
+            "$(A)$(",
+            "$($(A))",
+            "$(A)$$(B)$",
+            "a$b",
+            "$(A)$(A",
+            "))$((A)",
+            "$(A)$(a)$(E)$$$$",
+            "%$(Q)\"'\t\u{1}é;$$",
+        ] {
+            let expanded = expand(input, vars);
+            for cost in [Cost::Raw, Cost::Env, Cost::Exec] {
+                let len = |n: &str| vars(n).map(|v| cost.of(&v));
+                assert_eq!(
+                    expanded_len(input, cost, len),
+                    cost.of(&expanded),
+                    "{input:?}"
+                );
+            }
+        }
+        // As systemd 252 writes them in a transient unit's file.
+        assert_eq!(
+            Cost::Env.of("a$b%n\\\"'\t\né;"),
+            r#"a$b%%n\\\"\'\t\n\303\251;"#.len()
+        );
+        assert_eq!(Cost::Exec.of("a$b%n;"), r"a\$\$b%%n\;".len());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let n = 100_000;
+        let mut block_maps = String::new();
+        let mut block_lists = String::new();
+        for i in 0..1_000 {
+            block_maps.push_str(&format!("{}a:\n", " ".repeat(i)));
+            block_lists.push_str(&format!("{}-\n", " ".repeat(i)));
+        }
+        let yaml = [
+            format!("apiVersion: v1\nkind: Pod\nx: {}", "[".repeat(n)),
+            format!("{}{}", "[".repeat(n), "]".repeat(n)),
+            format!("apiVersion: v1\nkind: Pod\nx: {}", "{a: ".repeat(n)),
+            format!("{}x\n", "- ".repeat(n)),
+            block_maps,
+            block_lists,
+        ];
+        for doc in &yaml {
+            let e = parse(doc).unwrap_err();
+            assert_eq!(e.field, "", "{e}");
+            assert!(
+                e.message
+                    .starts_with("mappings and lists nest more than 64 levels deep (at line"),
+                "{e}"
+            );
+        }
+        let json = [
+            "[".repeat(n),
+            format!("{}{}", "[".repeat(n), "]".repeat(n)),
+            format!(
+                "{{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"x\": {}",
+                "{\"a\": ".repeat(n)
+            ),
+        ];
+        for doc in &json {
+            let e = parse_manifest(doc.as_bytes(), "/m/p.json", "n", true).unwrap_err();
+            assert!(
+                e.message.starts_with(
+                    "mappings and lists nest more than 64 levels deep (at line 1, column "
+                ),
+                "{e}"
+            );
+        }
+        // Brackets inside strings are text.
+        let deep_text = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "host", "command": ["/bin/echo", "[".repeat(n), "\"{:,".repeat(1000)]}]}
+        });
+        parse_manifest(deep_text.to_string().as_bytes(), "/m/p.json", "n", true).unwrap();
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_quickly_with_a_clear_error() {
+        // "Billion laughs": nine levels of nine aliases, 9^9 strings.
+        let mut bomb = String::from("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for w in ["a", "b", "c", "d", "e", "f", "g", "h", "i"].windows(2) {
+            bomb.push_str(&format!(
+                "{}: &{} [{}]\n",
+                w[1],
+                w[1],
+                vec![format!("*{}", w[0]); 9].join(", ")
+            ));
+        }
+        let e = parse(&bomb).unwrap_err();
+        assert_eq!(e.field, "", "{e}");
+        assert!(e.message.starts_with(&format!("manifest holds more than {MAX_MANIFEST_VALUES} values (counting what YAML aliases expand to) (at line ")), "{e}");
+        assert!(
+            e.message
+                .ends_with("a Pod needs far fewer: remove what the pod does not need"),
+            "{e}"
+        );
+        // Few values but long ones: 3 MiB of text named a thousand times.
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, annotations: {{a: &t '{}'}}}}\nx: [{}]\n",
+            "t".repeat(3 << 20),
+            vec!["*t"; 1000].join(",")
+        );
+        assert!(text.len() < MAX_MANIFEST_BYTES);
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.starts_with(&format!("manifest text adds up to more than {MAX_MANIFEST_TEXT} bytes once YAML aliases are expanded (at line")), "{e}");
+        // Anchors and aliases as people use them still work.
+        let shared = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: host\n    command: [/bin/true]\n    env: &env\n    - {name: A, value: '1'}\n    - {name: B, value: '2'}\n  - name: b\n    image: host\n    command: [/bin/true]\n    env: *env\n";
+        let p = parse(shared).unwrap();
+        let spec = p.pod.spec.as_ref().unwrap();
+        assert_eq!(spec.containers[1].env, spec.containers[0].env);
+    }
+
+    #[test]
+    fn too_many_values_and_too_many_bytes_are_refused() {
+        let values = vec!["0"; 2_000_000].join(",");
+        let json = format!("{{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"x\": [{values}]}}");
+        assert!(json.len() < MAX_MANIFEST_BYTES);
+        let e = parse_manifest(json.as_bytes(), "/m/p.json", "n", true).unwrap_err();
+        assert!(
+            e.message.starts_with(&format!(
+                "manifest holds more than {MAX_MANIFEST_VALUES} values (at line 1, column "
+            )),
+            "{e}"
+        );
+        let yaml = format!("apiVersion: v1\nkind: Pod\nx: [{values}]\n");
+        let e = parse(&yaml).unwrap_err();
+        assert!(
+            e.message.starts_with(&format!(
+                "manifest holds more than {MAX_MANIFEST_VALUES} values"
+            )),
+            "{e}"
+        );
+        let big = format!("{OK}# {}\n", "x".repeat(MAX_MANIFEST_BYTES));
+        let e = parse(&big).unwrap_err();
+        assert_eq!(e.message, format!("manifest is {} bytes, over the limit of 4194304 (4 MiB); a Pod manifest is far smaller: put large data in a file the pod mounts (hostPath) instead", big.len()));
+        // Just under the limit is read (and this one runs).
+        let under = format!("{OK}# {}\n", "x".repeat(MAX_MANIFEST_BYTES - OK.len() - 3));
+        assert_eq!(under.len(), MAX_MANIFEST_BYTES);
+        parse(&under).unwrap();
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_saying_where() {
+        let mut bytes = OK.replace("'100'", "'1\u{e9}0'").into_bytes();
+        // é is C3 A9; cut it in half.
+        let at = bytes.iter().position(|&b| b == 0xa9).unwrap();
+        bytes[at] = b'0';
+        for json in [false, true] {
+            let e = parse_manifest(&bytes, "/m/p.yaml", "n", json).unwrap_err();
+            assert_eq!(e.field, "");
+            assert_eq!(
+                e.message,
+                format!("manifest is not UTF-8 text: byte 0xc3 at line 9, column 29 (byte offset {}) is not valid UTF-8; save the file as UTF-8 (e.g. iconv -t UTF-8)", at - 1),
+            );
+        }
+        // UTF-16, as some editors save: refused at its first byte.
+        let utf16: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain(OK.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let e = parse_manifest(&utf16, "/m/p.yaml", "n", false).unwrap_err();
+        assert!(
+            e.message.starts_with(
+                "manifest is not UTF-8 text: byte 0xff at line 1, column 1 (byte offset 0)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
