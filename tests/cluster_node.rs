@@ -1367,7 +1367,7 @@ fn an_api_server_outage_of_five_minutes_and_error_storms_restart_nothing() {
             + usize::from(ends["status"]["phase"] != "Failed"),
         duplicated: steady
             .iter()
-            .filter(|s| node.units(&format!("unitlet_default_{s}_*")).len() > 1)
+            .filter(|s| node.units(&format!("unitlet_default_{s}_c_*")).len() > 1)
             .count(),
         restarted: identity.iter().zip(&now).filter(|(a, b)| a != b).count()
             + pods
