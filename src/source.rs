@@ -194,6 +194,19 @@ impl ManifestDir {
         self.update_with(path, false)
     }
 
+    /// Records `path` as invalid without reading it (it is read again
+    /// once its stamp changes).
+    fn refuse_unread(&mut self, path: &Path, stamp: Stamp) {
+        self.files.insert(
+            path.to_path_buf(),
+            FileState {
+                digest: [0; 32],
+                stamp,
+                parsed: Parsed::Invalid,
+            },
+        );
+    }
+
     /// Re-reads one file; with `trust_stamp`, not if its stamp is the one
     /// it had when last read. Only the periodic relist trusts stamps: file
     /// times are coarse (a few ms), so two writes of the same size within
@@ -213,15 +226,7 @@ impl ManifestDir {
                 // A permission change changes the stamp: read again then.
                 if let Some(why) = others_may_write(&m) {
                     error!(file = %path.display(), reason = why, "refusing manifest: a user other than root can change it, and its pod would run as root; make it root's and not group- or world-writable (chown root:root, chmod go-w)");
-                    self.files.insert(
-                        path.to_path_buf(),
-                        FileState {
-                            digest: [0; 32],
-                            stamp: st,
-                            parsed: Parsed::Invalid,
-                        },
-                    );
-                    return;
+                    return self.refuse_unread(path, st);
                 }
                 seen = Some(st);
                 // Refused unread if too large, and read no further than
@@ -230,15 +235,7 @@ impl ManifestDir {
                 // of gigabytes costs no memory.
                 if let Err(e) = check_manifest_size(m.len()) {
                     error!(file = %path.display(), field = e.field, error = %e, "skipping invalid manifest");
-                    self.files.insert(
-                        path.to_path_buf(),
-                        FileState {
-                            digest: [0; 32],
-                            stamp: st,
-                            parsed: Parsed::Invalid,
-                        },
-                    );
-                    return;
+                    return self.refuse_unread(path, st);
                 }
                 read_at_most(path, MAX_MANIFEST_BYTES as u64 + 1)
             }

@@ -17,34 +17,11 @@ struct Pki {
     key: String,
 }
 
+/// A CA of its own and one client certificate it issued (see [`client_pkis`]).
 fn client_pki(node: &Node, prefix: &str, cn: &str, org: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{prefix} CA"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, org);
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let write = |name: &str, pem: String| {
-        std::fs::write(node.dir.join(name), pem).unwrap();
-        node.path(name)
-    };
-    Pki {
-        ca: write(&format!("{prefix}-ca.pem"), ca.pem()),
-        cert: write(&format!("{prefix}-cert.pem"), cert.pem()),
-        key: write(&format!("{prefix}-key.pem"), key.serialize_pem()),
-    }
+    client_pkis(node, prefix, &[("client", cn, org, None)])
+        .pop()
+        .expect("one certificate")
 }
 
 fn free_port() -> u16 {
