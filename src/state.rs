@@ -84,9 +84,14 @@ fn ctx(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
     }
 }
 
+/// Errors name the file being replaced, not the temporary one beside it;
+/// a temporary file a failed write left (a full disk) is removed.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(ctx(&tmp))?;
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ctx(path)(e));
+    }
     std::fs::rename(&tmp, path).map_err(ctx(path))
 }
 

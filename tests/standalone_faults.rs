@@ -45,7 +45,9 @@ fn a_full_state_directory_holds_new_pods_and_touches_no_running_one() {
     });
     let error = warning["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("/var/lib/unitlet/pods/") && error.contains("No space left on device"),
+        error.contains("/var/lib/unitlet/pods/")
+            && error.contains("/pod.json:")
+            && error.contains("No space left on device"),
         "the error names neither the file nor the cause: {warning}"
     );
     // A relist period later: a still runs as it did, b has no unit.
