@@ -5,20 +5,26 @@ use unitlet_test_support as support;
 
 use support::*;
 
-fn sleeper(name: &str) -> String {
+/// A pod of one container `c` running `/bin/sh -c script`.
+fn shell_pod(name: &str, policy: &str, script: &str) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: {name}}}
 spec:
+  restartPolicy: {policy}
   terminationGracePeriodSeconds: 2
   containers:
   - name: c
     image: host
-    command: ["/bin/sh", "-c", "echo up; exec sleep infinity"]
+    command: ["/bin/sh", "-c", "{script}"]
 "#
     )
+}
+
+fn sleeper(name: &str) -> String {
+    shell_pod(name, "Always", "echo up; exec sleep infinity")
 }
 
 /// The state directory's file system full (a small tmpfs): a new pod is
@@ -162,20 +168,7 @@ spec:
 /// A pod whose container appends a line to `<dir>/<file>` each time it
 /// starts, then runs `then`.
 fn counted(name: &str, policy: &str, file: &str, then: &str, dir: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  restartPolicy: {policy}
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: c
-    image: host
-    command: ["/bin/sh", "-c", "echo run >> {dir}/{file}; {then}"]
-"#
-    )
+    shell_pod(name, policy, &format!("echo run >> {dir}/{file}; {then}"))
 }
 
 /// The node restarts with its state directory kept (bound from the work
