@@ -17,6 +17,7 @@ pub mod node;
 pub mod pods;
 pub mod ratelimit;
 pub mod refs;
+pub mod retry;
 
 use crate::core::manifest::StaticPod;
 use crate::core::NodeFacts;
@@ -87,8 +88,9 @@ pub struct NodeOptions {
 /// A client for the API server, from `kubeconfig` (else the usual search),
 /// sending at most `burst` requests at once and `qps` per second over time
 /// (client-go's token bucket, see [`ratelimit`]): the API
-/// server's fairness would otherwise be this agent's only brake. 429 and
-/// 503/504 answers are retried with back-off by kube's own stack.
+/// server's fairness would otherwise be this agent's only brake. Answers
+/// that ask to be retried later are, after the time they ask for
+/// ([`retry`]); every retry takes a token of its own.
 /// Also returns the cluster CA the kubeconfig names (DER), if any: the
 /// kubelet API trusts client certificates it signed by default.
 async fn client(
@@ -110,8 +112,9 @@ async fn client(
     // kube's own retry of 429/503/504 answers tries a request 15 times
     // over up to minutes, inside the call: a status written during an
     // outage then waited a minute and more after the server was back, and
-    // every caller was stuck meanwhile. Each caller here retries on its
-    // own with a bounded back-off instead, as client-go's callers do.
+    // every caller was stuck meanwhile. Only what the server asks to be
+    // retried is retried inside the call ([`retry`]); otherwise each caller
+    // retries on its own with a bounded back-off, as client-go's callers do.
     cfg.default_retry = false;
     let cluster_ca = cfg.root_cert.clone().unwrap_or_default();
     if cfg.cluster_url.scheme_str() == Some("http") && cfg.root_cert.is_none() {
@@ -123,6 +126,9 @@ async fn client(
         .map_err(|e| err(&e))?
         .with_layer(&ratelimit::TokenBucketLayer::new(qps, burst))
         .with_layer(&tower::util::MapResultLayer::new(count_api_errors))
+        // The retry layer needs a service it can clone.
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(retry::RetryAfter::default()))
         .build();
     Ok((client, cluster_ca))
 }

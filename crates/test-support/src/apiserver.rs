@@ -81,8 +81,9 @@
 //! to 15 times, backing off up to minutes, honouring `Retry-After`): through
 //! it, [`ApiServer::fail_next`] shows as a delay and an outage from
 //! [`ApiServer::set_available`] as slow calls rather than errors. The
-//! agent's client turns that off (each of its callers retries with a
-//! bounded back-off), so through the agent they show as errors.
+//! agent's client turns that off: it retries inside the call only answers
+//! with a `Retry-After` (429 here), and each of its callers retries the
+//! rest with a bounded back-off, so through the agent they show as errors.
 
 mod csr;
 mod http;
