@@ -62,10 +62,8 @@ impl<B, E> tower::retry::Policy<Request<Body>, Response<B>, E> for RetryAfter {
         _req: &mut Request<Body>,
         result: &mut Result<Response<B>, E>,
     ) -> Option<Self::Future> {
-        let wait = retry_after(
-            result.as_ref().ok()?.status(),
-            result.as_ref().ok()?.headers(),
-        )?;
+        let answer = result.as_ref().ok()?;
+        let wait = retry_after(answer.status(), answer.headers())?;
         self.left = self.left.checked_sub(1)?;
         Some(tokio::time::sleep(wait))
     }
