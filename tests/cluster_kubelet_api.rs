@@ -32,24 +32,37 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A test API server and a booted sandbox node with a kubeconfig for it
+/// (`<work dir>/kubeconfig`).
+fn api_and_node(test: &str) -> (ApiServer, Node, std::path::PathBuf) {
+    let api = ApiServer::start();
+    let node = Node::boot(test);
+    let kc = node.dir.join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    (api, node, kc)
+}
+
 /// Starts `unitlet node` serving the kubelet API on a free port with a
 /// self-signed certificate, client certificates from `ca`, and every
 /// authenticated request allowed; returns the port.
 fn start_with_self_signed_cert(node: &mut Node, kc: &std::path::Path, ca: &str) -> u16 {
+    start_serving(node, kc, ca, &["--authorization-mode", "AlwaysAllow"])
+}
+
+/// As [`start_with_self_signed_cert`], authorization set by `extra`
+/// (nothing: the default webhook, SubjectAccessReview to the API server).
+fn start_serving(node: &mut Node, kc: &std::path::Path, ca: &str, extra: &[&str]) -> u16 {
     let port = free_port();
     let port_s = port.to_string();
-    node.start_node_agent(
-        kc,
-        &[
-            "--port",
-            &port_s,
-            "--self-signed-serving-cert",
-            "--client-ca-file",
-            ca,
-            "--authorization-mode",
-            "AlwaysAllow",
-        ],
-    );
+    let mut args = vec![
+        "--port",
+        &port_s,
+        "--self-signed-serving-cert",
+        "--client-ca-file",
+        ca,
+    ];
+    args.extend_from_slice(extra);
+    node.start_node_agent(kc, &args);
     port
 }
 
@@ -93,10 +106,7 @@ fn agent_match_rules(node: &Node) -> u32 {
 
 #[test]
 fn logs_pods_and_healthz_over_tls_with_client_certificates() {
-    let api = ApiServer::start();
-    let mut node = Node::boot("kubelet_api_logs");
-    let kc = node.dir.join("kubeconfig");
-    api.write_kubeconfig(&kc);
+    let (api, mut node, kc) = api_and_node("kubelet_api_logs");
     let masters = client_pki(
         &node,
         "apiserver",
@@ -271,10 +281,7 @@ fn logs_pods_and_healthz_over_tls_with_client_certificates() {
 /// served with them, with the pod's container and probe series.
 #[test]
 fn cadvisor_and_probe_metrics_need_credentials() {
-    let api = ApiServer::start();
-    let mut node = Node::boot("kubelet_api_metrics");
-    let kc = node.dir.join("kubeconfig");
-    api.write_kubeconfig(&kc);
+    let (api, mut node, kc) = api_and_node("kubelet_api_metrics");
     let masters = client_pki(
         &node,
         "apiserver",
@@ -478,10 +485,7 @@ async fn ws_exec_sized(
 
 #[test]
 fn exec_runs_in_the_container_over_websocket() {
-    let api = ApiServer::start();
-    let mut node = Node::boot("kubelet_api_exec");
-    let kc = node.dir.join("kubeconfig");
-    api.write_kubeconfig(&kc);
+    let (api, mut node, kc) = api_and_node("kubelet_api_exec");
     let pki = client_pki(
         &node,
         "apiserver",
@@ -792,10 +796,7 @@ fn kubectl_logs_exec_and_port_forward_through_the_api_server_with_webhook_auth()
 #[test]
 fn hostile_clients_neither_crash_the_agent_nor_touch_pods() {
     use std::io::{Read, Write};
-    let api = ApiServer::start();
-    let mut node = Node::boot("kubelet_api_hostile");
-    let kc = node.dir.join("kubeconfig");
-    api.write_kubeconfig(&kc);
+    let (api, mut node, kc) = api_and_node("kubelet_api_hostile");
     let pki = client_pki(
         &node,
         "apiserver",
@@ -1060,10 +1061,7 @@ fn kubelet_request(
 #[test]
 fn every_endpoint_refuses_every_bad_credential() {
     let started = std::time::Instant::now();
-    let api = ApiServer::start();
-    let mut node = Node::boot("kubelet_api_refusals");
-    let kc = node.dir.join("kubeconfig");
-    api.write_kubeconfig(&kc);
+    let (api, mut node, kc) = api_and_node("kubelet_api_refusals");
     let trusted = client_pkis(
         &node,
         "trusted",
@@ -1114,18 +1112,7 @@ fn every_endpoint_refuses_every_bad_credential() {
     }));
     // Webhook authentication and authorization, anonymous off (the
     // defaults): TokenReview and SubjectAccessReview against the API server.
-    let port = free_port();
-    let port_s = port.to_string();
-    node.start_node_agent(
-        &kc,
-        &[
-            "--port",
-            &port_s,
-            "--self-signed-serving-cert",
-            "--client-ca-file",
-            &admin.ca,
-        ],
-    );
+    let port = start_serving(&mut node, &kc, &admin.ca, &[]);
     let nn = node.name.clone();
     let marker = format!(
         "canary-{}-{:x}",
