@@ -5,24 +5,6 @@ use unitlet_test_support as support;
 
 use support::*;
 
-/// A pod of one container `c` running `/bin/sh -c script`.
-fn shell_pod(name: &str, policy: &str, script: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  restartPolicy: {policy}
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: c
-    image: host
-    command: ["/bin/sh", "-c", "{script}"]
-"#
-    )
-}
-
 fn sleeper(name: &str) -> String {
     shell_pod(name, "Always", "echo up; exec sleep infinity")
 }

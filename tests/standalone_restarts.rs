@@ -6,25 +6,6 @@ use unitlet_test_support as support;
 use std::time::Duration;
 use support::*;
 
-/// A pod whose single container `c` runs `script` under `policy`.
-fn one_container(name: &str, policy: &str, script: &str) -> String {
-    let script = serde_json::to_string(script).unwrap();
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  restartPolicy: {policy}
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: c
-    image: host
-    command: ["/bin/sh", "-c", {script}]
-"#
-    )
-}
-
 /// A script that counts its runs in `counter`, exits with `first_exit` on
 /// the first run and keeps running afterwards.
 fn exit_once_then_run(counter: &str, first_exit: i32) -> String {
@@ -41,7 +22,7 @@ fn always_restarts_a_clean_exit() {
     let counter = node.path("count");
     node.write_manifest(
         "p.yaml",
-        &one_container("p", "Always", &exit_once_then_run(&counter, 0)),
+        &shell_pod("p", "Always", &exit_once_then_run(&counter, 0)),
     );
     node.start_agent(&[]);
     let pod = node.wait_pod("p", "running again after one restart", |p| {
@@ -65,10 +46,7 @@ fn always_restarts_a_clean_exit() {
 #[test]
 fn on_failure_clean_exit_succeeds() {
     let mut node = Node::boot("onfailure_success");
-    node.write_manifest(
-        "p.yaml",
-        &one_container("p", "OnFailure", "echo hi; exit 0"),
-    );
+    node.write_manifest("p.yaml", &shell_pod("p", "OnFailure", "echo hi; exit 0"));
     node.start_agent(&[]);
     let pod = node.wait_pod("p", "Succeeded", |p| phase(p) == "Succeeded");
     let t = terminated(&pod, "c");
@@ -91,7 +69,7 @@ fn on_failure_restarts_a_failure() {
     let counter = node.path("count");
     node.write_manifest(
         "p.yaml",
-        &one_container("p", "OnFailure", &exit_once_then_run(&counter, 3)),
+        &shell_pod("p", "OnFailure", &exit_once_then_run(&counter, 3)),
     );
     node.start_agent(&[]);
     let pod = node.wait_pod("p", "running after one restart", |p| {
@@ -109,7 +87,7 @@ fn on_failure_restarts_a_failure() {
 #[test]
 fn never_does_not_restart_a_failure() {
     let mut node = Node::boot("never_failure");
-    node.write_manifest("p.yaml", &one_container("p", "Never", "exit 3"));
+    node.write_manifest("p.yaml", &shell_pod("p", "Never", "exit 3"));
     node.start_agent(&[]);
     let pod = node.wait_pod("p", "Failed", |p| phase(p) == "Failed");
     let t = terminated(&pod, "c");
@@ -132,7 +110,7 @@ fn crash_loop_back_off_doubles_up_to_the_cap() {
     let starts = node.path("starts");
     node.write_manifest(
         "crash.yaml",
-        &one_container(
+        &shell_pod(
             "crash",
             "Always",
             &format!("date +%s.%N >> {starts}; echo crashing; exit 1"),

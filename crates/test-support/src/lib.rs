@@ -704,6 +704,29 @@ fn find_unitlet(nsenter: &mut Child, log: &Path) -> i32 {
     }
 }
 
+// ----- writing pod manifests -----
+
+/// A static pod manifest (YAML): one container `c` of `image: host`
+/// running `/bin/sh -c script` (quoted as JSON, which YAML reads as is),
+/// under `policy`, with a 2 s termination grace period.
+pub fn shell_pod(name: &str, policy: &str, script: &str) -> String {
+    let script = serde_json::to_string(script).expect("a string serializes");
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: host
+    command: ["/bin/sh", "-c", {script}]
+"#
+    )
+}
+
 // ----- reading pod JSON -----
 
 /// `status.phase`.
