@@ -255,6 +255,12 @@ pub struct Entry {
     pub stream: Option<String>,
     /// `INVOCATION_ID` of a message systemd (PID 1) logged about the unit.
     pub about_invocation: Option<String>,
+    /// Logged by the service manager's child between fork and exec (as
+    /// `systemd[<pid>]`, `systemd-executor` from v255): journald files it
+    /// under the unit and the container's PID, but it is systemd's word
+    /// (on the sandbox nodes' hybrid cgroups, "Failed to attach … to
+    /// compat systemd cgroup"), not the container's output.
+    pub from_executor: bool,
     /// `__CURSOR`, to resume after this entry.
     pub cursor: String,
 }
@@ -274,6 +280,11 @@ impl Entry {
             invocation: field("_SYSTEMD_INVOCATION_ID").filter(|_| !from_manager),
             stream: field("_STREAM_ID"),
             about_invocation: field("INVOCATION_ID").filter(|_| from_manager),
+            from_executor: field("_STREAM_ID").is_none()
+                && matches!(
+                    field("SYSLOG_IDENTIFIER").as_deref(),
+                    Some("systemd" | "systemd-executor")
+                ),
             cursor: field("__CURSOR").unwrap_or_default(),
         })
     }
@@ -360,7 +371,7 @@ impl Attributor {
     /// own messages about the unit (not container output) and lines before
     /// any start.
     pub fn owner(&self, e: &Entry) -> Option<String> {
-        if e.about_invocation.is_some() || e.pid == 1 {
+        if e.about_invocation.is_some() || e.pid == 1 || e.from_executor {
             return None;
         }
         match &e.stream {
@@ -611,6 +622,29 @@ mod tests {
             ),
             (40, Some("a"), Some("s"), None, "c")
         );
+    }
+
+    #[test]
+    fn what_systemd_logs_between_fork_and_exec_is_not_output() {
+        let child = |ident: &str, stream: &str| {
+            Entry::parse(&format!(
+                r#"{{"MESSAGE":"Failed to attach 69 to compat systemd cgroup /x.slice/x.service: No such file or directory","_PID":"69","SYSLOG_IDENTIFIER":"{ident}","_SYSTEMD_UNIT":"x.service","_SYSTEMD_INVOCATION_ID":"A"{stream}}}"#
+            ))
+            .unwrap()
+        };
+        let got = owners(
+            &[("A", 69)],
+            &[
+                started("A"),
+                child("systemd", ""),
+                child("systemd-executor", ""),
+                // The container's own: a native message, and a stdout line
+                // (whatever the program calls itself).
+                child("sh", ""),
+                child("systemd", r#","_STREAM_ID":"s""#),
+            ],
+        );
+        assert_eq!(got, vec![None, None, None, some("A"), some("A")]);
     }
 
     #[test]
