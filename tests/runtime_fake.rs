@@ -514,6 +514,27 @@ fn container(rig: &Rig, p: &str, c: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no status of {p}/{c} in {status:#}"))
 }
 
+/// systemd re-executed numbers its messages from 1 again: what it says
+/// afterwards is newer than anything cached before, not older.
+#[test]
+fn after_systemd_re_executes_its_news_is_not_taken_for_old() {
+    let mut rig = Rig::new();
+    let p = pod(
+        "p",
+        json!({"restartPolicy": "Never", "containers": [sh("c")]}),
+    );
+    let c = rig.unit(&p, "c");
+    rig.start(vec![p]);
+    rig.wait("Running", || rig.phase("p") == "Running");
+    rig.fake.reexec();
+    rig.fake.exit(&c, 3);
+    rig.wait("Failed", || rig.phase("p") == "Failed");
+    assert_eq!(
+        container(&rig, "p", "c")["state"]["terminated"]["exitCode"],
+        3
+    );
+}
+
 #[test]
 fn after_a_reboot_each_pod_follows_its_restart_policy() {
     let mut rig = Rig::new();

@@ -333,6 +333,11 @@ fn the_agent_survives_daemon_reexec_and_a_bus_restart_without_restarting_anythin
     let unit = node.unit_of("default", "kept", "c");
     let before = node.identity(&unit);
     node.sh("systemctl daemon-reexec");
+    // systemd numbers its messages anew on its new connection: the agent
+    // hears it join the bus again and stops comparing with the old numbers.
+    node.wait_log("the agent seeing systemd join the bus anew", |l| {
+        l["message"] == "systemd joined the bus anew; reading every unit again"
+    });
     node.sh("systemctl restart dbus.service");
     node.wait_log("the agent connecting to systemd again", |l| {
         l["message"] == "connected to systemd again"

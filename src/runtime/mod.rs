@@ -187,6 +187,8 @@ struct Inner {
     /// each unit's cache entry, so an older `GetAll` reply that is processed
     /// after a newer signal does not undo it.
     serials: HashMap<String, u32>,
+    /// How often serials started over (see [`UnitEvent::ManagerRestarted`]).
+    serial_epoch: u64,
     owner: HashMap<String, String>,
     /// Admitted pod UID by `namespace/name`: a pod waits for an admitted
     /// one of the same name (an edit's old version) to stop first.
@@ -478,12 +480,21 @@ impl Runtime {
                 inner.reloading = true;
                 return;
             }
-            ev @ (UnitEvent::Reloading(false) | UnitEvent::Reconnected) => {
-                if matches!(ev, UnitEvent::Reconnected) {
+            ev @ (UnitEvent::Reloading(false)
+            | UnitEvent::Reconnected
+            | UnitEvent::ManagerRestarted) => {
+                if !matches!(ev, UnitEvent::Reloading(false)) {
                     // Serials are per connection: the old ones would make
                     // every new signal look older than what is cached.
-                    info!("systemd connection restored; reading every unit again");
+                    if matches!(ev, UnitEvent::Reconnected) {
+                        info!("systemd connection restored; reading every unit again");
+                    } else {
+                        info!("systemd joined the bus anew; reading every unit again");
+                    }
                     inner.serials.clear();
+                    // Reads answered before this are not to be compared
+                    // with the new numbering (see `unit_worker`).
+                    inner.serial_epoch += 1;
                 }
                 inner.reloading = false;
                 for unit in inner.owner.keys() {
@@ -539,13 +550,19 @@ impl Runtime {
         let s = &self.shared;
         loop {
             let unit = s.units_q.next().await;
-            let unloaded = s.inner.lock().unwrap().unloaded.remove(&unit);
+            let (unloaded, epoch) = {
+                let mut inner = s.inner.lock().unwrap();
+                (inner.unloaded.remove(&unit), inner.serial_epoch)
+            };
             let read = if unloaded {
                 s.sd.snapshot_if_loaded(&unit).await
             } else {
                 s.sd.snapshot_serial(&unit).await
             };
             match read {
+                // Answered by systemd before it (or the connection) started
+                // numbering anew: everything is being read again anyway.
+                Ok(_) if s.inner.lock().unwrap().serial_epoch != epoch => {}
                 Ok((serial, snap)) => {
                     let mut inner = s.inner.lock().unwrap();
                     let newer = inner

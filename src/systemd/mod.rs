@@ -171,6 +171,12 @@ pub enum UnitEvent {
     /// The connection was lost and made again: changes in between were not
     /// signalled, and serials (numbered per connection) start over.
     Reconnected,
+    /// systemd joined the bus anew (`daemon-reexec`, or its reconnection
+    /// after the bus restarted): its serials, numbered per connection of
+    /// its own, start over, and what changed while it was away was not
+    /// signalled. Without this, everything it sent afterwards read as older
+    /// than what was cached before, until its new numbering caught up.
+    ManagerRestarted,
 }
 
 impl UnitEvent {
@@ -205,6 +211,10 @@ impl UnitEvent {
             }
             "Reloading" if iface == MANAGER_INTERFACE => {
                 m.body().deserialize().ok().map(UnitEvent::Reloading)
+            }
+            "NameOwnerChanged" if iface == "org.freedesktop.DBus" => {
+                let (name, _old, new): (String, String, String) = m.body().deserialize().ok()?;
+                (name == SYSTEMD_NAME && !new.is_empty()).then_some(UnitEvent::ManagerRestarted)
             }
             _ => None,
         }
@@ -253,6 +263,9 @@ fn manager_error(op: &'static str) -> impl Fn(zbus::Error) -> SystemdError + Cop
 pub const METHOD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
+
+/// systemd's well-known name on the bus.
+const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
 
 /// Signals queued for a runtime that lags behind (a burst of pods brings
 /// tens of thousands); the channel grows as it fills.
@@ -361,16 +374,15 @@ impl Systemd {
     /// must wait for its manager as the kubelet waits for its runtime,
     /// not exit.
     async fn wait_for_manager(conn: &zbus::Connection) -> Result<(), SystemdError> {
-        const NAME: &str = "org.freedesktop.systemd1";
         let dbus = zbus::fdo::DBusProxy::new(conn)
             .await
             .map_err(SystemdError::Connect)?;
         // Watching first, so an owner arriving between the two is seen.
         let mut owners = dbus
-            .receive_name_owner_changed_with_args(&[(0, NAME)])
+            .receive_name_owner_changed_with_args(&[(0, SYSTEMD_NAME)])
             .await
             .map_err(SystemdError::Connect)?;
-        let name = zbus::names::BusName::try_from(NAME).expect("a valid bus name");
+        let name = zbus::names::BusName::try_from(SYSTEMD_NAME).expect("a valid bus name");
         if dbus
             .name_has_owner(name)
             .await
@@ -611,7 +623,7 @@ impl Systemd {
     {
         self.conn()
             .call_method(
-                Some("org.freedesktop.systemd1"),
+                Some(SYSTEMD_NAME),
                 "/org/freedesktop/systemd1",
                 Some(interface),
                 method,
@@ -673,7 +685,7 @@ impl Systemd {
         let reply = self
             .conn()
             .call_method(
-                Some("org.freedesktop.systemd1"),
+                Some(SYSTEMD_NAME),
                 "/org/freedesktop/systemd1",
                 Some(MANAGER_INTERFACE),
                 "GetUnit",
@@ -713,7 +725,7 @@ impl Systemd {
         let reply = self
             .conn()
             .call_method(
-                Some("org.freedesktop.systemd1"),
+                Some(SYSTEMD_NAME),
                 path.as_str(),
                 Some("org.freedesktop.DBus.Properties"),
                 "GetAll",
@@ -800,7 +812,8 @@ impl Systemd {
     }
 
     /// Starts reading the connection's messages and asks systemd for its
-    /// signals: only the three used, not all of systemd's, as every pod
+    /// signals (and the bus's word when systemd joins it anew): only the
+    /// three used, not all of systemd's, as every pod
     /// start also brings `UnitNew`, `JobNew` and `JobRemoved` per unit,
     /// which the bus daemon would otherwise route and the agent decode for
     /// nothing.
@@ -816,7 +829,7 @@ impl Systemd {
                 for member in ["PropertiesChanged", "UnitRemoved", "Reloading"] {
                     let rule = zbus::MatchRule::builder()
                         .msg_type(zbus::message::Type::Signal)
-                        .sender("org.freedesktop.systemd1")
+                        .sender(SYSTEMD_NAME)
                         .and_then(|b| b.member(member))
                         .map_err(map_err)?
                         .build();
@@ -824,6 +837,17 @@ impl Systemd {
                         .await
                         .map_err(|e| map_err(e.into()))?;
                 }
+                // systemd joining the bus anew (see `UnitEvent::ManagerRestarted`).
+                let rule = zbus::MatchRule::builder()
+                    .msg_type(zbus::message::Type::Signal)
+                    .sender("org.freedesktop.DBus")
+                    .and_then(|b| b.member("NameOwnerChanged"))
+                    .and_then(|b| b.add_arg(SYSTEMD_NAME))
+                    .map_err(map_err)?
+                    .build();
+                dbus.add_match_rule(rule)
+                    .await
+                    .map_err(|e| map_err(e.into()))?;
                 link.manager.subscribe().await.map_err(map_err)
             })
             .await?;

@@ -138,6 +138,15 @@ impl FakeUnits {
         st.slices.clear();
     }
 
+    /// systemd re-executes (`daemon-reexec`): its units keep running, and
+    /// it joins the bus anew, numbering its messages from 1 again.
+    pub fn reexec(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.serial = 0;
+        st.subscribers
+            .retain(|tx| tx.send(UnitEvent::ManagerRestarted).is_ok());
+    }
+
     /// How `unit`'s process answers SIGTERM from now on.
     pub fn on_stop(&self, unit: &str, how: OnStop) {
         self.state.lock().unwrap().on_stop.insert(unit.into(), how);
