@@ -1216,9 +1216,9 @@ fn an_ended_pod_gives_back_its_units_and_volumes_once_its_status_is_written() {
 /// it for a quick local run), then storms of 429 and 500 answers and a
 /// watch history compacted away (410): no pod is restarted or killed, what
 /// happened meanwhile (a container that ended, restarts of a crashing one
-/// and their events) reaches the API server once it is back, the Lease and
-/// the node's heartbeat resume, and the agent backs off instead of
-/// hammering the server.
+/// and their events) reaches the API server once it is back, the Lease,
+/// the node's heartbeat and the pod watch resume, and the agent backs off
+/// instead of hammering the server.
 #[test]
 fn an_api_server_outage_of_five_minutes_and_error_storms_restart_nothing() {
     let outage = std::time::Duration::from_secs(
@@ -1266,9 +1266,13 @@ fn an_api_server_outage_of_five_minutes_and_error_storms_restart_nothing() {
     let up = std::time::Instant::now();
     let up_at = jiff::Timestamp::now();
     let rate = during as f64 / down.elapsed().as_secs_f64();
+    // A pod bound once the server is back: the pod watch resumes. Its
+    // back-off grew to 30 s during the outage, with jitter up to 60 s, as
+    // client-go's reflector.
+    api.create("pods", Some("default"), sleeper("after-outage", &nn));
 
     // Caught up: the ended pod, the crashing one's restarts and events,
-    // the Lease and the node's heartbeat.
+    // the Lease, the node's heartbeat and a pod bound after the outage.
     let ends = wait_api_phase(&api, &node, "ends", "Failed");
     let crash_restarts = |api: &ApiServer| {
         api.get("pods", Some("default"), "crash").map(|p| {
@@ -1315,6 +1319,14 @@ fn an_api_server_outage_of_five_minutes_and_error_storms_restart_nothing() {
         let ready = cond(&n, "Ready")?;
         (ready["status"] == "True" && after(&ready["lastHeartbeatTime"], up_at)).then_some(())
     });
+    node.wait_for(
+        "the pod bound after the outage Running in the API",
+        patient(120),
+        || {
+            let p = api.get("pods", Some("default"), "after-outage")?;
+            (p["status"]["phase"] == "Running").then_some(())
+        },
+    );
     let converged_s = up.elapsed().as_secs_f64();
 
     // Storms: 429 (with Retry-After) and 500 answers while new pods come,
@@ -1368,7 +1380,7 @@ fn an_api_server_outage_of_five_minutes_and_error_storms_restart_nothing() {
             outage.as_secs(), storm_rates[0], storm_rates[1]
         ),
         injected: 4,
-        pods: steady.len() + 5,
+        pods: steady.len() + 6,
         lost: steady.len() - pods.iter().filter(|p| p["status"]["phase"] == "Running").count()
             + usize::from(ends["status"]["phase"] != "Failed"),
         duplicated: steady
