@@ -560,32 +560,39 @@ impl Runtime {
                 s.sd.snapshot_serial(&unit).await
             };
             match read {
-                // Answered by systemd before it (or the connection) started
-                // numbering anew: everything is being read again anyway.
-                Ok(_) if s.inner.lock().unwrap().serial_epoch != epoch => {}
-                Ok((serial, snap)) => {
-                    let mut inner = s.inner.lock().unwrap();
-                    let newer = inner
-                        .serials
-                        .get(&unit)
-                        .is_none_or(|&seen| serial_after(serial, seen));
-                    if snap.as_ref().is_none_or(|u| u.job_id == 0) {
-                        inner.free_place(&unit, s);
-                    }
-                    if newer {
-                        inner.serials.insert(unit.clone(), serial);
-                        match snap {
-                            Some(snap) => inner.units.insert(unit.clone(), snap),
-                            None => inner.units.remove(&unit),
-                        };
-                        if let Some(uid) = inner.owner.get(&unit).cloned() {
-                            s.pods_q.add(&uid);
-                        }
-                    }
-                }
+                Ok((serial, snap)) => self.apply_read(&unit, epoch, serial, snap),
                 Err(e) => warn!(error = %e, "reading unit state failed"),
             }
             s.units_q.done(&unit);
+        }
+    }
+
+    /// Takes a unit read in full (as of `epoch`) into the cache, unless a
+    /// newer signal or read is there already.
+    fn apply_read(&self, unit: &str, epoch: u64, serial: u32, snap: Option<UnitSnapshot>) {
+        let s = &self.shared;
+        let mut inner = s.inner.lock().unwrap();
+        if inner.serial_epoch != epoch {
+            // Answered before systemd (or the connection) started numbering
+            // anew: not comparable, and every unit is being read again.
+            return;
+        }
+        let newer = inner
+            .serials
+            .get(unit)
+            .is_none_or(|&seen| serial_after(serial, seen));
+        if snap.as_ref().is_none_or(|u| u.job_id == 0) {
+            inner.free_place(unit, s);
+        }
+        if newer {
+            inner.serials.insert(unit.to_string(), serial);
+            match snap {
+                Some(snap) => inner.units.insert(unit.to_string(), snap),
+                None => inner.units.remove(unit),
+            };
+            if let Some(uid) = inner.owner.get(unit).cloned() {
+                s.pods_q.add(&uid);
+            }
         }
     }
 
